@@ -1,0 +1,102 @@
+//! Where things live in the shared region of one tube.
+//!
+//! ```text
+//! offset 0        header: magic u64, version u32, ring bytes u32           (written once by the offerer)
+//! offset 128      DirCtrl of direction 0 (offerer -> connector)           384 bytes
+//! offset 512      DirCtrl of direction 1 (connector -> offerer)           384 bytes
+//! offset 4096     data ring of direction 0                                RING_BYTES
+//! offset 4096+R   data ring of direction 1                                RING_BYTES
+//! ```
+//!
+//! Each `DirCtrl` holds the producer index, the consumer index and the reader-sleeping flag,
+//! each on its own 128-byte block so the writer's and the reader's stores never share a
+//! cache line (128 rather than 64 because of the adjacent-line prefetcher).
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// Size of the whole shared region of one tube (control page and both directions).
+pub const TUBE_BYTES: usize = 256 * 1024;
+/// Largest packet; packets are `1..=MAX_PACKET` bytes.
+pub const MAX_PACKET: usize = 4096;
+/// The control page at the start of the region.
+pub const CTRL_BYTES: usize = 4096;
+/// Bytes of one data ring (one direction): 126 KiB, which holds 1792 packets of 64 bytes.
+pub const RING_BYTES: usize = (TUBE_BYTES - CTRL_BYTES) / 2;
+/// Record header: payload length as little-endian u32, then 4 reserved bytes.
+pub const HDR_BYTES: usize = 8;
+/// Magic at offset 0 of the region: identifies a tube region and its byte order.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TUBERNG\0");
+/// Layout version at offset 8.
+pub const VERSION: u32 = 1;
+
+/// Offset of the `DirCtrl` of direction `dir` (0 or 1).
+pub const fn dir_ctrl_offset(dir: usize) -> usize {
+    128 + dir * core::mem::size_of::<DirCtrl>()
+}
+
+/// Offset of the data ring of direction `dir` (0 or 1).
+pub const fn ring_offset(dir: usize) -> usize {
+    CTRL_BYTES + dir * RING_BYTES
+}
+
+/// Bytes one packet of `len` bytes takes in a ring: header plus payload rounded up to 8.
+pub const fn record_bytes(len: usize) -> usize {
+    HDR_BYTES + ((len + 7) & !7)
+}
+
+/// A value alone on its own 128-byte block.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct Padded<T>(pub T);
+
+/// The shared control block of one direction. Any field may hold any value written by a
+/// hostile peer; readers validate before use.
+#[repr(C)]
+#[derive(Debug)]
+pub struct DirCtrl {
+    /// Bytes ever written by the producer (free-running; position = index % ring size).
+    pub prod: Padded<AtomicU64>,
+    /// Bytes ever consumed by the consumer (free-running); `prod - cons` in `0..=ring size`.
+    pub cons: Padded<AtomicU64>,
+    /// 1 while the consumer is (about to be) asleep on the event channel, else 0.
+    pub sleeping: Padded<AtomicU32>,
+}
+
+impl DirCtrl {
+    /// A zeroed control block (for rings on the heap: tests and model checking).
+    pub fn new() -> DirCtrl {
+        DirCtrl {
+            prod: Padded(AtomicU64::new(0)),
+            cons: Padded(AtomicU64::new(0)),
+            sleeping: Padded(AtomicU32::new(0)),
+        }
+    }
+}
+
+impl Default for DirCtrl {
+    fn default() -> Self {
+        DirCtrl::new()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_fits_in_the_region() {
+        assert_eq!(core::mem::size_of::<DirCtrl>(), 384);
+        assert!(dir_ctrl_offset(1) + core::mem::size_of::<DirCtrl>() <= CTRL_BYTES);
+        assert_eq!(ring_offset(1) + RING_BYTES, TUBE_BYTES);
+        assert_eq!(RING_BYTES % 8, 0);
+        assert!(RING_BYTES / record_bytes(64) > 1000);
+    }
+
+    #[test]
+    fn records_are_padded_to_eight() {
+        assert_eq!(record_bytes(1), 16);
+        assert_eq!(record_bytes(8), 16);
+        assert_eq!(record_bytes(9), 24);
+        assert_eq!(record_bytes(MAX_PACKET), 8 + 4096);
+    }
+}

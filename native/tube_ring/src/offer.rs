@@ -1,0 +1,258 @@
+//! Handing a tube's shared memory to exactly one peer.
+//!
+//! The offerer creates a sealed memfd and a listening Unix socket in the abstract namespace
+//! (no filesystem entry; the name vanishes with the socket, even on kill -9). The ring refs
+//! it publishes (through Xenstore) carry a 128-bit random grant. The connector connects,
+//! sends the grant, and receives the memfd over SCM_RIGHTS. The offerer drops connections
+//! that present a wrong grant or come from another uid, and keeps waiting. The accepted
+//! connection then serves as the tube's event channel.
+//!
+//! Wire format of the handshake: connector -> offerer: the 16 grant bytes; offerer ->
+//! connector: one byte `b'K'` carrying the memfd.
+//!
+//! String formats: event channel `@tube-<32 hex>` (`@` marks the abstract namespace);
+//! ring refs `<dir>:<32 hex grant>`, dir 0 = offerer transmits, dir 1 = offerer receives.
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crate::error::RingError;
+use crate::layout::{MAGIC, RING_BYTES, TUBE_BYTES, VERSION};
+use crate::sys::{self, Mapping};
+use crate::tube::Tube;
+
+/// Bytes of the grant (128 bits).
+const GRANT_BYTES: usize = 16;
+/// Longest a single connecting candidate may take to present its grant, so a silent
+/// connection cannot hold up the real peer for the whole accept timeout.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
+/// The byte that accompanies the memfd.
+const ACK: u8 = b'K';
+
+/// Offering side ("tip" in the Xenstore handshake): owns the shared memory and the
+/// listening socket until a peer with the right grant connects.
+#[derive(Debug)]
+pub struct Offer {
+    map: Mapping,
+    memfd: OwnedFd,
+    listener: OwnedFd,
+    name: String,
+    grant: [u8; GRANT_BYTES],
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// Compares grants in time independent of where they differ.
+fn grant_eq(a: &[u8; GRANT_BYTES], b: &[u8; GRANT_BYTES]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Writes the region header (magic, version, ring size) into a fresh mapping.
+fn write_header(map: &Mapping) {
+    // SAFETY: offsets 0..16 are inside the mapping, which is page-aligned; nobody else has
+    // the memfd yet, so these plain writes race with nothing.
+    unsafe {
+        let p = map.ptr().as_ptr();
+        p.cast::<u64>().write(MAGIC.to_le());
+        p.add(8).cast::<u32>().write(VERSION.to_le());
+        p.add(12).cast::<u32>().write((RING_BYTES as u32).to_le());
+    }
+}
+
+/// Checks the region header written by the offerer.
+fn check_header(map: &Mapping) -> Result<(), RingError> {
+    // SAFETY: offsets 0..16 are inside the page-aligned mapping; volatile because the other
+    // process may write them at any time.
+    let (magic, version, ring) = unsafe {
+        let p = map.ptr().as_ptr();
+        (
+            u64::from_le(p.cast::<u64>().read_volatile()),
+            u32::from_le(p.add(8).cast::<u32>().read_volatile()),
+            u32::from_le(p.add(12).cast::<u32>().read_volatile()),
+        )
+    };
+    if magic != MAGIC || version != VERSION || ring as usize != RING_BYTES {
+        return Err(RingError::Corrupt("shared memory header mismatch"));
+    }
+    Ok(())
+}
+
+impl Offer {
+    /// Creates the shared memory and the listening socket.
+    pub fn new() -> Result<Offer, RingError> {
+        let mut rnd = [0u8; 32];
+        sys::random_bytes(&mut rnd)?;
+        let name = format!("tube-{}", hex(&rnd[..16]));
+        let mut grant = [0u8; GRANT_BYTES];
+        grant.copy_from_slice(&rnd[16..]);
+        let memfd = sys::sealed_memfd(TUBE_BYTES)?;
+        let map = Mapping::new(&memfd, TUBE_BYTES)?;
+        write_header(&map);
+        let listener = sys::listen_abstract(name.as_bytes())?;
+        Ok(Offer { map, memfd, listener, name, grant })
+    }
+
+    /// The event channel: the abstract socket name, `@tube-<32 hex>`.
+    pub fn event_channel(&self) -> String {
+        format!("@{}", self.name)
+    }
+
+    /// Ref of the ring this (offering) side transmits on.
+    pub fn tx_ring_ref(&self) -> String {
+        format!("0:{}", hex(&self.grant))
+    }
+
+    /// Ref of the ring this side receives on.
+    pub fn rx_ring_ref(&self) -> String {
+        format!("1:{}", hex(&self.grant))
+    }
+
+    /// Waits (up to `timeout`) for the peer to connect and present the grant, then hands it
+    /// the memfd. Connections with a wrong grant or another uid are dropped and waiting
+    /// continues. Blocking: run it off the BEAM schedulers.
+    pub fn accept(self, timeout: Duration) -> Result<Tube, RingError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(conn) = sys::accept(&self.listener)? {
+                if let Some(pid) = self.admit(&conn, deadline)? {
+                    // The listener closes here, removing the name; the memfd closes too: the
+                    // mapping keeps the memory alive.
+                    return Ok(Tube::new(self.map, conn, 0, Some(pid)));
+                }
+                continue;
+            }
+            let left = sys::remaining(deadline);
+            if left.is_zero() {
+                return Err(RingError::Timeout);
+            }
+            sys::poll_fd(std::os::fd::AsRawFd::as_raw_fd(&self.listener), libc::POLLIN, left)?;
+        }
+    }
+
+    /// Runs the handshake with one candidate. `Ok(Some(pid))` if admitted and the memfd sent,
+    /// `Ok(None)` if refused (wrong grant or uid, silent, or gone).
+    fn admit(&self, conn: &OwnedFd, deadline: Instant) -> Result<Option<i32>, RingError> {
+        let cred = match sys::peer_cred(conn) {
+            Ok(c) if c.uid == sys::euid() => c,
+            _ => return Ok(None),
+        };
+        let mut got = [0u8; GRANT_BYTES];
+        let until = deadline.min(Instant::now() + HANDSHAKE_LIMIT);
+        if sys::read_exact_until(conn, &mut got, until).is_err() || !grant_eq(&got, &self.grant) {
+            return Ok(None);
+        }
+        match sys::send_fd(conn, ACK, &self.memfd) {
+            Ok(()) => Ok(Some(cred.pid)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// Parses a ring ref, returning its direction and grant.
+fn parse_ref(r: &str) -> Result<(u8, [u8; GRANT_BYTES]), RingError> {
+    let bad = || RingError::BadRef(r.chars().take(80).collect());
+    let (dir, grant) = r.split_once(':').ok_or_else(bad)?;
+    let dir = match dir {
+        "0" => 0,
+        "1" => 1,
+        _ => return Err(bad()),
+    };
+    Ok((dir, unhex::<GRANT_BYTES>(grant).ok_or_else(bad)?))
+}
+
+/// Parses the event channel, returning the abstract socket name.
+fn parse_channel(ch: &str) -> Result<&str, RingError> {
+    match ch.strip_prefix('@') {
+        Some(name) if name.starts_with("tube-") && unhex::<16>(&name[5..]).is_some() => Ok(name),
+        _ => Err(RingError::BadRef(ch.chars().take(80).collect())),
+    }
+}
+
+/// Connecting side ("nock"): the refs are the *offerer's* names, so this end transmits on
+/// the offerer's rx ring.
+pub fn connect(
+    event_channel: &str,
+    tx_ring_ref: &str,
+    rx_ring_ref: &str,
+    timeout: Duration,
+) -> Result<Tube, RingError> {
+    let deadline = Instant::now() + timeout;
+    let name = parse_channel(event_channel)?;
+    let (tx_dir, grant) = parse_ref(tx_ring_ref)?;
+    let (rx_dir, rx_grant) = parse_ref(rx_ring_ref)?;
+    if tx_dir != 0 || rx_dir != 1 || grant != rx_grant {
+        return Err(RingError::BadRef(format!("{tx_ring_ref} / {rx_ring_ref}")));
+    }
+    let sock = sys::connect_abstract(name.as_bytes(), deadline)?;
+    let cred = sys::peer_cred(&sock)?;
+    if cred.uid != sys::euid() {
+        return Err(RingError::Denied);
+    }
+    sys::send_all(&sock, &grant)?;
+    let memfd = match sys::recv_fd(&sock, deadline)? {
+        Some((ACK, Some(fd))) => fd,
+        _ => return Err(RingError::Denied),
+    };
+    sys::check_memfd(&memfd, TUBE_BYTES).map_err(RingError::Corrupt)?;
+    let map = Mapping::new(&memfd, TUBE_BYTES)?;
+    check_header(&map)?;
+    Ok(Tube::new(map, sock, 1, Some(cred.pid)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_round_trip_and_bad_refs_are_rejected() {
+        let g = [0xa5u8; GRANT_BYTES];
+        let r = format!("1:{}", hex(&g));
+        assert_eq!(parse_ref(&r).unwrap(), (1, g));
+        for bad in ["", "1:", "2:00", "1:zz", "x", "0:0123"] {
+            assert!(parse_ref(bad).is_err(), "{bad}");
+        }
+        assert!(parse_channel("@tube-00112233445566778899aabbccddeeff").is_ok());
+        assert!(parse_channel("tube-00112233445566778899aabbccddeeff").is_err());
+        assert!(parse_channel("@tube-../etc").is_err());
+    }
+
+    #[test]
+    fn grant_compare() {
+        assert!(grant_eq(&[1; 16], &[1; 16]));
+        let mut b = [1; 16];
+        b[15] = 0;
+        assert!(!grant_eq(&[1; 16], &b));
+    }
+
+    #[test]
+    fn same_process_tube_passes_packets() {
+        let offer = Offer::new().unwrap();
+        let (ch, tx, rx) = (offer.event_channel(), offer.tx_ring_ref(), offer.rx_ring_ref());
+        let t = std::thread::spawn(move || connect(&ch, &tx, &rx, Duration::from_secs(10)).unwrap());
+        let mut a = offer.accept(Duration::from_secs(10)).unwrap();
+        let mut b = t.join().unwrap();
+        a.send(b"hello").unwrap();
+        let mut got = Vec::new();
+        assert_eq!(b.recv(10, |p| got.push(p.to_vec())).unwrap(), 1);
+        assert_eq!(got, vec![b"hello".to_vec()]);
+        b.send(b"back").unwrap();
+        assert!(a.has_data());
+        assert_eq!(a.recv(10, |p| assert_eq!(p, b"back")).unwrap(), 1);
+    }
+}

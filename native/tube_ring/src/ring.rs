@@ -1,0 +1,375 @@
+//! The ring protocol of one direction, independent of where the memory lives.
+//!
+//! The producer owns the true producer index and the consumer owns the true consumer index;
+//! each keeps its own copy privately and only *publishes* it to shared memory. What it reads
+//! back from shared memory is the other side's index, which a hostile peer may have set to
+//! anything, so every load is validated before use:
+//!
+//! * consumer: `avail = prod - cons` (wrapping) must be `<= size`; each record header must give
+//!   a length in `1..=MAX_PACKET`, and the record must lie inside `avail`;
+//! * producer: `used = prod - cons` (wrapping) must be `<= size` and a multiple of 8.
+//!
+//! A violation yields [`Corrupt`] and the caller ends the tube. Positions are always taken
+//! modulo the ring size and every copy goes through bounds-checked [`RingMem`] calls, so even a
+//! validation gap could not touch memory outside the ring.
+//!
+//! Records are `len: u32 LE, 4 reserved bytes, payload, padding to 8`. The ring size is a
+//! multiple of 8, so a header never wraps; a payload that reaches the end of the ring continues
+//! at offset 0 (split copy), so no space is lost to padding records.
+//!
+//! Wake-up suppression is the classic store/fence/load pair on both sides:
+//! producer `store prod; fence(SeqCst); load sleeping`, consumer
+//! `store sleeping = 1; fence(SeqCst); load prod`. At least one of the two loads sees the
+//! other side's store, so either the consumer sees the data and stays awake or the producer
+//! sees the flag and sends a wake-up. The producer swaps the flag to 0 before signalling, so a
+//! sleep costs at most one wake-up byte. `tests/loom_ring.rs` model-checks this.
+
+use crate::layout::{record_bytes, DirCtrl, HDR_BYTES, MAX_PACKET};
+use crate::sync::{fence, Ordering};
+
+/// The ring content is inconsistent (written by a faulty or hostile peer); the tube is dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Corrupt(pub &'static str);
+
+impl core::fmt::Display for Corrupt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "corrupt ring: {}", self.0)
+    }
+}
+
+impl std::error::Error for Corrupt {}
+
+/// The memory of one direction: its control block and `SIZE` data bytes.
+///
+/// Implementations must be sound for any `off`/length: out-of-range copies return `false`
+/// instead of touching memory. Data bytes may change under the reader's feet (the peer is
+/// another process), so `read` only promises to fill `dst` with *some* bytes.
+pub trait RingMem {
+    /// Data bytes of the ring; a non-zero multiple of 8.
+    const SIZE: usize;
+    /// The shared control block of this direction.
+    fn ctrl(&self) -> &DirCtrl;
+    /// Copies `src` to data offset `off`; `false` (and nothing written) if it does not fit.
+    fn write(&self, off: usize, src: &[u8]) -> bool;
+    /// Copies from data offset `off` into `dst`; `false` (and nothing read) if out of range.
+    fn read(&self, off: usize, dst: &mut [u8]) -> bool;
+}
+
+/// Writes `src` at ring position `pos`, continuing at 0 when it reaches the end.
+fn write_wrapped<M: RingMem>(mem: &M, pos: usize, src: &[u8]) -> bool {
+    debug_assert!(pos < M::SIZE);
+    let first = src.len().min(M::SIZE.saturating_sub(pos));
+    let (a, b) = src.split_at(first);
+    mem.write(pos, a) && (b.is_empty() || mem.write(0, b))
+}
+
+/// Reads into `dst` from ring position `pos`, continuing at 0 when it reaches the end.
+fn read_wrapped<M: RingMem>(mem: &M, pos: usize, dst: &mut [u8]) -> bool {
+    debug_assert!(pos < M::SIZE);
+    let first = dst.len().min(M::SIZE.saturating_sub(pos));
+    let (a, b) = dst.split_at_mut(first);
+    mem.read(pos, a) && (b.is_empty() || mem.read(0, b))
+}
+
+/// Position in the ring of free-running index `idx`, in `0..M::SIZE`.
+fn pos_of<M: RingMem>(idx: u64) -> usize {
+    (idx % M::SIZE as u64) as usize
+}
+
+/// The writing end of one direction.
+#[derive(Debug)]
+pub struct Producer<M> {
+    mem: M,
+    /// Our producer index (the truth; the shared copy is only published).
+    prod: u64,
+    /// Last validated consumer index; `prod - cons_cache` in `0..=SIZE`.
+    cons_cache: u64,
+}
+
+impl<M: RingMem> Producer<M> {
+    /// A producer on a ring whose shared indices are both 0.
+    pub fn new(mem: M) -> Self {
+        Producer { mem, prod: 0, cons_cache: 0 }
+    }
+
+    /// The memory this producer writes.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Free bytes according to the cached consumer index.
+    fn free_cached(&self) -> usize {
+        let used = self.prod.wrapping_sub(self.cons_cache);
+        debug_assert!(used <= M::SIZE as u64);
+        M::SIZE - used as usize
+    }
+
+    /// Whether `need` bytes are free, re-reading the consumer index only when the cached one
+    /// says no (that load is a cache miss on the peer's line, so it is kept off the fast path).
+    fn has_room(&mut self, need: usize) -> Result<bool, Corrupt> {
+        if self.free_cached() >= need {
+            return Ok(true);
+        }
+        // Acquire: the consumer's copies out of the space it freed happen before we reuse it.
+        let cons = self.mem.ctrl().cons.0.load(Ordering::Acquire);
+        let used = self.prod.wrapping_sub(cons);
+        if used > M::SIZE as u64 || used % 8 != 0 {
+            return Err(Corrupt("consumer index out of range"));
+        }
+        self.cons_cache = cons;
+        Ok(self.free_cached() >= need)
+    }
+
+    /// Writes one packet of `1..=MAX_PACKET` bytes without publishing it.
+    /// `Ok(false)`: no room (the caller counts a drop).
+    pub fn push(&mut self, pkt: &[u8]) -> Result<bool, Corrupt> {
+        if pkt.is_empty() || pkt.len() > MAX_PACKET {
+            return Err(Corrupt("packet size out of range"));
+        }
+        let need = record_bytes(pkt.len());
+        if !self.has_room(need)? {
+            return Ok(false);
+        }
+        let pos = pos_of::<M>(self.prod);
+        let mut hdr = [0u8; HDR_BYTES];
+        hdr[..4].copy_from_slice(&(pkt.len() as u32).to_le_bytes());
+        let body = pos_of::<M>(self.prod.wrapping_add(HDR_BYTES as u64));
+        if !(write_wrapped(&self.mem, pos, &hdr) && write_wrapped(&self.mem, body, pkt)) {
+            return Err(Corrupt("record outside the ring"));
+        }
+        self.prod = self.prod.wrapping_add(need as u64);
+        Ok(true)
+    }
+
+    /// Makes every pushed packet visible to the consumer. Returns true if the consumer had
+    /// announced it was going to sleep: the caller must then send it one wake-up.
+    pub fn publish(&mut self) -> bool {
+        let ctrl = self.mem.ctrl();
+        // Release: the record bytes written by `push` are visible before the index that covers them.
+        ctrl.prod.0.store(self.prod, Ordering::Release);
+        // SeqCst fence: orders the store above before the load of `sleeping` below; pairs with
+        // the fence in `Consumer::prepare_sleep` (see the module docs).
+        fence(Ordering::SeqCst);
+        // Relaxed load first so the common case (reader awake) costs no locked instruction;
+        // the swap makes sure only one producer publish answers one sleep.
+        ctrl.sleeping.0.load(Ordering::Relaxed) != 0
+            && ctrl.sleeping.0.swap(0, Ordering::Relaxed) != 0
+    }
+}
+
+/// The reading end of one direction.
+#[derive(Debug)]
+pub struct Consumer<M> {
+    mem: M,
+    /// Our consumer index (the truth; the shared copy is only published).
+    cons: u64,
+    /// Last validated producer index; `prod_cache - cons` in `0..=SIZE`.
+    prod_cache: u64,
+    /// Consumer index last published.
+    published: u64,
+}
+
+impl<M: RingMem> Consumer<M> {
+    /// A consumer on a ring whose shared indices are both 0.
+    pub fn new(mem: M) -> Self {
+        Consumer { mem, cons: 0, prod_cache: 0, published: 0 }
+    }
+
+    /// The memory this consumer reads.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Re-reads and validates the producer index.
+    fn refresh(&mut self) -> Result<(), Corrupt> {
+        // Acquire: pairs with the producer's Release store; the records it covers are visible.
+        let prod = self.mem.ctrl().prod.0.load(Ordering::Acquire);
+        if prod.wrapping_sub(self.cons) > M::SIZE as u64 {
+            return Err(Corrupt("producer index out of range"));
+        }
+        self.prod_cache = prod;
+        Ok(())
+    }
+
+    /// Copies the next packet into `buf` and returns its length, or `None` if the ring is
+    /// empty. The consumer index is advanced privately; call [`Consumer::publish`] to free space.
+    pub fn pop(&mut self, buf: &mut [u8; MAX_PACKET]) -> Result<Option<usize>, Corrupt> {
+        if self.prod_cache == self.cons {
+            self.refresh()?;
+            if self.prod_cache == self.cons {
+                return Ok(None);
+            }
+        }
+        let avail = self.prod_cache.wrapping_sub(self.cons);
+        debug_assert!(avail <= M::SIZE as u64);
+        let mut hdr = [0u8; HDR_BYTES];
+        if !read_wrapped(&self.mem, pos_of::<M>(self.cons), &mut hdr) {
+            return Err(Corrupt("record outside the ring"));
+        }
+        // The length is read once, into a local: later scribbles cannot change what we check.
+        let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        if len == 0 || len > MAX_PACKET {
+            return Err(Corrupt("record length out of range"));
+        }
+        let rec = record_bytes(len) as u64;
+        if rec > avail {
+            return Err(Corrupt("record runs past the producer index"));
+        }
+        let body = pos_of::<M>(self.cons.wrapping_add(HDR_BYTES as u64));
+        if !read_wrapped(&self.mem, body, &mut buf[..len]) {
+            return Err(Corrupt("record outside the ring"));
+        }
+        self.cons = self.cons.wrapping_add(rec);
+        Ok(Some(len))
+    }
+
+    /// Gives the space of every popped packet back to the producer.
+    pub fn publish(&mut self) {
+        if self.published != self.cons {
+            // Release: our copies out of the records happen before the producer may overwrite them.
+            self.mem.ctrl().cons.0.store(self.cons, Ordering::Release);
+            self.published = self.cons;
+        }
+    }
+
+    /// Bytes popped but not yet published.
+    pub fn unpublished(&self) -> u64 {
+        self.cons.wrapping_sub(self.published)
+    }
+
+    /// True if a packet is (or appears to be) waiting. A corrupt producer index also reads as
+    /// "data", so the caller's next `pop` reports it.
+    pub fn has_data(&self) -> bool {
+        // Acquire: as in `refresh`.
+        self.prod_cache != self.cons || self.mem.ctrl().prod.0.load(Ordering::Acquire) != self.cons
+    }
+
+    /// Announces that the consumer is going to sleep, then re-checks the ring. Returns true if
+    /// it may sleep (the producer will send a wake-up for the next packet), false if data
+    /// arrived meanwhile and the caller must drain again. Publishes the consumer index first
+    /// so a producer that is waiting for room is not kept waiting by a sleeper.
+    pub fn prepare_sleep(&mut self) -> bool {
+        self.publish();
+        let ctrl = self.mem.ctrl();
+        ctrl.sleeping.0.store(1, Ordering::Relaxed);
+        // SeqCst fence: orders the flag store before the load of `prod` in `has_data`; pairs
+        // with the fence in `Producer::publish`.
+        fence(Ordering::SeqCst);
+        !self.has_data()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::cell::UnsafeCell;
+
+    /// A small single-threaded ring on the heap.
+    struct HeapMem {
+        ctrl: DirCtrl,
+        data: UnsafeCell<[u8; 64]>,
+    }
+
+    impl RingMem for &HeapMem {
+        const SIZE: usize = 64;
+        fn ctrl(&self) -> &DirCtrl {
+            &self.ctrl
+        }
+        fn write(&self, off: usize, src: &[u8]) -> bool {
+            if off > Self::SIZE || src.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
+            unsafe { (&mut *self.data.get())[off..off + src.len()].copy_from_slice(src) };
+            true
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+            if off > Self::SIZE || dst.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: as in `write`.
+            dst.copy_from_slice(unsafe { &(&*self.data.get())[off..off + dst.len()] });
+            true
+        }
+    }
+
+    fn heap() -> HeapMem {
+        HeapMem { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 64]) }
+    }
+
+    #[test]
+    fn packets_round_trip_across_the_wrap() {
+        let m = heap();
+        let (mut p, mut c) = (Producer::new(&m), Consumer::new(&m));
+        let mut buf = [0u8; MAX_PACKET];
+        for round in 0..50u8 {
+            let len = 1 + (round as usize * 7) % 40;
+            let pkt: Vec<u8> = (0..len).map(|i| round ^ i as u8).collect();
+            assert_eq!(p.push(&pkt), Ok(true));
+            p.publish();
+            assert_eq!(c.pop(&mut buf), Ok(Some(len)));
+            assert_eq!(&buf[..len], &pkt[..]);
+            c.publish();
+        }
+    }
+
+    #[test]
+    fn full_ring_refuses_until_consumer_publishes() {
+        let m = heap();
+        let (mut p, mut c) = (Producer::new(&m), Consumer::new(&m));
+        let mut buf = [0u8; MAX_PACKET];
+        assert_eq!(p.push(&[1; 20]), Ok(true)); // 32 bytes
+        assert_eq!(p.push(&[2; 24]), Ok(true)); // 32 bytes: ring full
+        assert_eq!(p.push(&[3; 1]), Ok(false));
+        p.publish();
+        assert_eq!(c.pop(&mut buf), Ok(Some(20)));
+        assert_eq!(p.push(&[3; 1]), Ok(false), "space not published yet");
+        c.publish();
+        assert_eq!(p.push(&[3; 1]), Ok(true));
+    }
+
+    #[test]
+    fn bad_indices_and_lengths_are_corrupt() {
+        let m = heap();
+        let mut c = Consumer::new(&m);
+        let mut buf = [0u8; MAX_PACKET];
+        m.ctrl.prod.0.store(65, Ordering::Relaxed);
+        assert!(c.pop(&mut buf).is_err());
+        let mut c = Consumer::new(&m);
+        m.ctrl.prod.0.store(u64::MAX, Ordering::Relaxed);
+        assert!(c.pop(&mut buf).is_err());
+        let mut c = Consumer::new(&m);
+        m.ctrl.prod.0.store(16, Ordering::Relaxed);
+        assert!((&m).write(0, &9u32.to_le_bytes()));
+        assert_eq!(c.pop(&mut buf), Err(Corrupt("record runs past the producer index")));
+        let mut c = Consumer::new(&m);
+        assert!((&m).write(0, &0u32.to_le_bytes()));
+        assert_eq!(c.pop(&mut buf), Err(Corrupt("record length out of range")));
+        let mut c = Consumer::new(&m);
+        assert!((&m).write(0, &5000u32.to_le_bytes()));
+        assert_eq!(c.pop(&mut buf), Err(Corrupt("record length out of range")));
+    }
+
+    #[test]
+    fn bogus_consumer_index_is_corrupt_for_the_producer() {
+        let m = heap();
+        let mut p = Producer::new(&m);
+        for _ in 0..4 {
+            assert_eq!(p.push(&[0; 8]), Ok(true));
+        }
+        m.ctrl.cons.0.store(1000, Ordering::Relaxed);
+        assert!(p.push(&[0; 8]).is_err());
+    }
+
+    #[test]
+    fn sleep_flag_yields_one_wakeup() {
+        let m = heap();
+        let (mut p, mut c) = (Producer::new(&m), Consumer::new(&m));
+        assert!(c.prepare_sleep());
+        assert_eq!(p.push(&[1]), Ok(true));
+        assert!(p.publish());
+        assert_eq!(p.push(&[2]), Ok(true));
+        assert!(!p.publish());
+        assert!(!c.prepare_sleep(), "data is waiting");
+    }
+}
