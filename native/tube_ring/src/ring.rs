@@ -113,7 +113,7 @@ impl<M: RingMem> Producer<M> {
         // Acquire: the consumer's copies out of the space it freed happen before we reuse it.
         let cons = self.mem.ctrl().cons.0.load(Ordering::Acquire);
         let used = self.prod.wrapping_sub(cons);
-        if used > M::SIZE as u64 || used % 8 != 0 {
+        if used > M::SIZE as u64 || used & 7 != 0 {
             return Err(Corrupt("consumer index out of range"));
         }
         self.cons_cache = cons;
