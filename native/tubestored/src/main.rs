@@ -1,1 +1,188 @@
-fn main() {}
+//! `tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]`
+
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tubestored::{BindError, Options, Server};
+
+struct Cli {
+    opts: Options,
+    daemon: bool,
+    pidfile: Option<PathBuf>,
+    quiet: bool,
+}
+
+const USAGE: &str = "usage: tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]";
+
+fn parse_args() -> Result<Cli, String> {
+    let mut cli = Cli { opts: Options::default(), daemon: false, pidfile: None, quiet: false };
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let a = a.to_string_lossy().into_owned();
+        let mut value = |name: &str| args.next().map(PathBuf::from).ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--socket" => cli.opts.socket = Some(value("--socket")?),
+            "--db" => cli.opts.db = Some(value("--db")?),
+            "--pidfile" => cli.pidfile = Some(value("--pidfile")?),
+            "--daemon" => cli.daemon = true,
+            "--quiet" => cli.quiet = true,
+            "-h" | "--help" => return Err(USAGE.to_owned()),
+            _ => return Err(format!("unknown argument {a}\n{USAGE}")),
+        }
+    }
+    Ok(cli)
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::bind(cli.opts.clone()) {
+        Ok(s) => s,
+        Err(BindError::AlreadyRunning(p)) => {
+            if !cli.quiet {
+                eprintln!("tubestored: already running on {}", p.display());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("tubestored: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.daemon {
+        match daemonize() {
+            Ok(true) => {}
+            Ok(false) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tubestored: cannot daemonize: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(p) = &cli.pidfile {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            eprintln!("tubestored: cannot write {}: {e}", p.display());
+        }
+    }
+    if cli.daemon {
+        signal_ready();
+    }
+    if !cli.quiet {
+        eprintln!("tubestored: listening on {}", server.path().display());
+    }
+    if let Err(e) = block_signals() {
+        eprintln!("tubestored: cannot block signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    let stopper = server.stopper();
+    let spawned = std::thread::Builder::new().name("tubestored-signals".into()).spawn(move || {
+        wait_signal();
+        stopper.stop();
+    });
+    if let Err(e) = spawned {
+        eprintln!("tubestored: {e}");
+        return ExitCode::FAILURE;
+    }
+    let res = server.run();
+    if let Some(p) = &cli.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tubestored: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+static READY_FD: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Forks. The parent waits until the child says it is ready (socket bound before the fork,
+/// pidfile written) and returns Ok(false); the child detaches and returns Ok(true).
+fn daemonize() -> io::Result<bool> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe to fill.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just returned by pipe and are owned by nothing else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread runs yet (Server::bind starts none), so the child is consistent.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid has no memory effects; failure is harmless here.
+            unsafe { libc::setsid() };
+            redirect_stdio()?;
+            *READY_FD.lock().unwrap_or_else(|e| e.into_inner()) = Some(wr);
+            Ok(true)
+        }
+        _ => {
+            drop(wr);
+            let mut f = std::fs::File::from(rd);
+            let mut b = [0u8; 1];
+            match f.read(&mut b) {
+                Ok(1) => Ok(false),
+                _ => Err(io::Error::other("daemon failed to start")),
+            }
+        }
+    }
+}
+
+fn signal_ready() {
+    if let Some(fd) = READY_FD.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = std::fs::File::from(fd).write_all(b"1");
+    }
+}
+
+fn redirect_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors; `null` stays open during the call.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+    }
+    set
+}
+
+/// Blocks SIGTERM/SIGINT in this thread and every thread started after, so that only the
+/// signal thread (sigwait) sees them.
+fn block_signals() -> io::Result<()> {
+    let set = signal_set();
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+fn wait_signal() {
+    let set = signal_set();
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+}

@@ -1,0 +1,401 @@
+//! The daemon's whole state behind one lock, and the request dispatcher: one handler per
+//! message type, an error enum that becomes an XS_ERROR reply in one place.
+//!
+//! Ordering: a request is handled entirely under the state lock. Watch events it causes are
+//! queued to every watcher (the requester included) before its reply; the initial event of a
+//! WATCH goes after the WATCH reply. Since all queueing happens under the lock, every
+//! connection sees events in commit order, and replies in request order.
+
+use crate::ops::{self, Caller, Change, Quotas};
+use crate::outbox::Outbox;
+use crate::persist::Journal;
+use crate::store::{Direct, Overlay, Store, Tree, TxView};
+use crate::watch::{ConnId, Fired, Watch, Watches};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tube_xs::perms::PermList;
+use tube_xs::wire::{Message, MsgType, XsError, PAYLOAD_MAX};
+
+/// An open transaction: its overlay and the changes it will announce at commit.
+#[derive(Debug, Default)]
+pub struct Tx {
+    /// Private changes and read set.
+    pub ov: Overlay,
+    /// Watch-relevant changes, fired at commit.
+    pub changes: Vec<Change>,
+}
+
+/// One client connection.
+pub struct Conn {
+    /// Bound domain; None = privileged socket client (dom0).
+    pub domid: Option<u32>,
+    /// Outgoing queue.
+    pub outbox: Arc<Outbox>,
+    /// Open transactions by id.
+    pub txs: HashMap<u32, Tx>,
+}
+
+impl Conn {
+    /// Who this connection acts as.
+    pub fn caller(&self) -> Caller {
+        match self.domid {
+            None => Caller::DOM0,
+            Some(d) => Caller { domid: d, privileged: false },
+        }
+    }
+}
+
+/// A domain known to the daemon.
+#[derive(Debug, Default, Clone)]
+pub struct Domain {
+    /// The connection bound to it (local-domain extension), if any.
+    pub conn: Option<ConnId>,
+}
+
+/// What a handler did besides its reply.
+#[derive(Default)]
+pub struct Effects {
+    /// Committed changes to announce before the reply.
+    pub changes: Vec<Change>,
+    /// Special events ("@introduceDomain", "@releaseDomain") to announce before the reply.
+    pub specials: Vec<&'static str>,
+    /// Paths changed in the store (for the journal).
+    pub touched: Vec<String>,
+    /// Events to queue after the reply (WATCH's first event).
+    pub after: Vec<Fired>,
+    /// Connections to drop once the reply is queued (RELEASE of a bound domain).
+    pub kill: Vec<ConnId>,
+}
+
+/// Everything the daemon knows.
+pub struct State {
+    /// The committed tree.
+    pub store: Store,
+    /// All watches.
+    pub watches: Watches,
+    /// Live connections.
+    pub conns: HashMap<ConnId, Conn>,
+    /// Introduced domains.
+    pub domains: BTreeMap<u32, Domain>,
+    /// Limits for unprivileged connections.
+    pub quotas: Quotas,
+    /// Persistence, if enabled.
+    pub journal: Option<Journal>,
+    /// Set while the server stops: closing connections then does not release their domains.
+    pub shutting_down: bool,
+    next_tx: u32,
+}
+
+type HResult = Result<Vec<u8>, XsError>;
+
+const OK: &[u8] = b"OK\0";
+
+impl State {
+    /// A fresh state around `store`.
+    pub fn new(store: Store, quotas: Quotas) -> State {
+        State {
+            store,
+            watches: Watches::default(),
+            conns: HashMap::new(),
+            domains: BTreeMap::new(),
+            quotas,
+            journal: None,
+            shutting_down: false,
+            next_tx: 0,
+        }
+    }
+
+    /// Registers a new connection.
+    pub fn add_conn(&mut self, id: ConnId, outbox: Arc<Outbox>) {
+        self.conns.insert(id, Conn { domid: None, outbox, txs: HashMap::new() });
+    }
+
+    /// Handles one request from `id`, queueing the reply and any events. `wake_self` = false
+    /// when the caller flushes the requester's queue itself.
+    pub fn handle(&mut self, id: ConnId, msg: &Message, wake_self: bool) {
+        let Some(conn) = self.conns.get(&id) else { return };
+        let caller = conn.caller();
+        let mut fx = Effects::default();
+        let res = self.dispatch(id, caller, msg, &mut fx);
+        self.commit_effects(&mut fx, id, wake_self);
+        if let Some(conn) = self.conns.get(&id) {
+            match res {
+                Ok(payload) => conn.outbox.push(msg.ty, msg.req_id, msg.tx_id, &payload, wake_self),
+                Err(e) => {
+                    let mut p = e.as_str().as_bytes().to_vec();
+                    p.push(0);
+                    conn.outbox.push(MsgType::Error as u32, msg.req_id, msg.tx_id, &p, wake_self);
+                }
+            }
+        }
+        for f in fx.after.drain(..) {
+            self.send_event(&f, id, wake_self);
+        }
+        for k in fx.kill.drain(..) {
+            if let Some(c) = self.conns.get(&k) {
+                c.outbox.kill();
+            }
+        }
+    }
+
+    /// Journals, then fires the watches of, everything `fx` changed.
+    pub fn commit_effects(&mut self, fx: &mut Effects, id: ConnId, wake_self: bool) {
+        if !fx.touched.is_empty() {
+            if let Some(j) = &mut self.journal {
+                j.record(&self.store, &fx.touched);
+            }
+            fx.touched.clear();
+        }
+        let mut fired = Vec::new();
+        for ch in fx.changes.drain(..) {
+            let conns = &self.conns;
+            self.watches.fire(&ch, |c| conns.get(&c).map(Conn::caller), &mut fired);
+        }
+        for s in fx.specials.drain(..) {
+            self.watches.fire_special(s, &mut fired);
+        }
+        for f in &fired {
+            self.send_event(f, id, wake_self);
+        }
+        if let Some(j) = &mut self.journal {
+            if j.wants_snapshot() {
+                j.snapshot(&self.store);
+            }
+        }
+    }
+
+    fn send_event(&self, f: &Fired, id: ConnId, wake_self: bool) {
+        if let Some(c) = self.conns.get(&f.conn) {
+            let mut p = Vec::with_capacity(f.path.len() + f.token.len() + 2);
+            p.extend_from_slice(f.path.as_bytes());
+            p.push(0);
+            p.extend_from_slice(f.token.as_bytes());
+            p.push(0);
+            c.outbox.push(MsgType::WatchEvent as u32, 0, 0, &p, f.conn != id || wake_self);
+        }
+    }
+
+    fn dispatch(&mut self, id: ConnId, c: Caller, msg: &Message, fx: &mut Effects) -> HResult {
+        let Some(ty) = msg.msg_type() else { return Err(XsError::Enosys) };
+        match ty {
+            MsgType::Read
+            | MsgType::Write
+            | MsgType::Mkdir
+            | MsgType::Rm
+            | MsgType::Directory
+            | MsgType::DirectoryPart
+            | MsgType::GetPerms
+            | MsgType::SetPerms => self.do_node_op(id, c, ty, msg, fx),
+            MsgType::Watch => self.do_watch(id, c, msg, fx),
+            MsgType::Unwatch => self.do_unwatch(id, c, msg),
+            MsgType::ResetWatches => self.do_reset_watches(id),
+            MsgType::TransactionStart => self.do_transaction_start(id, msg),
+            MsgType::TransactionEnd => self.do_transaction_end(id, msg, fx),
+            MsgType::Introduce => self.do_introduce(id, c, msg, fx),
+            MsgType::Release => self.do_release(c, msg, fx),
+            MsgType::GetDomainPath => self.do_get_domain_path(msg),
+            MsgType::IsDomainIntroduced => self.do_is_domain_introduced(msg),
+            MsgType::Resume => self.do_resume(c, msg),
+            _ => Err(XsError::Enosys),
+        }
+    }
+
+    /// The node operations, on the store or inside the transaction named by tx_id.
+    fn do_node_op(&mut self, id: ConnId, c: Caller, ty: MsgType, msg: &Message, fx: &mut Effects) -> HResult {
+        let (path, rest) = split_path(&msg.payload)?;
+        if tube_xs::path::is_special(path) {
+            return self.special_perms_op(c, ty, path, rest);
+        }
+        let path = tube_xs::path::canonicalize(c.domid, path)?;
+        let q = self.quotas;
+        if msg.tx_id == 0 {
+            let mut t = Direct { store: &mut self.store, touched: Vec::new() };
+            let r = node_op(&mut t, c, &q, ty, &path, rest, &mut fx.changes);
+            fx.touched = t.touched;
+            return r;
+        }
+        let conn = self.conns.get_mut(&id).ok_or(XsError::Einval)?;
+        let tx = conn.txs.get_mut(&msg.tx_id).ok_or(XsError::Enoent)?;
+        let mut t = TxView { store: &self.store, ov: &mut tx.ov };
+        node_op(&mut t, c, &q, ty, &path, rest, &mut tx.changes)
+    }
+
+    /// GET_PERMS/SET_PERMS on "@introduceDomain"/"@releaseDomain" are accepted for compatibility;
+    /// special events go to every watcher regardless.
+    fn special_perms_op(&mut self, c: Caller, ty: MsgType, _path: &str, _rest: &[u8]) -> HResult {
+        match ty {
+            MsgType::GetPerms => Ok(crate::store::dom0_perms().to_wire()),
+            MsgType::SetPerms if c.privileged => Ok(OK.to_vec()),
+            MsgType::SetPerms => Err(XsError::Eacces),
+            _ => Err(XsError::Einval),
+        }
+    }
+
+    fn do_watch(&mut self, id: ConnId, c: Caller, msg: &Message, fx: &mut Effects) -> HResult {
+        let f = msg.fields();
+        let (Some(wpath), Some(token)) = (f.first(), f.get(1)) else { return Err(XsError::Einval) };
+        let wpath = std::str::from_utf8(wpath).map_err(|_| XsError::Einval)?;
+        let token = std::str::from_utf8(token).map_err(|_| XsError::Einval)?.to_owned();
+        let (abs, strip) = watch_path(c, wpath)?;
+        if self.watches.has(id, &abs, &token) {
+            return Err(XsError::Eexist);
+        }
+        if !c.privileged && self.watches.count(id) >= self.quotas.max_watches {
+            return Err(XsError::Enospc);
+        }
+        self.watches.add(Watch { conn: id, path: abs, token: token.clone(), strip });
+        fx.after.push(Fired { conn: id, path: wpath.to_owned(), token });
+        Ok(OK.to_vec())
+    }
+
+    fn do_unwatch(&mut self, id: ConnId, c: Caller, msg: &Message) -> HResult {
+        let f = msg.fields();
+        let (Some(wpath), Some(token)) = (f.first(), f.get(1)) else { return Err(XsError::Einval) };
+        let wpath = std::str::from_utf8(wpath).map_err(|_| XsError::Einval)?;
+        let token = std::str::from_utf8(token).map_err(|_| XsError::Einval)?;
+        let (abs, _) = watch_path(c, wpath)?;
+        if self.watches.remove(id, &abs, token) {
+            Ok(OK.to_vec())
+        } else {
+            Err(XsError::Enoent)
+        }
+    }
+
+    fn do_reset_watches(&mut self, id: ConnId) -> HResult {
+        self.watches.remove_conn(id);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.txs.clear();
+        }
+        Ok(OK.to_vec())
+    }
+
+    fn do_transaction_start(&mut self, id: ConnId, msg: &Message) -> HResult {
+        if msg.tx_id != 0 {
+            return Err(XsError::Ebusy);
+        }
+        let max = self.quotas.max_transactions;
+        let conn = self.conns.get_mut(&id).ok_or(XsError::Einval)?;
+        if conn.domid.is_some() && conn.txs.len() >= max {
+            return Err(XsError::Enospc);
+        }
+        let mut txid = self.next_tx;
+        loop {
+            txid = txid.wrapping_add(1);
+            if txid != 0 && !conn.txs.contains_key(&txid) {
+                break;
+            }
+        }
+        self.next_tx = txid;
+        conn.txs.insert(txid, Tx::default());
+        Ok(format!("{txid}\0").into_bytes())
+    }
+
+    fn do_transaction_end(&mut self, id: ConnId, msg: &Message, fx: &mut Effects) -> HResult {
+        let commit = match msg.fields().first().copied() {
+            Some(b"T") => true,
+            Some(b"F") => false,
+            _ => return Err(XsError::Einval),
+        };
+        let conn = self.conns.get_mut(&id).ok_or(XsError::Einval)?;
+        let tx = conn.txs.remove(&msg.tx_id).ok_or(XsError::Enoent)?;
+        if !commit {
+            return Ok(OK.to_vec());
+        }
+        if !tx.ov.still_valid(&self.store) {
+            return Err(XsError::Eagain);
+        }
+        fx.touched = tx.ov.apply(&mut self.store);
+        fx.changes = tx.changes;
+        Ok(OK.to_vec())
+    }
+
+    /// Closes a connection: drops its watches and transactions, and releases its domain.
+    pub fn close_conn(&mut self, id: ConnId) {
+        self.watches.remove_conn(id);
+        let Some(conn) = self.conns.remove(&id) else { return };
+        conn.outbox.kill();
+        if let (Some(d), false) = (conn.domid, self.shutting_down) {
+            let mut fx = Effects::default();
+            self.release_domain(d, &mut fx);
+            self.commit_effects(&mut fx, id, true);
+        }
+    }
+}
+
+fn node_op(
+    t: &mut impl Tree,
+    c: Caller,
+    q: &Quotas,
+    ty: MsgType,
+    path: &str,
+    rest: &[u8],
+    changes: &mut Vec<Change>,
+) -> HResult {
+    match ty {
+        MsgType::Read => ops::read(t, c, path),
+        MsgType::Directory => {
+            let d = ops::directory(t, c, path)?;
+            if d.len() > PAYLOAD_MAX {
+                return Err(XsError::E2big);
+            }
+            Ok(d)
+        }
+        MsgType::DirectoryPart => {
+            let off = std::str::from_utf8(trim_nul(rest))
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or(XsError::Einval)?;
+            ops::directory_part(t, c, path, off)
+        }
+        MsgType::GetPerms => Ok(ops::get_perms(t, c, path)?.to_wire()),
+        MsgType::Write => ops::write(t, c, q, path, rest, changes).map(|_| OK.to_vec()),
+        MsgType::Mkdir => ops::mkdir(t, c, q, path, changes).map(|_| OK.to_vec()),
+        MsgType::Rm => ops::rm(t, c, path, changes).map(|_| OK.to_vec()),
+        MsgType::SetPerms => {
+            let fields: Vec<&[u8]> = rest.split(|b| *b == 0).filter(|f| !f.is_empty()).collect();
+            let perms = PermList::parse(&fields)?;
+            ops::set_perms(t, c, path, perms, changes).map(|_| OK.to_vec())
+        }
+        _ => Err(XsError::Enosys),
+    }
+}
+
+/// Splits "<path>\0<rest>" (the NUL may be missing when there is no rest).
+fn split_path(p: &[u8]) -> Result<(&str, &[u8]), XsError> {
+    let (path, rest) = match p.iter().position(|b| *b == 0) {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (p, &[][..]),
+    };
+    Ok((std::str::from_utf8(path).map_err(|_| XsError::Einval)?, rest))
+}
+
+fn trim_nul(b: &[u8]) -> &[u8] {
+    match b.iter().position(|x| *x == 0) {
+        Some(i) => &b[..i],
+        None => b,
+    }
+}
+
+/// Absolute form of a watch path, and how much to strip from events for relative watches.
+fn watch_path(c: Caller, wpath: &str) -> Result<(String, usize), XsError> {
+    if tube_xs::path::is_special(wpath) {
+        if wpath.len() > tube_xs::wire::ABS_PATH_MAX || wpath.contains('\0') {
+            return Err(XsError::Einval);
+        }
+        return Ok((wpath.to_owned(), 0));
+    }
+    let abs = tube_xs::path::canonicalize(c.domid, wpath)?;
+    let strip = if wpath.starts_with('/') { 0 } else { abs.len() - wpath.len() };
+    Ok((abs, strip))
+}
+
+/// Parses a decimal domid field.
+pub fn parse_domid(f: Option<&&[u8]>) -> Result<u32, XsError> {
+    let f = f.ok_or(XsError::Einval)?;
+    let s = std::str::from_utf8(f).map_err(|_| XsError::Einval)?;
+    let d: u32 = s.parse().map_err(|_| XsError::Einval)?;
+    if d > 0xffff {
+        return Err(XsError::Einval);
+    }
+    Ok(d)
+}
