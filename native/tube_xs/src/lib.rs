@@ -7,6 +7,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod path;
 pub mod perms;
 pub mod wire;

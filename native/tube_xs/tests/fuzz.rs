@@ -83,3 +83,23 @@ proptest! {
         let _ = canonicalize_bytes(domid, path.as_bytes(), true);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// A daemon that answers a request with arbitrary bytes and hangs up: the client returns a value.
+    #[test]
+    fn client_survives_arbitrary_replies(reply in stream_bytes()) {
+        use std::io::{Read, Write};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let daemon = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let _ = b.read(&mut buf);
+            let _ = b.write_all(&reply);
+        });
+        let xs = tube_xs::client::Client::from_stream(a).unwrap();
+        let _ = xs.read(0, "/a");
+        let _ = xs.events().try_recv();
+        daemon.join().unwrap();
+    }
+}

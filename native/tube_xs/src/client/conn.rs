@@ -1,0 +1,289 @@
+//! The connection core: one socket, a table of requests in flight keyed by `req_id`, and a reader thread
+//! that hands each reply to its waiter and each watch event to the events channel.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use super::{Error, WatchEvent};
+use crate::wire::{Decoder, Message, MsgType, XsError, PAYLOAD_MAX};
+
+/// Where a reply goes: the request's type (to check the reply's) and the waiter's one-shot channel.
+struct Waiter {
+    ty: MsgType,
+    reply: Sender<Result<Vec<u8>, Error>>,
+}
+
+/// Requests in flight. Once `closed` is set no request is added and the table stays empty.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u32, Waiter>,
+    next_req_id: u32,
+    closed: bool,
+}
+
+/// State shared by the client handles and the reader thread.
+pub(crate) struct Shared {
+    /// The socket; writes hold this lock so that messages from several threads never interleave.
+    writer: Mutex<UnixStream>,
+    /// The same socket, unlocked, for shutting it down even while a writer is blocked.
+    control: UnixStream,
+    pending: Mutex<Pending>,
+}
+
+impl Shared {
+    /// Wraps a connected socket and starts the reader thread, which owns the only events sender.
+    pub(crate) fn start(
+        stream: UnixStream,
+    ) -> std::io::Result<(
+        std::sync::Arc<Shared>,
+        Receiver<WatchEvent>,
+        std::thread::JoinHandle<()>,
+    )> {
+        let read_half = stream.try_clone()?;
+        let control = stream.try_clone()?;
+        let shared = std::sync::Arc::new(Shared {
+            writer: Mutex::new(stream),
+            control,
+            pending: Mutex::default(),
+        });
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let reader_shared = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("tube_xs-reader".into())
+            .spawn(move || reader_shared.read_loop(read_half, events_tx))?;
+        Ok((shared, events_rx, reader))
+    }
+
+    /// Sends one request and blocks until its reply: the payload, or the daemon's error.
+    pub(crate) fn request(
+        &self,
+        ty: MsgType,
+        tx_id: u32,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        if payload.len() > PAYLOAD_MAX {
+            return Err(Error::Xs(XsError::E2big));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let req_id = self.register(ty, tx)?;
+        let mut bytes = Vec::new();
+        Message::new(ty, req_id, tx_id, payload.to_vec()).encode(&mut bytes);
+        if let Err(e) = self.send(&bytes) {
+            self.pending.lock().waiters.remove(&req_id);
+            // A partial write leaves the stream out of step: end the connection for everyone.
+            self.shutdown();
+            return Err(match e.kind() {
+                std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::NotConnected => Error::Closed,
+                _ => Error::Io(e),
+            });
+        }
+        rx.recv().unwrap_or(Err(Error::Closed))
+    }
+
+    /// Shuts the socket down both ways; the reader thread then sees end of stream and fails the waiters.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.control.shutdown(Shutdown::Both);
+    }
+
+    fn register(&self, ty: MsgType, reply: Sender<Result<Vec<u8>, Error>>) -> Result<u32, Error> {
+        let mut p = self.pending.lock();
+        if p.closed {
+            return Err(Error::Closed);
+        }
+        // Ids wrap; skip any still in flight (at most `waiters.len()` of them).
+        let mut id = p.next_req_id;
+        while p.waiters.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        p.next_req_id = id.wrapping_add(1);
+        p.waiters.insert(id, Waiter { ty, reply });
+        Ok(id)
+    }
+
+    /// Writes all of `bytes` with `MSG_NOSIGNAL`, so a dead peer gives `EPIPE` instead of killing the host
+    /// process (an Erlang VM must not die of `SIGPIPE`).
+    fn send(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let sock = self.writer.lock();
+        while !bytes.is_empty() {
+            // SAFETY: the fd is open for as long as `sock` (the locked UnixStream) lives, and the pointer and
+            // length describe the live slice `bytes`.
+            let n = unsafe {
+                libc::send(
+                    sock.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            bytes = &bytes[n as usize..];
+        }
+        Ok(())
+    }
+
+    /// The reader thread's body. Ends on end of stream, a socket error or a protocol violation; then every
+    /// waiter is failed, new requests are refused, and dropping `events` disconnects the watchers.
+    fn read_loop(&self, mut sock: UnixStream, events: Sender<WatchEvent>) {
+        let failure = self.pump(&mut sock, &events);
+        let _ = sock.shutdown(Shutdown::Both);
+        let waiters = {
+            let mut p = self.pending.lock();
+            p.closed = true;
+            std::mem::take(&mut p.waiters)
+        };
+        for w in waiters.into_values() {
+            let _ = w.reply.send(Err(failure.duplicate()));
+        }
+    }
+
+    /// Reads and dispatches until the stream ends (`Closed`) or breaks (`Protocol`).
+    fn pump(&self, sock: &mut UnixStream, events: &Sender<WatchEvent>) -> Error {
+        let mut decoder = Decoder::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sock.read(&mut buf) {
+                Ok(0) => return Error::Closed,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Error::Closed,
+            };
+            decoder.push(&buf[..n]);
+            loop {
+                match decoder.next() {
+                    Ok(Some(msg)) => {
+                        if let Err(e) = self.dispatch(msg, events) {
+                            return e;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Error::Protocol(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Routes one message from the daemon. Errors are violations that end the connection.
+    fn dispatch(&self, msg: Message, events: &Sender<WatchEvent>) -> Result<(), Error> {
+        if msg.ty == MsgType::WatchEvent as u32 {
+            // No receiver left only happens while the client is being dropped; the event is moot then.
+            let _ = events.send(parse_watch_event(&msg.payload)?);
+            return Ok(());
+        }
+        let Some(w) = self.pending.lock().waiters.remove(&msg.req_id) else {
+            return Err(Error::Protocol(format!(
+                "reply to unknown request id {}",
+                msg.req_id
+            )));
+        };
+        let _ = w.reply.send(reply_result(w.ty, msg));
+        Ok(())
+    }
+}
+
+/// The waiter's result for a reply: its payload if the type matches, the daemon's error, or a violation.
+fn reply_result(expected: MsgType, msg: Message) -> Result<Vec<u8>, Error> {
+    if msg.ty == MsgType::Error as u32 {
+        let fields = msg.fields();
+        let name = fields
+            .first()
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .unwrap_or("");
+        return Err(XsError::from_name(name)
+            .map(Error::Xs)
+            .unwrap_or_else(|| Error::Protocol(format!("unknown error name {name:?}"))));
+    }
+    if msg.ty != expected as u32 {
+        return Err(Error::Protocol(format!(
+            "reply type {} to {}",
+            msg.ty,
+            expected.name()
+        )));
+    }
+    Ok(msg.payload)
+}
+
+/// `<epath>|<token>|` into a [`WatchEvent`].
+fn parse_watch_event(payload: &[u8]) -> Result<WatchEvent, Error> {
+    let fields = crate::wire::split_fields(payload);
+    let text = |f: &[u8]| {
+        String::from_utf8(f.to_vec())
+            .map_err(|_| Error::Protocol("watch event is not UTF-8".into()))
+    };
+    match fields.as_slice() {
+        [path, token, ..] => Ok(WatchEvent {
+            path: text(path)?,
+            token: text(token)?,
+        }),
+        _ => Err(Error::Protocol("watch event without path and token".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_reply_maps_name() {
+        let r = reply_result(MsgType::Read, Message::error(1, 0, XsError::Enoent));
+        assert!(matches!(r, Err(Error::Xs(XsError::Enoent))));
+        let garbage = Message {
+            ty: 16,
+            req_id: 1,
+            tx_id: 0,
+            payload: b"EWHAT\0".to_vec(),
+        };
+        assert!(matches!(
+            reply_result(MsgType::Read, garbage),
+            Err(Error::Protocol(_))
+        ));
+        let empty = Message {
+            ty: 16,
+            req_id: 1,
+            tx_id: 0,
+            payload: Vec::new(),
+        };
+        assert!(matches!(
+            reply_result(MsgType::Read, empty),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn reply_type_must_match() {
+        let m = Message::new(MsgType::Write, 1, 0, b"OK\0".to_vec());
+        assert!(matches!(
+            reply_result(MsgType::Read, m.clone()),
+            Err(Error::Protocol(_))
+        ));
+        assert_eq!(reply_result(MsgType::Write, m).unwrap(), b"OK\0");
+    }
+
+    #[test]
+    fn watch_event_payloads() {
+        let e = parse_watch_event(b"/a\0tok\0").unwrap();
+        assert_eq!(
+            e,
+            WatchEvent {
+                path: "/a".into(),
+                token: "tok".into()
+            }
+        );
+        assert!(parse_watch_event(b"/a\0").is_err());
+        assert!(parse_watch_event(b"").is_err());
+        assert!(parse_watch_event(b"/\xff\0t\0").is_err());
+    }
+}
