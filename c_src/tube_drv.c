@@ -1,0 +1,188 @@
+/*
+ * tube_drv.c: the erl_driver glue of the tube port driver.
+ *
+ * The driver's logic (ring engine, draining, counters) lives in Rust
+ * (native/tube_nif/src/driver.rs). This file only holds what is easiest to
+ * get right against the real erl_driver.h: the ErlDrvEntry table, thin
+ * callbacks that forward to Rust, and helpers that call erl_driver
+ * functions whose arguments are macros or term-building arrays.
+ *
+ * The entry is handed to the emulator by `driver_init`, which is defined in
+ * Rust: a Rust cdylib does not export the C symbols of a static library it
+ * links, so Rust exports the symbol and returns tube_drv_entry().
+ */
+#include <stdint.h>
+#include <string.h>
+#include <erl_driver.h>
+
+/* Implemented in Rust (driver.rs). `st` is the opaque state start returned. */
+extern void *tube_rs_start(ErlDrvPort port, const char *command);
+extern void tube_rs_stop(void *st);
+extern void tube_rs_send(void *st, const char *buf, size_t len);
+extern void tube_rs_ready_input(void *st);
+extern void tube_rs_timeout(void *st);
+extern int tube_rs_stats(void *st, uint64_t *out, size_t n);
+extern int tube_rs_request_close(void *st, const char *reason, size_t len);
+extern void tube_rs_stop_select(intptr_t fd);
+
+/* Number of u64 counters a stats control returns (see tube_rs_stats). */
+#define TUBE_STATS_N 8
+/* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
+#define TUBE_CTL_STATS 1
+#define TUBE_CTL_CLOSE 2
+
+/* ---- helpers called from Rust ---------------------------------------- */
+
+/* Start (or stop) waiting for readability of the tube's event fd.
+ * ERL_DRV_USE makes the emulator call stop_select when the fd can be closed. */
+int tube_drv_select(ErlDrvPort port, intptr_t fd, int on)
+{
+    ErlDrvEvent ev = (ErlDrvEvent)fd;
+    if (on)
+        return driver_select(port, ev, ERL_DRV_READ | ERL_DRV_USE, 1);
+    return driver_select(port, ev, ERL_DRV_READ | ERL_DRV_USE, 0);
+}
+
+/* One received packet to the port owner as {Port, {data, Binary}}
+ * (the port is opened in binary mode). */
+int tube_drv_deliver(ErlDrvPort port, const char *buf, size_t len)
+{
+    return driver_output(port, (char *)buf, (ErlDrvSizeT)len);
+}
+
+/* Ask for a timeout callback as soon as possible: used to go on draining a
+ * busy ring without holding the scheduler for one long callback. */
+int tube_drv_resume_later(ErlDrvPort port)
+{
+    return driver_set_timer(port, 0);
+}
+
+/* Tell the owner why the tube is going away, then close the port:
+ * {tube_closed, Port, Reason} where Reason is an atom. */
+int tube_drv_close(ErlDrvPort port, const char *reason)
+{
+    ErlDrvTermData port_term = driver_mk_port(port);
+    ErlDrvTermData spec[] = {
+        ERL_DRV_ATOM, driver_mk_atom("tube_closed"),
+        ERL_DRV_PORT, port_term,
+        ERL_DRV_ATOM, driver_mk_atom((char *)reason),
+        ERL_DRV_TUPLE, 3,
+    };
+    erl_drv_output_term(port_term, spec, sizeof(spec) / sizeof(spec[0]));
+    return driver_failure_eof(port);
+}
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+static ErlDrvData tube_start(ErlDrvPort port, char *command)
+{
+    void *st = tube_rs_start(port, command);
+    if (st == NULL)
+        return ERL_DRV_ERROR_BADARG;
+    return (ErlDrvData)st;
+}
+
+static void tube_stop(ErlDrvData d)
+{
+    tube_rs_stop((void *)d);
+}
+
+/* port_command/2 and Port ! {Pid, {command, Data}}. A packet is the whole
+ * iodata; it is flattened only when it is not one contiguous binary. */
+static void tube_outputv(ErlDrvData d, ErlIOVec *ev)
+{
+    char flat[4096];
+    int i, nonempty = -1, pieces = 0;
+
+    if (ev->size == 0 || ev->size > sizeof(flat)) {
+        /* Out of the 1..4096 range: Rust counts it as rejected. */
+        tube_rs_send((void *)d, NULL, (size_t)ev->size);
+        return;
+    }
+    for (i = 0; i < ev->vsize; i++) {
+        if (ev->iov[i].iov_len > 0) {
+            nonempty = i;
+            pieces++;
+        }
+    }
+    if (pieces == 1) {
+        tube_rs_send((void *)d, ev->iov[nonempty].iov_base, ev->iov[nonempty].iov_len);
+        return;
+    }
+    driver_vec_to_buf(ev, flat, sizeof(flat));
+    tube_rs_send((void *)d, flat, (size_t)ev->size);
+}
+
+static void tube_ready_input(ErlDrvData d, ErlDrvEvent ev)
+{
+    (void)ev;
+    tube_rs_ready_input((void *)d);
+}
+
+static void tube_timeout(ErlDrvData d)
+{
+    tube_rs_timeout((void *)d);
+}
+
+/* port_control(Tube, 1, []) -> 8 native-endian u64 counters as a list of
+ * bytes; see tube_rs_stats for their order.
+ * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
+ * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
+ * Unknown commands and reasons: badarg. */
+static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
+                                 ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
+{
+    uint64_t stats[TUBE_STATS_N];
+    if (command == TUBE_CTL_CLOSE)
+        return tube_rs_request_close((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command != TUBE_CTL_STATS)
+        return -1;
+    if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)
+        return -1;
+    if (rlen < sizeof(stats)) {
+        char *out = driver_alloc(sizeof(stats));
+        if (out == NULL)
+            return -1;
+        *rbuf = out;
+    }
+    memcpy(*rbuf, stats, sizeof(stats));
+    return (ErlDrvSSizeT)sizeof(stats);
+}
+
+static void tube_stop_select(ErlDrvEvent ev, void *reserved)
+{
+    (void)reserved;
+    tube_rs_stop_select((intptr_t)ev);
+}
+
+static ErlDrvEntry tube_entry = {
+    NULL,                          /* init: nothing global to set up */
+    tube_start,                    /* start: open_port({spawn_driver, "tube_nif Id"}) */
+    tube_stop,                     /* stop: port closed, owner died, or failure */
+    NULL,                          /* output: outputv is used instead */
+    tube_ready_input,              /* ready_input: event fd readable (wakeup or hang-up) */
+    NULL,                          /* ready_output: never selected for writing */
+    "tube_nif",                    /* driver_name: must equal the .so file name */
+    NULL,                          /* finish: nothing global to tear down */
+    NULL,                          /* handle: reserved for the emulator */
+    tube_control,                  /* control: counters (TUBE_CTL_STATS) */
+    tube_timeout,                  /* timeout: go on draining a busy ring */
+    tube_outputv,                  /* outputv: one packet per port_command */
+    NULL,                          /* ready_async: no async jobs */
+    NULL,                          /* flush: nothing is queued in the driver */
+    NULL,                          /* call: unused */
+    NULL,                          /* unused_event_callback */
+    ERL_DRV_EXTENDED_MARKER,       /* extended_marker */
+    ERL_DRV_EXTENDED_MAJOR_VERSION,/* major_version */
+    ERL_DRV_EXTENDED_MINOR_VERSION,/* minor_version */
+    ERL_DRV_FLAG_USE_PORT_LOCKING, /* driver_flags: ports run in parallel */
+    NULL,                          /* handle2: reserved for the emulator */
+    NULL,                          /* process_exit: no monitors */
+    tube_stop_select,              /* stop_select: release the event fd */
+    NULL,                          /* emergency_close: nothing to flush */
+};
+
+ErlDrvEntry *tube_drv_entry(void)
+{
+    return &tube_entry;
+}

@@ -1,0 +1,75 @@
+defmodule Tube do
+  @moduledoc """
+  Tubes: shared-memory packet links between Erlang nodes on one machine,
+  found through Xenstore. This module mirrors the Erlang module `:tube`.
+
+  A tube is a port. Send with `Port.command(tube, data)` or
+  `send(tube, {self(), {:command, data}})`; the owner receives each packet
+  as `{tube, {:data, binary}}`. Packets are 1..4096 bytes; delivery is
+  lossy (a full ring drops and counts, the sender never blocks).
+
+  Before a tube closes by itself its owner receives
+  `{:tube_closed, tube, reason}` with `reason` one of `:peer_closed`,
+  `:peer_down`, `:corrupt`, `:io_error`, `:internal_error`.
+
+      {:ok, t} = Tube.open(peer_domid)
+      Port.command(t, "ping")
+      receive do
+        {^t, {:data, reply}} -> reply
+      end
+  """
+
+  @typedoc "An open tube: a port."
+  @type t :: port()
+  @typedoc "A domain id."
+  @type domid :: 0..32751
+  @typedoc "A tube id, telling apart tubes between the same two domains."
+  @type tid :: 0..4_294_967_295
+
+  @doc "Opens tube 0 to domain `domid`. See `open/3`."
+  @spec open(domid()) :: {:ok, t()} | {:error, term()}
+  def open(domid), do: :tube.open(domid)
+
+  @doc "Opens tube `tid` to domain `domid`. See `open/3`."
+  @spec open(domid(), tid()) :: {:ok, t()} | {:error, term()}
+  def open(domid, tid), do: :tube.open(domid, tid)
+
+  @doc """
+  Opens tube `tid` to domain `domid`; the peer calls `accept/0,1`, in
+  either order. Options: `:timeout` in milliseconds or `:infinity`
+  (default: the `:open_timeout` application env, 5000).
+
+  Errors: `:timeout`, `:no_domain`, `:self`, `:tid_in_use`,
+  `:xenstore_down`, or a ring set-up error. Arguments out of range raise
+  `ArgumentError`.
+  """
+  @spec open(domid(), tid(), %{optional(:timeout) => timeout()}) :: {:ok, t()} | {:error, term()}
+  def open(domid, tid, opts), do: :tube.open(domid, tid, opts)
+
+  @doc "Waits for a tube from any domain."
+  @spec accept() :: {:ok, t()} | {:error, term()}
+  def accept, do: :tube.accept()
+
+  @doc "Waits for a tube from any domain; option `:timeout` (default `:infinity`)."
+  @spec accept(%{optional(:timeout) => timeout()}) :: {:ok, t()} | {:error, term()}
+  def accept(opts), do: :tube.accept(opts)
+
+  @doc "Closes both ends of the tube; `{:error, :closed}` if already closed."
+  @spec close(t()) :: :ok | {:error, :closed}
+  def close(tube), do: :tube.close(tube)
+
+  @doc "This node's domain id."
+  @spec domid() :: domid()
+  def domid, do: :tube.domid()
+
+  @doc """
+  Role (`:nock` opened, `:tip` accepted), peer, tid, state and ring
+  counters (`:sent`, `:received`, `:dropped`, `:rejected`, bytes, wakeups).
+  """
+  @spec info(t()) :: {:ok, map()} | {:error, :closed}
+  def info(tube), do: :tube.info(tube)
+
+  @doc "All tubes of this node with their states."
+  @spec tubes() :: [map()]
+  def tubes, do: :tube.tubes()
+end

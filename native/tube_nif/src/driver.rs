@@ -1,0 +1,322 @@
+//! The tube port driver: one port per tube end, moving packets between the
+//! owner process and the ring engine.
+//!
+//! Sending is `port_command` → `outputv` → [`Tube::send`]: never blocks, a
+//! full ring is a counted drop. Receiving is event driven: the driver selects
+//! on the tube's event fd, and on a wakeup drains a bounded batch, delivering
+//! each packet as `{Port, {data, Binary}}`. A batch that fills its budget
+//! yields and resumes from a zero timeout, so one busy tube cannot hold a
+//! scheduler. When the ring is empty the driver announces that it sleeps
+//! (the peer then signals on the fd) and nothing runs until it does.
+//!
+//! The `tube_rs_*` functions are the callbacks of the C entry in
+//! `c_src/tube_drv.c`. None of them may unwind into C: each body runs inside
+//! `catch_unwind`, and a panic closes the tube with reason `internal_error`.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use parking_lot::Mutex;
+use tube_ring::{RingError, SendError, Tube, MAX_PACKET};
+
+use crate::handoff;
+
+/// Packets delivered per callback before yielding to the scheduler.
+const BATCH: usize = 256;
+
+/// Opaque `ErlDrvPort`.
+type DrvPort = *mut c_void;
+
+extern "C" {
+    fn tube_drv_select(port: DrvPort, fd: isize, on: c_int) -> c_int;
+    fn tube_drv_deliver(port: DrvPort, buf: *const c_char, len: usize) -> c_int;
+    fn tube_drv_resume_later(port: DrvPort) -> c_int;
+    fn tube_drv_close(port: DrvPort, reason: *const c_char) -> c_int;
+}
+
+/// Tubes whose port has stopped, kept open until the emulator calls
+/// `stop_select` for their fd (closing it earlier races with the poll set).
+static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
+
+/// Per-port state, owned by the emulator between `start` and `stop`.
+struct PortState {
+    port: DrvPort,
+    tube: Tube,
+    fd: RawFd,
+    /// Packets refused for their size (0 or over 4096 bytes).
+    rejected: u64,
+    /// Wakeups received on the event fd.
+    wakeups: u64,
+    /// Set once the port is being failed: no callback may touch it again.
+    closing: bool,
+    /// A close asked for by the control plane, carried out from a timeout.
+    close_requested: Option<CloseReason>,
+}
+
+/// Why a tube is closed, as the atom sent to the owner in
+/// `{tube_closed, Port, Reason}`.
+#[derive(Clone, Copy)]
+enum CloseReason {
+    PeerClosed,
+    PeerDown,
+    Corrupt,
+    IoError,
+    InternalError,
+}
+
+impl CloseReason {
+    fn atom(self) -> &'static CStr {
+        match self {
+            CloseReason::PeerClosed => c"peer_closed",
+            CloseReason::PeerDown => c"peer_down",
+            CloseReason::Corrupt => c"corrupt",
+            CloseReason::IoError => c"io_error",
+            CloseReason::InternalError => c"internal_error",
+        }
+    }
+
+    fn of(e: &RingError) -> CloseReason {
+        match e {
+            RingError::PeerGone => CloseReason::PeerClosed,
+            RingError::Corrupt(_) => CloseReason::Corrupt,
+            _ => CloseReason::IoError,
+        }
+    }
+}
+
+impl PortState {
+    /// Delivers up to one batch, then either sleeps on the fd or resumes
+    /// from a zero timeout.
+    fn drain(&mut self) {
+        if let Some(reason) = self.close_requested {
+            return self.close(reason);
+        }
+        let port = self.port;
+        let got = self.tube.recv(BATCH, |pkt| {
+            // SAFETY: `port` is the live port this callback runs for, and
+            // `pkt` is a valid slice for the duration of the call;
+            // driver_output copies it into a binary.
+            unsafe { tube_drv_deliver(port, pkt.as_ptr().cast(), pkt.len()) };
+        });
+        match got {
+            Ok(n) if n >= BATCH => self.resume_later(),
+            Ok(_) => {
+                if !self.tube.prepare_sleep() {
+                    // A packet arrived while we were announcing sleep.
+                    self.resume_later();
+                }
+            }
+            Err(e) => self.close(CloseReason::of(&e)),
+        }
+    }
+
+    fn resume_later(&self) {
+        // SAFETY: `self.port` is the live port of this state.
+        unsafe { tube_drv_resume_later(self.port) };
+    }
+
+    /// Tells the owner and fails the port. The emulator may call `stop`
+    /// from inside this call, so it must be the caller's last use of `self`.
+    fn close(&mut self, reason: CloseReason) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        // SAFETY: the port is live; the reason is a NUL-terminated static.
+        unsafe { tube_drv_close(self.port, reason.atom().as_ptr()) };
+    }
+
+    fn send(&mut self, pkt: Option<&[u8]>) {
+        let Some(pkt) = pkt.filter(|p| (1..=MAX_PACKET).contains(&p.len())) else {
+            self.rejected += 1;
+            return;
+        };
+        match self.tube.send(pkt) {
+            Ok(()) | Err(SendError::Full) | Err(SendError::BadSize(_)) => {}
+            // The peer's hang-up arrives on the fd and closes the port.
+            Err(SendError::Closed) => {}
+            Err(SendError::Corrupt) => self.close(CloseReason::Corrupt),
+        }
+    }
+
+    fn stats(&self) -> [u64; 8] {
+        let s = self.tube.stats();
+        [
+            s.sent_pkts,
+            s.sent_bytes,
+            s.recv_pkts,
+            s.recv_bytes,
+            s.dropped,
+            self.rejected,
+            self.wakeups,
+            self.tube.peer_pid().map_or(0, |p| p as u64),
+        ]
+    }
+}
+
+/// Runs a callback body; a panic becomes a closed tube, never an unwind
+/// into the emulator.
+fn guarded(st: *mut c_void, body: impl FnOnce(&mut PortState)) {
+    if st.is_null() {
+        return;
+    }
+    // SAFETY: a non-null `st` is the pointer `tube_rs_start` returned and the
+    // emulator has not yet called `tube_rs_stop` for it; callbacks of one port
+    // never run concurrently (port locking), so this is the only reference.
+    let state = unsafe { &mut *(st as *mut PortState) };
+    if state.closing {
+        return;
+    }
+    if catch_unwind(AssertUnwindSafe(|| body(state))).is_err() {
+        state.close(CloseReason::InternalError);
+    }
+}
+
+/// Parses `"tube_nif <Id>"` (the driver name, then the hand-over number).
+fn claim_from_command(command: &CStr) -> Option<Tube> {
+    let text = command.to_str().ok()?;
+    let id: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    handoff::claim(id)
+}
+
+/// `start`: claims the parked tube named in the command and begins waiting
+/// on its event fd. Returns null (badarg to `open_port`) when there is none.
+#[no_mangle]
+pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c_void {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if command.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the emulator passes the NUL-terminated open_port command.
+        let command = unsafe { CStr::from_ptr(command) };
+        let Some(tube) = claim_from_command(command) else {
+            return std::ptr::null_mut();
+        };
+        let fd = tube.fd();
+        let state = Box::new(PortState { port, tube, fd, rejected: 0, wakeups: 0, closing: false, close_requested: None });
+        // SAFETY: `port` is the port being started and `fd` is the open
+        // event fd owned by the tube, which lives until stop_select.
+        unsafe { tube_drv_select(port, fd as isize, 1) };
+        // Packets may already be waiting: drain from a zero timeout, since
+        // a port cannot deliver or fail from inside its own start.
+        // SAFETY: as above, `port` is live.
+        unsafe { tube_drv_resume_later(port) };
+        Box::into_raw(state) as *mut c_void
+    }));
+    result.unwrap_or(std::ptr::null_mut())
+}
+
+/// `stop`: the port is gone. The tube is retired until its fd can be closed.
+#[no_mangle]
+pub extern "C" fn tube_rs_stop(st: *mut c_void) {
+    if st.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `st` came from Box::into_raw in tube_rs_start and the
+        // emulator calls stop exactly once, after every other callback.
+        let state = unsafe { Box::from_raw(st as *mut PortState) };
+        let PortState { port, tube, fd, .. } = *state;
+        RETIRED.lock().get_or_insert_with(HashMap::new).insert(fd, tube);
+        // SAFETY: deselecting the fd of this port; the emulator then calls
+        // stop_select (possibly right away), which drops the retired tube.
+        unsafe { tube_drv_select(port, fd as isize, 0) };
+    }));
+}
+
+/// `stop_select`: the emulator no longer polls `fd`; close the tube.
+#[no_mangle]
+pub extern "C" fn tube_rs_stop_select(fd: isize) {
+    let _ = catch_unwind(|| {
+        let tube = RETIRED.lock().as_mut().and_then(|m| m.remove(&(fd as RawFd)));
+        drop(tube);
+    });
+}
+
+/// `outputv`: one packet from the owner. `buf` is null when the size is out
+/// of range, in which case only `len` is meaningful.
+#[no_mangle]
+pub extern "C" fn tube_rs_send(st: *mut c_void, buf: *const c_char, len: usize) {
+    guarded(st, |state| {
+        let pkt = if buf.is_null() {
+            None
+        } else {
+            // SAFETY: the C glue passes a buffer of `len` readable bytes
+            // (an iovec of the port command or its flattened copy).
+            Some(unsafe { std::slice::from_raw_parts(buf as *const u8, len) })
+        };
+        state.send(pkt);
+    });
+}
+
+/// `ready_input`: a wakeup or a hang-up on the event fd.
+#[no_mangle]
+pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
+    guarded(st, |state| {
+        state.wakeups += 1;
+        match state.tube.on_readable() {
+            Ok(()) => state.drain(),
+            Err(e) => {
+                // Deliver what the peer left in the ring before closing.
+                let port = state.port;
+                let _ = state.tube.recv(usize::MAX, |pkt| {
+                    // SAFETY: as in PortState::drain.
+                    unsafe { tube_drv_deliver(port, pkt.as_ptr().cast(), pkt.len()) };
+                });
+                state.close(CloseReason::of(&e));
+            }
+        }
+    });
+}
+
+/// `timeout`: resume draining.
+#[no_mangle]
+pub extern "C" fn tube_rs_timeout(st: *mut c_void) {
+    guarded(st, PortState::drain);
+}
+
+/// Counters for `port_control(Tube, 1, [])`, in this order: sent packets,
+/// sent bytes, received packets, received bytes, dropped (ring full),
+/// rejected (bad size), wakeups, peer OS pid (0 if unknown).
+#[no_mangle]
+pub extern "C" fn tube_rs_stats(st: *mut c_void, out: *mut u64, n: usize) -> c_int {
+    if st.is_null() || out.is_null() || n < 8 {
+        return -1;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see `guarded`; reading only.
+        let state = unsafe { &*(st as *const PortState) };
+        let stats = state.stats();
+        // SAFETY: the caller passes room for `n >= 8` u64 values.
+        unsafe { std::ptr::copy_nonoverlapping(stats.as_ptr(), out, stats.len()) };
+    }));
+    if r.is_ok() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `port_control(Tube, 2, Reason)`: the control plane saw the peer go away
+/// in Xenstore. The close runs from a zero timeout, outside the control
+/// call. Returns -1 (badarg) for an unknown reason.
+#[no_mangle]
+pub extern "C" fn tube_rs_request_close(st: *mut c_void, reason: *const c_char, len: usize) -> c_int {
+    if reason.is_null() {
+        return -1;
+    }
+    // SAFETY: the C glue passes the control buffer of `len` bytes.
+    let text = unsafe { std::slice::from_raw_parts(reason as *const u8, len) };
+    let reason = match text {
+        b"peer_closed" => CloseReason::PeerClosed,
+        b"peer_down" => CloseReason::PeerDown,
+        _ => return -1,
+    };
+    guarded(st, |state| {
+        state.close_requested = Some(reason);
+        state.resume_later();
+    });
+    0
+}

@@ -1,0 +1,158 @@
+%% @doc Tubes: shared-memory packet links between Erlang nodes on one
+%% machine, found through Xenstore.
+%%
+%% A tube is an Erlang port. Send with `port_command(Tube, Data)' or
+%% `Tube ! {self(), {command, Data}}'; the owner (the process that opened or
+%% accepted it) receives each packet as `{Tube, {data, Binary}}'. Packets
+%% are 1..4096 bytes. Delivery is lossy: the sender never blocks, and a
+%% packet that does not fit in the peer's ring is dropped and counted.
+%%
+%% Messages the owner may receive besides data:
+%% <ul>
+%% <li>`{tube_closed, Tube, Reason}', sent once just before the port closes
+%% by itself. Reason is `peer_closed' (the peer closed its end or its
+%% process died), `peer_down' (the peer's domain was released in
+%% Xenstore), `corrupt' (the shared ring broke the protocol),
+%% `io_error' or `internal_error'. As for any port, an owner that traps
+%% exits then also receives `{'EXIT', Tube, normal}'.</li>
+%% </ul>
+%%
+%% Bad input: a packet of 0 bytes or over 4096 is not sent and is counted
+%% as `rejected' in {@link info/1}; a full ring drops and counts `dropped';
+%% sending on a closed tube raises `badarg' (as for any closed port);
+%% functions given arguments of the wrong type or range raise `badarg'.
+-module(tube).
+
+-export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
+         info/1, tubes/0]).
+
+-export_type([tube/0, domid/0, tid/0, open_opts/0]).
+
+-type tube() :: port().
+-type domid() :: 0..16#7FEF.
+-type tid() :: 0..16#FFFFFFFF.
+-type open_opts() :: #{timeout => timeout()}.
+
+-define(MAX_DOMID, 16#7FEF).
+-define(MAX_TID, 16#FFFFFFFF).
+-define(TUBE_CTL_STATS, 1).
+-define(DRIVER, "tube_nif").
+
+%% @doc Opens tube 0 to domain Domid.
+-spec open(domid()) -> {ok, tube()} | {error, term()}.
+open(Domid) -> open(Domid, 0).
+
+%% @doc Opens tube Tid to domain Domid. The peer must call accept/0,1;
+%% the order of the two calls does not matter.
+-spec open(domid(), tid()) -> {ok, tube()} | {error, term()}.
+open(Domid, Tid) -> open(Domid, Tid, #{}).
+
+%% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
+%% default the application env `open_timeout', 5000) bounds the wait for
+%% the peer to accept.
+%%
+%% Errors: `{error, timeout}' (nobody accepted in time), `{error,
+%% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
+%% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
+%% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
+%% a ring set-up error.
+-spec open(domid(), tid(), open_opts()) -> {ok, tube()} | {error, term()}.
+open(Domid, Tid, Opts) ->
+    check(is_domid(Domid) andalso is_tid(Tid) andalso is_map(Opts)),
+    Timeout = timeout_opt(Opts),
+    finish(tube_server:open(Domid, Tid, Timeout)).
+
+%% @doc Waits for a tube from any domain.
+-spec accept() -> {ok, tube()} | {error, term()}.
+accept() -> accept(#{timeout => infinity}).
+
+%% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
+%% default `infinity').
+-spec accept(#{timeout => timeout()}) -> {ok, tube()} | {error, term()}.
+accept(Opts) when is_map(Opts) ->
+    Timeout = maps:get(timeout, Opts, infinity),
+    check(is_timeout(Timeout)),
+    finish(tube_server:accept(Timeout));
+accept(_) ->
+    erlang:error(badarg).
+
+%% @doc Closes both ends: the peer's owner gets `{tube_closed, T,
+%% peer_closed}'. Returns `{error, closed}' if the tube is already closed.
+%% Same effect as `erlang:port_close(Tube)', and it also waits until the
+%% tube's Xenstore nodes are removed.
+-spec close(tube()) -> ok | {error, closed}.
+close(Tube) when is_port(Tube) ->
+    tube_server:close(Tube);
+close(_) ->
+    erlang:error(badarg).
+
+%% @doc This node's domain id.
+-spec domid() -> domid().
+domid() -> tube_server:domid().
+
+%% @doc What is known of an open tube: its role (`nock' if this side
+%% opened it, `tip' if it accepted), peer domain, Tid, state and ring
+%% counters.
+-spec info(tube()) -> {ok, map()} | {error, closed}.
+info(Tube) when is_port(Tube) ->
+    case tube_server:lookup(Tube) of
+        {ok, Desc} ->
+            case counters(Tube) of
+                {ok, C} -> {ok, maps:merge(maps:remove(port, Desc), C)};
+                E -> E
+            end;
+        E ->
+            E
+    end;
+info(_) ->
+    erlang:error(badarg).
+
+%% @doc All tubes of this node and their states.
+-spec tubes() -> [map()].
+tubes() -> tube_server:tubes().
+
+%% ---- internals -----------------------------------------------------------
+
+%% The control plane has mapped the ring: open the port in the calling
+%% process, which makes it the owner, and attach it.
+finish({ok, Id, Key}) ->
+    case catch erlang:open_port({spawn_driver, ?DRIVER ++ " " ++ integer_to_list(Id)}, [binary]) of
+        Port when is_port(Port) ->
+            case tube_server:attach(Key, Port) of
+                ok -> {ok, Port};
+                E -> catch erlang:port_close(Port), E
+            end;
+        {'EXIT', Reason} ->
+            _ = tube_nif:ring_discard(Id),
+            ok = tube_server:abort(Key),
+            {error, {open_port, Reason}}
+    end;
+finish(Error) ->
+    Error.
+
+counters(Tube) ->
+    case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of
+        Bytes when is_list(Bytes), length(Bytes) =:= 64 ->
+            <<Sent:64/native, SentB:64/native, Recv:64/native, RecvB:64/native,
+              Dropped:64/native, Rejected:64/native, Wakeups:64/native,
+              PeerPid:64/native>> = list_to_binary(Bytes),
+            {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
+                   received_bytes => RecvB, dropped => Dropped,
+                   rejected => Rejected, wakeups => Wakeups,
+                   peer_os_pid => case PeerPid of 0 -> undefined; P -> P end}};
+        _ ->
+            {error, closed}
+    end.
+
+timeout_opt(Opts) ->
+    T = maps:get(timeout, Opts, application:get_env(tube, open_timeout, 5000)),
+    check(is_timeout(T)),
+    T.
+
+is_domid(D) -> is_integer(D) andalso D >= 0 andalso D =< ?MAX_DOMID.
+is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
+is_timeout(infinity) -> true;
+is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.
+
+check(true) -> ok;
+check(false) -> erlang:error(badarg).

@@ -1,0 +1,716 @@
+%% @private
+%% The node's tube control plane: one process that owns the Xenstore
+%% connection, registers the node as a domain and runs every handshake of
+%% seed 001 (nock/tip directories, states 1..4, refs in one transaction,
+%% watches on the peer's state).
+%%
+%% For a tube from domain A (nock, the opener) to domain B (tip, the
+%% acceptor) with id T:
+%%
+%%   /local/domain/A/data/nock/B/T        owner A, B may read
+%%       tip   = /local/domain/B/data/tip/A/T
+%%       state = 2 (InitWait) .. 4 (Connected)
+%%   /local/domain/B/data/tip/A/T         owner A, B may read and write
+%%       nock  = /local/domain/A/data/nock/B/T
+%%       state, tx-ring-ref, rx-ring-ref, event-channel   (written by B)
+%%
+%% The nock publishes both directories in one transaction and watches the
+%% tip's. The tip sees `nock' appear under its own `data/tip' watch, checks
+%% the directory is owned by the domain its path names, answers state 1 and
+%% watches the nock's state. When an accept() takes the tube, the tip
+%% creates the ring and writes the refs, the event channel and state 3 in
+%% one transaction; the nock maps the ring, opens its port and writes 4;
+%% the tip answers 4. Ports are monitored: when one goes away its nodes are
+%% removed, which the peer sees through its watch.
+-module(tube_server).
+-behaviour(gen_server).
+
+-export([start_link/0, open/3, accept/1, attach/2, abort/1, close/1,
+         lookup/1, domid/0, tubes/0]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-define(STATE_INITIALISING, <<"1">>).
+-define(STATE_INITWAIT, <<"2">>).
+-define(STATE_INITIALISED, <<"3">>).
+-define(STATE_CONNECTED, <<"4">>).
+-define(RECONNECT_MS, 250).
+-define(TUBE_CTL_CLOSE, 2).
+
+-record(tube, {
+    key,              % {nock | tip, Peer, Tid}
+    phase,            % waiting | connecting | handed | open
+    from,             % caller waiting for the result (waiting/connecting)
+    caller_mon,       % monitor of the caller until it attaches a port
+    timer,            % open/accept deadline
+    id,               % hand-over number while phase = handed
+    port,
+    port_mon,
+    tip_connected = false
+}).
+
+-record(st, {
+    conn,             % tube_xs connection, undefined while disconnected
+    tag,              % marks this connection's messages
+    domid,
+    tubes = #{},      % Key -> #tube{}
+    mons = #{},       % monitor ref -> {port | caller | acceptor, Key | From}
+    acceptors = [],   % [{From, Mon, TimerRef, TimeoutMs}], oldest first
+    backlog = []      % incoming tip keys waiting for an accept, oldest first
+}).
+
+%% ---- API -----------------------------------------------------------------
+
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+domid() -> gen_server:call(?MODULE, domid).
+
+%% Returns {ok, HandoffId, Key} once the ring is mapped; the caller opens the
+%% port and attaches it.
+open(Peer, Tid, Timeout) ->
+    gen_server:call(?MODULE, {open, Peer, Tid, Timeout}, infinity).
+
+accept(Timeout) ->
+    gen_server:call(?MODULE, {accept, Timeout}, infinity).
+
+attach(Key, Port) -> gen_server:call(?MODULE, {attach, Key, Port}).
+
+abort(Key) -> gen_server:call(?MODULE, {abort, Key}).
+
+close(Port) -> gen_server:call(?MODULE, {close, Port}).
+
+lookup(Port) -> gen_server:call(?MODULE, {lookup, Port}).
+
+tubes() -> gen_server:call(?MODULE, tubes).
+
+%% ---- start-up ------------------------------------------------------------
+
+init([]) ->
+    process_flag(trap_exit, true),
+    Tag = erlang:unique_integer([positive]),
+    case connect(#st{tag = Tag}) of
+        {ok, St} -> {ok, St};
+        {error, Reason} -> {stop, Reason}
+    end.
+
+connect(St = #st{tag = Tag}) ->
+    case tube_daemon:connect(Tag) of
+        {ok, Conn} ->
+            case register_domain(Conn, St#st.domid) of
+                {ok, Domid} ->
+                    St1 = St#st{conn = Conn, domid = Domid},
+                    case setup_domain(St1) of
+                        ok -> {ok, St1};
+                        E -> tube_xs:close(Conn), E
+                    end;
+                E ->
+                    tube_xs:close(Conn),
+                    E
+            end;
+        E ->
+            E
+    end.
+
+%% The domid is kept across reconnections; the first time it comes from the
+%% application env `domid' (an integer, or `auto').
+register_domain(Conn, undefined) ->
+    Want = application:get_env(tube, domid, auto),
+    case valid_domid_config(Want) of
+        true -> introduce(Conn, Want);
+        false -> {error, {bad_config, {domid, Want}}}
+    end;
+register_domain(Conn, Domid) ->
+    introduce(Conn, Domid).
+
+valid_domid_config(auto) -> true;
+valid_domid_config(D) -> is_integer(D) andalso D >= 1 andalso D < 16#7FF0.
+
+introduce(Conn, Want) ->
+    case tube_xs:introduce_self(Conn, Want) of
+        {ok, D} -> {ok, D};
+        {error, eexist} -> {error, {domid_in_use, Want}};
+        {error, R} -> {error, {introduce, R}}
+    end.
+
+%% Own directories: data/tip may be written (not read) by every domain, so
+%% peers can create their tip entries; data/nock is private.
+setup_domain(#st{conn = C, domid = D}) ->
+    Tip = tip_dir(D),
+    Steps = [
+        fun() -> tube_xs:mkdir(C, Tip) end,
+        fun() -> tube_xs:set_perms(C, Tip, [{write, D}]) end,
+        fun() -> tube_xs:mkdir(C, nock_dir(D)) end,
+        fun() -> tube_xs:watch(C, Tip, <<"tip">>) end,
+        fun() -> tube_xs:watch(C, <<"@releaseDomain">>, <<"release">>) end
+    ],
+    run_steps(Steps).
+
+run_steps([]) -> ok;
+run_steps([F | Rest]) ->
+    case F() of
+        ok -> run_steps(Rest);
+        E -> E
+    end.
+
+%% ---- calls ---------------------------------------------------------------
+
+handle_call(domid, _From, St) ->
+    {reply, St#st.domid, St};
+handle_call(tubes, _From, St) ->
+    {reply, [describe(T) || T <- maps:values(St#st.tubes)], St};
+handle_call(_Req, _From, St = #st{conn = undefined}) ->
+    {reply, {error, xenstore_down}, St};
+handle_call({open, Peer, Tid, Timeout}, From, St) ->
+    do_open(Peer, Tid, Timeout, From, St);
+handle_call({accept, Timeout}, From, St) ->
+    do_accept(From, Timeout, St);
+handle_call({attach, Key, Port}, _From, St) ->
+    do_attach(Key, Port, St);
+handle_call({abort, Key}, _From, St) ->
+    {reply, ok, drop(Key, St)};
+handle_call({close, Port}, _From, St) ->
+    case find_port(Port, St) of
+        {ok, Key} ->
+            catch erlang:port_close(Port),
+            {reply, ok, drop(Key, St)};
+        error ->
+            {reply, {error, closed}, St}
+    end;
+handle_call({lookup, Port}, _From, St) ->
+    case find_port(Port, St) of
+        {ok, Key} -> {reply, {ok, describe(maps:get(Key, St#st.tubes))}, St};
+        error -> {reply, {error, closed}, St}
+    end.
+
+handle_cast(_Msg, St) ->
+    {noreply, St}.
+
+%% ---- open (nock side) ----------------------------------------------------
+
+do_open(Peer, _Tid, _Timeout, _From, St = #st{domid = Peer}) ->
+    {reply, {error, self}, St};
+do_open(Peer, Tid, Timeout, From, St = #st{conn = C, domid = D}) ->
+    Key = {nock, Peer, Tid},
+    case maps:is_key(Key, St#st.tubes) of
+        true ->
+            {reply, {error, tid_in_use}, St};
+        false ->
+            case tube_xs:is_domain_introduced(C, Peer) of
+                {ok, true} ->
+                    case publish_nock(C, D, Peer, Tid) of
+                        ok -> start_open(Key, Timeout, From, St);
+                        {error, eexist} -> {reply, {error, tid_in_use}, St};
+                        {error, eacces} -> {reply, {error, tid_in_use}, St};
+                        E -> {reply, E, St}
+                    end;
+                {ok, false} ->
+                    {reply, {error, no_domain}, St};
+                E ->
+                    {reply, E, St}
+            end
+    end.
+
+start_open(Key = {nock, Peer, Tid}, Timeout, From = {Pid, _}, St) ->
+    Mon = erlang:monitor(process, Pid),
+    Timer = start_timer(Timeout, Key),
+    T = #tube{key = Key, phase = waiting, from = From, caller_mon = Mon, timer = Timer},
+    St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
+                mons = maps:put(Mon, {caller, Key}, St#st.mons)},
+    ok = watch_peer(Key, St1),
+    _ = Peer, _ = Tid,
+    {noreply, St1}.
+
+%% Both directories of the nock, in one transaction so that the tip never
+%% sees half of them.
+publish_nock(C, D, Peer, Tid) ->
+    Nock = nock_path(D, Peer, Tid),
+    Tip = tip_path(Peer, D, Tid),
+    TipParent = parent(Tip),
+    tube_xs:transaction(C, fun(Tx) ->
+        case tube_xs:read(C, Tx, [Nock, "/state"]) of
+            {ok, _} ->
+                {error, eexist};
+            {error, enoent} ->
+                case tube_xs:read(C, Tx, [Tip, "/nock"]) of
+                    {ok, _} -> {error, eexist};
+                    {error, enoent} -> write_nock(C, Tx, D, Peer, Nock, Tip, TipParent);
+                    E -> E
+                end;
+            E ->
+                E
+        end
+    end).
+
+write_nock(C, Tx, D, Peer, Nock, Tip, TipParent) ->
+    run_steps([
+        fun() -> tube_xs:mkdir(C, Tx, Nock) end,
+        fun() -> tube_xs:set_perms(C, Tx, Nock, [{none, D}, {read, Peer}]) end,
+        fun() -> tube_xs:write(C, Tx, [Nock, "/tip"], Tip) end,
+        fun() -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_INITWAIT) end,
+        fun() -> tube_xs:mkdir(C, Tx, Tip) end,
+        fun() -> own_parent(C, Tx, TipParent, D, Peer) end,
+        fun() -> tube_xs:set_perms(C, Tx, Tip, [{none, D}, {both, Peer}]) end,
+        fun() -> tube_xs:write(C, Tx, [Tip, "/nock"], Nock) end
+    ]).
+
+%% data/tip/<D> is created by the first tube from D; keep it readable by the
+%% tip only. If another domain created it, the tip will reject our entry
+%% anyway, so a failure here is not fatal to the transaction.
+own_parent(C, Tx, TipParent, D, Peer) ->
+    _ = tube_xs:set_perms(C, Tx, TipParent, [{none, D}, {read, Peer}]),
+    ok.
+
+%% ---- accept (tip side) ---------------------------------------------------
+
+do_accept(From = {Pid, _}, Timeout, St) ->
+    Mon = erlang:monitor(process, Pid),
+    Timer = start_timer(Timeout, {acceptor, Mon}),
+    St1 = St#st{acceptors = St#st.acceptors ++ [{From, Mon, Timer}],
+                mons = maps:put(Mon, {acceptor, From}, St#st.mons)},
+    {noreply, match_accept(St1)}.
+
+%% Pairs waiting accept() calls with incoming tubes, oldest first.
+match_accept(St = #st{acceptors = [{From, Mon, Timer} | As], backlog = [Key | Ks]}) ->
+    cancel_timer(Timer),
+    St1 = St#st{acceptors = As, backlog = Ks, mons = maps:remove(Mon, St#st.mons)},
+    match_accept(offer(Key, From, Mon, St1));
+match_accept(St) ->
+    St.
+
+%% Creates the ring and publishes its refs with state 3 in one transaction,
+%% then waits for the nock to map it, off this process.
+offer(Key = {tip, Peer, Tid}, From, Mon, St = #st{conn = C, domid = D}) ->
+    T0 = maps:get(Key, St#st.tubes),
+    Tip = tip_path(D, Peer, Tid),
+    case tube_nif:ring_offer() of
+        {ok, Offer, Evt, TxRef, RxRef} ->
+            Res = tube_xs:transaction(C, fun(Tx) ->
+                run_steps([
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/tx-ring-ref"], TxRef) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/rx-ring-ref"], RxRef) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/event-channel"], Evt) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/state"], ?STATE_INITIALISED) end
+                ])
+            end),
+            case Res of
+                ok ->
+                    Timeout = application:get_env(tube, open_timeout, 5000),
+                    spawn_ring_job(Key, fun() -> tube_nif:ring_accept(Offer, Timeout) end),
+                    T = T0#tube{phase = connecting, from = From, caller_mon = Mon},
+                    St#st{tubes = maps:put(Key, T, St#st.tubes),
+                          mons = maps:put(Mon, {caller, Key}, St#st.mons)};
+                E ->
+                    fail_caller(From, Mon, E, drop(Key, St))
+            end;
+        E ->
+            fail_caller(From, Mon, E, drop(Key, St))
+    end.
+
+fail_caller(From, Mon, Reply, St) ->
+    erlang:demonitor(Mon, [flush]),
+    gen_server:reply(From, Reply),
+    St.
+
+%% A tip entry appeared or changed under our data/tip.
+incoming(Path, St = #st{conn = C, domid = D}) ->
+    case parse_tip_event(Path, D) of
+        {ok, Peer, Tid} ->
+            Key = {tip, Peer, Tid},
+            case maps:is_key(Key, St#st.tubes) of
+                true -> St;
+                false -> maybe_new_tip(Key, C, D, St)
+            end;
+        error ->
+            St
+    end.
+
+maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
+    Tip = tip_path(D, Peer, Tid),
+    Expected = nock_path(Peer, D, Tid),
+    case {tube_xs:read(C, [Tip, "/nock"]), tube_xs:get_perms(C, Tip)} of
+        {{ok, Expected}, {ok, [{_, Peer} | _]}} ->
+            case tube_xs:read(C, [Tip, "/state"]) of
+                {error, enoent} -> new_tip(Key, Tip, St);
+                _ -> St % already answered by a previous run of this node
+            end;
+        {{ok, _}, {ok, [{_, Owner} | _]}} when Owner =/= Peer ->
+            ?LOG_WARNING("tube: ignoring ~s: owned by domain ~p, not ~p", [Tip, Owner, Peer]),
+            St;
+        _ ->
+            St
+    end.
+
+new_tip(Key, Tip, St = #st{conn = C}) ->
+    case tube_xs:write(C, [Tip, "/state"], ?STATE_INITIALISING) of
+        ok ->
+            T = #tube{key = Key, phase = waiting},
+            St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
+                        backlog = St#st.backlog ++ [Key]},
+            ok = watch_peer(Key, St1),
+            match_accept(St1);
+        {error, _} ->
+            St
+    end.
+
+parse_tip_event(Path, D) ->
+    Prefix = <<(tip_dir(D))/binary, "/">>,
+    N = byte_size(Prefix),
+    case Path of
+        <<Prefix:N/binary, Rest/binary>> ->
+            case binary:split(Rest, <<"/">>, [global]) of
+                [P, T | _] -> parse_ids(P, T);
+                _ -> error
+            end;
+        _ ->
+            error
+    end.
+
+parse_ids(P, T) ->
+    try {binary_to_integer(P), binary_to_integer(T)} of
+        {Peer, Tid} when Peer >= 0, Tid >= 0 -> {ok, Peer, Tid};
+        _ -> error
+    catch
+        error:badarg -> error
+    end.
+
+%% ---- following the peer's state -----------------------------------------
+
+watch_peer(Key, #st{conn = C, domid = D}) ->
+    case tube_xs:watch(C, peer_node(Key, D), token(Key)) of
+        ok -> ok;
+        {error, _} = E -> E
+    end.
+
+unwatch_peer(Key, #st{conn = C, domid = D}) when C =/= undefined ->
+    _ = tube_xs:unwatch(C, peer_node(Key, D), token(Key)),
+    ok;
+unwatch_peer(_Key, _St) ->
+    ok.
+
+%% The directory whose state the other side writes.
+peer_node({nock, Peer, Tid}, D) -> tip_path(Peer, D, Tid);
+peer_node({tip, Peer, Tid}, D) -> nock_path(Peer, D, Tid).
+
+token({Role, Peer, Tid}) ->
+    iolist_to_binary([atom_to_list(Role), $/, integer_to_list(Peer), $/, integer_to_list(Tid)]).
+
+key_of_token(Token) ->
+    case binary:split(Token, <<"/">>, [global]) of
+        [Role, P, T] when Role =:= <<"nock">>; Role =:= <<"tip">> ->
+            case parse_ids(P, T) of
+                {ok, Peer, Tid} -> {ok, {binary_to_atom(Role), Peer, Tid}};
+                error -> error
+            end;
+        _ ->
+            error
+    end.
+
+%% Re-reads the peer's state after a watch event and moves the tube on.
+check(Key, St = #st{conn = C, domid = D}) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, T} ->
+            Node = peer_node(Key, D),
+            State = tube_xs:read(C, [Node, "/state"]),
+            step(Key, T, State, Node, St);
+        error ->
+            St
+    end.
+
+%% Nock: the tip has published its ring.
+step(Key = {nock, _, _}, T = #tube{phase = waiting}, {ok, ?STATE_INITIALISED}, Node, St) ->
+    C = St#st.conn,
+    case {tube_xs:read(C, [Node, "/event-channel"]),
+          tube_xs:read(C, [Node, "/tx-ring-ref"]),
+          tube_xs:read(C, [Node, "/rx-ring-ref"])} of
+        {{ok, Evt}, {ok, TxRef}, {ok, RxRef}} ->
+            Timeout = application:get_env(tube, open_timeout, 5000),
+            spawn_ring_job(Key, fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end),
+            put_tube(T#tube{phase = connecting}, St);
+        _ ->
+            fail(Key, {error, bad_peer_state}, St)
+    end;
+%% Nock: the tip directory was removed before we connected.
+step(Key = {nock, _, _}, #tube{phase = waiting}, {error, enoent}, Node, St) ->
+    case tube_xs:read(St#st.conn, [Node, "/nock"]) of
+        {ok, _} -> St; % created by us, the tip has not answered yet
+        _ -> fail(Key, {error, peer_closed}, St)
+    end;
+%% Tip: the nock is connected; answer once our port is attached.
+step(Key = {tip, _, _}, T = #tube{phase = open, tip_connected = false}, {ok, ?STATE_CONNECTED}, _Node, St) ->
+    {tip, Peer, Tid} = Key,
+    _ = tube_xs:write(St#st.conn, [tip_path(St#st.domid, Peer, Tid), "/state"], ?STATE_CONNECTED),
+    put_tube(T#tube{tip_connected = true}, St);
+%% Either side: the peer's nodes are gone or it is closing.
+step(Key, _T, {error, enoent}, _Node, St) ->
+    peer_gone(Key, peer_closed, St);
+step(Key, _T, {ok, S}, _Node, St) when S =:= <<"5">>; S =:= <<"6">> ->
+    peer_gone(Key, peer_closed, St);
+step(_Key, _T, _State, _Node, St) ->
+    St.
+
+%% The peer went away: an open port is told to close (its owner gets
+%% {tube_closed, Port, Reason} from the driver); a handshake in progress
+%% fails.
+peer_gone(Key, Reason, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, #tube{phase = open, port = Port}} ->
+            catch erlang:port_control(Port, ?TUBE_CTL_CLOSE, atom_to_list(Reason)),
+            St;
+        {ok, #tube{phase = handed}} ->
+            St; % the caller attaches or aborts soon; the ring reports it
+        {ok, _} ->
+            fail(Key, {error, Reason}, St);
+        error ->
+            St
+    end.
+
+%% A domain was released: close the tubes to domains that are gone.
+released(St = #st{conn = C}) ->
+    Peers = lists:usort([P || {_, P, _} <- maps:keys(St#st.tubes)]),
+    Gone = [P || P <- Peers, tube_xs:is_domain_introduced(C, P) =:= {ok, false}],
+    lists:foldl(fun(Key = {_, P, _}, Acc) ->
+                        case lists:member(P, Gone) of
+                            true -> peer_gone(Key, peer_down, Acc);
+                            false -> Acc
+                        end
+                end, St, maps:keys(St#st.tubes)).
+
+%% ---- ring jobs and ports -------------------------------------------------
+
+%% Runs a blocking ring call (dirty NIF) in its own process and reports
+%% {ring_done, Key, Result} back.
+spawn_ring_job(Key, Fun) ->
+    Self = self(),
+    spawn_link(fun() ->
+        Result = try Fun() catch C:R -> {error, {C, R}} end,
+        Self ! {ring_done, Key, Result}
+    end).
+
+ring_done(Key, Result, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, T = #tube{phase = connecting, from = From}} ->
+            case Result of
+                {ok, TubeRes} ->
+                    {ok, Id} = tube_nif:ring_handoff(TubeRes),
+                    cancel_timer(T#tube.timer),
+                    gen_server:reply(From, {ok, Id, Key}),
+                    put_tube(T#tube{phase = handed, id = Id, from = undefined, timer = undefined}, St);
+                {error, R} ->
+                    fail(Key, {error, R}, St)
+            end;
+        _ ->
+            St % timed out or dropped meanwhile; the ring resource is freed by GC
+    end.
+
+do_attach(Key, Port, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, T = #tube{phase = handed}} ->
+            erlang:demonitor(T#tube.caller_mon, [flush]),
+            Mon = erlang:monitor(port, Port),
+            T1 = T#tube{phase = open, port = Port, port_mon = Mon, caller_mon = undefined, id = undefined},
+            St1 = put_tube(T1, St#st{mons = maps:put(Mon, {port, Key},
+                                                    maps:remove(T#tube.caller_mon, St#st.mons))}),
+            St2 = announce_connected(Key, St1),
+            {reply, ok, check(Key, St2)};
+        _ ->
+            {reply, {error, closed}, St}
+    end.
+
+announce_connected({nock, Peer, Tid}, St = #st{conn = C, domid = D}) ->
+    _ = tube_xs:write(C, [nock_path(D, Peer, Tid), "/state"], ?STATE_CONNECTED),
+    St;
+announce_connected({tip, _, _}, St) ->
+    St.
+
+find_port(Port, St) ->
+    case [K || {K, #tube{port = P}} <- maps:to_list(St#st.tubes), P =:= Port] of
+        [Key] -> {ok, Key};
+        [] -> error
+    end.
+
+describe(#tube{key = {Role, Peer, Tid}, phase = Phase, port = Port}) ->
+    #{role => Role, peer => Peer, tid => Tid, port => Port,
+      state => case Phase of open -> connected; P -> P end}.
+
+%% ---- failing and dropping tubes -----------------------------------------
+
+%% Replies Reply to a caller still waiting, then drops the tube.
+fail(Key, Reply, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, #tube{from = From}} when From =/= undefined ->
+            gen_server:reply(From, Reply);
+        _ ->
+            ok
+    end,
+    drop(Key, St).
+
+%% Forgets a tube and removes the nodes this side may remove.
+drop(Key, St) ->
+    case maps:take(Key, St#st.tubes) of
+        {T, Tubes} ->
+            cancel_timer(T#tube.timer),
+            Mons = lists:foldl(fun(undefined, M) -> M;
+                                  (Mon, M) -> erlang:demonitor(Mon, [flush]), maps:remove(Mon, M)
+                               end, St#st.mons, [T#tube.caller_mon, T#tube.port_mon]),
+            discard_handoff(T#tube.id),
+            St1 = St#st{tubes = Tubes, mons = Mons, backlog = lists:delete(Key, St#st.backlog)},
+            unwatch_peer(Key, St1),
+            remove_nodes(Key, St1),
+            St1;
+        error ->
+            St
+    end.
+
+discard_handoff(undefined) -> ok;
+discard_handoff(Id) -> tube_nif:ring_discard(Id), ok.
+
+remove_nodes(_Key, #st{conn = undefined}) ->
+    ok;
+remove_nodes({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
+    _ = tube_xs:rm(C, nock_path(D, Peer, Tid)),
+    _ = tube_xs:rm(C, tip_path(Peer, D, Tid)),
+    ok;
+remove_nodes({tip, Peer, Tid}, #st{conn = C, domid = D}) ->
+    _ = tube_xs:rm(C, tip_path(D, Peer, Tid)),
+    ok.
+
+put_tube(T = #tube{key = Key}, St) ->
+    St#st{tubes = maps:put(Key, T, St#st.tubes)}.
+
+%% ---- messages --------------------------------------------------------------
+
+handle_info({tube_xs, Tag, {watch, Path, Token}}, St = #st{tag = Tag}) ->
+    {noreply, watch_event(Path, Token, St)};
+handle_info({tube_xs, Tag, closed}, St = #st{tag = Tag}) ->
+    ?LOG_WARNING("tube: Xenstore connection lost; open tubes keep running"),
+    erlang:send_after(?RECONNECT_MS, self(), reconnect),
+    {noreply, disconnected(St)};
+handle_info({tube_xs, _OldTag, _}, St) ->
+    {noreply, St};
+handle_info(reconnect, St = #st{conn = undefined}) ->
+    Tag = erlang:unique_integer([positive]),
+    case connect(St#st{tag = Tag}) of
+        {ok, St1} ->
+            ?LOG_NOTICE("tube: Xenstore connection back, domain ~p", [St1#st.domid]),
+            {noreply, republish(St1)};
+        {error, _} ->
+            erlang:send_after(?RECONNECT_MS, self(), reconnect),
+            {noreply, St}
+    end;
+handle_info({ring_done, Key, Result}, St) ->
+    {noreply, ring_done(Key, Result, St)};
+handle_info({timeout, _Ref, {acceptor, Mon}}, St) ->
+    {noreply, acceptor_timeout(Mon, St)};
+handle_info({timeout, _Ref, Key}, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, #tube{phase = P}} when P =:= waiting; P =:= connecting ->
+            {noreply, fail(Key, {error, timeout}, St)};
+        _ ->
+            {noreply, St}
+    end;
+handle_info({'DOWN', Mon, _, _, _}, St) ->
+    case maps:take(Mon, St#st.mons) of
+        {{port, Key}, Mons} -> {noreply, drop(Key, St#st{mons = Mons})};
+        {{caller, Key}, Mons} -> {noreply, drop(Key, St#st{mons = Mons})};
+        {{acceptor, _From}, Mons} -> {noreply, remove_acceptor(Mon, St#st{mons = Mons})};
+        error -> {noreply, St}
+    end;
+handle_info({'EXIT', _Pid, normal}, St) ->
+    {noreply, St};
+handle_info({'EXIT', _Pid, Reason}, St) ->
+    ?LOG_ERROR("tube: ring job crashed: ~p", [Reason]),
+    {noreply, St};
+handle_info(_Other, St) ->
+    {noreply, St}.
+
+watch_event(_Path, _Token, St = #st{conn = undefined}) ->
+    St;
+watch_event(Path, <<"tip">>, St) ->
+    incoming(Path, St);
+watch_event(_Path, <<"release">>, St) ->
+    released(St);
+watch_event(_Path, Token, St) ->
+    case key_of_token(Token) of
+        {ok, Key} -> check(Key, St);
+        error -> St
+    end.
+
+acceptor_timeout(Mon, St) ->
+    case lists:keyfind(Mon, 2, St#st.acceptors) of
+        {From, Mon, _} ->
+            gen_server:reply(From, {error, timeout}),
+            erlang:demonitor(Mon, [flush]),
+            remove_acceptor(Mon, St#st{mons = maps:remove(Mon, St#st.mons)});
+        false ->
+            St
+    end.
+
+remove_acceptor(Mon, St) ->
+    case lists:keytake(Mon, 2, St#st.acceptors) of
+        {value, {_, _, Timer}, Rest} -> cancel_timer(Timer), St#st{acceptors = Rest};
+        false -> St
+    end.
+
+%% Lost the daemon: handshakes in progress fail, open tubes stay open (their
+%% rings do not depend on Xenstore) and are published again on reconnect.
+disconnected(St) ->
+    St1 = St#st{conn = undefined},
+    InFlight = [K || {K, #tube{phase = P}} <- maps:to_list(St1#st.tubes), P =/= open, P =/= handed],
+    St2 = lists:foldl(fun(K, Acc) -> fail(K, {error, xenstore_down}, Acc) end, St1, InFlight),
+    lists:foreach(fun({From, Mon, Timer}) ->
+                          cancel_timer(Timer),
+                          erlang:demonitor(Mon, [flush]),
+                          gen_server:reply(From, {error, xenstore_down})
+                  end, St2#st.acceptors),
+    Mons = maps:filter(fun(_, {acceptor, _}) -> false; (_, _) -> true end, St2#st.mons),
+    St2#st{acceptors = [], backlog = [], mons = Mons}.
+
+%% After a reconnection: write again what this side owns for each open tube
+%% (a daemon restarted without a database has lost it) and watch the peers.
+republish(St = #st{conn = C, domid = D}) ->
+    maps:foreach(
+      fun(Key = {nock, Peer, Tid}, #tube{phase = open}) ->
+              Nock = nock_path(D, Peer, Tid),
+              Tip = tip_path(Peer, D, Tid),
+              _ = tube_xs:transaction(C, fun(Tx) ->
+                      case write_nock(C, Tx, D, Peer, Nock, Tip, parent(Tip)) of
+                          ok -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_CONNECTED);
+                          E -> E
+                      end
+                  end),
+              watch_peer(Key, St);
+         (Key, #tube{phase = open}) ->
+              watch_peer(Key, St);
+         (_, _) ->
+              ok
+      end, St#st.tubes),
+    St.
+
+terminate(_Reason, St) ->
+    maps:foreach(fun(Key, _) -> remove_nodes(Key, St) end, St#st.tubes).
+
+%% ---- paths and timers ----------------------------------------------------
+
+domain_path(D) -> <<"/local/domain/", (integer_to_binary(D))/binary>>.
+tip_dir(D) -> <<(domain_path(D))/binary, "/data/tip">>.
+nock_dir(D) -> <<(domain_path(D))/binary, "/data/nock">>.
+
+%% On domain Self: the nock entry for a tube to Peer.
+nock_path(Self, Peer, Tid) ->
+    <<(nock_dir(Self))/binary, "/", (integer_to_binary(Peer))/binary, "/", (integer_to_binary(Tid))/binary>>.
+
+%% On domain Self: the tip entry for a tube from Peer.
+tip_path(Self, Peer, Tid) ->
+    <<(tip_dir(Self))/binary, "/", (integer_to_binary(Peer))/binary, "/", (integer_to_binary(Tid))/binary>>.
+
+parent(Path) ->
+    [_ | Rev] = lists:reverse(binary:split(Path, <<"/">>, [global])),
+    iolist_to_binary(lists:join(<<"/">>, lists:reverse(Rev))).
+
+start_timer(infinity, _Msg) -> undefined;
+start_timer(Ms, Msg) -> erlang:start_timer(Ms, self(), Msg).
+
+cancel_timer(undefined) -> ok;
+cancel_timer(Ref) -> erlang:cancel_timer(Ref), ok.

@@ -1,0 +1,183 @@
+%% @doc A Xenstore client for Erlang, over the native client in tube_nif.
+%%
+%% Paths and values are binaries or strings. Errors are `{error, Reason}`
+%% with Xenstore's error names in lower case (`enoent', `eacces', `eagain',
+%% `einval', ...), `closed' when the connection is gone.
+%%
+%% Watch events arrive at the process that called {@link open/2} as
+%% `{tube_xs, Tag, {watch, Path, Token}}'; when the connection ends it gets
+%% `{tube_xs, Tag, closed}' once.
+-module(tube_xs).
+
+-export([open/2, close/1, default_path/0]).
+-export([read/2, read/3, write/3, write/4, mkdir/2, mkdir/3, rm/2, rm/3,
+         directory/2, directory/3, get_perms/2, get_perms/3,
+         set_perms/3, set_perms/4, watch/3, unwatch/3,
+         transaction_start/1, transaction_end/3, transaction/2,
+         introduce_self/2, is_domain_introduced/2, get_domain_path/2]).
+-export([format_perms/1, parse_perms/1]).
+
+-export_type([conn/0, perm/0, access/0]).
+
+-opaque conn() :: reference().
+-type tx() :: non_neg_integer().
+-type access() :: none | read | write | both.
+-type perm() :: {access(), non_neg_integer()}.
+
+%% Message types of Xen's xs_wire.h.
+-define(XS_DIRECTORY, 1).
+-define(XS_READ, 2).
+-define(XS_GET_PERMS, 3).
+-define(XS_WATCH, 4).
+-define(XS_UNWATCH, 5).
+-define(XS_TRANSACTION_START, 6).
+-define(XS_TRANSACTION_END, 7).
+-define(XS_INTRODUCE, 8).
+-define(XS_GET_DOMAIN_PATH, 10).
+-define(XS_WRITE, 11).
+-define(XS_MKDIR, 12).
+-define(XS_RM, 13).
+-define(XS_SET_PERMS, 14).
+-define(XS_IS_DOMAIN_INTRODUCED, 17).
+
+%% How often a transaction is retried when the daemon answers `eagain'.
+-define(TX_RETRIES, 20).
+
+%% @doc Connects to the daemon at Path ("" = `XENSTORED_PATH' or the
+%% per-user default). Tag marks this connection's messages.
+-spec open(iodata(), non_neg_integer()) -> {ok, conn()} | {error, term()}.
+open(Path, Tag) ->
+    tube_nif:xs_open(unicode:characters_to_binary(Path), Tag).
+
+-spec close(conn()) -> ok.
+close(Conn) -> tube_nif:xs_close(Conn).
+
+%% @doc The socket path used when none is given.
+-spec default_path() -> binary().
+default_path() -> unicode:characters_to_binary(tube_nif:xs_default_path()).
+
+read(C, P) -> read(C, 0, P).
+read(C, Tx, P) -> req(C, ?XS_READ, Tx, [P, 0]).
+
+write(C, P, V) -> write(C, 0, P, V).
+write(C, Tx, P, V) -> ok(req(C, ?XS_WRITE, Tx, [P, 0, V])).
+
+mkdir(C, P) -> mkdir(C, 0, P).
+mkdir(C, Tx, P) -> ok(req(C, ?XS_MKDIR, Tx, [P, 0])).
+
+rm(C, P) -> rm(C, 0, P).
+rm(C, Tx, P) -> ok(req(C, ?XS_RM, Tx, [P, 0])).
+
+directory(C, P) -> directory(C, 0, P).
+directory(C, Tx, P) ->
+    case req(C, ?XS_DIRECTORY, Tx, [P, 0]) of
+        {ok, Bin} -> {ok, fields(Bin)};
+        E -> E
+    end.
+
+%% @doc Permissions as `[{Access, Domid}]', owner first.
+get_perms(C, P) -> get_perms(C, 0, P).
+get_perms(C, Tx, P) ->
+    case req(C, ?XS_GET_PERMS, Tx, [P, 0]) of
+        {ok, Bin} -> parse_perms(Bin);
+        E -> E
+    end.
+
+set_perms(C, P, Perms) -> set_perms(C, 0, P, Perms).
+set_perms(C, Tx, P, Perms) ->
+    ok(req(C, ?XS_SET_PERMS, Tx, [P, 0, format_perms(Perms)])).
+
+watch(C, P, Token) -> ok(req(C, ?XS_WATCH, 0, [P, 0, Token, 0])).
+unwatch(C, P, Token) -> ok(req(C, ?XS_UNWATCH, 0, [P, 0, Token, 0])).
+
+-spec transaction_start(conn()) -> {ok, tx()} | {error, term()}.
+transaction_start(C) ->
+    case req(C, ?XS_TRANSACTION_START, 0, [0]) of
+        {ok, Bin} -> {ok, binary_to_integer(hd(fields(Bin)))};
+        E -> E
+    end.
+
+-spec transaction_end(conn(), tx(), boolean()) -> ok | {error, term()}.
+transaction_end(C, Tx, Commit) ->
+    ok(req(C, ?XS_TRANSACTION_END, Tx, [case Commit of true -> "T"; false -> "F" end, 0])).
+
+%% @doc Runs Fun(Tx) in a transaction and commits it, retrying from the
+%% start when another commit got in between. Fun returns `ok' or
+%% `{ok, Value}' to commit, anything else to abort (and that is returned).
+transaction(C, Fun) -> transaction(C, Fun, ?TX_RETRIES).
+
+transaction(_C, _Fun, 0) ->
+    {error, eagain};
+transaction(C, Fun, N) ->
+    case transaction_start(C) of
+        {ok, Tx} ->
+            case catch Fun(Tx) of
+                Done when Done =:= ok; element(1, Done) =:= ok ->
+                    case transaction_end(C, Tx, true) of
+                        ok -> Done;
+                        {error, eagain} -> transaction(C, Fun, N - 1);
+                        E -> E
+                    end;
+                Other ->
+                    _ = transaction_end(C, Tx, false),
+                    Other
+            end;
+        E ->
+            E
+    end.
+
+%% @doc Binds this connection to domain Domid (`auto' lets the daemon
+%% choose): tube's extension for local domains, see tubestored's README.
+-spec introduce_self(conn(), pos_integer() | auto) -> {ok, pos_integer()} | {error, term()}.
+introduce_self(C, Domid) ->
+    Arg = case Domid of auto -> "auto"; _ -> integer_to_list(Domid) end,
+    case req(C, ?XS_INTRODUCE, 0, [Arg, 0, "self", 0]) of
+        {ok, Bin} -> {ok, binary_to_integer(hd(fields(Bin)))};
+        E -> E
+    end.
+
+is_domain_introduced(C, Domid) ->
+    case req(C, ?XS_IS_DOMAIN_INTRODUCED, 0, [integer_to_list(Domid), 0]) of
+        {ok, <<"T", _/binary>>} -> {ok, true};
+        {ok, <<"F", _/binary>>} -> {ok, false};
+        {ok, Other} -> {error, {protocol, Other}};
+        E -> E
+    end.
+
+get_domain_path(C, Domid) ->
+    case req(C, ?XS_GET_DOMAIN_PATH, 0, [integer_to_list(Domid), 0]) of
+        {ok, Bin} -> {ok, hd(fields(Bin))};
+        E -> E
+    end.
+
+%% ---- encoding ----------------------------------------------------------
+
+format_perms(Perms) ->
+    [[access_char(A), integer_to_list(D), 0] || {A, D} <- Perms].
+
+parse_perms(Bin) ->
+    try
+        {ok, [{access(C), binary_to_integer(D)} || <<C, D/binary>> <- fields(Bin)]}
+    catch
+        error:_ -> {error, {protocol, Bin}}
+    end.
+
+access_char(none) -> $n;
+access_char(read) -> $r;
+access_char(write) -> $w;
+access_char(both) -> $b.
+
+access($n) -> none;
+access($r) -> read;
+access($w) -> write;
+access($b) -> both.
+
+%% NUL-separated fields; a trailing NUL ends the last one.
+fields(Bin) ->
+    [F || F <- binary:split(Bin, <<0>>, [global]), F =/= <<>>].
+
+req(C, Type, Tx, Payload) ->
+    tube_nif:xs_request(C, Type, Tx, iolist_to_binary(Payload)).
+
+ok({ok, _}) -> ok;
+ok(E) -> E.

@@ -1,0 +1,141 @@
+defmodule TubeTest.Remote do
+  @moduledoc false
+  # Tube owners driven from a test: used inside peer nodes (through
+  # :peer.call, which carries terms but no messages) and on the test node.
+  # Each owner process holds one tube; it echoes or collects packets and
+  # records how the tube ended.
+
+  @doc "Accepts one tube in a new owner process. Returns {:ok, name} or {:error, reason}."
+  def accept(mode, timeout), do: start_owner(mode, fn -> :tube.accept(%{timeout: timeout}) end)
+
+  @doc "Opens a tube in a new owner process."
+  def open(domid, tid, mode, timeout),
+    do: start_owner(mode, fn -> :tube.open(domid, tid, %{timeout: timeout}) end)
+
+  @doc "Sends each packet in `packets` on the owner's tube."
+  def send_packets(name, packets), do: call(name, {:send, packets})
+
+  @doc "Sends `count` packets of `size` bytes numbered from 0 (4-byte sequence number first)."
+  def send_seq(name, count, size), do: call(name, {:send_seq, count, size})
+
+  @doc "What the owner saw: received packets (in order), closed reason, info."
+  def stats(name), do: call(name, :stats)
+
+  @doc "Closes the owner's tube with :tube.close/1."
+  def close(name), do: call(name, :close)
+
+  @doc "The owner's tube port."
+  def port(name), do: call(name, :port)
+
+  @doc "Waits until the owner has received `n` packets or the tube closed."
+  def wait_received(name, n, timeout \\ 10_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    wait_loop(name, n, deadline)
+  end
+
+  defp wait_loop(name, n, deadline) do
+    s = stats(name)
+
+    cond do
+      s.count >= n or s.closed != nil -> s
+      System.monotonic_time(:millisecond) > deadline -> s
+      true -> Process.sleep(5) && wait_loop(name, n, deadline)
+    end
+  end
+
+  defp call(name, msg) do
+    ref = make_ref()
+    Kernel.send(name, {msg, self(), ref})
+
+    receive do
+      {^ref, reply} -> reply
+    after
+      15_000 -> {:error, :owner_timeout}
+    end
+  end
+
+  defp start_owner(mode, fun) do
+    parent = self()
+    ref = make_ref()
+    name = :"tube_owner_#{System.unique_integer([:positive])}"
+
+    pid =
+      spawn(fn ->
+        Process.register(self(), name)
+
+        case fun.() do
+          {:ok, port} ->
+            send(parent, {ref, {:ok, name}})
+            loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil})
+
+          error ->
+            send(parent, {ref, error})
+        end
+      end)
+
+    mon = Process.monitor(pid)
+
+    receive do
+      {^ref, reply} ->
+        Process.demonitor(mon, [:flush])
+        reply
+
+      {:DOWN, ^mon, _, _, reason} ->
+        {:error, {:owner_died, reason}}
+    end
+  end
+
+  # Keeps the newest packets only, so floods do not eat the peer's memory.
+  @keep 10_000
+
+  defp loop(st) do
+    port = st.port
+
+    receive do
+      {^port, {:data, data}} ->
+        if st.mode == :echo, do: Port.command(port, data)
+        packets = if st.count < @keep, do: [data | st.packets], else: st.packets
+        loop(%{st | packets: packets, count: st.count + 1})
+
+      {:tube_closed, ^port, reason} ->
+        loop(%{st | closed: reason})
+
+      {{:send, packets}, from, ref} ->
+        res = Enum.map(packets, fn p -> safe_command(port, p) end)
+        send(from, {ref, res})
+        loop(st)
+
+      {{:send_seq, count, size}, from, ref} ->
+        pad = :binary.copy(<<0xA5>>, max(size - 4, 0))
+        for i <- 0..(count - 1)//1, do: safe_command(port, <<i::32, pad::binary>>)
+        send(from, {ref, :ok})
+        loop(st)
+
+      {:stats, from, ref} ->
+        info =
+          case :tube.info(port) do
+            {:ok, i} -> i
+            _ -> st.info
+          end
+
+        send(from, {ref, %{packets: Enum.reverse(st.packets), count: st.count, closed: st.closed, info: info}})
+        loop(%{st | info: info})
+
+      {:close, from, ref} ->
+        send(from, {ref, :tube.close(port)})
+        loop(st)
+
+      {:port, from, ref} ->
+        send(from, {ref, port})
+        loop(st)
+    end
+  end
+
+  defp safe_command(port, data) do
+    try do
+      Port.command(port, data)
+    rescue
+      ArgumentError -> :badarg
+    end
+  end
+end

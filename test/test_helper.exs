@@ -1,0 +1,22 @@
+# Each run of the suite gets its own Xenstore socket: the application
+# starts an embedded tubestored there, and the suite stops it at the end.
+run_dir = Path.join(System.tmp_dir!(), "tube-test-#{System.os_time(:millisecond)}")
+File.mkdir_p!(run_dir)
+File.chmod!(run_dir, 0o700)
+socket = Path.join(run_dir, "xenstored.sock")
+System.put_env("XENSTORED_PATH", socket)
+
+{:ok, _} = Application.ensure_all_started(:tube)
+
+ExUnit.after_suite(fn _ ->
+  Application.stop(:tube)
+
+  case File.read(socket <> ".pid") do
+    {:ok, pid} -> System.cmd("kill", [String.trim(pid)])
+    _ -> :ok
+  end
+
+  File.rm_rf(run_dir)
+end)
+
+ExUnit.start(timeout: 120_000)
