@@ -63,6 +63,11 @@ impl Outbox {
         }
     }
 
+    /// Bytes queued and not yet handed to the socket.
+    pub fn pending(&self) -> usize {
+        self.state.lock().buf.len()
+    }
+
     /// True once the connection was killed.
     pub fn is_dead(&self) -> bool {
         self.state.lock().dead

@@ -1,0 +1,176 @@
+//! Persistence: the binary is killed with SIGKILL and restarted on the same database.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tube_xs::wire::MsgType;
+
+fn spawn_daemon(sock: &Path, db: &Path) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tubestored"))
+        .args(["--quiet", "--socket"])
+        .arg(sock)
+        .arg("--db")
+        .arg(db)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// Waits (bounded) until the files on disk hold `key` = `val`, reading them as a restart would.
+fn wait_on_disk(db: &Path, key: &str, val: &[u8]) {
+    let t0 = Instant::now();
+    loop {
+        let copy = PathBuf::from(format!("{}.probe", db.display()));
+        let _ = std::fs::copy(db, &copy);
+        let _ = std::fs::copy(format!("{}.journal", db.display()), format!("{}.journal", copy.display()));
+        if let Ok((store, _)) = tubestored::persist::load(&copy) {
+            if store.get(key).is_some_and(|n| n.value == val) {
+                return;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{key} never reached the disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn survives_kill_9_and_ignores_torn_tail() {
+    let dir = tempdir("persist");
+    let sock = dir.join("socket");
+    let db = dir.join("store.db");
+    let mut d = spawn_daemon(&sock, &db);
+    let mut c = Raw::connect(&sock);
+    for i in 0..200 {
+        c.write(&format!("/keep/{i}"), &format!("value {i}")).unwrap();
+    }
+    c.req(MsgType::SetPerms, 0, &zz(&["/keep/7", "r3", "b4"])).unwrap();
+    c.req(MsgType::Rm, 0, &z("/keep/5")).unwrap();
+    let tx: u32 = fields(&c.req(MsgType::TransactionStart, 0, b"\0").unwrap())[0].parse().unwrap();
+    c.req(MsgType::Write, tx, &wr("/keep/tx", "committed")).unwrap();
+    c.req(MsgType::TransactionEnd, tx, b"T\0").unwrap();
+    c.write("/keep/last", "L").unwrap();
+    wait_on_disk(&db, "/keep/last", b"L");
+    d.kill().unwrap(); // SIGKILL
+    d.wait().unwrap();
+    drop(c);
+
+    // A crash mid-append leaves a partial frame: it must be ignored.
+    let mut j = std::fs::OpenOptions::new().append(true).open(format!("{}.journal", db.display())).unwrap();
+    j.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'x', b'y']).unwrap();
+    drop(j);
+
+    let mut d = spawn_daemon(&sock, &db);
+    let mut c = Raw::connect(&sock);
+    assert_eq!(c.read("/keep/0").unwrap(), "value 0");
+    assert_eq!(c.read("/keep/199").unwrap(), "value 199");
+    assert_eq!(c.read("/keep/5"), Err("ENOENT".into()));
+    assert_eq!(c.read("/keep/tx").unwrap(), "committed");
+    assert_eq!(fields(&c.req(MsgType::GetPerms, 0, &z("/keep/7")).unwrap()), vec!["r3", "b4"]);
+    assert_eq!(c.dir("/keep").unwrap().len(), 201);
+    c.write("/after/restart", "ok").unwrap();
+    wait_on_disk(&db, "/after/restart", b"ok");
+    // SIGTERM: clean exit, socket removed.
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    let st = d.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(!sock.exists(), "socket removed on SIGTERM");
+
+    let mut d = spawn_daemon(&sock, &db);
+    let mut c = Raw::connect(&sock);
+    assert_eq!(c.read("/after/restart").unwrap(), "ok");
+    assert_eq!(c.read("/keep/3").unwrap(), "value 3");
+    d.kill().unwrap();
+    d.wait().unwrap();
+}
+
+#[test]
+fn domain_nodes_stay_after_restart_until_reregistered() {
+    let dir = tempdir("persist-dom");
+    let sock = dir.join("socket");
+    let db = dir.join("store.db");
+    let mut d = spawn_daemon(&sock, &db);
+    let mut g = Raw::connect(&sock);
+    assert_eq!(g.introduce_self("4").unwrap(), 4);
+    g.write("data/state", "4").unwrap();
+    wait_on_disk(&db, "/local/domain/4/data/state", b"4");
+    d.kill().unwrap();
+    d.wait().unwrap();
+    drop(g);
+    let mut d = spawn_daemon(&sock, &db);
+    let mut c = Raw::connect(&sock);
+    assert_eq!(c.read("/local/domain/4/data/state").unwrap(), "4");
+    assert_eq!(fields(&c.req(MsgType::IsDomainIntroduced, 0, &z("4")).unwrap()), vec!["F"]);
+    let mut g = Raw::connect(&sock);
+    assert_eq!(g.introduce_self("4").unwrap(), 4);
+    assert_eq!(g.read("data/state").unwrap(), "4");
+    drop(g);
+    // Released on disconnect: its nodes go.
+    let t0 = Instant::now();
+    while c.read("/local/domain/4/data/state").is_ok() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+}
+
+#[test]
+fn daemon_flag_returns_when_ready_and_second_start_is_harmless() {
+    let dir = tempdir("daemon");
+    let sock = dir.join("sub").join("socket");
+    let pid = dir.join("pid");
+    let st = Command::new("timeout")
+        .arg("10")
+        .arg(env!("CARGO_BIN_EXE_tubestored"))
+        .args(["--daemon", "--quiet", "--socket"])
+        .arg(&sock)
+        .arg("--pidfile")
+        .arg(&pid)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Connectable at once, no polling.
+    let mut c = Raw::connect(&sock);
+    c.write("/x", "1").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(sock.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(env!("CARGO_BIN_EXE_tubestored"))
+        .args(["--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    assert_eq!(c.read("/x").unwrap(), "1", "the first daemon still serves");
+    let pid: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    // SAFETY: plain kill(2) on the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(c.recv().is_none(), "connection closed on SIGTERM");
+    let t0 = Instant::now();
+    while sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "socket not removed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn stale_socket_is_replaced() {
+    let dir = tempdir("stale");
+    let sock = dir.join("socket");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // leaves a dead socket file
+    let h = start_with("stale", tubestored::Options { socket: Some(sock.clone()), ..Default::default() });
+    Raw::connect(h.path()).write("/ok", "1").unwrap();
+}
