@@ -475,3 +475,25 @@ fn connects_by_path() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(matches!(Client::connect(&path), Err(Error::Io(_))));
 }
+
+#[test]
+fn timed_out_request_drops_its_late_reply() {
+    let (xs, daemon) = pair(|mut d| {
+        let slow = d.expect(MsgType::Read, 0, b"/slow\0");
+        // /fast is only sent once the client gave up on /slow, so /slow's reply is surely late.
+        let fast = d.expect(MsgType::Read, 0, b"/fast\0");
+        d.reply(&slow, b"late");
+        d.reply(&fast, b"fast");
+        d.wait_hangup();
+    });
+    xs.set_timeout(Some(Duration::from_millis(1)));
+    let r = xs.read(0, "/slow");
+    assert!(
+        matches!(&r, Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{r:?}"
+    );
+    xs.set_timeout(None);
+    assert_eq!(xs.read(0, "/fast").unwrap(), b"fast");
+    drop(xs);
+    daemon.join().unwrap();
+}

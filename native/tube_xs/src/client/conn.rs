@@ -1,13 +1,13 @@
 //! The connection core: one socket, a table of requests in flight keyed by `req_id`, and a reader thread
 //! that hands each reply to its waiter and each watch event to the events channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::{Error, WatchEvent};
@@ -23,6 +23,9 @@ struct Waiter {
 #[derive(Default)]
 struct Pending {
     waiters: HashMap<u32, Waiter>,
+    /// Ids whose waiter gave up (timed out); their late replies are dropped, and the ids are not reused
+    /// until then.
+    abandoned: HashSet<u32>,
     next_req_id: u32,
     closed: bool,
 }
@@ -60,12 +63,14 @@ impl Shared {
         Ok((shared, events_rx, reader))
     }
 
-    /// Sends one request and blocks until its reply: the payload, or the daemon's error.
+    /// Sends one request and blocks until its reply (the payload, or the daemon's error), or until
+    /// `timeout` passes (`Io` of kind `TimedOut`; the late reply is then dropped).
     pub(crate) fn request(
         &self,
         ty: MsgType,
         tx_id: u32,
         payload: &[u8],
+        timeout: Option<std::time::Duration>,
     ) -> Result<Vec<u8>, Error> {
         if payload.len() > PAYLOAD_MAX {
             return Err(Error::Xs(XsError::E2big));
@@ -85,6 +90,32 @@ impl Shared {
                 _ => Error::Io(e),
             });
         }
+        match timeout {
+            None => rx.recv().unwrap_or(Err(Error::Closed)),
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+                Err(RecvTimeoutError::Timeout) => self.abandon(req_id, &rx),
+            },
+        }
+    }
+
+    /// Gives up waiting for `req_id`, unless its reply slipped in meanwhile.
+    fn abandon(
+        &self,
+        req_id: u32,
+        rx: &Receiver<Result<Vec<u8>, Error>>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut p = self.pending.lock();
+        if p.waiters.remove(&req_id).is_some() {
+            p.abandoned.insert(req_id);
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no reply in time",
+            )));
+        }
+        drop(p);
+        // The reader took the waiter out, so the result is in the channel (or the connection ended).
         rx.recv().unwrap_or(Err(Error::Closed))
     }
 
@@ -100,7 +131,7 @@ impl Shared {
         }
         // Ids wrap; skip any still in flight (at most `waiters.len()` of them).
         let mut id = p.next_req_id;
-        while p.waiters.contains_key(&id) {
+        while p.waiters.contains_key(&id) || p.abandoned.contains(&id) {
             id = id.wrapping_add(1);
         }
         p.next_req_id = id.wrapping_add(1);
@@ -183,11 +214,19 @@ impl Shared {
             let _ = events.send(parse_watch_event(&msg.payload)?);
             return Ok(());
         }
-        let Some(w) = self.pending.lock().waiters.remove(&msg.req_id) else {
-            return Err(Error::Protocol(format!(
-                "reply to unknown request id {}",
-                msg.req_id
-            )));
+        let w = {
+            let mut p = self.pending.lock();
+            match p.waiters.remove(&msg.req_id) {
+                Some(w) => w,
+                // The waiter timed out; its reply is dropped and the id may be reused.
+                None if p.abandoned.remove(&msg.req_id) => return Ok(()),
+                None => {
+                    return Err(Error::Protocol(format!(
+                        "reply to unknown request id {}",
+                        msg.req_id
+                    )))
+                }
+            }
         };
         let _ = w.reply.send(reply_result(w.ty, msg));
         Ok(())

@@ -24,6 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
@@ -53,6 +54,8 @@ pub struct Client {
 /// The connection proper; its drop (with the last `Client`) closes the socket and joins the reader.
 struct Inner {
     shared: Arc<Shared>,
+    /// Longest wait for a reply, `None` for no limit; shared by all clones.
+    timeout: Mutex<Option<Duration>>,
     events: Receiver<WatchEvent>,
     reader: Mutex<Option<JoinHandle<()>>>,
 }
@@ -86,6 +89,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
+                timeout: Mutex::new(None),
                 events,
                 reader: Mutex::new(Some(reader)),
             }),
@@ -97,9 +101,17 @@ impl Client {
         self.inner.events.clone()
     }
 
+    /// Limits how long every request (of this client and its clones) waits for its reply; `None`, the
+    /// default, waits as long as the connection lives. A request that runs out of time fails with
+    /// `Error::Io` of kind `TimedOut` and its late reply is dropped; the connection stays usable.
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        *self.inner.timeout.lock() = timeout;
+    }
+
     /// Sends a raw request and waits for the reply payload; an `XS_ERROR` reply is `Err(Error::Xs(..))`.
     pub fn request(&self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<Vec<u8>, Error> {
-        self.inner.shared.request(ty, tx_id, payload)
+        let timeout = *self.inner.timeout.lock();
+        self.inner.shared.request(ty, tx_id, payload, timeout)
     }
 
     /// Reads a node's value (`XS_READ`).
