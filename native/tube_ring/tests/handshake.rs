@@ -1,5 +1,6 @@
 //! Handing the shared memory over: only a peer holding the grant gets it, refusals do not
 //! end the offer, and bad references are rejected before any connection is made.
+#![cfg(not(loom))]
 
 use std::io::Write;
 use std::os::linux::net::SocketAddrExt;

@@ -1,6 +1,7 @@
 //! A peer that scribbles random bytes over the whole shared region (indices, lengths, flags
 //! and data) while we send and drain. Every call must return a value (never crash, hang or
 //! read out of bounds); once corruption is seen the tube stays dead.
+#![cfg(not(loom))]
 
 mod common;
 

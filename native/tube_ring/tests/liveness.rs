@@ -1,5 +1,6 @@
 //! A peer that exits or is killed (kill -9) is seen at once through the fd, and nothing of a
 //! tube remains anywhere once both processes are gone.
+#![cfg(not(loom))]
 
 mod common;
 

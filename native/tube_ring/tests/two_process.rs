@@ -1,5 +1,6 @@
 //! Two real processes exchanging packets through a tube: content, ordering, every size
 //! 1..=4096 across wrap-around, drops on a full ring, and sleeping readers being woken.
+#![cfg(not(loom))]
 
 mod common;
 
