@@ -263,7 +263,8 @@ impl Tube {
     }
 
     /// Call when `fd()` is readable: consumes the wake-up bytes (non-blocking).
-    /// `Err(PeerGone)` on hang-up, EOF or connection reset.
+    /// `Err(PeerGone)` on hang-up, EOF or connection reset; packets the peer sent before it
+    /// went can still be collected with `recv`, which reports `PeerGone` once they are out.
     pub fn on_readable(&mut self) -> Result<(), RingError> {
         match self.state {
             State::Open => {}

@@ -60,25 +60,21 @@ fn every_size_crosses_both_rings_intact() {
     let mut child = spawn("child_entry", "echo", &refs_env(&offer));
     let mut tube = offer.accept(PATIENCE).unwrap();
     let (mut echoed, mut sum, mut pkt, mut want) = (0u32, CHECKSUM_INIT, Vec::new(), Vec::new());
-    let mut check = |tube: &mut Tube, echoed: &mut u32| {
-        let mut got = Vec::new();
-        tube.recv(usize::MAX, |p| got.push(p.to_vec())).unwrap();
-        for p in got {
-            payload(*echoed, size_of_seq(*echoed), &mut want);
-            assert_eq!(p, want, "echo {echoed} differs");
-            sum = checksum(sum, &p);
-            *echoed += 1;
-        }
+    let mut verify = |p: &[u8], echoed: &mut u32| {
+        payload(*echoed, size_of_seq(*echoed), &mut want);
+        assert_eq!(p, &want[..], "echo {echoed} differs");
+        sum = checksum(sum, p);
+        *echoed += 1;
     };
     let mut full = 0;
     for seq in 0..ECHO_PACKETS {
         payload(seq, size_of_seq(seq), &mut pkt);
-        full += send_lossless(&mut tube, &pkt, |t| check(t, &mut echoed));
+        full += send_lossless(&mut tube, &pkt, |t| {
+            t.recv(usize::MAX, |p| verify(p, &mut echoed)).unwrap();
+        });
     }
     while echoed < ECHO_PACKETS {
-        assert!(tube.spin_for_data(1000) || wait_readable(tube.fd(), PATIENCE), "echoes stopped");
-        let _ = tube.on_readable();
-        check(&mut tube, &mut echoed);
+        recv_wait(&mut tube, usize::MAX, PATIENCE, |p| verify(p, &mut echoed)).expect("echoes stopped");
     }
     let result = read_result(&mut child);
     expect_success(&mut child);
