@@ -34,8 +34,8 @@ impl State {
         if domid == 0 || domid > DOMID_MAX {
             return Err(XsError::Einval);
         }
-        if !self.domains.contains_key(&domid) {
-            self.domains.insert(domid, Domain::default());
+        if let std::collections::btree_map::Entry::Vacant(e) = self.domains.entry(domid) {
+            e.insert(Domain::default());
             fx.specials.push("@introduceDomain");
         }
         Ok(b"OK\0".to_vec())
