@@ -93,17 +93,9 @@ pub fn socket_path(opts: &Options) -> PathBuf {
     }
 }
 
-/// The per-user default socket: `$XDG_RUNTIME_DIR/tubestored/socket`, or
-/// `/tmp/tubestored-<uid>/socket` when XDG_RUNTIME_DIR is unset (same rule as the client's).
+/// The per-user default socket (the client library's rule, so both sides agree).
 pub fn default_socket_path() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => Path::new(&d).join("tubestored").join("socket"),
-        _ => {
-            // SAFETY: getuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::getuid() };
-            PathBuf::from(format!("/tmp/tubestored-{uid}/socket"))
-        }
-    }
+    tube_xs::client::default_socket_path()
 }
 
 impl Server {
