@@ -12,7 +12,8 @@
 %%       state = 2 (InitWait) .. 4 (Connected)
 %%   /local/domain/B/data/tip/A/T         owner A, B may read and write
 %%       nock  = /local/domain/A/data/nock/B/T
-%%       state, tx-ring-ref, rx-ring-ref, event-channel   (written by B)
+%%       state, tx-ring-ref, rx-ring-ref, event-channel   (created empty
+%%       by A in the same transaction, filled in by B)
 %%
 %% The nock publishes both directories in one transaction and watches the
 %% tip's. The tip sees `nock' appear under its own `data/tip' watch, checks
@@ -31,6 +32,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
+-define(STATE_UNKNOWN, <<"0">>).
 -define(STATE_INITIALISING, <<"1">>).
 -define(STATE_INITWAIT, <<"2">>).
 -define(STATE_INITIALISED, <<"3">>).
@@ -253,7 +255,15 @@ write_nock(C, Tx, D, Peer, Nock, Tip, TipParent) ->
         fun() -> own_parent(C, Tx, TipParent, D, Peer) end,
         fun() -> tube_xs:set_perms(C, Tx, Tip, [{none, D}, {both, Peer}]) end,
         fun() -> tube_xs:write(C, Tx, [Tip, "/nock"], Nock) end
-    ]).
+    ] ++ [fun() -> tube_xs:write(C, Tx, [Tip, Name], Value) end || {Name, Value} <- tip_fields()]).
+
+%% The nodes the tip fills in, created empty by the nock: a node inherits
+%% its parent's permissions but is owned by its creator, so nodes the tip
+%% created itself would be unreadable to the nock. Created here, they stay
+%% the nock's, readable and writable by both, and go with the nock's domain.
+tip_fields() ->
+    [{"/state", ?STATE_UNKNOWN}, {"/tx-ring-ref", <<>>}, {"/rx-ring-ref", <<>>},
+     {"/event-channel", <<>>}].
 
 %% data/tip/<D> is created by the first tube from D; keep it readable by the
 %% tip only. If another domain created it, the tip will reject our entry
@@ -332,8 +342,8 @@ maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
     case {tube_xs:read(C, [Tip, "/nock"]), tube_xs:get_perms(C, Tip)} of
         {{ok, Expected}, {ok, [{_, Peer} | _]}} ->
             case tube_xs:read(C, [Tip, "/state"]) of
-                {error, enoent} -> new_tip(Key, Tip, St);
-                _ -> St % already answered by a previous run of this node
+                {ok, ?STATE_UNKNOWN} -> new_tip(Key, Tip, St);
+                _ -> St % incomplete, or answered by a previous run of this node
             end;
         {{ok, _}, {ok, [{_, Owner} | _]}} when Owner =/= Peer ->
             ?LOG_WARNING("tube: ignoring ~s: owned by domain ~p, not ~p", [Tip, Owner, Peer]),
