@@ -10,7 +10,6 @@ export MIX_ENV=test
 echo "== cargo test"
 cargo test --workspace --release 2>&1
 echo "== loom model of the ring protocol"
-RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-  cargo test -p tube_ring --release --test loom 2>&1
+sh native/tube_ring/loom.sh 2>&1
 echo "== mix test"
 mix test 2>&1

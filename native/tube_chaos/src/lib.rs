@@ -1,0 +1,1 @@
+//! Fault-injection tools for tube's test suite.
