@@ -106,9 +106,9 @@ impl<M: RingMem> Producer<M> {
 
     /// Whether `need` bytes are free, re-reading the consumer index only when the cached one
     /// says no (that load is a cache miss on the peer's line, so it is kept off the fast path).
-    fn has_room(&mut self, need: usize) -> Result<bool, Corrupt> {
-        if self.free_cached() >= need {
-            return Ok(true);
+    fn has_room(&mut self, need: usize, may_refresh: bool) -> Result<bool, Corrupt> {
+        if self.free_cached() >= need || !may_refresh {
+            return Ok(self.free_cached() >= need);
         }
         // Acquire: the consumer's copies out of the space it freed happen before we reuse it.
         let cons = self.mem.ctrl().cons.0.load(Ordering::Acquire);
@@ -123,11 +123,22 @@ impl<M: RingMem> Producer<M> {
     /// Writes one packet of `1..=MAX_PACKET` bytes without publishing it.
     /// `Ok(false)`: no room (the caller counts a drop).
     pub fn push(&mut self, pkt: &[u8]) -> Result<bool, Corrupt> {
+        self.push_inner(pkt, true)
+    }
+
+    /// As [`Producer::push`], but judges room by the consumer index last read, without
+    /// touching the consumer's cache line. For the rest of a batch once the ring was found
+    /// full: re-reading then only adds contention with the consumer that is freeing space.
+    pub fn push_cached(&mut self, pkt: &[u8]) -> Result<bool, Corrupt> {
+        self.push_inner(pkt, false)
+    }
+
+    fn push_inner(&mut self, pkt: &[u8], may_refresh: bool) -> Result<bool, Corrupt> {
         if pkt.is_empty() || pkt.len() > MAX_PACKET {
             return Err(Corrupt("packet size out of range"));
         }
         let need = record_bytes(pkt.len());
-        if !self.has_room(need)? {
+        if !self.has_room(need, may_refresh)? {
             return Ok(false);
         }
         let pos = pos_of::<M>(self.prod);

@@ -136,12 +136,13 @@ impl Tube {
         }
     }
 
-    /// Pushes one packet without publishing it.
-    fn push(&mut self, pkt: &[u8]) -> Result<(), SendError> {
+    /// Pushes one packet without publishing it; `refresh`: may re-read the consumer index.
+    fn push(&mut self, pkt: &[u8], refresh: bool) -> Result<(), SendError> {
         if pkt.is_empty() || pkt.len() > MAX_PACKET {
             return Err(SendError::BadSize(pkt.len()));
         }
-        match self.tx.push(pkt) {
+        let pushed = if refresh { self.tx.push(pkt) } else { self.tx.push_cached(pkt) };
+        match pushed {
             Ok(true) => {
                 self.stats.sent_pkts += 1;
                 self.stats.sent_bytes += pkt.len() as u64;
@@ -178,21 +179,23 @@ impl Tube {
     /// going to sleep. `Err(Closed)` after a successful copy means the peer has gone.
     pub fn send(&mut self, pkt: &[u8]) -> Result<(), SendError> {
         self.send_state()?;
-        self.push(pkt)?;
+        self.push(pkt, true)?;
         self.publish_tx()
     }
 
     /// Sends several packets, publishing the producer index once. Packets that find the ring
-    /// full are dropped and counted, and the rest are still tried; `Ok(n)` says how many went
-    /// in. A packet of bad size stops the batch with `Err(BadSize)` (earlier ones are published).
+    /// full are dropped and counted, and the rest are still tried against the space known
+    /// then (the consumer index is re-read once per batch); `Ok(n)` says how many went in.
+    /// A packet of bad size stops the batch with `Err(BadSize)` (earlier ones are published).
     pub fn send_many<'a>(&mut self, pkts: impl IntoIterator<Item = &'a [u8]>) -> Result<usize, SendError> {
         self.send_state()?;
         let mut sent = 0;
         let mut stop = None;
+        let mut refresh = true;
         for pkt in pkts {
-            match self.push(pkt) {
+            match self.push(pkt, refresh) {
                 Ok(()) => sent += 1,
-                Err(SendError::Full) => {}
+                Err(SendError::Full) => refresh = false,
                 Err(e) => {
                     stop = Some(e);
                     break;

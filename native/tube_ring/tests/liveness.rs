@@ -134,7 +134,7 @@ fn nothing_remains_after_both_are_killed() {
     let tmp = std::env::temp_dir().join(format!("tube-ring-leftovers-{}", std::process::id()));
     std::fs::create_dir(&tmp).unwrap();
     let tmp_env = ("TMPDIR", tmp.to_string_lossy().into_owned());
-    let mut offerer = spawn("child_entry", "offer", &[tmp_env.clone()]);
+    let mut offerer = spawn("child_entry", "offer", std::slice::from_ref(&tmp_env));
     let mut out = lines(&mut offerer);
     let refs = expect_line(&mut out, "REFS");
     let r: Vec<String> = refs.split(' ').map(String::from).collect();
