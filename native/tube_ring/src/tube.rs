@@ -266,8 +266,9 @@ impl Tube {
     }
 
     /// Call when `fd()` is readable: consumes the wake-up bytes (non-blocking).
-    /// `Err(PeerGone)` on hang-up, EOF or connection reset; packets the peer sent before it
-    /// went can still be collected with `recv`, which reports `PeerGone` once they are out.
+    /// On hang-up, EOF or connection reset the tube is marked gone; if packets the peer sent
+    /// before it went are still in the ring this returns `Ok(())` so the caller drains them
+    /// with `recv` (which then reports `PeerGone`); otherwise `Err(PeerGone)` at once.
     pub fn on_readable(&mut self) -> Result<(), RingError> {
         match self.state {
             State::Open => {}
@@ -292,6 +293,9 @@ impl Tube {
 
     fn peer_gone(&mut self) -> Result<(), RingError> {
         self.state = State::PeerGone;
+        if self.rx.has_data() {
+            return Ok(());
+        }
         Err(RingError::PeerGone)
     }
 
