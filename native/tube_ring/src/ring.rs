@@ -53,6 +53,18 @@ pub trait RingMem {
     fn write(&self, off: usize, src: &[u8]) -> bool;
     /// Copies from data offset `off` into `dst`; `false` (and nothing read) if out of range.
     fn read(&self, off: usize, dst: &mut [u8]) -> bool;
+
+    /// Writes a record header (8 bytes, little-endian) at `off`, a multiple of 8 below `SIZE`.
+    /// Implementations may override this with a single store.
+    fn write_header(&self, off: usize, hdr: u64) -> bool {
+        self.write(off, &hdr.to_le_bytes())
+    }
+
+    /// Reads the record header at `off`, a multiple of 8 below `SIZE`.
+    fn read_header(&self, off: usize) -> Option<u64> {
+        let mut b = [0u8; HDR_BYTES];
+        self.read(off, &mut b).then(|| u64::from_le_bytes(b))
+    }
 }
 
 /// Writes `src` at ring position `pos`, continuing at 0 when it reaches the end.
@@ -141,11 +153,10 @@ impl<M: RingMem> Producer<M> {
         if !self.has_room(need, may_refresh)? {
             return Ok(false);
         }
+        // Headers never wrap: `prod` stays a multiple of 8 and so does SIZE.
         let pos = pos_of::<M>(self.prod);
-        let mut hdr = [0u8; HDR_BYTES];
-        hdr[..4].copy_from_slice(&(pkt.len() as u32).to_le_bytes());
         let body = pos_of::<M>(self.prod.wrapping_add(HDR_BYTES as u64));
-        if !(write_wrapped(&self.mem, pos, &hdr) && write_wrapped(&self.mem, body, pkt)) {
+        if !(self.mem.write_header(pos, pkt.len() as u64) && write_wrapped(&self.mem, body, pkt)) {
             return Err(Corrupt("record outside the ring"));
         }
         self.prod = self.prod.wrapping_add(need as u64);
@@ -213,12 +224,12 @@ impl<M: RingMem> Consumer<M> {
         }
         let avail = self.prod_cache.wrapping_sub(self.cons);
         debug_assert!(avail <= M::SIZE as u64);
-        let mut hdr = [0u8; HDR_BYTES];
-        if !read_wrapped(&self.mem, pos_of::<M>(self.cons), &mut hdr) {
+        // `cons` is ours and stays a multiple of 8, so the header is aligned and never wraps.
+        let Some(hdr) = self.mem.read_header(pos_of::<M>(self.cons)) else {
             return Err(Corrupt("record outside the ring"));
-        }
+        };
         // The length is read once, into a local: later scribbles cannot change what we check.
-        let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+        let len = (hdr & 0xffff_ffff) as usize;
         if len == 0 || len > MAX_PACKET {
             return Err(Corrupt("record length out of range"));
         }

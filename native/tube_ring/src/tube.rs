@@ -79,6 +79,25 @@ impl RingMem for ShmDir {
         unsafe { std::ptr::copy_nonoverlapping(self.data.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) };
         true
     }
+
+    fn write_header(&self, off: usize, hdr: u64) -> bool {
+        if off & 7 != 0 || off >= RING_BYTES {
+            return false;
+        }
+        // SAFETY: `off` is 8-aligned (the ring starts page-aligned) and `off + 8 <= RING_BYTES`
+        // (RING_BYTES is a multiple of 8), so this is an aligned store inside the ring.
+        unsafe { self.data.as_ptr().add(off).cast::<u64>().write_volatile(hdr.to_le()) };
+        true
+    }
+
+    fn read_header(&self, off: usize) -> Option<u64> {
+        if off & 7 != 0 || off >= RING_BYTES {
+            return None;
+        }
+        // SAFETY: as in `write_header`; volatile, so the value is loaded exactly once even
+        // though the peer may change it.
+        Some(u64::from_le(unsafe { self.data.as_ptr().add(off).cast::<u64>().read_volatile() }))
+    }
 }
 
 /// Life cycle of a tube end.
