@@ -2,8 +2,9 @@
 //!
 //! Jobs, each for the tube ring and, in the same run, a Unix datagram socketpair:
 //! * one-way throughput for 64, 1500 and 4096-byte packets: the child sends as fast as it
-//!   can (batches of 32, never blocking, full = drop), the parent counts what it receives in
-//!   a fixed window;
+//!   can (batches of 32, never blocking, full = drop, `sched_yield` after a wholly dropped
+//!   batch), the parent counts what it receives in a fixed window, spinning when the ring is
+//!   empty and then sleeping on the fd like a real reader;
 //! * 64-byte ping-pong round trip, p50/p99, with the reader spinning or sleeping on the fd.
 //!
 //! Every figure is the median of `--runs` runs (default 5). Prints a table and writes JSON to
@@ -36,10 +37,26 @@ struct Opts {
     one_way: bool,
     /// Run the round-trip jobs (`--jobs rtt`).
     rtt: bool,
+    /// Leave both processes unpinned (`--no-pin`); by default the parent runs on CPU 0 and
+    /// the peer on CPU 1, so a busy box cannot put both on one core.
+    no_pin: bool,
+}
+
+/// Restricts this process to `cpu` (ignored if the box lacks it).
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is a plain bit set; all-zero is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE for any box this runs on; CPU_SET only sets a bit.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
 pub fn main() {
     if let Ok(role) = std::env::var(ROLE_ENV) {
+        if let Ok(cpu) = std::env::var("PIN_CPU") {
+            pin_to(cpu.parse().unwrap_or(1));
+        }
         if let Err(e) = child(&role) {
             eprintln!("ring-bench child {role}: {e}");
             std::process::exit(1);
@@ -59,7 +76,11 @@ pub fn main() {
         rtt_samples: arg("--rtt-samples").map_or(50_000, |v| v.parse().expect("--rtt-samples N")),
         one_way: arg("--jobs").is_none_or(|j| j.contains("oneway")),
         rtt: arg("--jobs").is_none_or(|j| j.contains("rtt")),
+        no_pin: args.iter().any(|a| a == "--no-pin"),
     };
+    if !opts.no_pin {
+        pin_to(0);
+    }
     let out = arg("--out").unwrap_or_else(|| {
         format!("{}/../../bench/results/ring-{}.json", env!("CARGO_MANIFEST_DIR"), today())
     });
@@ -117,8 +138,8 @@ fn run_all(opts: Opts, out: &str) {
 }
 
 fn print_table(figs: &[Figure], opts: Opts, before: &str, after: &str) {
-    println!("tube_ring bench: median of {} runs, window {} ms; loadavg before [{before}] after [{after}]",
-        opts.runs, opts.window.as_millis());
+    println!("tube_ring bench: median of {} runs, window {} ms, pinned {}; loadavg before [{before}] after [{after}]",
+        opts.runs, opts.window.as_millis(), !opts.no_pin);
     println!("{:<34} {:>14} {:>6}   runs", "figure", "median", "unit");
     for f in figs {
         let runs: Vec<String> = f.values.iter().map(|v| format!("{v:.3}")).collect();
@@ -133,7 +154,7 @@ fn write_json(path: &str, figs: &[Figure], opts: Opts, before: &str, after: &str
     let mut s = String::from("{\n");
     s += &format!("  \"bench\": \"tube_ring ring-bench\",\n  \"date\": \"{}\",\n", today());
     s += &format!("  \"runs\": {},\n  \"window_ms\": {},\n  \"rtt_samples\": {},\n", opts.runs, opts.window.as_millis(), opts.rtt_samples);
-    s += &format!("  \"cpus\": {},\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    s += &format!("  \"cpus\": {},\n  \"pinned\": {},\n", std::thread::available_parallelism().map_or(0, |n| n.get()), !opts.no_pin);
     s += &format!("  \"loadavg_before\": \"{before}\",\n  \"loadavg_after\": \"{after}\",\n  \"figures\": [\n");
     let rows: Vec<String> = figs
         .iter()
@@ -173,6 +194,9 @@ fn today() -> String {
 fn spawn_peer(role: &str, env: &[(&str, String)], keep_fd: Option<RawFd>) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.env(ROLE_ENV, role).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdout(Stdio::piped());
+    if !std::env::args().any(|a| a == "--no-pin") {
+        cmd.env("PIN_CPU", "1");
+    }
     if let Some(fd) = keep_fd {
         // SAFETY: clearing FD_CLOEXEC on an fd we own, in the parent before spawning.
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
@@ -431,6 +455,12 @@ fn child(role: &str) -> Result<(), RingError> {
             while Instant::now() < until {
                 for _ in 0..64 {
                     match tube.send_many(batch.iter().copied()) {
+                        // A wholly dropped batch means the receiver is behind; if it shares
+                        // our core (a busy 2-core box), spinning would only keep it off.
+                        Ok(0) => {
+                            attempted += BATCH as u64;
+                            std::thread::yield_now();
+                        }
                         Ok(_) => attempted += BATCH as u64,
                         Err(_) => return Err(RingError::PeerGone),
                     }
@@ -445,8 +475,16 @@ fn child(role: &str) -> Result<(), RingError> {
             let (mut attempted, mut sent) = (0u64, 0u64);
             while Instant::now() < until {
                 for _ in 0..64 {
-                    attempted += 1;
-                    sent += u64::from(unix_send(&sock, &pkt, libc::MSG_DONTWAIT));
+                    // Same policy as the ring sender: batches of 32, yield after a wholly
+                    // refused batch.
+                    let before = sent;
+                    for _ in 0..BATCH {
+                        sent += u64::from(unix_send(&sock, &pkt, libc::MSG_DONTWAIT));
+                    }
+                    attempted += BATCH as u64;
+                    if sent == before {
+                        std::thread::yield_now();
+                    }
                 }
             }
             println!("{attempted} {sent}");
