@@ -49,7 +49,8 @@
     id,               % hand-over number while phase = handed
     port,
     port_mon,
-    tip_connected = false
+    refs,             % tip: {EventChannel, TxRef, RxRef} as published
+    deadline          % tip: the accept() deadline, to wait again on failure
 }).
 
 -record(st, {
@@ -58,8 +59,9 @@
     domid,
     tubes = #{},      % Key -> #tube{}
     mons = #{},       % monitor ref -> {port | caller | acceptor, Key | From}
-    acceptors = [],   % [{From, Mon, TimerRef, TimeoutMs}], oldest first
-    backlog = []      % incoming tip keys waiting for an accept, oldest first
+    acceptors = [],   % [{From, Mon, TimerRef, Deadline}], oldest first
+    backlog = [],     % incoming tip keys waiting for an accept, oldest first
+    live_peers = sets:new()  % peers seen registered on this connection
 }).
 
 %% ---- API -----------------------------------------------------------------
@@ -145,7 +147,8 @@ setup_domain(#st{conn = C, domid = D}) ->
         fun() -> tube_xs:set_perms(C, Tip, [{write, D}]) end,
         fun() -> tube_xs:mkdir(C, nock_dir(D)) end,
         fun() -> tube_xs:watch(C, Tip, <<"tip">>) end,
-        fun() -> tube_xs:watch(C, <<"@releaseDomain">>, <<"release">>) end
+        fun() -> tube_xs:watch(C, <<"@releaseDomain">>, <<"release">>) end,
+        fun() -> tube_xs:watch(C, <<"@introduceDomain">>, <<"introduce">>) end
     ],
     run_steps(Steps).
 
@@ -165,7 +168,12 @@ handle_call(tubes, _From, St) ->
 handle_call(_Req, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({open, Peer, Tid, Timeout}, From, St) ->
-    do_open(Peer, Tid, Timeout, From, St);
+    %% A connection that died under us reads as `closed' until its end is
+    %% processed: the caller is told the daemon is down either way.
+    case do_open(Peer, Tid, Timeout, From, St) of
+        {reply, {error, closed}, St1} -> {reply, {error, xenstore_down}, St1};
+        Other -> Other
+    end;
 handle_call({accept, Timeout}, From, St) ->
     do_accept(From, Timeout, St);
 handle_call({attach, Key, Port}, _From, St) ->
@@ -276,22 +284,40 @@ own_parent(C, Tx, TipParent, D, Peer) ->
 
 do_accept(From = {Pid, _}, Timeout, St) ->
     Mon = erlang:monitor(process, Pid),
-    Timer = start_timer(Timeout, {acceptor, Mon}),
-    St1 = St#st{acceptors = St#st.acceptors ++ [{From, Mon, Timer}],
-                mons = maps:put(Mon, {acceptor, From}, St#st.mons)},
-    {noreply, match_accept(St1)}.
+    Deadline = case Timeout of
+                   infinity -> infinity;
+                   Ms -> erlang:monotonic_time(millisecond) + Ms
+               end,
+    {noreply, enqueue_acceptor(From, Mon, Deadline, St)}.
+
+%% Queues an accept() caller until Deadline (also used to put one back when
+%% the tube it was given failed before it was handed over).
+enqueue_acceptor(From, Mon, Deadline, St) ->
+    Left = case Deadline of
+               infinity -> infinity;
+               _ -> Deadline - erlang:monotonic_time(millisecond)
+           end,
+    case Left of
+        L when is_integer(L), L =< 0 ->
+            fail_caller(From, Mon, {error, timeout}, St);
+        _ ->
+            Timer = start_timer(Left, {acceptor, Mon}),
+            St1 = St#st{acceptors = St#st.acceptors ++ [{From, Mon, Timer, Deadline}],
+                        mons = maps:put(Mon, {acceptor, From}, St#st.mons)},
+            match_accept(St1)
+    end.
 
 %% Pairs waiting accept() calls with incoming tubes, oldest first.
-match_accept(St = #st{acceptors = [{From, Mon, Timer} | As], backlog = [Key | Ks]}) ->
+match_accept(St = #st{acceptors = [{From, Mon, Timer, Deadline} | As], backlog = [Key | Ks]}) ->
     cancel_timer(Timer),
     St1 = St#st{acceptors = As, backlog = Ks, mons = maps:remove(Mon, St#st.mons)},
-    match_accept(offer(Key, From, Mon, St1));
+    match_accept(offer(Key, From, Mon, Deadline, St1));
 match_accept(St) ->
     St.
 
 %% Creates the ring and publishes its refs with state 3 in one transaction,
 %% then waits for the nock to map it, off this process.
-offer(Key = {tip, Peer, Tid}, From, Mon, St = #st{conn = C, domid = D}) ->
+offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}) ->
     T0 = maps:get(Key, St#st.tubes),
     Tip = tip_path(D, Peer, Tid),
     case tube_nif:ring_offer() of
@@ -308,14 +334,15 @@ offer(Key = {tip, Peer, Tid}, From, Mon, St = #st{conn = C, domid = D}) ->
                 ok ->
                     Timeout = application:get_env(tube, open_timeout, 5000),
                     spawn_ring_job(Key, fun() -> tube_nif:ring_accept(Offer, Timeout) end),
-                    T = T0#tube{phase = connecting, from = From, caller_mon = Mon},
+                    T = T0#tube{phase = connecting, from = From, caller_mon = Mon,
+                                refs = {Evt, TxRef, RxRef}, deadline = Deadline},
                     St#st{tubes = maps:put(Key, T, St#st.tubes),
                           mons = maps:put(Mon, {caller, Key}, St#st.mons)};
-                E ->
-                    fail_caller(From, Mon, E, drop(Key, St))
+                _ ->
+                    enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
             end;
-        E ->
-            fail_caller(From, Mon, E, drop(Key, St))
+        _ ->
+            enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
     end.
 
 fail_caller(From, Mon, Reply, St) ->
@@ -447,14 +474,39 @@ step(Key = {nock, _, _}, #tube{phase = waiting}, {error, enoent}, Node, St) ->
         {ok, _} -> St; % created by us, the tip has not answered yet
         _ -> fail(Key, {error, peer_closed}, St)
     end;
-%% Tip: the nock is connected; answer once our port is attached.
-step(Key = {tip, _, _}, T = #tube{phase = open, tip_connected = false}, {ok, ?STATE_CONNECTED}, _Node, St) ->
-    {tip, Peer, Tid} = Key,
-    _ = tube_xs:write(St#st.conn, [tip_path(St#st.domid, Peer, Tid), "/state"], ?STATE_CONNECTED),
-    put_tube(T#tube{tip_connected = true}, St);
-%% Either side: the peer's nodes are gone or it is closing.
-step(Key, _T, {error, enoent}, _Node, St) ->
+%% Tip: the nock is connected; answer once our port is attached. After a
+%% daemon restart the nock publishes the directory again, empty: fill it
+%% in again too.
+step(Key = {tip, Peer, Tid}, #tube{phase = open, refs = {Evt, TxRef, RxRef}}, {ok, ?STATE_CONNECTED}, _Node, St) ->
+    C = St#st.conn,
+    Tip = tip_path(St#st.domid, Peer, Tid),
+    case tube_xs:read(C, [Tip, "/state"]) of
+        {ok, ?STATE_CONNECTED} ->
+            St;
+        _ ->
+            _ = tube_xs:transaction(C, fun(Tx) ->
+                run_steps([
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/tx-ring-ref"], TxRef) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/rx-ring-ref"], RxRef) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/event-channel"], Evt) end,
+                    fun() -> tube_xs:write(C, Tx, [Tip, "/state"], ?STATE_CONNECTED) end
+                ])
+            end),
+            _ = Key,
+            St
+    end;
+%% An open tube whose peer nodes are gone: the ring's hang-up is what tells
+%% a closed peer, so this only closes the tube if the peer's domain is gone
+%% too (its nodes are also missing for a moment after a daemon restart).
+step(_Key, #tube{phase = open}, {error, enoent}, _Node, St) ->
+    domains_changed(St);
+%% Before the ring is set up: the peer's nodes are gone, it has left.
+step(Key, #tube{phase = waiting}, {error, enoent}, _Node, St) ->
     peer_gone(Key, peer_closed, St);
+%% While the ring is being connected or handed over, the ring's own outcome
+%% (a hang-up, a timeout) decides.
+step(_Key, _T, {error, enoent}, _Node, St) ->
+    St;
 step(Key, _T, {ok, S}, _Node, St) when S =:= <<"5">>; S =:= <<"6">> ->
     peer_gone(Key, peer_closed, St);
 step(_Key, _T, _State, _Node, St) ->
@@ -476,16 +528,32 @@ peer_gone(Key, Reason, St) ->
             St
     end.
 
-%% A domain was released: close the tubes to domains that are gone.
-released(St = #st{conn = C}) ->
+%% Domains came or went: close the tubes to domains that are gone.
+%%
+%% A peer counts as gone only if it was seen registered on the current
+%% connection and is not any more: right after a daemon restart peers have
+%% not registered again yet, and their tubes must survive that. A peer that
+%% really died meanwhile is seen by the ring's hang-up.
+domains_changed(St = #st{conn = C}) ->
     Peers = lists:usort([P || {_, P, _} <- maps:keys(St#st.tubes)]),
-    Gone = [P || P <- Peers, tube_xs:is_domain_introduced(C, P) =:= {ok, false}],
+    {Gone, Live} = lists:foldl(
+                     fun(P, {G, L}) ->
+                             case tube_xs:is_domain_introduced(C, P) of
+                                 {ok, true} -> {G, sets:add_element(P, L)};
+                                 {ok, false} ->
+                                     case sets:is_element(P, L) of
+                                         true -> {[P | G], sets:del_element(P, L)};
+                                         false -> {G, L}
+                                     end;
+                                 _ -> {G, L}
+                             end
+                     end, {[], St#st.live_peers}, Peers),
     lists:foldl(fun(Key = {_, P, _}, Acc) ->
                         case lists:member(P, Gone) of
                             true -> peer_gone(Key, peer_down, Acc);
                             false -> Acc
                         end
-                end, St, maps:keys(St#st.tubes)).
+                end, St#st{live_peers = Live}, maps:keys(St#st.tubes)).
 
 %% ---- ring jobs and ports -------------------------------------------------
 
@@ -522,7 +590,8 @@ do_attach(Key, Port, St) ->
             T1 = T#tube{phase = open, port = Port, port_mon = Mon, caller_mon = undefined, id = undefined},
             St1 = put_tube(T1, St#st{mons = maps:put(Mon, {port, Key},
                                                     maps:remove(T#tube.caller_mon, St#st.mons))}),
-            St2 = announce_connected(Key, St1),
+            {_, Peer, _} = Key,
+            St2 = announce_connected(Key, St1#st{live_peers = sets:add_element(Peer, St1#st.live_peers)}),
             {reply, ok, check(Key, St2)};
         _ ->
             {reply, {error, closed}, St}
@@ -546,15 +615,22 @@ describe(#tube{key = {Role, Peer, Tid}, phase = Phase, port = Port}) ->
 
 %% ---- failing and dropping tubes -----------------------------------------
 
-%% Replies Reply to a caller still waiting, then drops the tube.
+%% Replies Reply to a caller still waiting, then drops the tube. An accept()
+%% whose tube failed before it was handed over waits for the next one
+%% instead, unless the daemon is gone.
 fail(Key, Reply, St) ->
     case maps:find(Key, St#st.tubes) of
+        {ok, T = #tube{key = {tip, _, _}, from = From, caller_mon = Mon, deadline = Deadline}}
+          when From =/= undefined, Reply =/= {error, xenstore_down} ->
+            St1 = put_tube(T#tube{from = undefined, caller_mon = undefined},
+                           St#st{mons = maps:remove(Mon, St#st.mons)}),
+            enqueue_acceptor(From, Mon, Deadline, drop(Key, St1));
         {ok, #tube{from = From}} when From =/= undefined ->
-            gen_server:reply(From, Reply);
+            gen_server:reply(From, Reply),
+            drop(Key, St);
         _ ->
-            ok
-    end,
-    drop(Key, St).
+            drop(Key, St)
+    end.
 
 %% Forgets a tube and removes the nodes this side may remove.
 drop(Key, St) ->
@@ -640,7 +716,12 @@ watch_event(_Path, _Token, St = #st{conn = undefined}) ->
 watch_event(Path, <<"tip">>, St) ->
     incoming(Path, St);
 watch_event(_Path, <<"release">>, St) ->
-    released(St);
+    domains_changed(St);
+watch_event(_Path, <<"introduce">>, St) ->
+    maps:foreach(fun(Key, #tube{phase = open}) -> republish_nock(Key, St);
+                    (_, _) -> ok
+                 end, St#st.tubes),
+    domains_changed(St);
 watch_event(_Path, Token, St) ->
     case key_of_token(Token) of
         {ok, Key} -> check(Key, St);
@@ -649,7 +730,7 @@ watch_event(_Path, Token, St) ->
 
 acceptor_timeout(Mon, St) ->
     case lists:keyfind(Mon, 2, St#st.acceptors) of
-        {From, Mon, _} ->
+        {From, Mon, _, _} ->
             gen_server:reply(From, {error, timeout}),
             erlang:demonitor(Mon, [flush]),
             remove_acceptor(Mon, St#st{mons = maps:remove(Mon, St#st.mons)});
@@ -659,17 +740,17 @@ acceptor_timeout(Mon, St) ->
 
 remove_acceptor(Mon, St) ->
     case lists:keytake(Mon, 2, St#st.acceptors) of
-        {value, {_, _, Timer}, Rest} -> cancel_timer(Timer), St#st{acceptors = Rest};
+        {value, {_, _, Timer, _}, Rest} -> cancel_timer(Timer), St#st{acceptors = Rest};
         false -> St
     end.
 
 %% Lost the daemon: handshakes in progress fail, open tubes stay open (their
 %% rings do not depend on Xenstore) and are published again on reconnect.
 disconnected(St) ->
-    St1 = St#st{conn = undefined},
+    St1 = St#st{conn = undefined, live_peers = sets:new()},
     InFlight = [K || {K, #tube{phase = P}} <- maps:to_list(St1#st.tubes), P =/= open, P =/= handed],
     St2 = lists:foldl(fun(K, Acc) -> fail(K, {error, xenstore_down}, Acc) end, St1, InFlight),
-    lists:foreach(fun({From, Mon, Timer}) ->
+    lists:foreach(fun({From, Mon, Timer, _}) ->
                           cancel_timer(Timer),
                           erlang:demonitor(Mon, [flush]),
                           gen_server:reply(From, {error, xenstore_down})
@@ -679,24 +760,37 @@ disconnected(St) ->
 
 %% After a reconnection: write again what this side owns for each open tube
 %% (a daemon restarted without a database has lost it) and watch the peers.
-republish(St = #st{conn = C, domid = D}) ->
-    maps:foreach(
-      fun(Key = {nock, Peer, Tid}, #tube{phase = open}) ->
-              Nock = nock_path(D, Peer, Tid),
-              Tip = tip_path(Peer, D, Tid),
-              _ = tube_xs:transaction(C, fun(Tx) ->
-                      case write_nock(C, Tx, D, Peer, Nock, Tip, parent(Tip)) of
-                          ok -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_CONNECTED);
-                          E -> E
-                      end
-                  end),
-              watch_peer(Key, St);
-         (Key, #tube{phase = open}) ->
-              watch_peer(Key, St);
-         (_, _) ->
-              ok
-      end, St#st.tubes),
+republish(St) ->
+    maps:foreach(fun(Key, #tube{phase = open}) ->
+                         _ = watch_peer(Key, St),
+                         republish_nock(Key, St);
+                    (_, _) ->
+                         ok
+                 end, St#st.tubes),
     St.
+
+%% The nock's directories of an open tube, if they are missing. The tip
+%% fills in its fields again when it sees them (step/5). Needs the peer's
+%% domain to be registered again: also tried on @introduceDomain.
+republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
+    Nock = nock_path(D, Peer, Tid),
+    Tip = tip_path(Peer, D, Tid),
+    _ = tube_xs:transaction(C, fun(Tx) ->
+            case tube_xs:read(C, Tx, [Tip, "/nock"]) of
+                {ok, _} ->
+                    ok;
+                {error, enoent} ->
+                    case write_nock(C, Tx, D, Peer, Nock, Tip, parent(Tip)) of
+                        ok -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_CONNECTED);
+                        E -> E
+                    end;
+                E ->
+                    E
+            end
+        end),
+    ok;
+republish_nock(_Key, _St) ->
+    ok.
 
 terminate(_Reason, St) ->
     maps:foreach(fun(Key, _) -> remove_nodes(Key, St) end, St#st.tubes).

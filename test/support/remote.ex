@@ -12,6 +12,90 @@ defmodule TubeTest.Remote do
   def open(domid, tid, mode, timeout),
     do: start_owner(mode, fn -> :tube.open(domid, tid, %{timeout: timeout}) end)
 
+  @doc """
+  Keeps one accept() pending at all times in this node: each accepted tube
+  gets its own owner in `mode`, which exits when the tube closes. Returns
+  :ok; `served/0` tells how many were accepted and how many are open.
+  """
+  def serve(mode) do
+    case Process.whereis(:tube_serve) do
+      nil ->
+        pid = spawn(fn -> serve_loop(mode, 0, MapSet.new()) end)
+        Process.register(pid, :tube_serve)
+        :ok
+
+      _ ->
+        :ok
+    end
+  end
+
+  @doc "Stops serve/1, including its pending accept."
+  def stop_serve do
+    case Process.whereis(:tube_serve) do
+      nil ->
+        :ok
+
+      pid ->
+        ref = Process.monitor(pid)
+        Kernel.send(pid, :stop)
+
+        receive do
+          {:DOWN, ^ref, _, _, _} -> :ok
+        end
+    end
+  end
+
+  @doc "{accepted, open} of serve/1."
+  def served do
+    ref = make_ref()
+    Kernel.send(:tube_serve, {:served, self(), ref})
+
+    receive do
+      {^ref, reply} -> reply
+    after
+      15_000 -> {:error, :timeout}
+    end
+  end
+
+  defp serve_loop(mode, accepted, owners) do
+    server = self()
+
+    pending = spawn(fn ->
+      case :tube.accept() do
+        {:ok, port} ->
+          Kernel.send(server, {:accepted, self()})
+          loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: true})
+
+        _ ->
+          Kernel.send(server, {:accept_failed, self()})
+      end
+    end)
+
+    serve_wait(mode, accepted, owners, pending)
+  end
+
+  defp serve_wait(mode, accepted, owners, pending) do
+    receive do
+      {:accepted, pid} ->
+        Process.monitor(pid)
+        serve_loop(mode, accepted + 1, MapSet.put(owners, pid))
+
+      {:accept_failed, _} ->
+        Process.sleep(50)
+        serve_loop(mode, accepted, owners)
+
+      {:DOWN, _, :process, pid, _} ->
+        serve_wait(mode, accepted, MapSet.delete(owners, pid), pending)
+
+      {:served, from, ref} ->
+        Kernel.send(from, {ref, {accepted, MapSet.size(owners)}})
+        serve_wait(mode, accepted, owners, pending)
+
+      :stop ->
+        Process.exit(pending, :kill)
+    end
+  end
+
   @doc "Sends each packet in `packets` on the owner's tube."
   def send_packets(name, packets), do: call(name, {:send, packets})
 
@@ -66,7 +150,7 @@ defmodule TubeTest.Remote do
         case fun.() do
           {:ok, port} ->
             send(parent, {ref, {:ok, name}})
-            loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil})
+            loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: false})
 
           error ->
             send(parent, {ref, error})
@@ -85,7 +169,9 @@ defmodule TubeTest.Remote do
     end
   end
 
-  # Keeps the newest packets only, so floods do not eat the peer's memory.
+  # Keeps the first packets only, so floods do not eat the node's memory.
+  # Mode :echo sends every packet back, :collect keeps them, :count only
+  # counts.
   @keep 10_000
 
   defp loop(st) do
@@ -93,11 +179,13 @@ defmodule TubeTest.Remote do
 
     receive do
       {^port, {:data, data}} ->
-        if st.mode == :echo, do: Port.command(port, data)
-        packets = if st.count < @keep, do: [data | st.packets], else: st.packets
+        if st.mode == :echo, do: safe_command(port, data)
+        keep = st.mode != :count and st.count < @keep
+        packets = if keep, do: [data | st.packets], else: st.packets
         loop(%{st | packets: packets, count: st.count + 1})
 
       {:tube_closed, ^port, reason} ->
+        if st.exit_on_close, do: exit(:normal)
         loop(%{st | closed: reason})
 
       {{:send, packets}, from, ref} ->

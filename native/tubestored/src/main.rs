@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     }
     let res = server.run();
     if let Some(p) = &cli.pidfile {
-        let _ = std::fs::remove_file(p);
+        remove_pidfile_if_ours(p);
     }
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,4 +185,16 @@ fn wait_signal() {
     let mut sig = 0;
     // SAFETY: `set` is initialised and `sig` is a valid out pointer.
     unsafe { libc::sigwait(&set, &mut sig) };
+}
+
+/// Removes the pidfile only if it still names this process: a daemon started
+/// after this one (for example after a kill) may have written its own.
+fn remove_pidfile_if_ours(p: &std::path::Path) {
+    let ours = std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(p);
+    }
 }

@@ -1,0 +1,334 @@
+defmodule TubeFaultsTest do
+  # Faults real systems throw at tubes: peers killed in the middle of
+  # traffic, the Xenstore daemon killed, thousands of open/close cycles and
+  # races, a thousand tubes at full speed. Counts come from the environment
+  # so that a soak run can raise them (scripts/soak.sh).
+  use ExUnit.Case, async: false
+
+  alias TubeTest.{PeerNode, Remote}
+
+  @moduletag timeout: 900_000
+
+  defp env_int(name, default) do
+    case System.get_env(name) do
+      nil -> default
+      v -> String.to_integer(v)
+    end
+  end
+
+  defp xs(args) do
+    {out, status} = System.cmd("timeout", ["10" | args], stderr_to_stdout: true)
+    {status, out}
+  end
+
+  defp exists?(path), do: elem(xs(["xenstore-exists", path]), 0) == 0
+
+  defp wait_until(fun, tries \\ 1_000) do
+    cond do
+      fun.() -> :ok
+      tries == 0 -> flunk("condition not reached")
+      true -> Process.sleep(10) && wait_until(fun, tries - 1)
+    end
+  end
+
+  defp flood(t, n \\ 0) do
+    try do
+      :erlang.port_command(t, :binary.copy("z", 512))
+      flood(t, n + 1)
+    rescue
+      ArgumentError -> n
+    end
+  end
+
+  defp fd_count(os_pid), do: length(File.ls!("/proc/#{os_pid}/fd"))
+
+  defp memfd_maps(os_pid) do
+    File.read!("/proc/#{os_pid}/maps") |> String.split("\n") |> Enum.count(&(&1 =~ "memfd:"))
+  end
+
+  defp shm_files, do: File.ls!("/dev/shm") |> Enum.sort()
+
+  defp median(xs), do: Enum.at(Enum.sort(xs), div(length(xs), 2))
+
+  test "kill -9 of the peer during full-speed traffic, again and again" do
+    rounds = env_int("TUBE_KILL_ROUNDS", 20)
+    me = :tube.domid()
+    shm0 = shm_files()
+    procs0 = :erlang.system_info(:process_count)
+
+    latencies =
+      for round <- 1..rounds do
+        {peer, p, os_pid} = PeerNode.start()
+        :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+
+        tubes =
+          for tid <- 0..2 do
+            {:ok, t} = :tube.open(p, tid, %{timeout: 10_000})
+            t
+          end
+
+        senders = for t <- tubes, do: spawn(fn -> flood(t) end)
+        Process.sleep(50)
+        t0 = System.monotonic_time(:microsecond)
+        PeerNode.kill9(os_pid)
+
+        for t <- tubes do
+          assert_receive {:tube_closed, ^t, reason}, 5_000
+          assert reason in [:peer_closed, :peer_down], "round #{round}: #{inspect(reason)}"
+        end
+
+        elapsed = System.monotonic_time(:microsecond) - t0
+        for t <- tubes, do: refute(Port.info(t))
+        for s <- senders, do: wait_until(fn -> not Process.alive?(s) end)
+        # Flush the echoes that arrived before the kill.
+        for t <- tubes, do: drain_port_messages(t)
+        wait_until(fn -> :tube.tubes() == [] end)
+        wait_until(fn -> not exists?("/local/domain/#{p}") end)
+        wait_until(fn -> not exists?("/local/domain/#{me}/data/nock/#{p}/0") end)
+        elapsed
+      end
+
+    wait_until(fn -> :erlang.system_info(:process_count) <= procs0 end)
+    assert shm_files() == shm0
+    assert :tube_nif.ring_parked() == 0
+
+    IO.puts(
+      "\n  #{rounds} kill -9 rounds x 3 tubes: tube_closed after median " <>
+        "#{div(median(latencies), 1000)} ms, max #{div(Enum.max(latencies), 1000)} ms"
+    )
+  end
+
+  defp drain_port_messages(t) do
+    receive do
+      {^t, _} -> drain_port_messages(t)
+    after
+      0 -> :ok
+    end
+  end
+
+  describe "with a peer node" do
+    setup do
+      {peer, p, os_pid} = PeerNode.start()
+
+      on_exit(fn ->
+        Application.put_env(:tube, :embedded_daemon, true)
+        Application.delete_env(:tube, :xenstore_db)
+        PeerNode.stop(peer)
+      end)
+
+      %{peer: peer, p: p, peer_os_pid: os_pid, me: :tube.domid()}
+    end
+
+    test "kill -9 of tubestored: open tubes keep carrying packets, the daemon comes back",
+         %{peer: peer, p: p, me: me} do
+      socket = System.fetch_env!("XENSTORED_PATH")
+      :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+      {:ok, owner} = Remote.open(p, 0, :collect, 10_000)
+      wait_until(fn -> match?({0, "4" <> _}, xs(["xenstore-read", "/local/domain/#{p}/data/tip/#{me}/0/state"])) end)
+
+      # No restart for now: opens must fail clearly while the daemon is gone.
+      set_everywhere(peer, :embedded_daemon, false)
+      kill9_daemon(socket)
+      wait_until(fn -> :tube.open(p, 50, %{timeout: 200}) == {:error, :xenstore_down} end)
+
+      Remote.send_seq(owner, 100, 64)
+      s = Remote.wait_received(owner, 100)
+      assert s.count == 100
+      assert s.closed == nil
+
+      # Allowed to restart (with a database this time): both nodes come back
+      # on their own, with their domain ids, and new tubes open.
+      db = Path.join(Path.dirname(socket), "xenstore.db")
+      set_everywhere(peer, :xenstore_db, String.to_charlist(db))
+      set_everywhere(peer, :embedded_daemon, true)
+      wait_until(fn -> exists?("/local/domain/#{me}") and exists?("/local/domain/#{p}") end)
+      assert :tube.domid() == me
+      # The peer's serve loop keeps an accept pending through the outage.
+      {:ok, owner2} = wait_open(p, 51)
+      Remote.send_packets(owner2, ["after restart"])
+      assert Remote.wait_received(owner2, 1).packets == ["after restart"]
+
+      # The old tube still works and is visible again in the store.
+      Remote.send_seq(owner, 100, 64)
+      assert Remote.wait_received(owner, 200).count == 200
+
+      wait_until(fn ->
+        match?({0, "4" <> _}, xs(["xenstore-read", "/local/domain/#{p}/data/tip/#{me}/0/state"])) and
+          match?({0, "4" <> _}, xs(["xenstore-read", "/local/domain/#{me}/data/nock/#{p}/0/state"]))
+      end)
+
+      # With the database, what was committed survives the next kill -9.
+      {0, _} = xs(["xenstore-write", "/tool/tube-test/marker", "kept"])
+      kill9_daemon(socket)
+      wait_until(fn -> match?({0, "kept" <> _}, xs(["xenstore-read", "/tool/tube-test/marker"])) end)
+      wait_until(fn -> exists?("/local/domain/#{me}") and exists?("/local/domain/#{p}") end)
+      Remote.send_seq(owner, 10, 64)
+      assert %{count: 210, closed: nil} = Remote.wait_received(owner, 210)
+    end
+
+    test "open/close cycles and accept/open races leave nothing behind",
+         %{peer: peer, p: p, peer_os_pid: peer_os} do
+      cycles = env_int("TUBE_LEAK_CYCLES", 10_000)
+      races = env_int("TUBE_RACES", 1_000)
+      me_os = List.to_integer(:os.getpid())
+      :ok = PeerNode.call(peer, Remote, :serve, [:count])
+
+      # One cycle first so that everything lazily created exists.
+      {:ok, t} = :tube.open(p, 0, %{timeout: 10_000})
+      :ok = :tube.close(t)
+      wait_until(fn -> PeerNode.call(peer, Remote, :served, []) |> elem(1) == 0 end)
+      before = snapshot(peer, me_os, peer_os)
+
+      for i <- 1..cycles do
+        {:ok, t} = :tube.open(p, rem(i, 7), %{timeout: 10_000})
+        true = :erlang.port_command(t, <<i::32>>)
+        :ok = :tube.close(t)
+      end
+
+      wait_until(fn -> PeerNode.call(peer, Remote, :served, []) == {cycles + 1, 0} end, 300)
+
+      # Races: the accept and the open are issued at the same moment.
+      :ok = PeerNode.call(peer, Remote, :stop_serve, [])
+
+      for i <- 1..races do
+        task = Task.async(fn -> PeerNode.call(peer, :tube, :accept, [%{timeout: 10_000}]) end)
+        {:ok, t} = :tube.open(p, 100 + rem(i, 3), %{timeout: 10_000})
+        assert {:ok, _remote_t} = Task.await(task, 15_000)
+        # The peer's end belonged to the process that ran the accept, which
+        # has exited, so the tube may already be closed from that side.
+        assert :tube.close(t) in [:ok, {:error, :closed}]
+      end
+
+      :ok = PeerNode.call(peer, Remote, :serve, [:count])
+
+      wait_until(fn -> snapshot(peer, me_os, peer_os) == before end, 2_000)
+      after_ = snapshot(peer, me_os, peer_os)
+      assert after_ == before
+
+      IO.puts(
+        "\n  #{cycles} open/close cycles + #{races} accept/open races: " <>
+          "fds, memfd maps, processes, ports and Xenstore nodes back to #{inspect(before)}"
+      )
+    end
+
+    test "1000 tubes at full speed: no crash, drops counted, counters add up",
+         %{peer: peer, p: p} do
+      n = env_int("TUBE_LOAD_TUBES", 1_000)
+      seconds = env_int("TUBE_LOAD_SECONDS", 10)
+      :ok = PeerNode.call(peer, Remote, :serve, [:count])
+      tubes = for tid <- 1..n, do: elem(:tube.open(p, tid, %{timeout: 30_000}), 1)
+      assert Enum.all?(tubes, &is_port/1)
+
+      parent = self()
+      deadline = System.monotonic_time(:millisecond) + seconds * 1000
+
+      senders =
+        for t <- tubes do
+          spawn_link(fn -> send(parent, {:attempts, t, load_loop(t, deadline, 0)}) end)
+        end
+
+      attempts =
+        for _ <- senders, into: %{} do
+          receive do
+            {:attempts, t, k} -> {t, k}
+          after
+            seconds * 1000 + 60_000 -> flunk("a sender did not finish")
+          end
+        end
+
+      local = for t <- tubes, into: %{}, do: {t, elem(:tube.info(t), 1)}
+
+      for t <- tubes do
+        i = local[t]
+        assert i.sent + i.dropped + i.rejected == attempts[t]
+      end
+
+      # Every packet counted as sent arrives at the peer.
+      sent_by_tid = for {_t, i} <- local, into: %{}, do: {i.tid, i.sent}
+
+      wait_until(
+        fn ->
+          received = peer_received(peer)
+          Enum.all?(sent_by_tid, fn {tid, s} -> Map.get(received, tid) == s end)
+        end,
+        3_000
+      )
+
+      total_sent = local |> Map.values() |> Enum.map(& &1.sent) |> Enum.sum()
+      total_dropped = local |> Map.values() |> Enum.map(& &1.dropped) |> Enum.sum()
+
+      IO.puts(
+        "\n  #{n} tubes for #{seconds} s: #{total_sent} packets delivered, " <>
+          "#{total_dropped} dropped (counted), attempts = sent + dropped on every tube"
+      )
+
+      for t <- tubes, do: :ok = :tube.close(t)
+    end
+  end
+
+  defp load_loop(t, deadline, k) do
+    if rem(k, 256) == 0 and System.monotonic_time(:millisecond) > deadline do
+      k
+    else
+      :erlang.port_command(t, <<k::32, 0::480>>)
+      load_loop(t, deadline, k + 1)
+    end
+  end
+
+  # Tid -> received packets, as the peer's tubes count them.
+  defp peer_received(peer) do
+    for %{port: port, tid: tid} <- PeerNode.call(peer, :tube, :tubes, []), into: %{} do
+      case PeerNode.call(peer, :tube, :info, [port]) do
+        {:ok, i} -> {tid, i.received}
+        _ -> {tid, nil}
+      end
+    end
+  end
+
+  defp snapshot(peer, me_os, peer_os) do
+    {0, nodes} = xs(["xenstore-ls", "/local/domain"])
+
+    %{
+      fds: {fd_count(me_os), fd_count(peer_os)},
+      memfd_maps: {memfd_maps(me_os), memfd_maps(peer_os)},
+      processes: {:erlang.system_info(:process_count), PeerNode.call(peer, :erlang, :system_info, [:process_count])},
+      ports: {length(Port.list()), length(PeerNode.call(peer, :erlang, :ports, []))},
+      tubes: {length(:tube.tubes()), length(PeerNode.call(peer, :tube, :tubes, []))},
+      parked: {:tube_nif.ring_parked(), PeerNode.call(peer, :tube_nif, :ring_parked, [])},
+      xenstore_lines: length(String.split(nodes, "\n"))
+    }
+  end
+
+  defp set_everywhere(peer, key, value) do
+    Application.put_env(:tube, key, value)
+    :ok = PeerNode.call(peer, :application, :set_env, [:tube, key, value])
+  end
+
+  defp kill9_daemon(socket) do
+    {:ok, pid} = File.read(socket <> ".pid")
+    pid = String.trim(pid)
+    {_, 0} = System.cmd("kill", ["-9", pid])
+    wait_until(fn -> not File.exists?("/proc/#{pid}") or zombie?(pid) end)
+  end
+
+  defp zombie?(pid) do
+    case File.read("/proc/#{pid}/stat") do
+      {:ok, stat} -> stat =~ ") Z "
+      _ -> true
+    end
+  end
+
+  defp wait_open(p, tid, tries \\ 200) do
+    case Remote.open(p, tid, :collect, 5_000) do
+      {:ok, name} ->
+        {:ok, name}
+
+      {:error, :xenstore_down} when tries > 0 ->
+        Process.sleep(20)
+        wait_open(p, tid, tries - 1)
+
+      other ->
+        other
+    end
+  end
+end
