@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use tube_ring::{Offer, RingError, Tube};
 
 const ROLE_ENV: &str = "RING_BENCH_ROLE";
+/// Whether the current job runs pinned (parent on CPU 0, peer on CPU 1).
+static PINNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const SIZES: [usize; 3] = [64, 1500, 4096];
 const BATCH: usize = 32;
 const WARMUP: Duration = Duration::from_millis(200);
@@ -37,17 +39,31 @@ struct Opts {
     one_way: bool,
     /// Run the round-trip jobs (`--jobs rtt`).
     rtt: bool,
-    /// Leave both processes unpinned (`--no-pin`); by default the parent runs on CPU 0 and
-    /// the peer on CPU 1, so a busy box cannot put both on one core.
+    /// Leave both processes unpinned (`--no-pin`). By default jobs where both sides spin run
+    /// with the parent on CPU 0 and the peer on CPU 1, so a busy box cannot stack both on one
+    /// core; jobs where the reader sleeps always run unpinned, so a woken reader can take
+    /// whichever core is free.
     no_pin: bool,
 }
 
 /// Restricts this process to `cpu` (ignored if the box lacks it).
 fn pin_to(cpu: usize) {
+    set_cpus(&[cpu]);
+}
+
+/// Lets this process run on any CPU again.
+fn unpin() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set_cpus(&(0..n).collect::<Vec<_>>());
+}
+
+fn set_cpus(cpus: &[usize]) {
     // SAFETY: cpu_set_t is a plain bit set; all-zero is valid.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE for any box this runs on; CPU_SET only sets a bit.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        // SAFETY: `cpu` is below CPU_SETSIZE for any box this runs on; CPU_SET sets a bit.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
@@ -78,9 +94,6 @@ pub fn main() {
         rtt: arg("--jobs").is_none_or(|j| j.contains("rtt")),
         no_pin: args.iter().any(|a| a == "--no-pin"),
     };
-    if !opts.no_pin {
-        pin_to(0);
-    }
     let out = arg("--out").unwrap_or_else(|| {
         format!("{}/../../bench/results/ring-{}.json", env!("CARGO_MANIFEST_DIR"), today())
     });
@@ -118,6 +131,7 @@ fn run_all(opts: Opts, out: &str) {
         eprintln!("run {}/{} ...", run + 1, opts.runs);
         for size in SIZES.into_iter().filter(|_| opts.one_way) {
             for transport in ["ring", "unix"] {
+                set_pinning(!opts.no_pin);
                 let r = one_way(transport, size, opts.window);
                 record(format!("{transport} one-way {size}B pps"), "pkt/s", r.pps);
                 record(format!("{transport} one-way {size}B MB/s"), "MB/s", r.pps * size as f64 / 1e6);
@@ -126,6 +140,7 @@ fn run_all(opts: Opts, out: &str) {
         }
         for transport in ["ring", "unix"].into_iter().filter(|_| opts.rtt) {
             for mode in ["spin", "sleep"] {
+                set_pinning(!opts.no_pin && mode == "spin");
                 let (p50, p99) = ping_pong(transport, mode, opts.rtt_samples);
                 record(format!("{transport} rtt 64B {mode} p50"), "us", p50);
                 record(format!("{transport} rtt 64B {mode} p99"), "us", p99);
@@ -138,7 +153,7 @@ fn run_all(opts: Opts, out: &str) {
 }
 
 fn print_table(figs: &[Figure], opts: Opts, before: &str, after: &str) {
-    println!("tube_ring bench: median of {} runs, window {} ms, pinned {}; loadavg before [{before}] after [{after}]",
+    println!("tube_ring bench: median of {} runs, window {} ms, spinning jobs pinned {}; loadavg before [{before}] after [{after}]",
         opts.runs, opts.window.as_millis(), !opts.no_pin);
     println!("{:<34} {:>14} {:>6}   runs", "figure", "median", "unit");
     for f in figs {
@@ -154,7 +169,7 @@ fn write_json(path: &str, figs: &[Figure], opts: Opts, before: &str, after: &str
     let mut s = String::from("{\n");
     s += &format!("  \"bench\": \"tube_ring ring-bench\",\n  \"date\": \"{}\",\n", today());
     s += &format!("  \"runs\": {},\n  \"window_ms\": {},\n  \"rtt_samples\": {},\n", opts.runs, opts.window.as_millis(), opts.rtt_samples);
-    s += &format!("  \"cpus\": {},\n  \"pinned\": {},\n", std::thread::available_parallelism().map_or(0, |n| n.get()), !opts.no_pin);
+    s += &format!("  \"cpus\": {},\n  \"pinned_spinning_jobs\": {},\n", std::thread::available_parallelism().map_or(0, |n| n.get()), !opts.no_pin);
     s += &format!("  \"loadavg_before\": \"{before}\",\n  \"loadavg_after\": \"{after}\",\n  \"figures\": [\n");
     let rows: Vec<String> = figs
         .iter()
@@ -194,7 +209,7 @@ fn today() -> String {
 fn spawn_peer(role: &str, env: &[(&str, String)], keep_fd: Option<RawFd>) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.env(ROLE_ENV, role).envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdout(Stdio::piped());
-    if !std::env::args().any(|a| a == "--no-pin") {
+    if PINNED.load(std::sync::atomic::Ordering::Relaxed) {
         cmd.env("PIN_CPU", "1");
     }
     if let Some(fd) = keep_fd {
@@ -235,6 +250,16 @@ struct OneWay {
 }
 
 /// Child sends `size`-byte packets flat out; we count what arrives during `window`.
+/// Pins this process to CPU 0 (and the next peer to CPU 1) if `pin`, else unpins.
+fn set_pinning(pin: bool) {
+    PINNED.store(pin, std::sync::atomic::Ordering::Relaxed);
+    if pin {
+        pin_to(0);
+    } else {
+        unpin();
+    }
+}
+
 fn one_way(transport: &str, size: usize, window: Duration) -> OneWay {
     let send_for = WARMUP + window + Duration::from_millis(100);
     let env_common = vec![("SIZE", size.to_string()), ("SEND_MS", send_for.as_millis().to_string())];
