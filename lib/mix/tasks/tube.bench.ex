@@ -1,0 +1,105 @@
+defmodule Mix.Tasks.Tube.Bench do
+  @shortdoc "Benchmarks tubes against Erlang distribution, Unix sockets and UDP"
+  @moduledoc """
+  Starts a second BEAM OS process (a `:peer` node over Erlang
+  distribution) and measures, in one run, side by side:
+
+    * one-way throughput for 64, 1500 and 4096-byte packets (sender as
+      fast as it can, receiver counting in a fixed window, drops reported)
+    * 64-byte ping-pong round trip, p50 and p99
+    * for tubes, Erlang distribution (`Pid ! Binary`), `gen_tcp` over a
+      Unix domain socket (`{packet, 2}`, 4 MiB buffers) and `gen_udp` on
+      loopback;
+
+  then 1, 10, 100 and 1000 tubes open at once: aggregate throughput, open
+  handshake time, idle CPU, shared and BEAM memory per tube.
+
+  Prints the tables, writes `bench/results/tube-<date>.json` and
+  `bench/results/tube-<date>.png` (with gnuplot), and copies both to
+  `tube-latest.*`.
+
+      mix tube.bench            # about 3 minutes
+      mix tube.bench --quick    # about 1 minute
+      mix tube.bench --out DIR  # results elsewhere
+
+  The run uses its own Xenstore daemon socket (a private `XENSTORED_PATH`)
+  and stops that daemon at the end. epmd is started if it is not running.
+  """
+  use Mix.Task
+
+  alias Tube.Bench.{Cluster, Report, Suite}
+
+  @impl true
+  def run(args) do
+    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string])
+    Mix.Task.run("compile")
+    Mix.Task.run("loadpaths")
+    quick? = Keyword.get(opts, :quick, false)
+    out = Keyword.get(opts, :out, "bench/results")
+    settings = Suite.settings(quick?)
+    log = fn line -> IO.puts(:stderr, "  " <> line) end
+
+    IO.puts(:stderr, "tube bench#{if quick?, do: " (quick)", else: ""}: starting two nodes")
+    cluster = Cluster.start()
+
+    res =
+      try do
+        Suite.run(cluster, settings, log)
+      after
+        Cluster.stop(cluster)
+      end
+
+    write(res, settings, quick?, out)
+  end
+
+  defp write(res, settings, quick?, out) do
+    stamp = Calendar.strftime(DateTime.utc_now(), "%Y%m%d-%H%M%S")
+    machine = machine()
+    command = "mix tube.bench" <> if(quick?, do: " --quick", else: "")
+    doc = %{command: command, date: stamp, machine: machine, settings: settings, results: res}
+    IO.puts(Report.table(res))
+    IO.puts("\nmachine: #{machine.cpu}, #{machine.cores} cores, Linux #{machine.kernel}, OTP #{machine.otp}")
+
+    File.mkdir_p!(out)
+    json = Path.join(out, "tube-#{stamp}.json")
+    File.write!(json, Report.json(doc) <> "\n")
+    File.cp!(json, Path.join(out, "tube-latest.json"))
+    IO.puts("wrote #{json}")
+
+    png = Path.join(out, "tube-#{stamp}.png")
+    title = "tube bench: #{command}, #{machine.cores} cores #{machine.cpu}, #{stamp} UTC"
+
+    case Report.chart(res, png, title) do
+      :ok ->
+        File.cp!(png, Path.join(out, "tube-latest.png"))
+        IO.puts("wrote #{png}")
+
+      {:error, why} ->
+        IO.puts(:stderr, "no chart: #{why}")
+    end
+  end
+
+  defp machine do
+    cpu =
+      case File.read("/proc/cpuinfo") do
+        {:ok, s} ->
+          case Regex.run(~r/^model name\s*:\s*(.+)$/m, s) do
+            [_, m] -> String.trim(m)
+            _ -> "unknown CPU"
+          end
+
+        _ ->
+          "unknown CPU"
+      end
+
+    {kernel, 0} = System.cmd("uname", ["-r"])
+
+    %{
+      cpu: cpu,
+      cores: System.schedulers_online(),
+      kernel: String.trim(kernel),
+      otp: List.to_string(:erlang.system_info(:otp_release)),
+      elixir: System.version()
+    }
+  end
+end

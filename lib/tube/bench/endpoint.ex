@@ -1,0 +1,299 @@
+defmodule Tube.Bench.Endpoint do
+  @moduledoc false
+  # One end of a bench link, running on either node: the process that owns
+  # the transport handle (tube port, socket) or, for Erlang distribution,
+  # the process messages are sent to. It obeys commands from the bench
+  # controller and runs the tight send, count and echo loops itself.
+  #
+  # Kinds and what arrives in the mailbox:
+  #   :tube -> {Port, {:data, Bin}}       (port_command per packet)
+  #   :dist -> Bin                        (Pid ! Bin)
+  #   :unix -> {:tcp, Socket, Bin}        (gen_tcp, {:local, Path}, {packet, 2})
+  #   :udp  -> {:udp, Socket, Ip, Port, Bin}  (gen_udp on 127.0.0.1)
+
+  # Messages delivered per {active, N} re-arm for the sockets.
+  @active 500
+  # Socket buffer sizes asked for (the kernel caps them at rmem/wmem_max).
+  @sockbuf 4 * 1024 * 1024
+  # Packets between two clock reads in the send and count loops.
+  @check 32
+
+  # ---- controller side ------------------------------------------------------
+
+  @doc "Spawns an idle endpoint on `node`; it then waits for `setup/3`."
+  def spawn_on(node), do: Node.spawn(node, __MODULE__, :init, [])
+
+  @doc "Runs `op` in endpoint `pid` and returns its result."
+  def call(pid, op, timeout \\ 60_000) do
+    ref = make_ref()
+    send(pid, {:cmd, self(), ref, op})
+
+    receive do
+      {^ref, reply} -> reply
+    after
+      timeout -> exit({:endpoint_timeout, op_name(op)})
+    end
+  end
+
+  @doc "Sends `op` without waiting; collect the reply with `await/2`."
+  def cast(pid, op) do
+    ref = make_ref()
+    send(pid, {:cmd, self(), ref, op})
+    ref
+  end
+
+  @doc "Waits for the reply of a `cast/2`."
+  def await(ref, timeout \\ 60_000) do
+    receive do
+      {^ref, reply} -> reply
+    after
+      timeout -> exit(:endpoint_timeout)
+    end
+  end
+
+  defp op_name(op) when is_tuple(op), do: elem(op, 0)
+  defp op_name(op), do: op
+
+  # ---- endpoint process -----------------------------------------------------
+
+  @doc false
+  def init, do: loop(%{kind: nil, handle: nil, peer: nil})
+
+  defp loop(st) do
+    receive do
+      {:cmd, from, ref, op} ->
+        {reply, st} = handle(op, st)
+        send(from, {ref, reply})
+        if op == :stop, do: :ok, else: loop(st)
+    end
+  end
+
+  defp handle({:tube_accept, timeout}, st) do
+    t0 = now()
+
+    case guard(fn -> :tube.accept(%{timeout: timeout}) end) do
+      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: :tube, handle: port}}
+      e -> {e, st}
+    end
+  end
+
+  defp handle({:tube_open, domid, tid, timeout}, st) do
+    t0 = now()
+
+    case guard(fn -> :tube.open(domid, tid, %{timeout: timeout}) end) do
+      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: :tube, handle: port}}
+      e -> {e, st}
+    end
+  end
+
+  defp handle({:dist, peer}, st), do: {:ok, %{st | kind: :dist, peer: peer}}
+
+  defp handle({:unix_listen, path}, st) do
+    opts = [:binary, {:ifaddr, {:local, path}}, {:packet, 2}, {:active, false} | sock_opts()]
+    {:ok, l} = :gen_tcp.listen(0, opts)
+    {:ok, %{st | handle: {:listen, l}}}
+  end
+
+  defp handle(:unix_accept, %{handle: {:listen, l}} = st) do
+    {:ok, s} = :gen_tcp.accept(l, 10_000)
+    :gen_tcp.close(l)
+    :ok = :inet.setopts(s, active: @active)
+    {:ok, %{st | kind: :unix, handle: s}}
+  end
+
+  defp handle({:unix_connect, path}, st) do
+    opts = [:binary, {:packet, 2}, {:active, @active} | sock_opts()]
+    {:ok, s} = :gen_tcp.connect({:local, path}, 0, opts, 10_000)
+    {:ok, %{st | kind: :unix, handle: s}}
+  end
+
+  defp handle(:udp_open, st) do
+    opts = [:binary, {:ip, {127, 0, 0, 1}}, {:active, @active}, {:read_packets, 256} | sock_opts()]
+    {:ok, s} = :gen_udp.open(0, opts)
+    {:ok, port} = :inet.port(s)
+    {{:ok, port}, %{st | kind: :udp, handle: s}}
+  end
+
+  defp handle({:udp_peer, port}, st), do: {:ok, %{st | peer: {{127, 0, 0, 1}, port}}}
+
+  defp handle({:send_for, size, ms}, st) do
+    pkt = payload(size)
+    deadline = now() + ms * 1_000_000
+    t0 = now()
+    n = send_loop(st.kind, st.handle, st.peer, pkt, deadline, 0)
+    {%{attempted: n, ns: now() - t0}, st}
+  end
+
+  defp handle({:count, t0, t1, hard}, st) do
+    {:ok, count_run(t0, t1, hard)} |> then(fn {:ok, r} -> {r, st} end)
+  end
+
+  defp handle({:ping, size, n}, st) do
+    pkt = payload(size)
+    {ping_loop(st, pkt, n, []), st}
+  end
+
+  defp handle(:echo, st) do
+    {echo_loop(st), st}
+  end
+
+  defp handle(:info, %{kind: :tube, handle: port} = st), do: {:tube.info(port), st}
+  defp handle(:info, st), do: {:none, st}
+
+  defp handle(:stop, st) do
+    case st do
+      %{kind: :tube, handle: p} -> :tube.close(p)
+      %{kind: :unix, handle: s} -> :gen_tcp.close(s)
+      %{kind: :udp, handle: s} -> :gen_udp.close(s)
+      _ -> :ok
+    end
+
+    {:ok, st}
+  end
+
+  # The control plane may fail under load (a quota, a crash): an error to
+  # report, not a reason for the endpoint to die.
+  defp guard(fun) do
+    fun.()
+  catch
+    kind, reason -> {:error, {kind, reason}}
+  end
+
+  defp sock_opts, do: [{:sndbuf, @sockbuf}, {:recbuf, @sockbuf}, {:buffer, 65_536}]
+
+  # Distinct contents per size; the same binary is sent each time.
+  defp payload(size), do: :binary.copy(<<0x5A>>, size)
+
+  defp now, do: :erlang.monotonic_time(:nanosecond)
+
+  # ---- send loop --------------------------------------------------------------
+
+  defp send_loop(kind, h, peer, pkt, deadline, n) do
+    send_burst(kind, h, peer, pkt, @check)
+    n = n + @check
+    if now() < deadline, do: send_loop(kind, h, peer, pkt, deadline, n), else: n
+  end
+
+  defp send_burst(_kind, _h, _peer, _pkt, 0), do: :ok
+
+  defp send_burst(:tube, port, peer, pkt, k) do
+    :erlang.port_command(port, pkt)
+    send_burst(:tube, port, peer, pkt, k - 1)
+  end
+
+  defp send_burst(:dist, h, pid, pkt, k) do
+    send(pid, pkt)
+    send_burst(:dist, h, pid, pkt, k - 1)
+  end
+
+  defp send_burst(:unix, s, peer, pkt, k) do
+    :ok = :gen_tcp.send(s, pkt)
+    send_burst(:unix, s, peer, pkt, k - 1)
+  end
+
+  defp send_burst(:udp, s, {ip, port} = peer, pkt, k) do
+    # A full socket buffer is a drop, exactly like a full ring.
+    _ = :gen_udp.send(s, ip, port, pkt)
+    send_burst(:udp, s, peer, pkt, k - 1)
+  end
+
+  defp send_one(%{kind: :tube, handle: port}, pkt), do: :erlang.port_command(port, pkt)
+  defp send_one(%{kind: :dist, peer: pid}, pkt), do: send(pid, pkt)
+  defp send_one(%{kind: :unix, handle: s}, pkt), do: :gen_tcp.send(s, pkt)
+  defp send_one(%{kind: :udp, handle: s, peer: {ip, port}}, pkt), do: :gen_udp.send(s, ip, port, pkt)
+
+  # ---- count loop -------------------------------------------------------------
+  #
+  # Counts every packet that arrives; snapshots the count when the clock
+  # passes t0 and t1 (absolute monotonic ns of this node); after t1 drains
+  # until 300 ms pass without a packet or the hard deadline.
+
+  defp count_run(t0, t1, hard) do
+    %{marks: [m0, m1], total: total, total_bytes: tb} = cloop(0, 0, @check, [t0, t1], [], hard)
+    {n0, b0, ts0} = m0
+    {n1, b1, ts1} = m1
+    %{packets: n1 - n0, bytes: b1 - b0, ns: ts1 - ts0, total: total, total_bytes: tb}
+  end
+
+  defp cloop(n, b, k, pending, marks, hard) do
+    receive do
+      {_port, {:data, d}} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard)
+      {:tcp, _, d} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard)
+      {:udp, _, _, _, d} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard)
+      d when is_binary(d) -> bump(n + 1, b + byte_size(d), k, pending, marks, hard)
+      {:tcp_passive, s} -> :inet.setopts(s, active: @active) && cloop(n, b, k, pending, marks, hard)
+      {:udp_passive, s} -> :inet.setopts(s, active: @active) && cloop(n, b, k, pending, marks, hard)
+    after
+      wait_ms(pending) -> idle(n, b, pending, marks, hard)
+    end
+  end
+
+  defp bump(n, b, 0, pending, marks, hard), do: tick(n, b, pending, marks, hard)
+  defp bump(n, b, k, pending, marks, hard), do: cloop(n, b, k - 1, pending, marks, hard)
+
+  defp tick(n, b, pending, marks, hard) do
+    t = now()
+    {pending, marks} = take_marks(pending, marks, n, b, t)
+
+    if pending == [] and t > hard,
+      do: done(n, b, marks),
+      else: cloop(n, b, @check, pending, marks, hard)
+  end
+
+  defp idle(n, b, [], marks, _hard), do: done(n, b, marks)
+  defp idle(n, b, pending, marks, hard), do: tick(n, b, pending, marks, hard)
+
+  defp take_marks([m | rest], marks, n, b, t) when t >= m, do: take_marks(rest, [{n, b, t} | marks], n, b, t)
+  defp take_marks(pending, marks, _n, _b, _t), do: {pending, marks}
+
+  defp wait_ms([]), do: 300
+  defp wait_ms([m | _]), do: max(0, min(20, div(m - now(), 1_000_000) + 1))
+
+  defp done(n, b, marks), do: %{marks: Enum.reverse(marks), total: n, total_bytes: b}
+
+  # ---- ping-pong ----------------------------------------------------------------
+
+  defp ping_loop(_st, _pkt, 0, acc), do: acc
+
+  defp ping_loop(st, pkt, n, acc) do
+    t0 = now()
+    send_one(st, pkt)
+
+    receive do
+      {_port, {:data, _}} -> :ok
+      {:tcp, _, _} -> :ok
+      {:udp, _, _, _, _} -> :ok
+      d when is_binary(d) -> :ok
+      {:tcp_passive, s} -> :inet.setopts(s, active: @active) && wait_reply()
+      {:udp_passive, s} -> :inet.setopts(s, active: @active) && wait_reply()
+    after
+      2_000 -> exit(:ping_lost)
+    end
+
+    ping_loop(st, pkt, n - 1, [now() - t0 | acc])
+  end
+
+  defp wait_reply do
+    receive do
+      {_port, {:data, _}} -> :ok
+      {:tcp, _, _} -> :ok
+      {:udp, _, _, _, _} -> :ok
+      d when is_binary(d) -> :ok
+    after
+      2_000 -> exit(:ping_lost)
+    end
+  end
+
+  # Echoes every packet until {:cmd, _, _, :stop_echo} (answered here).
+  defp echo_loop(st) do
+    receive do
+      {_port, {:data, d}} -> send_one(st, d) && echo_loop(st)
+      {:tcp, _, d} -> send_one(st, d) && echo_loop(st)
+      {:udp, _, _, _, d} -> send_one(st, d) && echo_loop(st)
+      d when is_binary(d) -> send_one(st, d) && echo_loop(st)
+      {:tcp_passive, s} -> :inet.setopts(s, active: @active) && echo_loop(st)
+      {:udp_passive, s} -> :inet.setopts(s, active: @active) && echo_loop(st)
+      {:cmd, from, ref, :stop_echo} -> send(from, {ref, :ok}) && :stopped
+    end
+  end
+end

@@ -1,0 +1,152 @@
+defmodule Tube.Bench.Suite do
+  @moduledoc false
+  # The whole bench run: transports side by side, then tubes at scale.
+
+  alias Tube.Bench.{Link, Measure}
+
+  @sizes [64, 1500, 4096]
+
+  @doc "Settings of a full run and of a --quick one."
+  def settings(quick?) do
+    if quick?,
+      do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
+      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 2_000, scale_window_ms: 1_000}
+  end
+
+  @doc "Runs everything against `cluster`; `log` gets progress lines."
+  def run(cluster, s, log) do
+    %{
+      throughput: transports(cluster, s, log),
+      scale: scale(cluster, s, log)
+    }
+  end
+
+  # ---- transports side by side ------------------------------------------------
+
+  defp transports(c, s, log) do
+    Enum.map(Link.transports(), fn kind ->
+      {link, _} = Link.open(kind, c, 1_000_000)
+      sizes = Enum.map(@sizes, fn size -> median_run(link, c, size, s, log) end)
+      p = Measure.ping(link, 64, div(s.pings, 10), s.pings)
+      log.("#{kind} ping-pong 64 B: p50 #{fmt(p.p50_us)} us, p99 #{fmt(p.p99_us)} us")
+      Link.close(link)
+      %{transport: kind, sizes: sizes, rtt: p}
+    end)
+  end
+
+  defp median_run(link, c, size, s, log) do
+    runs = for _ <- 1..s.runs, do: Measure.throughput([link], c.node, size, s.warmup_ms, s.window_ms)
+    best = Enum.sort_by(runs, & &1.rx_pps) |> Enum.at(div(length(runs), 2))
+    log.("#{link.kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
+           " (runs: #{Enum.map_join(runs, " ", &fmt(&1.rx_pps / 1.0e6))})")
+    Map.put(best, :runs, Enum.map(runs, & &1.rx_pps))
+  end
+
+  # ---- scale ------------------------------------------------------------------
+
+  defp scale(c, s, log) do
+    pids = [c.os_pid, c.peer_os_pid]
+    # A few open/close cycles give the one-tube handshake figures.
+    single = for i <- 1..20, do: open_close(c, 2_000_000 + i)
+    base = snapshot(c, pids, s)
+    log.("0 tubes: idle CPU #{Enum.map_join(base.idle_cpu, " / ", &fmt/1)} % of a core (bench / peer)")
+    acc = %{links: [], levels: [], failed: nil}
+
+    acc =
+      Enum.reduce(s.levels, acc, fn
+        _n, %{failed: f} = acc when f != nil -> acc
+        n, acc -> level(c, pids, s, base, n, acc, single, log)
+      end)
+
+    Enum.each(acc.links, &Link.close/1)
+    %{baseline: Map.drop(base, [:mem]), levels: Enum.reverse(acc.levels), failed: acc.failed}
+  end
+
+  defp level(c, pids, s, base, n, acc, single, log) do
+    have = length(acc.links)
+    {new, times, failed} = open_many(c, have, n)
+    links = acc.links ++ new
+
+    if failed do
+      log.("opening tube #{length(links) + 1} failed: #{inspect(failed, limit: 8)}")
+      %{acc | links: links, failed: %{tubes_open: length(links), error: inspect(failed, limit: 8)}}
+    else
+      times = if have == 0, do: single ++ times, else: times
+      %{acc | links: links, levels: [measure_level(c, pids, s, base, links, times, log) | acc.levels]}
+    end
+  end
+
+  defp open_many(c, have, n) do
+    Enum.reduce_while(have..(n - 1)//1, {[], [], nil}, fn i, {links, times, nil} ->
+      case Link.open(:tube, c, i) do
+        {:error, why} -> {:halt, {Enum.reverse(links), Enum.reverse(times), why}}
+        {link, ns} -> {:cont, {[link | links], [ns | times], nil}}
+      end
+    end)
+    |> then(fn
+      {links, times, nil} -> {Enum.reverse(links), Enum.reverse(times), nil}
+      done -> done
+    end)
+  end
+
+  defp measure_level(c, pids, s, base, links, times, log) do
+    n = length(links)
+    Process.sleep(300)
+    snap = snapshot(c, pids, s)
+    tput = Measure.throughput(links, c.node, 64, s.warmup_ms, s.scale_window_ms)
+    sorted = Enum.sort(times)
+
+    r = %{
+      tubes: n,
+      handshake_p50_ms: Measure.pct(sorted, 50) / 1.0e6,
+      handshake_p99_ms: Measure.pct(sorted, 99) / 1.0e6,
+      handshakes: length(sorted),
+      idle_cpu_pct: snap.idle_cpu,
+      beam_bytes_per_tube: per_tube(snap.mem.beam, base.mem.beam, n),
+      memfd_mapped_per_tube: per_tube(snap.mem.mapped, base.mem.mapped, n),
+      shmem_resident_per_tube: per_tube(snap.mem.shmem, base.mem.shmem, n),
+      agg_rx_pps: tput.rx_pps,
+      agg_rx_mbps: tput.rx_mbps,
+      agg_drop_pct: tput.drop_pct
+    }
+
+    log.("#{n} tubes: handshake p50 #{fmt(r.handshake_p50_ms)} ms p99 #{fmt(r.handshake_p99_ms)} ms, " <>
+           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%), idle CPU " <>
+           "#{Enum.map_join(snap.idle_cpu, " / ", &fmt/1)} %, BEAM #{Enum.map_join(r.beam_bytes_per_tube, " / ", &fmt/1)} B/tube, " <>
+           "shared mapped #{Enum.map_join(r.memfd_mapped_per_tube, " / ", &fmt/1)} B/tube")
+
+    r
+  end
+
+  defp open_close(c, tid) do
+    {%Link{} = link, ns} = Link.open(:tube, c, tid)
+    Link.close(link)
+    ns
+  end
+
+  # Both nodes' memory, then their CPU while nothing is sent.
+  defp snapshot(c, pids, s) do
+    beam = [Measure.beam_mem(node()), Measure.beam_mem(c.node)]
+    shared = Enum.map(pids, &Measure.shared_mem/1)
+    Process.sleep(200)
+    cpu = Measure.idle_cpu(pids, s.idle_ms)
+
+    %{
+      idle_cpu: cpu,
+      mem: %{beam: beam, mapped: Enum.map(shared, & &1.memfd_mapped), shmem: Enum.map(shared, & &1.rss_shmem)}
+    }
+  end
+
+  defp per_tube(now, base, n), do: Enum.zip_with(now, base, fn a, b -> (a - b) / n end)
+
+  @doc "A number for humans: 3 significant digits at most."
+  def fmt(x) when is_integer(x), do: Integer.to_string(x)
+
+  def fmt(x) when is_float(x) do
+    cond do
+      abs(x) >= 100 -> :erlang.float_to_binary(Float.round(x), decimals: 0)
+      abs(x) >= 10 -> :erlang.float_to_binary(x, decimals: 1)
+      true -> :erlang.float_to_binary(x, decimals: 2)
+    end
+  end
+end
