@@ -216,8 +216,12 @@ defmodule TubeFaultsTest do
       n = env_int("TUBE_LOAD_TUBES", 1_000)
       seconds = env_int("TUBE_LOAD_SECONDS", 10)
       :ok = PeerNode.call(peer, Remote, :serve, [:count])
-      tubes = for tid <- 1..n, do: elem(:tube.open(p, tid, %{timeout: 30_000}), 1)
-      assert Enum.all?(tubes, &is_port/1)
+      tubes =
+        for tid <- 1..n do
+          assert {:ok, t} = :tube.open(p, tid, %{timeout: 30_000})
+          t
+        end
+
 
       parent = self()
       deadline = System.monotonic_time(:millisecond) + seconds * 1000

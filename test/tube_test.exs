@@ -65,7 +65,7 @@ defmodule TubeTest do
     assert_receive {^t, {:data, "two"}}, 5_000
 
     me = self()
-    other = spawn(fn -> receive do: (m -> send(me, {:other_got, m})) end)
+    other = spawn(fn -> forward_to(me) end)
     true = Port.connect(t, other)
     Process.unlink(t)
     true = :erlang.port_command(t, "three")
@@ -263,6 +263,12 @@ defmodule TubeTest do
     assert Tube.domid() == :tube.domid()
     assert Enum.any?(Tube.tubes(), &(&1.tid == 5))
     assert :ok = Tube.close(t)
+  end
+
+  defp forward_to(pid) do
+    receive do
+      m -> send(pid, {:other_got, m}) && forward_to(pid)
+    end
   end
 
   defp flood(t) do

@@ -1,4 +1,9 @@
-//! `tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]`
+//! `tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]
+//!  [--quota-nodes N] [--quota-watches N] [--quota-transactions N]`
+//!
+//! The binary's quotas are sized for tubes, not Xen's guest defaults: each
+//! tube costs its opening domain about 8 nodes and each side one watch, so
+//! Xen's 1000 nodes and 128 watches would cap a node at about 120 tubes.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -13,10 +18,22 @@ struct Cli {
     quiet: bool,
 }
 
-const USAGE: &str = "usage: tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]";
+const USAGE: &str = "usage: tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet] \
+[--quota-nodes N] [--quota-watches N] [--quota-transactions N]";
+
+/// Nodes a domain may own: room for about 2000 tubes opened by one node.
+const TUBE_QUOTA_NODES: usize = 16384;
+/// Watches per connection: one per tube, plus a few for the node itself.
+const TUBE_QUOTA_WATCHES: usize = 4096;
+
+fn parse_count(name: &str, v: PathBuf) -> Result<usize, String> {
+    v.to_string_lossy().parse::<usize>().ok().filter(|n| *n > 0).ok_or(format!("{name} needs a positive integer"))
+}
 
 fn parse_args() -> Result<Cli, String> {
     let mut cli = Cli { opts: Options::default(), daemon: false, pidfile: None, quiet: false };
+    cli.opts.quotas.max_nodes = TUBE_QUOTA_NODES;
+    cli.opts.quotas.max_watches = TUBE_QUOTA_WATCHES;
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         let a = a.to_string_lossy().into_owned();
@@ -27,6 +44,9 @@ fn parse_args() -> Result<Cli, String> {
             "--pidfile" => cli.pidfile = Some(value("--pidfile")?),
             "--daemon" => cli.daemon = true,
             "--quiet" => cli.quiet = true,
+            "--quota-nodes" => cli.opts.quotas.max_nodes = parse_count(&a, value(&a)?)?,
+            "--quota-watches" => cli.opts.quotas.max_watches = parse_count(&a, value(&a)?)?,
+            "--quota-transactions" => cli.opts.quotas.max_transactions = parse_count(&a, value(&a)?)?,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
