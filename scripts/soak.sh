@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Soak: the fault tests with larger counts than the suite's (100 kill -9
+# rounds, a full minute of 1000 tubes at full speed). Counts can be set
+# from the environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+export MIX_ENV=test
+export TUBE_KILL_ROUNDS="${TUBE_KILL_ROUNDS:-100}"
+export TUBE_LEAK_CYCLES="${TUBE_LEAK_CYCLES:-10000}"
+export TUBE_RACES="${TUBE_RACES:-1000}"
+export TUBE_LOAD_TUBES="${TUBE_LOAD_TUBES:-1000}"
+export TUBE_LOAD_SECONDS="${TUBE_LOAD_SECONDS:-60}"
+mix test test/faults_test.exs 2>&1
