@@ -255,7 +255,7 @@ mod tests {
         assert!(a.has_data());
         assert_eq!(a.recv(10, |p| assert_eq!(p, b"back")).unwrap(), 1);
         let pkt = [9u8; 64];
-        let sent = a.send_many(std::iter::repeat_n(&pkt[..], 3000)).unwrap();
+        let sent = a.send_many(vec![&pkt[..]; 3000]).unwrap();
         let s = a.stats();
         assert_eq!((s.sent_pkts - 1, s.dropped), (sent as u64, 3000 - sent as u64));
         assert!(sent > 1000 && sent < 3000, "{sent}");

@@ -86,12 +86,13 @@ pub fn main() {
         return;
     }
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let jobs = arg("--jobs").unwrap_or_else(|| "oneway,rtt".to_string());
     let opts = Opts {
         runs: arg("--runs").map_or(5, |v| v.parse().expect("--runs N")),
         window: Duration::from_millis(arg("--window-ms").map_or(1000, |v| v.parse().expect("--window-ms MS"))),
         rtt_samples: arg("--rtt-samples").map_or(50_000, |v| v.parse().expect("--rtt-samples N")),
-        one_way: arg("--jobs").is_none_or(|j| j.contains("oneway")),
-        rtt: arg("--jobs").is_none_or(|j| j.contains("rtt")),
+        one_way: jobs.contains("oneway"),
+        rtt: jobs.contains("rtt"),
         no_pin: args.iter().any(|a| a == "--no-pin"),
     };
     let out = arg("--out").unwrap_or_else(|| {
