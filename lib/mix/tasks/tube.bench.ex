@@ -21,6 +21,14 @@ defmodule Mix.Tasks.Tube.Bench do
       mix tube.bench            # about 3 minutes
       mix tube.bench --quick    # about 1 minute
       mix tube.bench --out DIR  # results elsewhere
+      mix tube.bench --only tube,dist --no-scale   # a subset, for profiling
+      mix tube.bench --on-heap  # receivers with the default on-heap message queue
+
+  Every receiving process (for every transport alike) runs with
+  `message_queue_data: :off_heap` unless `--on-heap` is given: with the
+  default on-heap queue, a sender on another scheduler and the receiver
+  fight over the queue lock, which costs tubes at 64 bytes about half of
+  their rate on a 2-core machine.
 
   The run uses its own Xenstore daemon socket (a private `XENSTORED_PATH`)
   and stops that daemon at the end. epmd is started if it is not running.
@@ -31,16 +39,16 @@ defmodule Mix.Tasks.Tube.Bench do
 
   @impl true
   def run(args) do
-    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string])
+    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean])
     Mix.Task.run("compile")
     Mix.Task.run("loadpaths")
     quick? = Keyword.get(opts, :quick, false)
     out = Keyword.get(opts, :out, "bench/results")
-    settings = Suite.settings(quick?)
+    settings = Suite.settings(quick?) |> narrow(opts)
     log = fn line -> IO.puts(:stderr, "  " <> line) end
 
     IO.puts(:stderr, "tube bench#{if quick?, do: " (quick)", else: ""}: starting two nodes")
-    cluster = Cluster.start()
+    cluster = Cluster.start(settings.off_heap)
 
     res =
       try do
@@ -50,6 +58,17 @@ defmodule Mix.Tasks.Tube.Bench do
       end
 
     write(res, settings, quick?, out)
+  end
+
+  # --only tube,dist limits the transports; --no-scale skips the scale part.
+  defp narrow(settings, opts) do
+    settings = Map.put(settings, :scale, Keyword.get(opts, :scale, true))
+    settings = Map.put(settings, :off_heap, not Keyword.get(opts, :on_heap, false))
+
+    case Keyword.get(opts, :only) do
+      nil -> settings
+      list -> %{settings | transports: list |> String.split(",") |> Enum.map(&String.to_existing_atom/1)}
+    end
   end
 
   defp write(res, settings, quick?, out) do

@@ -4,10 +4,13 @@ defmodule Tube.Bench.Cluster do
   # here, and only here) and a peer started with OTP's :peer over Erlang
   # distribution, both running :tube against a private tubestored.
 
-  defstruct [:peer, :node, :run_dir, :socket, :os_pid, :peer_os_pid, :domid, :peer_domid]
+  defstruct [:off_heap, :peer, :node, :run_dir, :socket, :os_pid, :peer_os_pid, :domid, :peer_domid]
 
-  @doc "Starts epmd, distribution, a private Xenstore daemon and the peer node."
-  def start do
+  @doc """
+  Starts epmd, distribution, a private Xenstore daemon and the peer node.
+  `off_heap`: whether bench endpoints keep their message queues off heap.
+  """
+  def start(off_heap) do
     run_dir = Path.join(System.tmp_dir!(), "tube-bench-#{System.os_time(:millisecond)}")
     File.mkdir_p!(run_dir)
     File.chmod!(run_dir, 0o700)
@@ -18,6 +21,7 @@ defmodule Tube.Bench.Cluster do
     {peer, node} = start_peer(socket)
 
     %__MODULE__{
+      off_heap: off_heap,
       peer: peer,
       node: node,
       run_dir: run_dir,

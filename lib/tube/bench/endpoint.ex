@@ -20,8 +20,12 @@ defmodule Tube.Bench.Endpoint do
 
   # ---- controller side ------------------------------------------------------
 
-  @doc "Spawns an idle endpoint on `node`; it then waits for `setup/3`."
-  def spawn_on(node), do: Node.spawn(node, __MODULE__, :init, [])
+  @doc """
+  Spawns an idle endpoint on `node`. With `off_heap` its message queue
+  lives off the process heap (`message_queue_data: :off_heap`), which lets
+  a sender enqueue without contending with the receiver for its lock.
+  """
+  def spawn_on(node, off_heap), do: Node.spawn(node, __MODULE__, :init, [off_heap])
 
   @doc "Runs `op` in endpoint `pid` and returns its result."
   def call(pid, op, timeout \\ 60_000) do
@@ -57,7 +61,10 @@ defmodule Tube.Bench.Endpoint do
   # ---- endpoint process -----------------------------------------------------
 
   @doc false
-  def init, do: loop(%{kind: nil, handle: nil, peer: nil})
+  def init(off_heap) do
+    if off_heap, do: Process.flag(:message_queue_data, :off_heap)
+    loop(%{kind: nil, handle: nil, peer: nil})
+  end
 
   defp loop(st) do
     receive do

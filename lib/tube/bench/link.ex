@@ -20,8 +20,8 @@ defmodule Tube.Bench.Link do
   def open(kind, cluster, tid \\ 0)
 
   def open(:tube, c, tid) do
-    b = E.spawn_on(c.node)
-    a = E.spawn_on(node())
+    b = E.spawn_on(c.node, c.off_heap)
+    a = E.spawn_on(node(), c.off_heap)
     ref = E.cast(b, {:tube_accept, 10_000})
     opened = E.call(a, {:tube_open, c.peer_domid, tid, 10_000}, 20_000)
     accepted = E.await(ref, 20_000)
@@ -38,16 +38,16 @@ defmodule Tube.Bench.Link do
   end
 
   def open(:dist, c, _tid) do
-    b = E.spawn_on(c.node)
-    a = E.spawn_on(node())
+    b = E.spawn_on(c.node, c.off_heap)
+    a = E.spawn_on(node(), c.off_heap)
     :ok = E.call(a, {:dist, b})
     :ok = E.call(b, {:dist, a})
     {%__MODULE__{kind: :dist, a: a, b: b}, 0}
   end
 
   def open(:unix, c, _tid) do
-    b = E.spawn_on(c.node)
-    a = E.spawn_on(node())
+    b = E.spawn_on(c.node, c.off_heap)
+    a = E.spawn_on(node(), c.off_heap)
     path = Path.join(c.run_dir, "unix-#{System.unique_integer([:positive])}.sock")
     :ok = E.call(b, {:unix_listen, path})
     ref = E.cast(b, :unix_accept)
@@ -57,8 +57,8 @@ defmodule Tube.Bench.Link do
   end
 
   def open(:udp, c, _tid) do
-    b = E.spawn_on(c.node)
-    a = E.spawn_on(node())
+    b = E.spawn_on(c.node, c.off_heap)
+    a = E.spawn_on(node(), c.off_heap)
     {:ok, pb} = E.call(b, :udp_open)
     {:ok, pa} = E.call(a, :udp_open)
     :ok = E.call(a, {:udp_peer, pb})

@@ -14,8 +14,8 @@ defmodule Tube.Bench.Report do
 
     rows =
       for t <- tput, s <- t.sizes do
-        d = Enum.find(dist.sizes, &(&1.size == s.size))
-        ratio = if d.rx_pps > 0, do: "#{fmt(s.rx_pps / d.rx_pps)}x", else: "-"
+        d = dist && Enum.find(dist.sizes, &(&1.size == s.size))
+        ratio = if d && d.rx_pps > 0, do: "#{fmt(s.rx_pps / d.rx_pps)}x", else: "-"
         [@names[t.transport], "#{s.size}", fmt(s.rx_pps / 1.0e6), fmt(s.rx_mbps), fmt(s.tx_pps / 1.0e6), "#{fmt(s.drop_pct)}%", ratio]
       end
 
@@ -106,7 +106,7 @@ defmodule Tube.Bench.Report do
         File.mkdir_p!(dir)
         write_data(res, dir)
         script = Path.join(dir, "chart.gp")
-        File.write!(script, gnuplot_script(dir, png, title))
+        File.write!(script, gnuplot_script(dir, png, title, length(res.throughput) + 1))
         {out, status} = System.cmd(gp, [script], stderr_to_stdout: true)
         File.rm_rf(dir)
         if status == 0, do: :ok, else: {:error, out}
@@ -143,7 +143,7 @@ defmodule Tube.Bench.Report do
 
   defp float(x), do: :erlang.float_to_binary(x * 1.0, decimals: 4)
 
-  defp gnuplot_script(dir, png, title) do
+  defp gnuplot_script(dir, png, title, last_col) do
     d = fn f -> Path.join(dir, f) end
 
     """
@@ -159,11 +159,11 @@ defmodule Tube.Bench.Report do
     set title "One-way throughput, packets/s received (millions)"
     set ylabel "Mpps"
     set yrange [0:*]
-    plot for [i=2:5] "#{d.("pps.dat")}" using i:xtic(1) title columnheader(i)
+    plot for [i=2:#{last_col}] "#{d.("pps.dat")}" using i:xtic(1) title columnheader(i)
     set key top left
     set title "One-way throughput, payload MB/s received"
     set ylabel "MB/s"
-    plot for [i=2:5] "#{d.("mbps.dat")}" using i:xtic(1) title columnheader(i)
+    plot for [i=2:#{last_col}] "#{d.("mbps.dat")}" using i:xtic(1) title columnheader(i)
     set title "64-byte ping-pong round trip (lower is better, log scale)"
     set ylabel "microseconds"
     set logscale y

@@ -8,23 +8,27 @@ defmodule Tube.Bench.Suite do
 
   @doc "Settings of a full run and of a --quick one."
   def settings(quick?) do
-    if quick?,
+    common = %{transports: Link.transports(), scale: true}
+
+    Map.merge(common, if(quick?,
       do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
-      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 2_000, scale_window_ms: 1_000}
+      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 2_000, scale_window_ms: 1_000}))
   end
 
   @doc "Runs everything against `cluster`; `log` gets progress lines."
   def run(cluster, s, log) do
+    log.("bench node OS pid #{cluster.os_pid}, peer #{cluster.peer_os_pid}")
+
     %{
       throughput: transports(cluster, s, log),
-      scale: scale(cluster, s, log)
+      scale: if(s.scale, do: scale(cluster, s, log), else: %{baseline: %{}, levels: [], failed: nil})
     }
   end
 
   # ---- transports side by side ------------------------------------------------
 
   defp transports(c, s, log) do
-    Enum.map(Link.transports(), fn kind ->
+    Enum.map(s.transports, fn kind ->
       {link, _} = Link.open(kind, c, 1_000_000)
       sizes = Enum.map(@sizes, fn size -> median_run(link, c, size, s, log) end)
       p = Measure.ping(link, 64, div(s.pings, 10), s.pings)
