@@ -322,14 +322,8 @@ offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}
     Tip = tip_path(D, Peer, Tid),
     case tube_nif:ring_offer() of
         {ok, Offer, Evt, TxRef, RxRef} ->
-            Res = tube_xs:transaction(C, fun(Tx) ->
-                run_steps([
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/tx-ring-ref"], TxRef) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/rx-ring-ref"], RxRef) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/event-channel"], Evt) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/state"], ?STATE_INITIALISED) end
-                ])
-            end),
+            Res = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+                                    {"/event-channel", Evt}, {"/state", ?STATE_INITIALISED}]),
             case Res of
                 ok ->
                     Timeout = application:get_env(tube, open_timeout, 5000),
@@ -344,6 +338,18 @@ offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}
         _ ->
             enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
     end.
+
+%% The tip writes its fields into the nock's directory in one transaction,
+%% and only while that directory exists: a plain write would create it
+%% again (owned by the tip) after the nock removed it.
+fill_tip(C, Tip, Fields) ->
+    tube_xs:transaction(C, fun(Tx) ->
+        case tube_xs:read(C, Tx, [Tip, "/nock"]) of
+            {ok, _} -> run_steps([fun() -> tube_xs:write(C, Tx, [Tip, Name], V) end || {Name, V} <- Fields]);
+            {error, enoent} -> {error, peer_closed};
+            E -> E
+        end
+    end).
 
 fail_caller(From, Mon, Reply, St) ->
     erlang:demonitor(Mon, [flush]),
@@ -380,7 +386,7 @@ maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
     end.
 
 new_tip(Key, Tip, St = #st{conn = C}) ->
-    case tube_xs:write(C, [Tip, "/state"], ?STATE_INITIALISING) of
+    case fill_tip(C, Tip, [{"/state", ?STATE_INITIALISING}]) of
         ok ->
             T = #tube{key = Key, phase = waiting},
             St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
@@ -484,14 +490,8 @@ step(Key = {tip, Peer, Tid}, #tube{phase = open, refs = {Evt, TxRef, RxRef}}, {o
         {ok, ?STATE_CONNECTED} ->
             St;
         _ ->
-            _ = tube_xs:transaction(C, fun(Tx) ->
-                run_steps([
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/tx-ring-ref"], TxRef) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/rx-ring-ref"], RxRef) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/event-channel"], Evt) end,
-                    fun() -> tube_xs:write(C, Tx, [Tip, "/state"], ?STATE_CONNECTED) end
-                ])
-            end),
+            _ = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+                                  {"/event-channel", Evt}, {"/state", ?STATE_CONNECTED}]),
             _ = Key,
             St
     end;
@@ -655,12 +655,27 @@ discard_handoff(Id) -> tube_nif:ring_discard(Id), ok.
 remove_nodes(_Key, #st{conn = undefined}) ->
     ok;
 remove_nodes({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
-    _ = tube_xs:rm(C, nock_path(D, Peer, Tid)),
-    _ = tube_xs:rm(C, tip_path(Peer, D, Tid)),
+    Nock = nock_path(D, Peer, Tid),
+    Tip = tip_path(Peer, D, Tid),
+    _ = tube_xs:transaction(C, fun(Tx) ->
+            _ = tube_xs:rm(C, Tx, Nock),
+            _ = tube_xs:rm(C, Tx, Tip),
+            rm_if_empty(C, Tx, parent(Nock)),
+            rm_if_empty(C, Tx, parent(Tip)),
+            ok
+        end),
     ok;
 remove_nodes({tip, Peer, Tid}, #st{conn = C, domid = D}) ->
     _ = tube_xs:rm(C, tip_path(D, Peer, Tid)),
     ok.
+
+%% The per-peer directory of the last tube to that peer goes with it; the
+%% transaction makes sure no tube was added under it meanwhile.
+rm_if_empty(C, Tx, Dir) ->
+    case tube_xs:directory(C, Tx, Dir) of
+        {ok, []} -> _ = tube_xs:rm(C, Tx, Dir), ok;
+        _ -> ok
+    end.
 
 put_tube(T = #tube{key = Key}, St) ->
     St#st{tubes = maps:put(Key, T, St#st.tubes)}.

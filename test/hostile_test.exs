@@ -20,7 +20,7 @@ defmodule TubeTest.HostileTest do
     task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:echo, 15_000]) end)
     {:ok, owner} = Remote.open(domid, 4242, :collect, 15_000)
     {:ok, _} = Task.await(task, 20_000)
-    %{bin: bin, peer: peer, peer_domid: domid, real: owner, xs: System.fetch_env!("XENSTORED_PATH")}
+    %{bin: bin, peer: peer, peer_domid: domid, real: owner, xs: :tube_daemon.socket_path()}
   end
 
   setup %{real: real} do
