@@ -145,10 +145,14 @@ defmodule TubeTest.HostileTest do
 
   defp n_items, do: :rand.uniform(3)
 
-  defp n_items, do: :rand.uniform(3)
-
-  # A timeout option that is bad, or 0 (a call with a valid one must not block).
-  defp valid_or_bad_timeout, do: Enum.random([random_term(), 0])
+  # A timeout option that is bad, or 0: a call with a valid one must not block.
+  defp valid_or_bad_timeout do
+    case Enum.random([random_term(), 0]) do
+      :infinity -> 0
+      t when is_integer(t) and t >= 0 and t <= 0xFFFFFFFF -> 0
+      t -> t
+    end
+  end
 
   # A random term; maps always carry a timeout option from above.
   defp random_opts do

@@ -155,6 +155,11 @@ impl RawProducer {
         region.store_u64(prod_offset(self.dir), self.prod);
     }
 
+    /// True once the reader has consumed everything published so far.
+    pub fn drained(&self, region: &Region<'_>) -> bool {
+        region.load_u64(cons_offset(self.dir)) == Some(self.prod)
+    }
+
     /// Publishes a producer index the reader must refuse (more than a ring ahead of its
     /// consumer index, or behind it).
     pub fn publish_impossible(&mut self, region: &Region<'_>, rng: &mut Rng) {

@@ -241,7 +241,7 @@ pub fn bogus_entries(xs: &Client, me: u32, tip: u32, first_tid: u32, rng: &mut R
     put(format!("{base}/{}", t + 1), nock_path(me, tip, t + 1), b"1");
     put(format!("{base}/x{}", t + 2), nock_path(me, tip, t + 2), b"0");
     put(format!("{base}/-{}", t + 3), nock_path(me, tip, t + 3), b"0");
-    put(format!("{base}/{}", t + 4), String::from_utf8_lossy(&rng.bytes(1500)).into_owned(), b"0");
+    put(format!("{base}/{}", t + 4), String::from_utf8_lossy(&rng.bytes(600)).into_owned(), b"0");
     put(format!("{base}/{}", t + 5), nock_path(me, tip, t + 5), &rng.bytes(40));
     put(format!("{base}/99999999999999999999"), nock_path(me, tip, 0), b"0");
     made

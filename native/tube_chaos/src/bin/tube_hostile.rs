@@ -14,7 +14,8 @@
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
 //!   with honest packets in between, until the tip closes the tube;
 //! * `bad-length`: three honest packets (`honest-0..2`), then a record claiming 4097 bytes;
-//! * `bad-indices`: three honest packets, then a producer index more than a ring ahead;
+//! * `bad-indices`: three honest packets and, once they are read, a producer index the
+//!   reader must refuse (more than a ring ahead, or behind);
 //! * `xenstore-garbage`: first bogus tip entries the tip must ignore, then the tube, one
 //!   honest packet (`before-garbage`), then `--count` garbage writes/removals on its nodes;
 //! * `count`: `--count` random writes over the region spread over successive tubes (tids
@@ -149,6 +150,13 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             if a.mode == "bad-length" {
                 raw.push_claiming(&region, 4097, &[0xAB; 64]);
             } else {
+                // The reader checks the index before any record: let it take the honest
+                // packets first, or they would go down with the tube.
+                wake(tube.fd());
+                let deadline = Instant::now() + a.timeout;
+                while !raw.drained(&region) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 raw.publish_impossible(&region, &mut rng);
             }
             wake(tube.fd());
