@@ -133,9 +133,18 @@ valid_domid_config(D) -> is_integer(D) andalso D >= 1 andalso D < 16#7FF0.
 
 introduce(Conn, Want) ->
     case tube_xs:introduce_self(Conn, Want) of
-        {ok, D} -> {ok, D};
-        {error, eexist} -> {error, {domid_in_use, Want}};
-        {error, R} -> {error, {introduce, R}}
+        {ok, D} ->
+            {ok, D};
+        {error, eexist} ->
+            {error, {domid_in_use, Want}};
+        {error, R} when is_integer(Want), (R =:= einval orelse R =:= enosys orelse R =:= eacces) ->
+            %% A Xenstore without tube's local-domain extension (Xen's own
+            %% xenstored): use the configured domid on this connection as
+            %% it is, with the rights the daemon gives it.
+            ?LOG_NOTICE("tube: Xenstore has no local domains (~p); using domid ~p as configured", [R, Want]),
+            {ok, Want};
+        {error, R} ->
+            {error, {introduce, R}}
     end.
 
 %% Own directories: data/tip may be written (not read) by every domain, so

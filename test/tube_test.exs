@@ -147,6 +147,20 @@ defmodule TubeTest do
     end)
   end
 
+  test "dom0 releasing the peer's domain closes the tube with peer_down",
+       %{peer: peer, peer_domid: p} do
+    task = remote_accept(peer, :collect)
+    {:ok, t} = :tube.open(p, 0, %{timeout: 10_000})
+    {:ok, name} = Task.await(task, 15_000)
+    # A connection that never introduced itself has dom0's rights.
+    {:ok, dom0} = :tube_xs.open(System.fetch_env!("XENSTORED_PATH"), 0)
+    assert {:ok, _} = :tube_nif.xs_request(dom0, 9, 0, "#{p}\0")
+    assert_receive {:tube_closed, ^t, :peer_down}, 5_000
+    s = PeerNode.call(peer, Remote, :wait_received, [name, 1_000_000, 10_000])
+    assert s.closed == :peer_closed
+    :tube_xs.close(dom0)
+  end
+
   test "the owner dying closes the tube and the peer sees it", %{peer: peer, peer_domid: p} do
     task = remote_accept(peer, :collect)
     me = self()
