@@ -19,23 +19,7 @@ defmodule Tube.Bench.Link do
   """
   def open(kind, cluster, tid \\ 0)
 
-  def open(:tube, c, tid) do
-    b = E.spawn_on(c.node, c.off_heap)
-    a = E.spawn_on(node(), c.off_heap)
-    ref = E.cast(b, {:tube_accept, 10_000})
-    opened = E.call(a, {:tube_open, c.peer_domid, tid, 10_000}, 20_000)
-    accepted = E.await(ref, 20_000)
-
-    case {opened, accepted} do
-      {{:ok, open_ns}, {:ok, _}} ->
-        {%__MODULE__{kind: :tube, a: a, b: b}, open_ns}
-
-      _ ->
-        Process.exit(a, :kill)
-        Process.exit(b, :kill)
-        {:error, {opened, accepted}}
-    end
-  end
+  def open(:tube, c, tid), do: open_tube(c, tid, 20)
 
   def open(:dist, c, _tid) do
     b = E.spawn_on(c.node, c.off_heap)
@@ -64,6 +48,29 @@ defmodule Tube.Bench.Link do
     :ok = E.call(a, {:udp_peer, pb})
     :ok = E.call(b, {:udp_peer, pa})
     {%__MODULE__{kind: :udp, a: a, b: b}, 0}
+  end
+
+  # The Xenstore connection may be re-established under load
+  # ({error, xenstore_down}): wait for it rather than fail the run.
+  defp open_tube(c, tid, tries) do
+    b = E.spawn_on(c.node, c.off_heap)
+    a = E.spawn_on(node(), c.off_heap)
+    ref = E.cast(b, {:tube_accept, 10_000})
+    opened = E.call(a, {:tube_open, c.peer_domid, tid, 10_000}, 20_000)
+    accepted = E.await(ref, 20_000)
+
+    case {opened, accepted} do
+      {{:ok, open_ns}, {:ok, _}} ->
+        {%__MODULE__{kind: :tube, a: a, b: b}, open_ns}
+
+      _ ->
+        Process.exit(a, :kill)
+        Process.exit(b, :kill)
+
+        if opened == {:error, :xenstore_down} and tries > 0,
+          do: Process.sleep(250) && open_tube(c, tid, tries - 1),
+          else: {:error, {opened, accepted}}
+    end
   end
 
   @doc "Closes both ends and stops their processes."

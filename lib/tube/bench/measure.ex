@@ -66,19 +66,17 @@ defmodule Tube.Bench.Measure do
   @doc "Median of a list of numbers."
   def median(xs), do: pct(Enum.sort(xs), 50)
 
-  @doc "CPU time (ns) used so far by every thread of OS process `pid`."
+  @doc """
+  CPU time (ns) used so far by OS process `pid`: utime + stime of
+  /proc/<pid>/stat, which keeps the time of threads that have exited.
+  """
   def cpu_ns(pid) do
-    dir = "/proc/#{pid}/task"
-
-    case File.ls(dir) do
-      {:ok, tids} -> Enum.sum(Enum.map(tids, &thread_ns(dir, &1)))
-      _ -> 0
-    end
-  end
-
-  defp thread_ns(dir, tid) do
-    case File.read(Path.join([dir, tid, "schedstat"])) do
-      {:ok, s} -> s |> String.split() |> hd() |> String.to_integer()
+    with {:ok, stat} <- File.read("/proc/#{pid}/stat"),
+         [_, rest] <- String.split(stat, ") ", parts: 2) do
+      fields = String.split(rest)
+      ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+      div(ticks * 1_000_000_000, 100)
+    else
       _ -> 0
     end
   end

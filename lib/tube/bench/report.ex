@@ -31,7 +31,7 @@ defmodule Tube.Bench.Report do
           fmt(l.handshake_p99_ms),
           pair(l.idle_cpu_pct),
           pair(Enum.map(l.memfd_mapped_per_tube, &(&1 / 1024))),
-          pair(Enum.map(l.beam_bytes_per_tube, &(&1 / 1024)))
+          pair(Enum.map(l.beam_bytes_per_tube, &(&1 && &1 / 1024)))
         ]
       end
 
@@ -43,7 +43,7 @@ defmodule Tube.Bench.Report do
         "64-byte ping-pong round trip (us)",
         grid(["transport", "p50", "p99", "min"], rtt),
         "",
-        "Tubes at scale (64-byte packets; per-node figures are bench / peer)",
+        "Tubes at scale (64-byte packets; per-node figures are bench / peer; BEAM KiB/tube is the slope from 1 tube)",
         grid(["tubes", "agg Mpps", "drops", "open p50 ms", "open p99 ms", "idle CPU %", "shared KiB/tube", "BEAM KiB/tube"], scale)
       ] ++ failure(res.scale.failed),
       "\n"
@@ -106,7 +106,8 @@ defmodule Tube.Bench.Report do
         File.mkdir_p!(dir)
         write_data(res, dir)
         script = Path.join(dir, "chart.gp")
-        File.write!(script, gnuplot_script(dir, png, title, length(res.throughput) + 1))
+        scale? = res.scale.levels != []
+        File.write!(script, gnuplot_script(dir, png, title, length(res.throughput) + 1, scale?))
         {out, status} = System.cmd(gp, [script], stderr_to_stdout: true)
         File.rm_rf(dir)
         if status == 0, do: :ok, else: {:error, out}
@@ -134,8 +135,8 @@ defmodule Tube.Bench.Report do
     scale =
       for l <- res.scale.levels do
         shared = Enum.sum(l.memfd_mapped_per_tube) / 1024
-        beam = Enum.sum(l.beam_bytes_per_tube) / 1024
-        "#{l.tubes} #{float(l.handshake_p50_ms)} #{float(l.handshake_p99_ms)} #{float(shared)} #{float(beam)} #{float(l.agg_rx_pps / 1.0e6)}"
+        beam = if Enum.any?(l.beam_bytes_per_tube, &is_nil/1), do: "NaN", else: float(Enum.sum(l.beam_bytes_per_tube) / 1024)
+        "#{l.tubes} #{float(l.handshake_p50_ms)} #{float(l.handshake_p99_ms)} #{float(shared)} #{beam} #{float(l.agg_rx_pps / 1.0e6)}"
       end
 
     File.write!(Path.join(dir, "scale.dat"), Enum.join(scale, "\n") <> "\n")
@@ -143,7 +144,7 @@ defmodule Tube.Bench.Report do
 
   defp float(x), do: :erlang.float_to_binary(x * 1.0, decimals: 4)
 
-  defp gnuplot_script(dir, png, title, last_col) do
+  defp gnuplot_script(dir, png, title, last_col, scale?) do
     d = fn f -> Path.join(dir, f) end
 
     """
@@ -170,6 +171,13 @@ defmodule Tube.Bench.Report do
     set yrange [1:*]
     set key top right
     plot "#{d.("rtt.dat")}" using 2:xtic(1) title "p50", "" using 3 title "p99"
+    #{if scale?, do: scale_panel(d), else: ""}
+    unset multiplot
+    """
+  end
+
+  defp scale_panel(d) do
+    """
     set style data linespoints
     set title "Tubes open at once: open handshake and memory per tube"
     unset logscale y
@@ -187,7 +195,6 @@ defmodule Tube.Bench.Report do
          "" using 1:3 lw 2 pt 5 title "handshake p99", \\
          "" using 1:4 axes x1y2 lw 2 dt 2 pt 9 title "shared memory mapped (KiB)", \\
          "" using 1:5 axes x1y2 lw 2 dt 3 pt 11 title "BEAM memory (KiB)"
-    unset multiplot
     """
   end
 end

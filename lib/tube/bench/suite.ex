@@ -12,7 +12,7 @@ defmodule Tube.Bench.Suite do
 
     Map.merge(common, if(quick?,
       do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
-      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 2_000, scale_window_ms: 1_000}))
+      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 3_000, scale_window_ms: 1_000}))
   end
 
   @doc "Runs everything against `cluster`; `log` gets progress lines."
@@ -54,7 +54,7 @@ defmodule Tube.Bench.Suite do
     single = for i <- 1..20, do: open_close(c, 2_000_000 + i)
     base = snapshot(c, pids, s)
     log.("0 tubes: idle CPU #{Enum.map_join(base.idle_cpu, " / ", &fmt/1)} % of a core (bench / peer)")
-    acc = %{links: [], levels: [], failed: nil}
+    acc = %{links: [], levels: [], failed: nil, first: nil}
 
     acc =
       Enum.reduce(s.levels, acc, fn
@@ -76,7 +76,8 @@ defmodule Tube.Bench.Suite do
       %{acc | links: links, failed: %{tubes_open: length(links), error: inspect(failed, limit: 8)}}
     else
       times = if have == 0, do: single ++ times, else: times
-      %{acc | links: links, levels: [measure_level(c, pids, s, base, links, times, log) | acc.levels]}
+      r = measure_level(c, pids, s, base, links, times, acc, log)
+      %{acc | links: links, levels: [r | acc.levels], first: acc[:first] || {n, r.beam_total}}
     end
   end
 
@@ -93,7 +94,7 @@ defmodule Tube.Bench.Suite do
     end)
   end
 
-  defp measure_level(c, pids, s, base, links, times, log) do
+  defp measure_level(c, pids, s, base, links, times, acc, log) do
     n = length(links)
     Process.sleep(300)
     snap = snapshot(c, pids, s)
@@ -106,7 +107,11 @@ defmodule Tube.Bench.Suite do
       handshake_p99_ms: Measure.pct(sorted, 99) / 1.0e6,
       handshakes: length(sorted),
       idle_cpu_pct: snap.idle_cpu,
-      beam_bytes_per_tube: per_tube(snap.mem.beam, base.mem.beam, n),
+      # BEAM memory moves by hundreds of KiB on its own (allocator carriers,
+      # logger, code loading), so the figure is the slope from the first
+      # level on: (memory at n - memory at the first level) / added tubes.
+      beam_bytes_per_tube: beam_slope(acc.first, snap.mem.beam, n),
+      beam_total: snap.mem.beam,
       memfd_mapped_per_tube: per_tube(snap.mem.mapped, base.mem.mapped, n),
       shmem_resident_per_tube: per_tube(snap.mem.shmem, base.mem.shmem, n),
       agg_rx_pps: tput.rx_pps,
@@ -141,9 +146,13 @@ defmodule Tube.Bench.Suite do
     }
   end
 
+  defp beam_slope(nil, beam, _n), do: Enum.map(beam, fn _ -> nil end)
+  defp beam_slope({n0, beam0}, beam, n), do: per_tube(beam, beam0, n - n0)
+
   defp per_tube(now, base, n), do: Enum.zip_with(now, base, fn a, b -> (a - b) / n end)
 
   @doc "A number for humans: 3 significant digits at most."
+  def fmt(nil), do: "-"
   def fmt(x) when is_integer(x), do: Integer.to_string(x)
 
   def fmt(x) when is_float(x) do
