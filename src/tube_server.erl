@@ -237,9 +237,12 @@ start_open(Key = {nock, Peer, Tid}, Timeout, From = {Pid, _}, St) ->
     T = #tube{key = Key, phase = waiting, from = From, caller_mon = Mon, timer = Timer},
     St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
                 mons = maps:put(Mon, {caller, Key}, St#st.mons)},
-    ok = watch_peer(Key, St1),
     _ = Peer, _ = Tid,
-    {noreply, St1}.
+    case watch_peer(Key, St1) of
+        ok -> {noreply, St1};
+        %% Over the daemon's watch quota (or it went away): give up cleanly.
+        {error, R} -> {noreply, fail(Key, {error, {xenstore, R}}, St1)}
+    end.
 
 %% Both directories of the nock, in one transaction so that the tip never
 %% sees half of them.
@@ -400,8 +403,10 @@ new_tip(Key, Tip, St = #st{conn = C}) ->
             T = #tube{key = Key, phase = waiting},
             St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
                         backlog = St#st.backlog ++ [Key]},
-            ok = watch_peer(Key, St1),
-            match_accept(St1);
+            case watch_peer(Key, St1) of
+                ok -> match_accept(St1);
+                {error, _} -> drop(Key, St1)
+            end;
         {error, _} ->
             St
     end.
@@ -421,7 +426,7 @@ parse_tip_event(Path, D) ->
 
 parse_ids(P, T) ->
     try {binary_to_integer(P), binary_to_integer(T)} of
-        {Peer, Tid} when Peer >= 0, Tid >= 0 -> {ok, Peer, Tid};
+        {Peer, Tid} when Peer >= 0, Peer =< 16#7FEF, Tid >= 0, Tid =< 16#FFFFFFFF -> {ok, Peer, Tid};
         _ -> error
     catch
         error:badarg -> error
@@ -653,10 +658,18 @@ drop(Key, St) ->
             St1 = St#st{tubes = Tubes, mons = Mons, backlog = lists:delete(Key, St#st.backlog)},
             unwatch_peer(Key, St1),
             remove_nodes(Key, St1),
-            St1;
+            remove_tip_nodes(Key, T, St1),
+            retry_incoming(Key, St1);
         error ->
             St
     end.
+
+%% A new tube from the same nock with the same Tid may have arrived while
+%% the old one was still here (and was then ignored): look again.
+retry_incoming(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+    maybe_new_tip(Key, C, D, St);
+retry_incoming(_Key, St) ->
+    St.
 
 discard_handoff(undefined) -> ok;
 discard_handoff(Id) -> tube_nif:ring_discard(Id), ok.
@@ -674,8 +687,23 @@ remove_nodes({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
             ok
         end),
     ok;
-remove_nodes({tip, Peer, Tid}, #st{conn = C, domid = D}) ->
-    _ = tube_xs:rm(C, tip_path(D, Peer, Tid)),
+remove_nodes({tip, _, _}, #st{}) ->
+    ok.
+
+%% The tip removes the nock's directory only if it still holds the ring
+%% this tip published: the nock may already have opened a new tube with the
+%% same Tid there.
+remove_tip_nodes({tip, Peer, Tid}, #tube{refs = {Evt, _, _}}, #st{conn = C, domid = D})
+  when C =/= undefined ->
+    Tip = tip_path(D, Peer, Tid),
+    _ = tube_xs:transaction(C, fun(Tx) ->
+            case tube_xs:read(C, Tx, [Tip, "/event-channel"]) of
+                {ok, Evt} -> tube_xs:rm(C, Tx, Tip);
+                _ -> ok
+            end
+        end),
+    ok;
+remove_tip_nodes(_Key, _T, _St) ->
     ok.
 
 %% The per-peer directory of the last tube to that peer goes with it; the
@@ -737,8 +765,16 @@ handle_info(_Other, St) ->
 
 watch_event(_Path, _Token, St = #st{conn = undefined}) ->
     St;
-watch_event(Path, <<"tip">>, St) ->
-    incoming(Path, St);
+watch_event(Path, <<"tip">>, St = #st{conn = C, domid = D}) ->
+    case Path =:= tip_dir(D) andalso tube_xs:read(C, Path) =:= {error, enoent} of
+        true ->
+            %% data/tip is writable by every domain, so one may remove it:
+            %% put it back so that new tubes can still reach this node.
+            _ = setup_domain(St),
+            St;
+        false ->
+            incoming(Path, St)
+    end;
 watch_event(_Path, <<"release">>, St) ->
     domains_changed(St);
 watch_event(_Path, <<"introduce">>, St) ->
