@@ -245,37 +245,47 @@ start_open(Key = {nock, Peer, Tid}, Timeout, From = {Pid, _}, St) ->
     end.
 
 %% Both directories of the nock, in one transaction so that the tip never
-%% sees half of them.
+%% sees half of them, and in one round trip: the batch checks that neither
+%% exists yet, and the transaction is dropped if one does.
 publish_nock(C, D, Peer, Tid) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
-    TipParent = parent(Tip),
     tube_xs:transaction(C, fun(Tx) ->
-        case tube_xs:read(C, Tx, [Nock, "/state"]) of
-            {ok, _} ->
-                {error, eexist};
-            {error, enoent} ->
-                case tube_xs:read(C, Tx, [Tip, "/nock"]) of
-                    {ok, _} -> {error, eexist};
-                    {error, enoent} -> write_nock(C, Tx, D, Peer, Nock, Tip, TipParent);
-                    E -> E
-                end;
-            E ->
-                E
+        Checks = [{read, Tx, [Nock, "/state"]}, {read, Tx, [Tip, "/nock"]}],
+        Writes = nock_ops(Tx, D, Peer, Nock, Tip),
+        case tube_xs:batch(C, Checks ++ Writes) of
+            [{error, enoent}, {error, enoent} | Results] -> all_ok(Results);
+            [{ok, _}, _ | _] -> {error, eexist};
+            [_, {ok, _} | _] -> {error, eexist};
+            [{error, _} = E, _ | _] -> E;
+            [_, E | _] -> E
         end
     end).
 
-write_nock(C, Tx, D, Peer, Nock, Tip, TipParent) ->
-    run_steps([
-        fun() -> tube_xs:mkdir(C, Tx, Nock) end,
-        fun() -> tube_xs:set_perms(C, Tx, Nock, [{none, D}, {read, Peer}]) end,
-        fun() -> tube_xs:write(C, Tx, [Nock, "/tip"], Tip) end,
-        fun() -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_INITWAIT) end,
-        fun() -> tube_xs:mkdir(C, Tx, Tip) end,
-        fun() -> own_parent(C, Tx, TipParent, D, Peer) end,
-        fun() -> tube_xs:set_perms(C, Tx, Tip, [{none, D}, {both, Peer}]) end,
-        fun() -> tube_xs:write(C, Tx, [Tip, "/nock"], Nock) end
-    ] ++ [fun() -> tube_xs:write(C, Tx, [Tip, Name], Value) end || {Name, Value} <- tip_fields()]).
+%% Writes a transaction's worth of ops in one round trip.
+write_nock(C, Tx, D, Peer, Nock, Tip) ->
+    all_ok(tube_xs:batch(C, nock_ops(Tx, D, Peer, Nock, Tip))).
+
+%% The nock's nodes. data/tip/<D> is created by the first tube from D: it is
+%% made readable by the tip only (failing harmlessly if another domain
+%% created it, in which case the tip rejects our entry anyway).
+nock_ops(Tx, D, Peer, Nock, Tip) ->
+    [{mkdir, Tx, Nock},
+     {set_perms, Tx, Nock, [{none, D}, {read, Peer}]},
+     {write, Tx, [Nock, "/tip"], Tip},
+     {write, Tx, [Nock, "/state"], ?STATE_INITWAIT},
+     {mkdir, Tx, Tip},
+     {set_perms, Tx, Tip, [{none, D}, {both, Peer}]},
+     {write, Tx, [Tip, "/nock"], Nock}]
+    ++ [{write, Tx, [Tip, Name], Value} || {Name, Value} <- tip_fields()]
+    ++ [{set_perms, Tx, parent(Tip), [{none, D}, {read, Peer}]}].
+
+all_ok(Results) ->
+    %% The parent's set_perms (last) may fail without harm, see nock_ops/5.
+    case [R || R <- lists:droplast(Results), R =/= ok] of
+        [] -> ok;
+        [E | _] -> E
+    end.
 
 %% The nodes the tip fills in, created empty by the nock: a node inherits
 %% its parent's permissions but is owned by its creator, so nodes the tip
@@ -285,12 +295,6 @@ tip_fields() ->
     [{"/state", ?STATE_UNKNOWN}, {"/tx-ring-ref", <<>>}, {"/rx-ring-ref", <<>>},
      {"/event-channel", <<>>}].
 
-%% data/tip/<D> is created by the first tube from D; keep it readable by the
-%% tip only. If another domain created it, the tip will reject our entry
-%% anyway, so a failure here is not fatal to the transaction.
-own_parent(C, Tx, TipParent, D, Peer) ->
-    _ = tube_xs:set_perms(C, Tx, TipParent, [{none, D}, {read, Peer}]),
-    ok.
 
 %% ---- accept (tip side) ---------------------------------------------------
 
@@ -356,10 +360,15 @@ offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}
 %% again (owned by the tip) after the nock removed it.
 fill_tip(C, Tip, Fields) ->
     tube_xs:transaction(C, fun(Tx) ->
-        case tube_xs:read(C, Tx, [Tip, "/nock"]) of
-            {ok, _} -> run_steps([fun() -> tube_xs:write(C, Tx, [Tip, Name], V) end || {Name, V} <- Fields]);
-            {error, enoent} -> {error, peer_closed};
-            E -> E
+        Ops = [{read, Tx, [Tip, "/nock"]} | [{write, Tx, [Tip, N], V} || {N, V} <- Fields]],
+        case tube_xs:batch(C, Ops) of
+            [{ok, _} | Writes] ->
+                case [W || W <- Writes, W =/= ok] of
+                    [] -> ok;
+                    [E | _] -> E
+                end;
+            [{error, enoent} | _] -> {error, peer_closed};
+            [E | _] -> E
         end
     end).
 
@@ -478,10 +487,10 @@ check(Key, St = #st{conn = C, domid = D}) ->
 %% Nock: the tip has published its ring.
 step(Key = {nock, _, _}, T = #tube{phase = waiting}, {ok, ?STATE_INITIALISED}, Node, St) ->
     C = St#st.conn,
-    case {tube_xs:read(C, [Node, "/event-channel"]),
-          tube_xs:read(C, [Node, "/tx-ring-ref"]),
-          tube_xs:read(C, [Node, "/rx-ring-ref"])} of
-        {{ok, Evt}, {ok, TxRef}, {ok, RxRef}} ->
+    case tube_xs:batch(C, [{read, 0, [Node, "/event-channel"]},
+                           {read, 0, [Node, "/tx-ring-ref"]},
+                           {read, 0, [Node, "/rx-ring-ref"]}]) of
+        [{ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
             Timeout = application:get_env(tube, open_timeout, 5000),
             spawn_ring_job(Key, fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end),
             put_tube(T#tube{phase = connecting}, St);
@@ -676,14 +685,17 @@ discard_handoff(Id) -> tube_nif:ring_discard(Id), ok.
 
 remove_nodes(_Key, #st{conn = undefined}) ->
     ok;
+%% The per-peer directories of the last tube to that peer go with it; the
+%% transaction makes sure no tube was added under them meanwhile.
 remove_nodes({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
+    Parents = [parent(Nock), parent(Tip)],
     _ = tube_xs:transaction(C, fun(Tx) ->
-            _ = tube_xs:rm(C, Tx, Nock),
-            _ = tube_xs:rm(C, Tx, Tip),
-            rm_if_empty(C, Tx, parent(Nock)),
-            rm_if_empty(C, Tx, parent(Tip)),
+            Listed = tube_xs:batch(C, [{rm, Tx, Nock}, {rm, Tx, Tip}] ++
+                                      [{directory, Tx, P} || P <- Parents]),
+            Empty = [P || {P, {ok, []}} <- lists:zip(Parents, lists:nthtail(2, Listed))],
+            _ = tube_xs:batch(C, [{rm, Tx, P} || P <- Empty]),
             ok
         end),
     ok;
@@ -705,14 +717,6 @@ remove_tip_nodes({tip, Peer, Tid}, #tube{refs = {Evt, _, _}}, #st{conn = C, domi
     ok;
 remove_tip_nodes(_Key, _T, _St) ->
     ok.
-
-%% The per-peer directory of the last tube to that peer goes with it; the
-%% transaction makes sure no tube was added under it meanwhile.
-rm_if_empty(C, Tx, Dir) ->
-    case tube_xs:directory(C, Tx, Dir) of
-        {ok, []} -> _ = tube_xs:rm(C, Tx, Dir), ok;
-        _ -> ok
-    end.
 
 put_tube(T = #tube{key = Key}, St) ->
     St#st{tubes = maps:put(Key, T, St#st.tubes)}.
@@ -840,7 +844,7 @@ republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
                 {ok, _} ->
                     ok;
                 {error, enoent} ->
-                    case write_nock(C, Tx, D, Peer, Nock, Tip, parent(Tip)) of
+                    case write_nock(C, Tx, D, Peer, Nock, Tip) of
                         ok -> tube_xs:write(C, Tx, [Nock, "/state"], ?STATE_CONNECTED);
                         E -> E
                     end;

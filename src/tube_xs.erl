@@ -14,7 +14,8 @@
          directory/2, directory/3, get_perms/2, get_perms/3,
          set_perms/3, set_perms/4, watch/3, unwatch/3,
          transaction_start/1, transaction_end/3, transaction/2,
-         introduce_self/2, is_domain_introduced/2, get_domain_path/2]).
+         introduce_self/2, is_domain_introduced/2, get_domain_path/2,
+         batch/2]).
 -export([format_perms/1, parse_perms/1]).
 
 -export_type([conn/0, perm/0, access/0]).
@@ -149,6 +150,28 @@ get_domain_path(C, Domid) ->
         {ok, Bin} -> {ok, hd(fields(Bin))};
         E -> E
     end.
+
+%% @doc Several requests in one round trip: they are sent together and the
+%% daemon handles them in order. Each op is `{read, Tx, Path}', `{write,
+%% Tx, Path, Value}', `{mkdir, Tx, Path}', `{rm, Tx, Path}', `{directory,
+%% Tx, Path}' or `{set_perms, Tx, Path, Perms}'; the results come back in
+%% the same order and shape as from the single calls. At most 256 ops.
+-spec batch(conn(), [tuple()]) -> [ok | {ok, term()} | {error, term()}].
+batch(C, Ops) ->
+    Reqs = [encode_op(Op) || Op <- Ops],
+    Replies = tube_nif:xs_batch(C, Reqs),
+    [decode_reply(element(1, Op), R) || {Op, R} <- lists:zip(Ops, Replies)].
+
+encode_op({read, Tx, P}) -> {?XS_READ, Tx, iolist_to_binary([P, 0])};
+encode_op({write, Tx, P, V}) -> {?XS_WRITE, Tx, iolist_to_binary([P, 0, V])};
+encode_op({mkdir, Tx, P}) -> {?XS_MKDIR, Tx, iolist_to_binary([P, 0])};
+encode_op({rm, Tx, P}) -> {?XS_RM, Tx, iolist_to_binary([P, 0])};
+encode_op({directory, Tx, P}) -> {?XS_DIRECTORY, Tx, iolist_to_binary([P, 0])};
+encode_op({set_perms, Tx, P, Perms}) -> {?XS_SET_PERMS, Tx, iolist_to_binary([P, 0, format_perms(Perms)])}.
+
+decode_reply(read, R) -> R;
+decode_reply(directory, {ok, Bin}) -> {ok, fields(Bin)};
+decode_reply(_, R) -> ok(R).
 
 %% ---- encoding ----------------------------------------------------------
 

@@ -107,6 +107,34 @@ fn xs_request<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, ty: u32, tx: u32, pay
     }
 }
 
+/// `xs_batch(Conn, [{Type, TxId, Payload}]) -> [{ok, Reply} | {error, Reason}]`:
+/// the requests go out together and the daemon handles them in order, so
+/// this is `xs_request/4` for each, in one round trip. At most 256 requests.
+#[rustler::nif(schedule = "DirtyIo")]
+fn xs_batch<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, reqs: Vec<(u32, u32, Binary<'a>)>) -> NifResult<Term<'a>> {
+    if reqs.len() > 256 {
+        return Err(rustler::Error::BadArg);
+    }
+    let mut typed = Vec::with_capacity(reqs.len());
+    for (ty, tx, payload) in &reqs {
+        let ty = MsgType::from_u32(*ty).ok_or(rustler::Error::BadArg)?;
+        typed.push((ty, *tx, payload.as_slice()));
+    }
+    let Some(client) = conn.client.read().clone() else {
+        let closed = (atoms::error(), atoms::closed()).encode(env);
+        return Ok(vec![closed; typed.len()].encode(env));
+    };
+    let results: Vec<Term<'a>> = client
+        .request_many(&typed)
+        .into_iter()
+        .map(|r| match r {
+            Ok(reply) => (atoms::ok(), binary(env, &reply)).encode(env),
+            Err(e) => error_term(env, &e),
+        })
+        .collect();
+    Ok(results.encode(env))
+}
+
 /// `xs_close(Conn) -> ok`. Drops this handle; the socket closes once no
 /// request is in flight on it.
 #[rustler::nif]

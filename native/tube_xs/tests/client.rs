@@ -497,3 +497,32 @@ fn timed_out_request_drops_its_late_reply() {
     drop(xs);
     daemon.join().unwrap();
 }
+
+#[test]
+fn a_batch_is_sent_before_any_reply_and_answered_in_order() {
+    let (xs, daemon) = pair(|mut d| {
+        // All three requests arrive before the daemon answers any.
+        let w = d.expect(MsgType::Write, 7, b"/a\0one");
+        let r = d.expect(MsgType::Read, 7, b"/missing\0");
+        let m = d.expect(MsgType::Mkdir, 0, b"/b\0");
+        d.ack(&m);
+        d.send(&Message::error(r.req_id, 7, XsError::Enoent));
+        d.ack(&w);
+        d.wait_hangup();
+    });
+    let results = xs.request_many(&[
+        (MsgType::Write, 7, b"/a\0one"),
+        (MsgType::Read, 7, b"/missing\0"),
+        (MsgType::Mkdir, 0, b"/b\0"),
+    ]);
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_deref().unwrap(), b"OK\0");
+    assert!(matches!(results[1], Err(Error::Xs(XsError::Enoent))));
+    assert_eq!(results[2].as_deref().unwrap(), b"OK\0");
+    // An oversize member fails alone; the others still go out.
+    let big = vec![b'x'; 5000];
+    let results = xs.request_many(&[(MsgType::Write, 0, &big)]);
+    assert!(matches!(results[0], Err(Error::Xs(XsError::E2big))));
+    drop(xs);
+    daemon.join().unwrap();
+}

@@ -72,30 +72,77 @@ impl Shared {
         payload: &[u8],
         timeout: Option<std::time::Duration>,
     ) -> Result<Vec<u8>, Error> {
-        if payload.len() > PAYLOAD_MAX {
-            return Err(Error::Xs(XsError::E2big));
-        }
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let req_id = self.register(ty, tx)?;
+        self.request_batch(&[(ty, tx_id, payload)], timeout)
+            .pop()
+            .unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends several requests in one write, so they are in flight together, and waits for every
+    /// reply. The daemon handles a connection's requests in order, so a batch behaves as the
+    /// same requests one after another, at the cost of one round trip. One result per request.
+    pub(crate) fn request_batch(
+        &self,
+        reqs: &[(MsgType, u32, &[u8])],
+        timeout: Option<std::time::Duration>,
+    ) -> Vec<Result<Vec<u8>, Error>> {
+        type Slot = Result<(u32, Receiver<Result<Vec<u8>, Error>>), Error>;
         let mut bytes = Vec::new();
-        Message::new(ty, req_id, tx_id, payload.to_vec()).encode(&mut bytes);
+        let slots: Vec<Slot> = reqs
+            .iter()
+            .map(|&(ty, tx_id, payload)| {
+                if payload.len() > PAYLOAD_MAX {
+                    return Err(Error::Xs(XsError::E2big));
+                }
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let req_id = self.register(ty, tx)?;
+                Message::new(ty, req_id, tx_id, payload.to_vec()).encode(&mut bytes);
+                Ok((req_id, rx))
+            })
+            .collect();
         if let Err(e) = self.send(&bytes) {
-            self.pending.lock().waiters.remove(&req_id);
+            let mut p = self.pending.lock();
+            for (req_id, _) in slots.iter().flatten() {
+                p.waiters.remove(req_id);
+            }
+            drop(p);
             // A partial write leaves the stream out of step: end the connection for everyone.
             self.shutdown();
-            return Err(match e.kind() {
+            let closed = matches!(
+                e.kind(),
                 std::io::ErrorKind::BrokenPipe
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::NotConnected => Error::Closed,
-                _ => Error::Io(e),
-            });
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::NotConnected
+            );
+            return slots
+                .into_iter()
+                .map(|_| {
+                    Err(if closed {
+                        Error::Closed
+                    } else {
+                        Error::Io(std::io::Error::new(e.kind(), e.to_string()))
+                    })
+                })
+                .collect();
         }
+        slots
+            .into_iter()
+            .map(|slot| slot.and_then(|(req_id, rx)| self.wait(req_id, &rx, timeout)))
+            .collect()
+    }
+
+    /// Waits for the reply to `req_id`, or gives up after `timeout`.
+    fn wait(
+        &self,
+        req_id: u32,
+        rx: &Receiver<Result<Vec<u8>, Error>>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Vec<u8>, Error> {
         match timeout {
             None => rx.recv().unwrap_or(Err(Error::Closed)),
             Some(t) => match rx.recv_timeout(t) {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
-                Err(RecvTimeoutError::Timeout) => self.abandon(req_id, &rx),
+                Err(RecvTimeoutError::Timeout) => self.abandon(req_id, rx),
             },
         }
     }

@@ -114,6 +114,14 @@ impl Client {
         self.inner.shared.request(ty, tx_id, payload, timeout)
     }
 
+    /// Sends `reqs` (type, transaction id, payload) together and returns one result per
+    /// request, in order. The daemon handles them in order, so this is the same as calling
+    /// [`Client::request`] for each, in one round trip instead of one per request.
+    pub fn request_many(&self, reqs: &[(MsgType, u32, &[u8])]) -> Vec<Result<Vec<u8>, Error>> {
+        let timeout = *self.inner.timeout.lock();
+        self.inner.shared.request_batch(reqs, timeout)
+    }
+
     /// Reads a node's value (`XS_READ`).
     pub fn read(&self, tx: u32, path: &str) -> Result<Vec<u8>, Error> {
         self.request(MsgType::Read, tx, &fields(&[path])?)
