@@ -5,7 +5,7 @@
 -module(tube_nif).
 
 -export([load_driver/0, lib_dir/0]).
--export([xs_open/2, xs_request/4, xs_batch/2, xs_close/1, xs_default_path/0]).
+-export([xs_open/2, xs_send/3, xs_close/1, xs_default_path/0]).
 -export([ring_offer/0, ring_accept/2, ring_connect/4, ring_handoff/1,
          ring_discard/1, ring_parked/0]).
 
@@ -34,8 +34,7 @@ load_driver() ->
     end.
 
 xs_open(_Path, _Tag) -> nif_error().
-xs_request(_Conn, _Type, _Tx, _Payload) -> nif_error().
-xs_batch(_Conn, _Requests) -> nif_error().
+xs_send(_Conn, _Requests, _Ref) -> nif_error().
 xs_close(_Conn) -> nif_error().
 xs_default_path() -> nif_error().
 

@@ -393,21 +393,27 @@ incoming(Path, St = #st{conn = C, domid = D}) ->
 maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
     Tip = tip_path(D, Peer, Tid),
     Expected = nock_path(Peer, D, Tid),
-    case {tube_xs:read(C, [Tip, "/nock"]), tube_xs:get_perms(C, Tip)} of
-        {{ok, Expected}, {ok, [{_, Peer} | _]}} ->
-            case tube_xs:read(C, [Tip, "/state"]) of
-                {ok, ?STATE_UNKNOWN} -> new_tip(Key, Tip, St);
-                _ -> St % incomplete, or answered by a previous run of this node
-            end;
-        {{ok, _}, {ok, [{_, Owner} | _]}} when Owner =/= Peer ->
+    case tube_xs:batch(C, [{read, 0, [Tip, "/nock"]}, {get_perms, 0, Tip},
+                           {read, 0, [Tip, "/state"]}]) of
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, ?STATE_UNKNOWN}] ->
+            new_tip(Key, Tip, St);
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, _] ->
+            St; % incomplete, or answered by a previous run of this node
+        [{ok, _}, {ok, [{_, Owner} | _]}, _] when Owner =/= Peer ->
             ?LOG_WARNING("tube: ignoring ~s: owned by domain ~p, not ~p", [Tip, Owner, Peer]),
             St;
         _ ->
             St
     end.
 
+%% A new incoming tube: answer state 1 and wait for an accept(), or, when
+%% one is already waiting, go straight to publishing the ring (state 3).
 new_tip(Key, Tip, St = #st{conn = C}) ->
-    case fill_tip(C, Tip, [{"/state", ?STATE_INITIALISING}]) of
+    Answer = case St#st.acceptors of
+                 [] -> fill_tip(C, Tip, [{"/state", ?STATE_INITIALISING}]);
+                 _ -> ok
+             end,
+    case Answer of
         ok ->
             T = #tube{key = Key, phase = waiting},
             St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),

@@ -14,7 +14,7 @@
          directory/2, directory/3, get_perms/2, get_perms/3,
          set_perms/3, set_perms/4, watch/3, unwatch/3,
          transaction_start/1, transaction_end/3, transaction/2,
-         introduce_self/2, is_domain_introduced/2, get_domain_path/2,
+         introduce_self/2, is_domain_introduced/2, get_domain_path/2, release/2,
          batch/2]).
 -export([format_perms/1, parse_perms/1]).
 
@@ -34,12 +34,16 @@
 -define(XS_TRANSACTION_START, 6).
 -define(XS_TRANSACTION_END, 7).
 -define(XS_INTRODUCE, 8).
+-define(XS_RELEASE, 9).
 -define(XS_GET_DOMAIN_PATH, 10).
 -define(XS_WRITE, 11).
 -define(XS_MKDIR, 12).
 -define(XS_RM, 13).
 -define(XS_SET_PERMS, 14).
 -define(XS_IS_DOMAIN_INTRODUCED, 17).
+
+%% How long a request may wait for the daemon's reply, in milliseconds.
+-define(REPLY_TIMEOUT, 10000).
 
 %% How often a transaction is retried when the daemon answers `eagain'.
 -define(TX_RETRIES, 20).
@@ -145,6 +149,11 @@ is_domain_introduced(C, Domid) ->
         E -> E
     end.
 
+%% @doc Releases domain Domid as Xen does when a domain dies (dom0 only):
+%% its nodes go, `@releaseDomain' fires, and its connection is closed.
+release(C, Domid) ->
+    ok(req(C, ?XS_RELEASE, 0, [integer_to_list(Domid), 0])).
+
 get_domain_path(C, Domid) ->
     case req(C, ?XS_GET_DOMAIN_PATH, 0, [integer_to_list(Domid), 0]) of
         {ok, Bin} -> {ok, hd(fields(Bin))};
@@ -154,12 +163,12 @@ get_domain_path(C, Domid) ->
 %% @doc Several requests in one round trip: they are sent together and the
 %% daemon handles them in order. Each op is `{read, Tx, Path}', `{write,
 %% Tx, Path, Value}', `{mkdir, Tx, Path}', `{rm, Tx, Path}', `{directory,
-%% Tx, Path}' or `{set_perms, Tx, Path, Perms}'; the results come back in
+%% Tx, Path}', `{get_perms, Tx, Path}' or `{set_perms, Tx, Path, Perms}';
+%% the results come back in
 %% the same order and shape as from the single calls. At most 256 ops.
 -spec batch(conn(), [tuple()]) -> [ok | {ok, term()} | {error, term()}].
 batch(C, Ops) ->
-    Reqs = [encode_op(Op) || Op <- Ops],
-    Replies = tube_nif:xs_batch(C, Reqs),
+    Replies = call(C, [encode_op(Op) || Op <- Ops]),
     [decode_reply(element(1, Op), R) || {Op, R} <- lists:zip(Ops, Replies)].
 
 encode_op({read, Tx, P}) -> {?XS_READ, Tx, iolist_to_binary([P, 0])};
@@ -167,10 +176,12 @@ encode_op({write, Tx, P, V}) -> {?XS_WRITE, Tx, iolist_to_binary([P, 0, V])};
 encode_op({mkdir, Tx, P}) -> {?XS_MKDIR, Tx, iolist_to_binary([P, 0])};
 encode_op({rm, Tx, P}) -> {?XS_RM, Tx, iolist_to_binary([P, 0])};
 encode_op({directory, Tx, P}) -> {?XS_DIRECTORY, Tx, iolist_to_binary([P, 0])};
+encode_op({get_perms, Tx, P}) -> {?XS_GET_PERMS, Tx, iolist_to_binary([P, 0])};
 encode_op({set_perms, Tx, P, Perms}) -> {?XS_SET_PERMS, Tx, iolist_to_binary([P, 0, format_perms(Perms)])}.
 
 decode_reply(read, R) -> R;
 decode_reply(directory, {ok, Bin}) -> {ok, fields(Bin)};
+decode_reply(get_perms, {ok, Bin}) -> parse_perms(Bin);
 decode_reply(_, R) -> ok(R).
 
 %% ---- encoding ----------------------------------------------------------
@@ -200,7 +211,23 @@ fields(Bin) ->
     [F || F <- binary:split(Bin, <<0>>, [global]), F =/= <<>>].
 
 req(C, Type, Tx, Payload) ->
-    tube_nif:xs_request(C, Type, Tx, iolist_to_binary(Payload)).
+    [Reply] = call(C, [{Type, Tx, iolist_to_binary(Payload)}]),
+    Reply.
+
+%% Sends the requests and waits for their replies, which the native client
+%% sends to this process; no scheduler is blocked meanwhile. A daemon that
+%% does not answer in time gives {error, timeout} (a late reply is then a
+%% stray message, which callers ignore).
+call(_C, []) ->
+    [];
+call(C, Reqs) ->
+    Ref = make_ref(),
+    ok = tube_nif:xs_send(C, Reqs, Ref),
+    receive
+        {tube_xs_reply, Ref, Replies} -> Replies
+    after ?REPLY_TIMEOUT ->
+        [{error, timeout} || _ <- Reqs]
+    end.
 
 ok({ok, _}) -> ok;
 ok(E) -> E.

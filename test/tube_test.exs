@@ -154,11 +154,20 @@ defmodule TubeTest do
     {:ok, name} = Task.await(task, 15_000)
     # A connection that never introduced itself has dom0's rights.
     {:ok, dom0} = :tube_xs.open(System.fetch_env!("XENSTORED_PATH"), 0)
-    assert {:ok, _} = :tube_nif.xs_request(dom0, 9, 0, "#{p}\0")
+    assert :ok = :tube_xs.release(dom0, p)
     assert_receive {:tube_closed, ^t, :peer_down}, 5_000
     s = PeerNode.call(peer, Remote, :wait_received, [name, 1_000_000, 10_000])
     assert s.closed == :peer_closed
     :tube_xs.close(dom0)
+  end
+
+  test "a Xenstore request on a closed connection answers {error, closed} at once" do
+    {:ok, c} = :tube_xs.open(System.fetch_env!("XENSTORED_PATH"), 0)
+    assert {:ok, _} = :tube_xs.read(c, "/local/domain")
+    :ok = :tube_xs.close(c)
+    assert {:error, :closed} = :tube_xs.read(c, "/local/domain")
+    assert [{:error, :closed}, {:error, :closed}] =
+             :tube_xs.batch(c, [{:read, 0, "/a"}, {:write, 0, "/b", "x"}])
   end
 
   test "the owner dying closes the tube and the peer sees it", %{peer: peer, peer_domid: p} do

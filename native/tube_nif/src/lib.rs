@@ -33,6 +33,7 @@ pub mod atoms {
         tube_xs,
         watch,
         enomem,
+        tube_xs_reply,
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, OwnedBinary, OwnedEnv, ResourceArc, Term};
 use tube_xs::client::{Client, Error as XsClientError};
 use tube_xs::wire::MsgType;
@@ -90,29 +90,29 @@ fn spawn_forwarder(pid: LocalPid, client: &Client, tag: u64) -> std::io::Result<
         .map(drop)
 }
 
-/// `xs_request(Conn, Type, TxId, Payload) -> {ok, Reply} | {error, Reason}`.
-/// Reason is the Xenstore error in lower case (`enoent`, `eacces`, `eagain`,
-/// ...), `closed`, `{io, Text}` or `{protocol, Text}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn xs_request<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, ty: u32, tx: u32, payload: Binary<'a>) -> NifResult<Term<'a>> {
-    let Some(ty) = MsgType::from_u32(ty) else {
-        return Err(rustler::Error::BadArg);
-    };
-    let Some(client) = conn.client.read().clone() else {
-        return Ok((atoms::error(), atoms::closed()).encode(env));
-    };
-    match client.request(ty, tx, payload.as_slice()) {
-        Ok(reply) => Ok((atoms::ok(), binary(env, &reply)).encode(env)),
-        Err(e) => Ok(error_term(env, &e)),
-    }
+type XsResult = Result<Vec<u8>, XsClientError>;
+
+fn reply_terms<'a>(env: Env<'a>, results: &[XsResult]) -> Vec<Term<'a>> {
+    results
+        .iter()
+        .map(|r| match r {
+            Ok(bytes) => (atoms::ok(), binary(env, bytes)).encode(env),
+            Err(e) => error_term(env, e),
+        })
+        .collect()
 }
 
-/// `xs_batch(Conn, [{Type, TxId, Payload}]) -> [{ok, Reply} | {error, Reason}]`:
-/// the requests go out together and the daemon handles them in order, so
-/// this is `xs_request/4` for each, in one round trip. At most 256 requests.
-#[rustler::nif(schedule = "DirtyIo")]
-fn xs_batch<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, reqs: Vec<(u32, u32, Binary<'a>)>) -> NifResult<Term<'a>> {
-    if reqs.len() > 256 {
+/// `xs_send(Conn, [{Type, TxId, Payload}], Ref) -> ok`: sends the requests
+/// together and returns at once; the daemon handles them in order. When the
+/// last reply is in, the caller gets `{tube_xs_reply, Ref, Results}`, one
+/// `{ok, Reply} | {error, Reason}` per request, in order. Reason is the
+/// Xenstore error in lower case (`enoent`, `eacces`, `eagain`, ...), `closed`,
+/// `{io, Text}` or `{protocol, Text}`. Nothing here blocks a scheduler: the
+/// socket write is a few hundred bytes, and the replies are sent from the
+/// connection's reader thread. At most 256 requests; an unknown type is badarg.
+#[rustler::nif]
+fn xs_send<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, reqs: Vec<(u32, u32, Binary<'a>)>, reference: Term<'a>) -> NifResult<rustler::Atom> {
+    if reqs.len() > 256 || !reference.is_ref() {
         return Err(rustler::Error::BadArg);
     }
     let mut typed = Vec::with_capacity(reqs.len());
@@ -120,19 +120,38 @@ fn xs_batch<'a>(env: Env<'a>, conn: ResourceArc<XsConn>, reqs: Vec<(u32, u32, Bi
         let ty = MsgType::from_u32(*ty).ok_or(rustler::Error::BadArg)?;
         typed.push((ty, *tx, payload.as_slice()));
     }
-    let Some(client) = conn.client.read().clone() else {
-        let closed = (atoms::error(), atoms::closed()).encode(env);
-        return Ok(vec![closed; typed.len()].encode(env));
+    let pid = env.pid();
+    // The client calls back on this very thread when nothing could be sent
+    // (the connection is gone). An owned env cannot send from a scheduler
+    // thread, so such results are sent below with the caller's env instead.
+    let caller = std::thread::current().id();
+    let same_thread: Arc<Mutex<Option<Vec<XsResult>>>> = Arc::new(Mutex::new(None));
+    let stash = same_thread.clone();
+    let mut owned = OwnedEnv::new();
+    let saved = owned.save(reference);
+    let mut reply = move |results: Vec<XsResult>| {
+        if std::thread::current().id() == caller {
+            *stash.lock() = Some(results);
+            return;
+        }
+        // A panic here would end the reader thread: keep it in.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = owned.send_and_clear(&pid, |env| {
+                let terms = reply_terms(env, &results);
+                (atoms::tube_xs_reply(), saved.load(env), terms).encode(env)
+            });
+        }));
     };
-    let results: Vec<Term<'a>> = client
-        .request_many(&typed)
-        .into_iter()
-        .map(|r| match r {
-            Ok(reply) => (atoms::ok(), binary(env, &reply)).encode(env),
-            Err(e) => error_term(env, &e),
-        })
-        .collect();
-    Ok(results.encode(env))
+    match conn.client.read().clone() {
+        Some(client) => client.request_many_then(&typed, reply),
+        None => reply(typed.iter().map(|_| Err(XsClientError::Closed)).collect()),
+    }
+    let done_here = same_thread.lock().take();
+    if let Some(results) = done_here {
+        let msg = (atoms::tube_xs_reply(), reference, reply_terms(env, &results)).encode(env);
+        let _ = env.send(&pid, msg);
+    }
+    Ok(atoms::ok())
 }
 
 /// `xs_close(Conn) -> ok`. Drops this handle; the socket closes once no

@@ -526,3 +526,33 @@ fn a_batch_is_sent_before_any_reply_and_answered_in_order() {
     drop(xs);
     daemon.join().unwrap();
 }
+
+#[test]
+fn an_async_batch_calls_back_once_with_every_result() {
+    let (xs, daemon) = pair(|mut d| {
+        let r = d.expect(MsgType::Read, 0, b"/a\0");
+        let w = d.expect(MsgType::Write, 0, b"/b\0x");
+        d.reply(&r, b"va");
+        d.ack(&w);
+        // The second batch is left unanswered: the daemon hangs up.
+        let _ = d.expect(MsgType::Read, 0, b"/c\0");
+    });
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let tx2 = tx.clone();
+    xs.request_many_then(&[(MsgType::Read, 0, b"/a\0"), (MsgType::Write, 0, b"/b\0x")], move |r| {
+        tx.send(r).unwrap()
+    });
+    let first = rx.recv_timeout(GUARD).expect("first batch");
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].as_deref().unwrap(), b"va");
+    assert_eq!(first[1].as_deref().unwrap(), b"OK\0");
+    xs.request_many_then(&[(MsgType::Read, 0, b"/c\0")], move |r| tx2.send(r).unwrap());
+    let second = rx.recv_timeout(GUARD).expect("second batch");
+    assert!(matches!(second[0], Err(Error::Closed)));
+    // Nothing could be sent: the callback runs at once.
+    let (tx3, rx3) = crossbeam_channel::unbounded();
+    xs.request_many_then(&[(MsgType::Read, 0, b"/d\0")], move |r| tx3.send(r).unwrap());
+    assert!(matches!(rx3.recv_timeout(GUARD).unwrap()[0], Err(Error::Closed)));
+    drop(xs);
+    daemon.join().unwrap();
+}

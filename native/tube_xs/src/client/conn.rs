@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::net::Shutdown;
+use std::sync::Arc;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
@@ -13,10 +14,78 @@ use parking_lot::Mutex;
 use super::{Error, WatchEvent};
 use crate::wire::{Decoder, Message, MsgType, XsError, PAYLOAD_MAX};
 
-/// Where a reply goes: the request's type (to check the reply's) and the waiter's one-shot channel.
+/// One request's outcome.
+pub(crate) type Outcome = Result<Vec<u8>, Error>;
+
+/// What runs once every reply of an asynchronous batch is in, on the reader thread.
+pub(crate) type BatchDone = Box<dyn FnOnce(Vec<Outcome>) + Send>;
+
+/// Where a reply goes: the request's type (to check the reply's) and who takes the result.
 struct Waiter {
     ty: MsgType,
-    reply: Sender<Result<Vec<u8>, Error>>,
+    reply: Reply,
+}
+
+enum Reply {
+    /// A caller blocked on a one-shot channel.
+    Channel(Sender<Outcome>),
+    /// Slot `.1` of an asynchronous batch.
+    Batch(Arc<BatchSlots>, usize),
+}
+
+impl Reply {
+    fn complete(self, r: Outcome) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Batch(b, i) => b.fill(i, r),
+        }
+    }
+}
+
+/// The results of an asynchronous batch as they come in; the callback gets them all, in order,
+/// when the last one lands.
+pub(crate) struct BatchSlots {
+    state: Mutex<BatchState>,
+}
+
+struct BatchState {
+    results: Vec<Option<Outcome>>,
+    missing: usize,
+    done: Option<BatchDone>,
+}
+
+impl BatchSlots {
+    fn new(n: usize, done: BatchDone) -> Arc<BatchSlots> {
+        Arc::new(BatchSlots {
+            state: Mutex::new(BatchState {
+                results: (0..n).map(|_| None).collect(),
+                missing: n,
+                done: Some(done),
+            }),
+        })
+    }
+
+    /// Stores result `i`; the last one runs the callback (outside the lock).
+    fn fill(&self, i: usize, r: Outcome) {
+        let mut st = self.state.lock();
+        let Some(slot) = st.results.get_mut(i) else { return };
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(r);
+        st.missing -= 1;
+        if st.missing > 0 {
+            return;
+        }
+        let done = st.done.take();
+        let results = st.results.iter_mut().map(|r| r.take().unwrap_or(Err(Error::Closed))).collect();
+        drop(st);
+        if let Some(done) = done {
+            done(results);
+        }
+    }
 }
 
 /// Requests in flight. Once `closed` is set no request is added and the table stays empty.
@@ -94,7 +163,7 @@ impl Shared {
                     return Err(Error::Xs(XsError::E2big));
                 }
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                let req_id = self.register(ty, tx)?;
+                let req_id = self.register(ty, Reply::Channel(tx))?;
                 Message::new(ty, req_id, tx_id, payload.to_vec()).encode(&mut bytes);
                 Ok((req_id, rx))
             })
@@ -128,6 +197,42 @@ impl Shared {
             .into_iter()
             .map(|slot| slot.and_then(|(req_id, rx)| self.wait(req_id, &rx, timeout)))
             .collect()
+    }
+
+    /// Sends several requests in one write, as [`Shared::request_batch`], without waiting: `done`
+    /// gets one result per request, in order, on the reader thread once the last reply is in (or
+    /// at once, on this thread, if none could be sent). There is no timeout: the caller keeps its
+    /// own.
+    pub(crate) fn request_batch_then(&self, reqs: &[(MsgType, u32, &[u8])], done: BatchDone) {
+        let slots = BatchSlots::new(reqs.len(), done);
+        let mut bytes = Vec::new();
+        let mut sent = Vec::new();
+        for (i, &(ty, tx_id, payload)) in reqs.iter().enumerate() {
+            if payload.len() > PAYLOAD_MAX {
+                slots.fill(i, Err(Error::Xs(XsError::E2big)));
+                continue;
+            }
+            match self.register(ty, Reply::Batch(slots.clone(), i)) {
+                Ok(req_id) => {
+                    Message::new(ty, req_id, tx_id, payload.to_vec()).encode(&mut bytes);
+                    sent.push(req_id);
+                }
+                Err(e) => slots.fill(i, Err(e)),
+            }
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        if self.send(&bytes).is_err() {
+            let failed: Vec<Waiter> = {
+                let mut p = self.pending.lock();
+                sent.iter().filter_map(|id| p.waiters.remove(id)).collect()
+            };
+            self.shutdown();
+            for w in failed {
+                w.reply.complete(Err(Error::Closed));
+            }
+        }
     }
 
     /// Waits for the reply to `req_id`, or gives up after `timeout`.
@@ -171,7 +276,7 @@ impl Shared {
         let _ = self.control.shutdown(Shutdown::Both);
     }
 
-    fn register(&self, ty: MsgType, reply: Sender<Result<Vec<u8>, Error>>) -> Result<u32, Error> {
+    fn register(&self, ty: MsgType, reply: Reply) -> Result<u32, Error> {
         let mut p = self.pending.lock();
         if p.closed {
             return Err(Error::Closed);
@@ -224,7 +329,7 @@ impl Shared {
             std::mem::take(&mut p.waiters)
         };
         for w in waiters.into_values() {
-            let _ = w.reply.send(Err(failure.duplicate()));
+            w.reply.complete(Err(failure.duplicate()));
         }
     }
 
@@ -275,7 +380,7 @@ impl Shared {
                 }
             }
         };
-        let _ = w.reply.send(reply_result(w.ty, msg));
+        w.reply.complete(reply_result(w.ty, msg));
         Ok(())
     }
 }

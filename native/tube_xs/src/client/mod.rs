@@ -122,6 +122,19 @@ impl Client {
         self.inner.shared.request_batch(reqs, timeout)
     }
 
+    /// Sends `reqs` together, as [`Client::request_many`], without waiting: `done` is called
+    /// with one result per request, in order, once every reply is in, on the connection's
+    /// reader thread (so it must not block), or right away if nothing could be sent. If the
+    /// connection ends first, the missing results are errors. The client's timeout does not
+    /// apply: the caller keeps its own.
+    pub fn request_many_then(
+        &self,
+        reqs: &[(MsgType, u32, &[u8])],
+        done: impl FnOnce(Vec<Result<Vec<u8>, Error>>) + Send + 'static,
+    ) {
+        self.inner.shared.request_batch_then(reqs, Box::new(done));
+    }
+
     /// Reads a node's value (`XS_READ`).
     pub fn read(&self, tx: u32, path: &str) -> Result<Vec<u8>, Error> {
         self.request(MsgType::Read, tx, &fields(&[path])?)
