@@ -6,6 +6,7 @@ defmodule TubeFaultsTest do
   use ExUnit.Case, async: false
 
   alias TubeTest.{PeerNode, Remote}
+  import TubeTest.Checks
 
   @moduletag timeout: 900_000
 
@@ -16,20 +17,8 @@ defmodule TubeFaultsTest do
     end
   end
 
-  defp xs(args) do
-    {out, status} = System.cmd("timeout", ["10" | args], stderr_to_stdout: true)
-    {status, out}
-  end
 
-  defp exists?(path), do: elem(xs(["xenstore-exists", path]), 0) == 0
 
-  defp wait_until(fun, tries \\ 1_000) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not reached")
-      true -> Process.sleep(10) && wait_until(fun, tries - 1)
-    end
-  end
 
   defp flood(t, n \\ 0) do
     try do

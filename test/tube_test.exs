@@ -3,6 +3,7 @@ defmodule TubeTest do
   use ExUnit.Case, async: false
 
   alias TubeTest.{PeerNode, Remote}
+  import TubeTest.Checks
 
   setup do
     {peer, domid, os_pid} = PeerNode.start()
@@ -14,10 +15,6 @@ defmodule TubeTest do
     Task.async(fn -> PeerNode.call(peer, Remote, :accept, [mode, timeout]) end)
   end
 
-  defp xs(args) do
-    {out, status} = System.cmd("timeout", ["10" | args], stderr_to_stdout: true)
-    {status, out}
-  end
 
   defp xs_ls(path), do: xs(["xenstore-ls", "-p", path])
 
@@ -303,11 +300,4 @@ defmodule TubeTest do
     end
   end
 
-  defp wait_until(fun, tries \\ 500) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not reached")
-      true -> Process.sleep(10) && wait_until(fun, tries - 1)
-    end
-  end
 end
