@@ -23,6 +23,11 @@ defmodule Mix.Tasks.Tube.Bench do
       mix tube.bench --out DIR  # results elsewhere
       mix tube.bench --only tube,dist --no-scale   # a subset, for profiling
       mix tube.bench --on-heap  # receivers with the default on-heap message queue
+      mix tube.bench --levels 100,1000 --sizes 64 --window 3000   # narrower, longer
+
+  `--levels` sets the tube counts of the scale part, `--sizes` the packet
+  sizes of the transport part, `--window` the measuring window (ms) of both;
+  `--no-transports` skips the transport part.
 
   Every receiving process (for every transport alike) runs with
   `message_queue_data: :off_heap` unless `--on-heap` is given: with the
@@ -39,7 +44,7 @@ defmodule Mix.Tasks.Tube.Bench do
 
   @impl true
   def run(args) do
-    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean])
+    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean, levels: :string, sizes: :string, window: :integer, transports: :boolean])
     Mix.Task.run("compile")
     Mix.Task.run("loadpaths")
     quick? = Keyword.get(opts, :quick, false)
@@ -65,11 +70,23 @@ defmodule Mix.Tasks.Tube.Bench do
     settings = Map.put(settings, :scale, Keyword.get(opts, :scale, true))
     settings = Map.put(settings, :off_heap, not Keyword.get(opts, :on_heap, false))
 
-    case Keyword.get(opts, :only) do
+    settings =
+      case Keyword.get(opts, :only) do
+        nil -> settings
+        list -> %{settings | transports: list |> String.split(",") |> Enum.map(&String.to_existing_atom/1)}
+      end
+
+    settings = if opts[:transports] == false, do: %{settings | transports: []}, else: settings
+    settings = if l = opts[:levels], do: %{settings | levels: ints(l)}, else: settings
+    settings = if z = opts[:sizes], do: %{settings | sizes: ints(z)}, else: settings
+
+    case opts[:window] do
       nil -> settings
-      list -> %{settings | transports: list |> String.split(",") |> Enum.map(&String.to_existing_atom/1)}
+      ms -> %{settings | window_ms: ms, scale_window_ms: ms}
     end
   end
+
+  defp ints(list), do: list |> String.split(",") |> Enum.map(&String.to_integer/1)
 
   defp write(res, settings, quick?, out) do
     stamp = Calendar.strftime(DateTime.utc_now(), "%Y%m%d-%H%M%S")

@@ -8,7 +8,7 @@ defmodule Tube.Bench.Suite do
 
   @doc "Settings of a full run and of a --quick one."
   def settings(quick?) do
-    common = %{transports: Link.transports(), scale: true}
+    common = %{transports: Link.transports(), scale: true, sizes: @sizes}
 
     Map.merge(common, if(quick?,
       do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
@@ -30,7 +30,7 @@ defmodule Tube.Bench.Suite do
   defp transports(c, s, log) do
     Enum.map(s.transports, fn kind ->
       {link, _} = Link.open(kind, c, 1_000_000)
-      sizes = Enum.map(@sizes, fn size -> median_run(link, c, size, s, log) end)
+      sizes = Enum.map(s.sizes, fn size -> median_run(link, c, size, s, log) end)
       p = Measure.ping(link, 64, div(s.pings, 10), s.pings)
       log.("#{kind} ping-pong 64 B: p50 #{fmt(p.p50_us)} us, p99 #{fmt(p.p99_us)} us")
       Link.close(link)
@@ -116,11 +116,17 @@ defmodule Tube.Bench.Suite do
       shmem_resident_per_tube: per_tube(snap.mem.shmem, base.mem.shmem, n),
       agg_rx_pps: tput.rx_pps,
       agg_rx_mbps: tput.rx_mbps,
-      agg_drop_pct: tput.drop_pct
+      agg_drop_pct: tput.drop_pct,
+      # Packets sent and received over the whole run (warm-up and the drain
+      # after the window included): a large rest after the window means
+      # the receivers' mailboxes had grown.
+      agg_sent: tput.sent,
+      agg_received: tput.received,
+      window_ms: s.scale_window_ms
     }
 
     log.("#{n} tubes: handshake p50 #{fmt(r.handshake_p50_ms)} ms p99 #{fmt(r.handshake_p99_ms)} ms, " <>
-           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%), idle CPU " <>
+           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received #{fmt(tput.received / 1.0e6)} M in all), idle CPU " <>
            "#{Enum.map_join(snap.idle_cpu, " / ", &fmt/1)} %, BEAM #{Enum.map_join(r.beam_bytes_per_tube, " / ", &fmt/1)} B/tube, " <>
            "shared mapped #{Enum.map_join(r.memfd_mapped_per_tube, " / ", &fmt/1)} B/tube")
 
