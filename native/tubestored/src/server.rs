@@ -63,6 +63,9 @@ struct Shared {
     next_id: AtomicU64,
     path: PathBuf,
     ino: (u64, u64),
+    /// A duplicate of the listening socket, shut down to wake the accept loop on stop; owned
+    /// here, so its fd cannot be closed and reused while a `Stopper` may still use it.
+    listen_ctl: UnixListener,
 }
 
 /// A bound, not yet running daemon.
@@ -110,6 +113,7 @@ impl Server {
             None => (Store::new(), None),
         };
         let listener = bind_socket(&path)?;
+        let listen_ctl = listener.try_clone()?;
         let md = fs::metadata(&path)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(store, opts.quotas)),
@@ -117,6 +121,7 @@ impl Server {
             next_id: AtomicU64::new(1),
             path,
             ino: (md.dev(), md.ino()),
+            listen_ctl,
         });
         Ok(Server { listener, shared, journal })
     }
@@ -175,7 +180,8 @@ impl Server {
                         eprintln!("tubestored: cannot start connection thread: {e}");
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) if self.shared.stop.load(Ordering::Acquire) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_transient(&e) => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -194,8 +200,13 @@ impl Stopper {
     /// Asks the server to stop (returns at once).
     pub fn stop(&self) {
         self.0.stop.store(true, Ordering::Release);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.0.path);
+        // Wake the accept loop: shutting a listening socket down makes accept() fail at once,
+        // even when the socket's path is already gone (a connect to the path would not reach
+        // it then, and the daemon would never exit).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.0.listen_ctl);
+        // SAFETY: shutdown takes no pointers; `fd` belongs to `listen_ctl`, which `self` keeps
+        // open for the duration of the call.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
     }
 }
 

@@ -174,3 +174,32 @@ fn stale_socket_is_replaced() {
     let h = start_with("stale", tubestored::Options { socket: Some(sock.clone()), ..Default::default() });
     Raw::connect(h.path()).write("/ok", "1").unwrap();
 }
+
+#[test]
+fn sigterm_stops_the_daemon_even_when_its_socket_path_was_taken_over() {
+    let dir = tempdir("term-replaced");
+    let sock = dir.join("socket");
+    let mut old = spawn_daemon(&sock, &dir.join("db-old"));
+    // The path now belongs to a newer daemon (as after a restart by another node).
+    std::fs::remove_file(&sock).unwrap();
+    let mut new = spawn_daemon(&sock, &dir.join("db-new"));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = old.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            old.kill().unwrap();
+            new.kill().unwrap();
+            panic!("the old daemon ignored SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(st.success(), "{st:?}");
+    // The newer daemon's socket was left alone and it still answers.
+    Raw::connect(&sock).write("/still", "here").unwrap();
+    new.kill().unwrap();
+    new.wait().unwrap();
+}
