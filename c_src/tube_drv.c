@@ -23,6 +23,7 @@ extern void tube_rs_ready_input(void *st);
 extern void tube_rs_timeout(void *st);
 extern int tube_rs_stats(void *st, uint64_t *out, size_t n);
 extern int tube_rs_request_close(void *st, const char *reason, size_t len);
+extern int tube_rs_set_active(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 
 /* Number of u64 counters a stats control returns (see tube_rs_stats). */
@@ -30,6 +31,7 @@ extern void tube_rs_stop_select(intptr_t fd);
 /* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
 #define TUBE_CTL_STATS 1
 #define TUBE_CTL_CLOSE 2
+#define TUBE_CTL_ACTIVE 3
 
 /* ---- helpers called from Rust ---------------------------------------- */
 
@@ -55,6 +57,18 @@ int tube_drv_deliver(ErlDrvPort port, const char *buf, size_t len)
 int tube_drv_resume_later(ErlDrvPort port)
 {
     return driver_set_timer(port, 0);
+}
+
+/* The owner's credit ran out ({active, N}): {tube_passive, Port}. */
+int tube_drv_passive(ErlDrvPort port)
+{
+    ErlDrvTermData port_term = driver_mk_port(port);
+    ErlDrvTermData spec[] = {
+        ERL_DRV_ATOM, driver_mk_atom("tube_passive"),
+        ERL_DRV_PORT, port_term,
+        ERL_DRV_TUPLE, 2,
+    };
+    return erl_drv_output_term(port_term, spec, sizeof(spec) / sizeof(spec[0]));
 }
 
 /* Tell the owner why the tube is going away, then close the port:
@@ -128,6 +142,7 @@ static void tube_timeout(ErlDrvData d)
  * bytes; see tube_rs_stats for their order.
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
+ * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _}.
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -135,6 +150,8 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
     uint64_t stats[TUBE_STATS_N];
     if (command == TUBE_CTL_CLOSE)
         return tube_rs_request_close((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_ACTIVE)
+        return tube_rs_set_active((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

@@ -37,13 +37,15 @@ defmodule Tube do
   @doc """
   Opens tube `tid` to domain `domid`; the peer calls `accept/0,1`, in
   either order. Options: `:timeout` in milliseconds or `:infinity`
-  (default: the `:open_timeout` application env, 5000).
+  (default: the `:open_timeout` application env, 5000), `:active` (the
+  first delivery mode, see `setopts/2`).
 
   Errors: `:timeout`, `:no_domain`, `:self`, `:tid_in_use`,
   `:xenstore_down`, or a ring set-up error. Arguments out of range raise
   `ArgumentError`.
   """
-  @spec open(domid(), tid(), %{optional(:timeout) => timeout()}) :: {:ok, t()} | {:error, term()}
+  @spec open(domid(), tid(), %{optional(:timeout) => timeout(), optional(:active) => term()}) ::
+          {:ok, t()} | {:error, term()}
   def open(domid, tid, opts), do: :tube.open(domid, tid, opts)
 
   @doc "Waits for a tube from any domain."
@@ -68,6 +70,17 @@ defmodule Tube do
   """
   @spec info(t()) :: {:ok, map()} | {:error, :closed}
   def info(tube), do: :tube.info(tube)
+
+  @doc """
+  Sets how packets are delivered, as `{:active, _}` does for sockets:
+  `true` (default) every packet, `false` none, `:once` one, `n` adds n.
+  When the allowed packets are delivered the owner gets
+  `{:tube_passive, tube}`; meanwhile packets wait in the ring and, once it
+  is full, the peer's sends drop (counted on its side) instead of filling
+  the owner's mailbox.
+  """
+  @spec setopts(t(), [{:active, boolean() | :once | pos_integer()}]) :: :ok | {:error, :closed}
+  def setopts(tube, opts), do: :tube.setopts(tube, opts)
 
   @doc "All tubes of this node with their states."
   @spec tubes() :: [map()]

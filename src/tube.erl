@@ -9,6 +9,8 @@
 %%
 %% Messages the owner may receive besides data:
 %% <ul>
+%% <li>`{tube_passive, Tube}', when a tube in `{active, N}' or `{active,
+%% once}' mode has delivered its last allowed packet (see setopts/2).</li>
 %% <li>`{tube_closed, Tube, Reason}', sent once just before the port closes
 %% by itself. Reason is `peer_closed' (the peer closed its end or its
 %% process died), `peer_down' (the peer's domain was released in
@@ -24,18 +26,20 @@
 -module(tube).
 
 -export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
-         info/1, tubes/0]).
+         info/1, tubes/0, setopts/2]).
 
--export_type([tube/0, domid/0, tid/0, open_opts/0]).
+-export_type([tube/0, domid/0, tid/0, open_opts/0, active/0]).
 
 -type tube() :: port().
 -type domid() :: 0..16#7FEF.
 -type tid() :: 0..16#FFFFFFFF.
--type open_opts() :: #{timeout => timeout()}.
+-type active() :: boolean() | once | pos_integer().
+-type open_opts() :: #{timeout => timeout(), active => active()}.
 
 -define(MAX_DOMID, 16#7FEF).
 -define(MAX_TID, 16#FFFFFFFF).
 -define(TUBE_CTL_STATS, 1).
+-define(TUBE_CTL_ACTIVE, 3).
 -define(DRIVER, "tube_nif").
 
 %% @doc Opens tube 0 to domain Domid.
@@ -49,7 +53,8 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 
 %% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
 %% default the application env `open_timeout', 5000) bounds the wait for
-%% the peer to accept.
+%% the peer to accept; `active' (default `true') is the tube's first
+%% delivery mode, as in setopts/2.
 %%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
@@ -60,19 +65,21 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 open(Domid, Tid, Opts) ->
     check(is_domid(Domid) andalso is_tid(Tid) andalso is_map(Opts)),
     Timeout = timeout_opt(Opts),
-    finish(tube_server:open(Domid, Tid, Timeout)).
+    Credit = credit_opt(Opts),
+    finish(tube_server:open(Domid, Tid, Timeout), Credit).
 
 %% @doc Waits for a tube from any domain.
 -spec accept() -> {ok, tube()} | {error, term()}.
 accept() -> accept(#{timeout => infinity}).
 
 %% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity').
+%% default `infinity') and `active' (default `true', as in setopts/2).
 -spec accept(#{timeout => timeout()}) -> {ok, tube()} | {error, term()}.
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     check(is_timeout(Timeout)),
-    finish(tube_server:accept(Timeout));
+    Credit = credit_opt(Opts),
+    finish(tube_server:accept(Timeout), Credit);
 accept(_) ->
     erlang:error(badarg).
 
@@ -107,6 +114,36 @@ info(Tube) when is_port(Tube) ->
 info(_) ->
     erlang:error(badarg).
 
+%% @doc Sets how packets are delivered, as `{active, _}' does for sockets:
+%% `true' (the default) delivers every packet as it arrives; `false' stops
+%% delivering; `once' delivers one packet; `N' adds N packets to what may be
+%% delivered. When a tube in `once' or `N' mode has delivered its last
+%% allowed packet, the owner gets `{tube_passive, Tube}'. While a tube
+%% delivers nothing, packets wait in its ring, and once the ring is full the
+%% peer's sends are dropped (and counted on the peer's side) rather than
+%% piling up in the owner's mailbox: a receiver that cannot keep up bounds
+%% its memory this way. A passive tube whose peer leaves closes with
+%% `peer_closed' without delivering what was left in the ring.
+-spec setopts(tube(), [{active, active()}]) -> ok | {error, closed}.
+setopts(Tube, Opts) when is_port(Tube), is_list(Opts) ->
+    Controls = [active_control(A) || {active, A} <- Opts],
+    check(length(Controls) =:= length(Opts)),
+    %% Control numbers mean something else to other drivers: only tubes.
+    case erlang:port_info(Tube, name) of
+        {name, ?DRIVER ++ " " ++ _} ->
+            try
+                lists:foreach(fun(C) -> erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, C) end, Controls)
+            catch
+                error:badarg -> {error, closed}
+            end;
+        undefined ->
+            {error, closed};
+        _ ->
+            erlang:error(badarg)
+    end;
+setopts(_, _) ->
+    erlang:error(badarg).
+
 %% @doc All tubes of this node and their states.
 -spec tubes() -> [map()].
 tubes() -> tube_server:tubes().
@@ -115,8 +152,9 @@ tubes() -> tube_server:tubes().
 
 %% The control plane has mapped the ring: open the port in the calling
 %% process, which makes it the owner, and attach it.
-finish({ok, Id, Key}) ->
-    case catch erlang:open_port({spawn_driver, ?DRIVER ++ " " ++ integer_to_list(Id)}, [binary]) of
+finish({ok, Id, Key}, Credit) ->
+    Command = lists:concat([?DRIVER, " ", Id, " ", Credit]),
+    case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_server:attach(Key, Port) of
                 ok -> {ok, Port};
@@ -127,8 +165,26 @@ finish({ok, Id, Key}) ->
             ok = tube_server:abort(Key),
             {error, {open_port, Reason}}
     end;
-finish(Error) ->
+finish(Error, _Credit) ->
     Error.
+
+%% The control for an active mode: <<Mode:8, N:64/native>> with Mode 0 (no
+%% limit), 1 (set to N) or 2 (add N).
+active_control(true) -> <<0, 0:64/native>>;
+active_control(false) -> <<1, 0:64/native>>;
+active_control(once) -> <<1, 1:64/native>>;
+active_control(N) when is_integer(N), N > 0, N < 1 bsl 63 -> <<2, N:64/native>>;
+active_control(_) -> erlang:error(badarg).
+
+%% The first credit, in the open_port command: -1 is no limit.
+credit_opt(Opts) ->
+    case maps:get(active, Opts, true) of
+        true -> -1;
+        false -> 0;
+        once -> 1;
+        N when is_integer(N), N > 0, N < 1 bsl 63 -> N;
+        _ -> erlang:error(badarg)
+    end.
 
 counters(Tube) ->
     case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of

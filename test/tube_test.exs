@@ -273,6 +273,49 @@ defmodule TubeTest do
     assert seqs == Enum.sort(seqs)
   end
 
+  test "{active, N}: delivery stops when the owner's credit runs out, and the ring drops instead",
+       %{peer: peer, peer_domid: p} do
+    task = remote_accept(peer, :collect)
+    {:ok, t} = :tube.open(p, 0, %{timeout: 10_000, active: :once})
+    {:ok, name} = Task.await(task, 15_000)
+    PeerNode.call(peer, Remote, :send_packets, [name, for(i <- 1..5, do: <<i>>)])
+    assert_receive {^t, {:data, <<1>>}}, 5_000
+    assert_receive {:tube_passive, ^t}, 5_000
+    refute_receive {^t, {:data, _}}, 100
+    assert :ok = :tube.setopts(t, active: 2)
+    assert_receive {^t, {:data, <<2>>}}, 5_000
+    assert_receive {^t, {:data, <<3>>}}, 5_000
+    assert_receive {:tube_passive, ^t}, 5_000
+    assert :ok = :tube.setopts(t, active: true)
+    assert_receive {^t, {:data, <<4>>}}, 5_000
+    assert_receive {^t, {:data, <<5>>}}, 5_000
+    refute_receive {:tube_passive, ^t}, 100
+
+    # Passive: a flood from the peer fills the ring and is dropped there,
+    # counted by the sender; nothing reaches this mailbox.
+    :ok = :tube.setopts(t, active: false)
+    :ok = PeerNode.call(peer, Remote, :send_seq, [name, 50_000, 64])
+    theirs = PeerNode.call(peer, Remote, :stats, [name]).info
+    assert theirs.sent + theirs.dropped == 50_005
+    assert theirs.dropped > 0
+    refute_receive {^t, {:data, _}}, 200
+    {:ok, mine} = :tube.info(t)
+    assert mine.received == 5
+    # Granting credit again delivers what the ring held, in order.
+    :ok = :tube.setopts(t, active: 10)
+    for i <- 0..9, do: assert_receive({^t, {:data, <<^i::32, _::binary>>}}, 5_000)
+    assert_receive {:tube_passive, ^t}, 5_000
+
+    assert_raise ArgumentError, fn -> :tube.setopts(t, active: 0) end
+    assert_raise ArgumentError, fn -> :tube.setopts(t, active: :sometimes) end
+    assert_raise ArgumentError, fn -> :tube.setopts(t, [:bogus]) end
+    other = Port.open({:spawn, "cat"}, [:binary])
+    assert_raise ArgumentError, fn -> :tube.setopts(other, active: true) end
+    Port.close(other)
+    :ok = :tube.close(t)
+    assert {:error, :closed} = :tube.setopts(t, active: true)
+  end
+
   test "the Elixir module mirrors :tube", %{peer: peer, peer_domid: p} do
     task = remote_accept(peer, :echo)
     {:ok, t} = Tube.open(p, 5, %{timeout: 10_000})

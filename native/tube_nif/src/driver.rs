@@ -41,6 +41,7 @@ extern "C" {
     fn tube_drv_deliver(port: DrvPort, buf: *const c_char, len: usize) -> c_int;
     fn tube_drv_resume_later(port: DrvPort) -> c_int;
     fn tube_drv_close(port: DrvPort, reason: *const c_char) -> c_int;
+    fn tube_drv_passive(port: DrvPort) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
@@ -60,6 +61,12 @@ struct PortState {
     closing: bool,
     /// A close asked for by the control plane, carried out from a timeout.
     close_requested: Option<CloseReason>,
+    /// Packets the owner still takes before the tube goes passive (`{active,
+    /// N}`); `None` is `{active, true}`, the default. While it is zero the
+    /// driver neither reads the ring nor asks to be woken: the ring fills up
+    /// and the peer's sends drop, counted on its side, instead of packets
+    /// piling up in the owner's mailbox.
+    credit: Option<u64>,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -104,10 +111,15 @@ impl PortState {
         if let Some(reason) = self.close_requested {
             return self.close(reason);
         }
+        let budget = match self.credit {
+            None => BATCH,
+            Some(0) => return,
+            Some(c) => BATCH.min(usize::try_from(c).unwrap_or(BATCH)),
+        };
         let port = self.port;
         let mut delivered = 0;
         loop {
-            let got = self.tube.recv(BATCH - delivered, |pkt| {
+            let got = self.tube.recv(budget - delivered, |pkt| {
                 // SAFETY: `port` is the live port this callback runs for, and
                 // `pkt` is a valid slice for the duration of the call;
                 // driver_output copies it into a binary.
@@ -118,7 +130,10 @@ impl PortState {
                 Err(e) => return self.close(CloseReason::of(&e)),
             };
             delivered += got;
-            if delivered >= BATCH {
+            if self.take_credit(got) {
+                return self.go_passive();
+            }
+            if delivered >= budget {
                 return self.resume_later();
             }
             if got < STREAMING || !self.tube.spin_for_data(SPINS) {
@@ -129,6 +144,41 @@ impl PortState {
             // A packet arrived while we were announcing sleep.
             self.resume_later();
         }
+    }
+
+    /// Counts `n` delivered packets against the credit; true when it ran out.
+    fn take_credit(&mut self, n: usize) -> bool {
+        match &mut self.credit {
+            None => false,
+            Some(c) => {
+                *c = c.saturating_sub(n as u64);
+                *c == 0
+            }
+        }
+    }
+
+    /// Credit exhausted: tell the owner with `{tube_passive, Port}` and stop
+    /// reading until it grants more (no sleep is announced, so the peer does
+    /// not wake us either).
+    fn go_passive(&mut self) {
+        // SAFETY: `self.port` is the live port of this state.
+        unsafe { tube_drv_passive(self.port) };
+    }
+
+    /// `{active, _}` from the owner: `mode` 0 sets no limit, 1 sets the
+    /// credit to `n`, 2 adds `n` to it.
+    fn set_active(&mut self, mode: u8, n: u64) -> bool {
+        self.credit = match (mode, self.credit) {
+            (0, _) => None,
+            (1, _) => Some(n),
+            (2, None) => Some(n),
+            (2, Some(c)) => Some(c.saturating_add(n)),
+            _ => return false,
+        };
+        if self.credit != Some(0) {
+            self.resume_later();
+        }
+        true
     }
 
     fn resume_later(&self) {
@@ -193,7 +243,16 @@ fn guarded(st: *mut c_void, body: impl FnOnce(&mut PortState)) {
     }
 }
 
-/// Parses `"tube_nif <Id>"` (the driver name, then the hand-over number).
+/// The initial credit from `"tube_nif <Id> <Credit>"`: a negative or absent
+/// credit is `{active, true}`.
+fn credit_from_command(command: &CStr) -> Option<u64> {
+    let text = command.to_str().ok()?;
+    let credit: i64 = text.split_ascii_whitespace().nth(2)?.parse().ok()?;
+    u64::try_from(credit).ok()
+}
+
+/// Parses `"tube_nif <Id> [<Credit>]"` (the driver name, then the hand-over
+/// number).
 fn claim_from_command(command: &CStr) -> Option<Tube> {
     let text = command.to_str().ok()?;
     let id: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
@@ -214,7 +273,17 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             return std::ptr::null_mut();
         };
         let fd = tube.fd();
-        let state = Box::new(PortState { port, tube, fd, rejected: 0, wakeups: 0, closing: false, close_requested: None });
+        let credit = credit_from_command(command);
+        let state = Box::new(PortState {
+            port,
+            tube,
+            fd,
+            rejected: 0,
+            wakeups: 0,
+            closing: false,
+            close_requested: None,
+            credit,
+        });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
         unsafe { tube_drv_select(port, fd as isize, 1) };
@@ -276,11 +345,18 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
     guarded(st, |state| {
         state.wakeups += 1;
         match state.tube.on_readable() {
+            // Passive, and the peer has gone: what is left in the ring will
+            // not be asked for; the hang-up would keep the fd readable.
+            Ok(()) if state.credit == Some(0) && !state.tube.is_open() => {
+                state.close(CloseReason::PeerClosed)
+            }
             Ok(()) => state.drain(),
             Err(e) => {
-                // Deliver what the peer left in the ring before closing.
+                // Deliver what the peer left in the ring (as far as the
+                // credit allows) before closing.
                 let port = state.port;
-                let _ = state.tube.recv(usize::MAX, |pkt| {
+                let left = state.credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
+                let _ = state.tube.recv(left, |pkt| {
                     // SAFETY: as in PortState::drain.
                     unsafe { tube_drv_deliver(port, pkt.as_ptr().cast(), pkt.len()) };
                 });
@@ -338,4 +414,26 @@ pub extern "C" fn tube_rs_request_close(st: *mut c_void, reason: *const c_char, 
         state.resume_later();
     });
     0
+}
+
+/// `port_control(Tube, 3, <<Mode:8, N:64/native>>)`: `{active, _}`, see
+/// [`PortState::set_active`]. Returns -1 (badarg) for a malformed request.
+#[no_mangle]
+pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
+    if buf.is_null() || len != 9 {
+        return -1;
+    }
+    // SAFETY: the C glue passes the control buffer of `len` (= 9) bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
+    let mode = bytes[0];
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[1..9]);
+    let n = u64::from_ne_bytes(n);
+    let mut ok = false;
+    guarded(st, |state| ok = state.set_active(mode, n));
+    if ok {
+        0
+    } else {
+        -1
+    }
 }
