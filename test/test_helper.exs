@@ -8,15 +8,23 @@ System.put_env("XENSTORED_PATH", socket)
 
 {:ok, _} = Application.ensure_all_started(:tube)
 
-ExUnit.after_suite(fn _ ->
-  Application.stop(:tube)
-
+# The daemon outlives nodes by design: stop it when the suite ends, and also
+# when the VM exits without finishing the suite (a test file that does not
+# compile, an interrupted run).
+stop_daemon = fn ->
   case File.read(socket <> ".pid") do
     {:ok, pid} -> System.cmd("kill", [String.trim(pid)])
     _ -> :ok
   end
 
   File.rm_rf(run_dir)
+end
+
+System.at_exit(fn _ -> stop_daemon.() end)
+
+ExUnit.after_suite(fn _ ->
+  Application.stop(:tube)
+  stop_daemon.()
 end)
 
 ExUnit.start(timeout: 120_000)
