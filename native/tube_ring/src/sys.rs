@@ -227,6 +227,15 @@ pub fn remaining(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
+/// Waits until `fd` is readable; `TimedOut` once `deadline` has passed.
+fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
+    let left = remaining(deadline);
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    poll_fd(fd, libc::POLLIN, left).map(drop)
+}
+
 /// Reads exactly `buf.len()` bytes from non-blocking `fd` before `deadline`.
 /// `UnexpectedEof` if the peer closes first, `TimedOut` if the deadline passes.
 pub fn read_exact_until(fd: &OwnedFd, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
@@ -239,10 +248,7 @@ pub fn read_exact_until(fd: &OwnedFd, buf: &mut [u8], deadline: Instant) -> io::
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if remaining(deadline).is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                poll_fd(fd.as_raw_fd(), libc::POLLIN, remaining(deadline))?;
+                wait_readable(fd.as_raw_fd(), deadline)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -319,10 +325,7 @@ pub fn recv_fd(sock: &OwnedFd, deadline: Instant) -> io::Result<Option<(u8, Opti
             Ok(0) => return Ok(None),
             Ok(_) => return Ok(Some((data[0], take_fd(&msg)))),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if remaining(deadline).is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                poll_fd(sock.as_raw_fd(), libc::POLLIN, remaining(deadline))?;
+                wait_readable(sock.as_raw_fd(), deadline)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
