@@ -286,7 +286,11 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
-        unsafe { tube_drv_select(port, fd as isize, 1) };
+        if unsafe { tube_drv_select(port, fd as isize, 1) } < 0 {
+            // Without the fd in the poll set the tube would never wake:
+            // refuse the port (badarg); dropping the tube tells the peer.
+            return std::ptr::null_mut();
+        }
         // Packets may already be waiting: drain from a zero timeout, since
         // a port cannot deliver or fail from inside its own start.
         // SAFETY: as above, `port` is live.
