@@ -11,7 +11,7 @@ defmodule Tube.Bench.Endpoint do
   #   :unix -> {:tcp, Socket, Bin}        (gen_tcp, {:local, Path}, {packet, 2})
   #   :udp  -> {:udp, Socket, Ip, Port, Bin}  (gen_udp on 127.0.0.1)
 
-  # Messages delivered per {active, N} re-arm for the sockets.
+  # Messages delivered per {active, N} re-arm, for the sockets and the tubes.
   @active 500
   # Socket buffer sizes asked for (the kernel caps them at rmem/wmem_max).
   @sockbuf 4 * 1024 * 1024
@@ -132,7 +132,14 @@ defmodule Tube.Bench.Endpoint do
   end
 
   defp handle({:count, t0, t1, hard}, st) do
-    {:ok, count_run(t0, t1, hard)} |> then(fn {:ok, r} -> {r, st} end)
+    # Every receiver takes packets in bounded credits, as the sockets do
+    # with {active, N}: a tube then lets its ring drop what the receiver
+    # cannot take instead of queueing it in the mailbox.
+    if st.kind == :tube, do: :ok = :tube.setopts(st.handle, active: @active)
+    r = count_run(t0, t1, hard)
+    # Back to plain delivery for what this endpoint does next (ping, echo).
+    if st.kind == :tube, do: _ = :tube.setopts(st.handle, active: true)
+    {r, st}
   end
 
   defp handle({:ping, size, n}, st) do
@@ -230,6 +237,7 @@ defmodule Tube.Bench.Endpoint do
       d when is_binary(d) -> bump(n + 1, b + byte_size(d), k, pending, marks, hard)
       {:tcp_passive, s} -> :inet.setopts(s, active: @active) && cloop(n, b, k, pending, marks, hard)
       {:udp_passive, s} -> :inet.setopts(s, active: @active) && cloop(n, b, k, pending, marks, hard)
+      {:tube_passive, p} -> :tube.setopts(p, active: @active) && cloop(n, b, k, pending, marks, hard)
     after
       wait_ms(pending) -> idle(n, b, pending, marks, hard)
     end
