@@ -52,6 +52,25 @@ int tube_drv_deliver(ErlDrvPort port, const char *buf, size_t len)
     return driver_output(port, (char *)buf, (ErlDrvSizeT)len);
 }
 
+/* A driver binary of len bytes for the ring to copy a packet into; its
+ * bytes are returned in *data. NULL when out of memory. */
+ErlDrvBinary *tube_drv_alloc_binary(size_t len, char **data)
+{
+    ErlDrvBinary *bin = driver_alloc_binary((ErlDrvSizeT)len);
+    if (bin != NULL)
+        *data = bin->orig_bytes;
+    return bin;
+}
+
+/* Delivers a filled binary as {Port, {data, Binary}} without copying it,
+ * then drops the driver's reference (the message keeps its own). */
+int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
+{
+    int r = driver_output_binary(port, NULL, 0, bin, 0, (ErlDrvSizeT)len);
+    driver_free_binary(bin);
+    return r;
+}
+
 /* Ask for a timeout callback as soon as possible: used to go on draining a
  * busy ring without holding the scheduler for one long callback. */
 int tube_drv_resume_later(ErlDrvPort port)

@@ -42,6 +42,8 @@ extern "C" {
     fn tube_drv_resume_later(port: DrvPort) -> c_int;
     fn tube_drv_close(port: DrvPort, reason: *const c_char) -> c_int;
     fn tube_drv_passive(port: DrvPort) -> c_int;
+    fn tube_drv_alloc_binary(len: usize, data: *mut *mut c_char) -> *mut c_void;
+    fn tube_drv_deliver_binary(port: DrvPort, bin: *mut c_void, len: usize) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
@@ -119,12 +121,7 @@ impl PortState {
         let port = self.port;
         let mut delivered = 0;
         loop {
-            let got = self.tube.recv(budget - delivered, |pkt| {
-                // SAFETY: `port` is the live port this callback runs for, and
-                // `pkt` is a valid slice for the duration of the call;
-                // driver_output copies it into a binary.
-                unsafe { tube_drv_deliver(port, pkt.as_ptr().cast(), pkt.len()) };
-            });
+            let got = recv_to_owner(&mut self.tube, port, budget - delivered);
             let got = match got {
                 Ok(n) => n,
                 Err(e) => return self.close(CloseReason::of(&e)),
@@ -223,6 +220,58 @@ impl PortState {
             self.tube.peer_pid().map_or(0, |p| p as u64),
         ]
     }
+}
+
+/// Packets up to this size go out through a scratch buffer (the emulator
+/// copies them into a heap binary anyway); larger ones are copied once,
+/// straight from the ring into the binary the owner receives.
+const SMALL_PACKET: usize = 64;
+
+/// Where one packet is being copied to.
+enum Dest {
+    Scratch,
+    Binary(*mut c_void),
+}
+
+/// Delivers up to `max` packets to the port's owner as `{Port, {data, Binary}}`.
+fn recv_to_owner(tube: &mut Tube, port: DrvPort, max: usize) -> Result<usize, RingError> {
+    let mut scratch = [0u8; SMALL_PACKET];
+    let scratch_ptr = scratch.as_mut_ptr();
+    tube.recv_into(
+        max,
+        |len| {
+            if len <= SMALL_PACKET {
+                // SAFETY: `scratch` outlives this call to recv_into and holds
+                // SMALL_PACKET >= len bytes; the slice is only used for the copy
+                // of this one packet, before `deliver` reads it.
+                let s = unsafe { std::slice::from_raw_parts_mut(scratch_ptr, len) };
+                return Some((s, Dest::Scratch));
+            }
+            let mut data: *mut c_char = std::ptr::null_mut();
+            // SAFETY: plain allocation through the emulator; `data` receives
+            // the binary's byte pointer.
+            let bin = unsafe { tube_drv_alloc_binary(len, &mut data) };
+            if bin.is_null() || data.is_null() {
+                return None; // out of memory: the packet stays in the ring
+            }
+            // SAFETY: a fresh binary of `len` bytes that nothing else uses
+            // until `deliver` hands it over.
+            let s = unsafe { std::slice::from_raw_parts_mut(data as *mut u8, len) };
+            Some((s, Dest::Binary(bin)))
+        },
+        |dest, len| match dest {
+            // SAFETY: `port` is the live port this runs for; the scratch
+            // bytes hold the packet; driver_output copies them.
+            Dest::Scratch => unsafe {
+                tube_drv_deliver(port, scratch_ptr as *const c_char, len);
+            },
+            // SAFETY: `bin` is the binary filled above; the helper hands it
+            // to the emulator and drops our reference.
+            Dest::Binary(bin) => unsafe {
+                tube_drv_deliver_binary(port, bin, len);
+            },
+        },
+    )
 }
 
 /// Runs a callback body; a panic becomes a closed tube, never an unwind

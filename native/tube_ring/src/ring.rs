@@ -216,6 +216,17 @@ impl<M: RingMem> Consumer<M> {
     /// Copies the next packet into `buf` and returns its length, or `None` if the ring is
     /// empty. The consumer index is advanced privately; call [`Consumer::publish`] to free space.
     pub fn pop(&mut self, buf: &mut [u8; MAX_PACKET]) -> Result<Option<usize>, Corrupt> {
+        self.pop_into(|len| Some((&mut buf[..len], ()))).map(|r| r.map(|(len, ())| len))
+    }
+
+    /// Like [`Consumer::pop`], but the packet is copied straight into memory of the caller's:
+    /// `dest(len)` gets the checked length and returns a slice of at least `len` bytes plus a
+    /// token that comes back with the length once the copy is done (or `None` to leave the
+    /// packet in the ring). A slice shorter than `len` is refused as an error.
+    pub fn pop_into<'b, T>(
+        &mut self,
+        dest: impl FnOnce(usize) -> Option<(&'b mut [u8], T)>,
+    ) -> Result<Option<(usize, T)>, Corrupt> {
         if self.prod_cache == self.cons {
             self.refresh()?;
             if self.prod_cache == self.cons {
@@ -238,11 +249,15 @@ impl<M: RingMem> Consumer<M> {
             return Err(Corrupt("record runs past the producer index"));
         }
         let body = pos_of::<M>(self.cons.wrapping_add(HDR_BYTES as u64));
-        if !read_wrapped(&self.mem, body, &mut buf[..len]) {
+        let Some((dst, token)) = dest(len) else { return Ok(None) };
+        let Some(dst) = dst.get_mut(..len) else {
+            return Err(Corrupt("destination shorter than the packet"));
+        };
+        if !read_wrapped(&self.mem, body, dst) {
             return Err(Corrupt("record outside the ring"));
         }
         self.cons = self.cons.wrapping_add(rec);
-        Ok(Some(len))
+        Ok(Some((len, token)))
     }
 
     /// Gives the space of every popped packet back to the producer.

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 
 use crate::error::{RingError, SendError};
 use crate::layout::{dir_ctrl_offset, ring_offset, DirCtrl, MAX_PACKET, RING_BYTES, TUBE_BYTES};
-use crate::ring::{Consumer, Producer, RingMem};
+use crate::ring::{Consumer, Corrupt, Producer, RingMem};
 use crate::sys::{self, Mapping};
 
 /// Counters, readable at any time from the owning side.
@@ -235,34 +235,33 @@ impl Tube {
     /// Returns how many were delivered. A corrupt ring gives `Err(Corrupt)` and ends the tube.
     /// After the peer has gone, what it sent before is still delivered; then `Err(PeerGone)`.
     pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, RingError> {
-        if let State::Corrupt(why) = self.state {
-            return Err(RingError::Corrupt(why));
-        }
-        let mut n = 0;
-        while n < max {
-            match self.rx.pop(&mut self.buf) {
-                Ok(Some(len)) => {
-                    f(&self.buf[..len]);
-                    n += 1;
-                    self.stats.recv_pkts += 1;
-                    self.stats.recv_bytes += len as u64;
-                    // Hand space back early in long batches so the writer need not drop.
-                    if self.rx.unpublished() >= (RING_BYTES / 4) as u64 {
-                        self.rx.publish();
-                    }
-                }
-                Ok(None) => break,
-                Err(c) => {
-                    self.state = State::Corrupt(c.0);
-                    return Err(RingError::Corrupt(c.0));
-                }
+        let buf = &mut self.buf;
+        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+            let popped = rx.pop(buf)?;
+            if let Some(len) = popped {
+                f(&buf[..len]);
             }
-        }
-        self.rx.publish();
-        if n == 0 && self.state == State::PeerGone {
-            return Err(RingError::PeerGone);
-        }
-        Ok(n)
+            Ok(popped)
+        })
+    }
+
+    /// Like [`Tube::recv`], but each packet is copied once, straight from shared memory into
+    /// memory the caller provides (a message binary, say) instead of through this tube's
+    /// buffer: `alloc(len)` returns at least `len` writable bytes and a token (or `None` to
+    /// stop, leaving the packet in the ring), and `deliver(token, len)` runs once they hold
+    /// the packet. The bytes are a private copy: the peer cannot change them afterwards.
+    pub fn recv_into<'b, T>(
+        &mut self,
+        max: usize,
+        mut alloc: impl FnMut(usize) -> Option<(&'b mut [u8], T)>,
+        mut deliver: impl FnMut(T, usize),
+    ) -> Result<usize, RingError> {
+        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+            Ok(rx.pop_into(&mut alloc)?.map(|(len, token)| {
+                deliver(token, len);
+                len
+            }))
+        })
     }
 
     /// True if there is at least one packet to read now (or the ring is corrupt, which the
@@ -343,4 +342,44 @@ impl Tube {
     pub fn is_open(&self) -> bool {
         self.state == State::Open
     }
+}
+
+/// The receive loop shared by [`Tube::recv`] and [`Tube::recv_into`]: `step` takes one
+/// packet out of the ring and hands it on (`Ok(None)` when there is none). Counts, gives
+/// space back in long batches, and turns a ring violation into a dead tube.
+fn drain(
+    rx: &mut Consumer<ShmDir>,
+    stats: &mut Stats,
+    state: &mut State,
+    max: usize,
+    mut step: impl FnMut(&mut Consumer<ShmDir>) -> Result<Option<usize>, Corrupt>,
+) -> Result<usize, RingError> {
+    if let State::Corrupt(why) = *state {
+        return Err(RingError::Corrupt(why));
+    }
+    let mut n = 0;
+    while n < max {
+        match step(rx) {
+            Ok(Some(len)) => {
+                n += 1;
+                stats.recv_pkts += 1;
+                stats.recv_bytes += len as u64;
+                // Hand space back early in long batches so the writer need not drop.
+                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
+                    rx.publish();
+                }
+            }
+            Ok(None) => break,
+            Err(c) => {
+                *state = State::Corrupt(c.0);
+                return Err(RingError::Corrupt(c.0));
+            }
+        }
+    }
+    rx.publish();
+    // Gone, and nothing left that a later call could still deliver.
+    if n == 0 && *state == State::PeerGone && !rx.has_data() {
+        return Err(RingError::PeerGone);
+    }
+    Ok(n)
 }
