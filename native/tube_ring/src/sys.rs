@@ -273,16 +273,24 @@ pub fn send_all(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
 #[repr(C)]
 struct CmsgBuf([u64; 4]);
 
+/// A message header for one iovec and a control buffer of `CmsgBuf`'s size; both must
+/// outlive every use of the header.
+fn one_byte_msg(iov: &mut libc::iovec, cbuf: &mut CmsgBuf) -> libc::msghdr {
+    // SAFETY: plain C struct; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<CmsgBuf>();
+    msg
+}
+
 /// Sends one byte with `fd` attached (SCM_RIGHTS).
 pub fn send_fd(sock: &OwnedFd, byte: u8, fd: &OwnedFd) -> io::Result<()> {
     let mut data = [byte];
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: 1 };
     let mut cbuf = CmsgBuf([0; 4]);
-    // SAFETY: plain C struct; all-zero is valid.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    let mut msg = one_byte_msg(&mut iov, &mut cbuf);
     // SAFETY: CMSG_SPACE is a pure size computation.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
     debug_assert!(msg.msg_controllen <= size_of::<CmsgBuf>());
@@ -313,12 +321,7 @@ pub fn recv_fd(sock: &OwnedFd, deadline: Instant) -> io::Result<Option<(u8, Opti
         let mut data = [0u8];
         let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: 1 };
         let mut cbuf = CmsgBuf([0; 4]);
-        // SAFETY: plain C struct; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.0.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<CmsgBuf>();
+        let mut msg = one_byte_msg(&mut iov, &mut cbuf);
         let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
         // SAFETY: `msg` points to valid buffers of the stated sizes.
         match cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) }) {
