@@ -407,12 +407,8 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
             Err(e) => {
                 // Deliver what the peer left in the ring (as far as the
                 // credit allows) before closing.
-                let port = state.port;
                 let left = state.credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
-                let _ = state.tube.recv(left, |pkt| {
-                    // SAFETY: as in PortState::drain.
-                    unsafe { tube_drv_deliver(port, pkt.as_ptr().cast(), pkt.len()) };
-                });
+                let _ = recv_to_owner(&mut state.tube, state.port, left);
                 state.close(CloseReason::of(&e));
             }
         }
