@@ -41,8 +41,5 @@ IO.puts("\nafter tube:close/1:\n$ xenstore-ls /local/domain")
 IO.puts(out)
 PeerNode.stop(peer)
 Application.stop(:tube)
-case File.read(socket <> ".pid") do
-  {:ok, pid} -> System.cmd("kill", [String.trim(pid)])
-  _ -> :ok
-end
+TubeTest.Checks.signal_daemon(socket)
 File.rm_rf(dir)

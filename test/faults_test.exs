@@ -326,9 +326,8 @@ defmodule TubeFaultsTest do
   end
 
   defp kill9_daemon(socket) do
-    {:ok, pid} = File.read(socket <> ".pid")
-    pid = String.trim(pid)
-    {_, 0} = System.cmd("kill", ["-9", pid])
+    pid = daemon_pid(socket)
+    {_, 0} = signal_daemon(socket, "KILL")
     wait_until(fn -> not File.exists?("/proc/#{pid}") or zombie?(pid) end)
   end
 

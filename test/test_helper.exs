@@ -12,11 +12,7 @@ System.put_env("XENSTORED_PATH", socket)
 # when the VM exits without finishing the suite (a test file that does not
 # compile, an interrupted run).
 stop_daemon = fn ->
-  case File.read(socket <> ".pid") do
-    {:ok, pid} -> System.cmd("kill", [String.trim(pid)])
-    _ -> :ok
-  end
-
+  TubeTest.Checks.signal_daemon(socket)
   File.rm_rf(run_dir)
 end
 

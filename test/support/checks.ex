@@ -13,6 +13,22 @@ defmodule TubeTest.Checks do
   @doc "Whether xenstore-exists finds `path`."
   def exists?(path), do: elem(xs(["xenstore-exists", path]), 0) == 0
 
+  @doc "The OS pid of the daemon listening on `socket`, from the pidfile beside it; nil if none."
+  def daemon_pid(socket) do
+    case File.read(socket <> ".pid") do
+      {:ok, pid} -> String.trim(pid)
+      _ -> nil
+    end
+  end
+
+  @doc "Sends `signal` (\"TERM\", \"KILL\") to the daemon on `socket`, if it has a pidfile."
+  def signal_daemon(socket, signal \\ "TERM") do
+    case daemon_pid(socket) do
+      nil -> :ok
+      pid -> System.cmd("kill", ["-" <> signal, pid])
+    end
+  end
+
   @doc "Polls `fun` every 10 ms until it is truthy; flunks after `tries` polls."
   def wait_until(fun, tries \\ 1_000) do
     cond do
