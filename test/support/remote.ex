@@ -64,7 +64,7 @@ defmodule TubeTest.Remote do
       case :tube.accept() do
         {:ok, port} ->
           Kernel.send(server, {:accepted, self()})
-          loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: true})
+          loop(owner_state(port, mode, true))
 
         _ ->
           Kernel.send(server, {:accept_failed, self()})
@@ -150,7 +150,7 @@ defmodule TubeTest.Remote do
         case fun.() do
           {:ok, port} ->
             send(parent, {ref, {:ok, name}})
-            loop(%{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: false})
+            loop(owner_state(port, mode, false))
 
           error ->
             send(parent, {ref, error})
@@ -173,6 +173,10 @@ defmodule TubeTest.Remote do
   # Mode :echo sends every packet back, :collect keeps them, :count only
   # counts.
   @keep 10_000
+
+  defp owner_state(port, mode, exit_on_close) do
+    %{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: exit_on_close}
+  end
 
   defp loop(st) do
     port = st.port
