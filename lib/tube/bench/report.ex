@@ -114,16 +114,25 @@ defmodule Tube.Bench.Report do
     end
   end
 
+  # A transport's figure for one size, or nil when that size was not run.
+  defp size_value(t, size, key) do
+    case Enum.find(t.sizes, &(&1.size == size)) do
+      nil -> nil
+      row -> Map.fetch!(row, key)
+    end
+  end
+
   defp write_data(res, dir) do
     tput = res.throughput
     kinds = Enum.map(tput, & &1.transport)
     header = "size " <> Enum.map_join(kinds, " ", &"\"#{@names[&1]}\"")
+    sizes = tput |> Enum.flat_map(fn t -> Enum.map(t.sizes, & &1.size) end) |> Enum.uniq() |> Enum.sort()
 
     for {file, key, scale} <- [{"pps.dat", :rx_pps, 1.0e6}, {"mbps.dat", :rx_mbps, 1.0}] do
       rows =
-        for size <- [64, 1500, 4096] do
-          vals = Enum.map(tput, fn t -> Enum.find(t.sizes, &(&1.size == size)) |> Map.fetch!(key) end)
-          "\"#{size} B\" " <> Enum.map_join(vals, " ", &float(&1 / scale))
+        for size <- sizes do
+          vals = Enum.map(tput, fn t -> size_value(t, size, key) end)
+          "\"#{size} B\" " <> Enum.map_join(vals, " ", &if(&1, do: float(&1 / scale), else: "NaN"))
         end
 
       File.write!(Path.join(dir, file), Enum.join([header | rows], "\n") <> "\n")
