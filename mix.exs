@@ -34,7 +34,10 @@ defmodule Tube.MixProject do
         # Database for an embedded daemon started by this node (nil: none).
         xenstore_db: :undefined,
         # Default open/3 timeout in milliseconds.
-        open_timeout: 5000
+        open_timeout: 5000,
+        # Default polling window of a tube in microseconds (see
+        # tube:setopts/2); 0 never polls.
+        busy_poll: 50
       ]
     ]
   end

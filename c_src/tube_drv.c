@@ -24,14 +24,16 @@ extern void tube_rs_timeout(void *st);
 extern int tube_rs_stats(void *st, uint64_t *out, size_t n);
 extern int tube_rs_request_close(void *st, const char *reason, size_t len);
 extern int tube_rs_set_active(void *st, const char *buf, size_t len);
+extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 
 /* Number of u64 counters a stats control returns (see tube_rs_stats). */
-#define TUBE_STATS_N 8
+#define TUBE_STATS_N 10
 /* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
 #define TUBE_CTL_STATS 1
 #define TUBE_CTL_CLOSE 2
 #define TUBE_CTL_ACTIVE 3
+#define TUBE_CTL_BUSY_POLL 4
 
 /* ---- helpers called from Rust ---------------------------------------- */
 
@@ -157,11 +159,12 @@ static void tube_timeout(ErlDrvData d)
     tube_rs_timeout((void *)d);
 }
 
-/* port_control(Tube, 1, []) -> 8 native-endian u64 counters as a list of
+/* port_control(Tube, 1, []) -> 10 native-endian u64 counters as a list of
  * bytes; see tube_rs_stats for their order.
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
  * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _}.
+ * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -171,6 +174,8 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return tube_rs_request_close((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_ACTIVE)
         return tube_rs_set_active((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_BUSY_POLL)
+        return tube_rs_set_busy_poll((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)
@@ -201,7 +206,7 @@ static ErlDrvEntry tube_entry = {
     "tube_nif",                    /* driver_name: must equal the .so file name */
     NULL,                          /* finish: nothing global to tear down */
     NULL,                          /* handle: reserved for the emulator */
-    tube_control,                  /* control: counters (TUBE_CTL_STATS) */
+    tube_control,                  /* control: counters, close, {active, _}, {busy_poll, _} */
     tube_timeout,                  /* timeout: go on draining a busy ring */
     tube_outputv,                  /* outputv: one packet per port_command */
     NULL,                          /* ready_async: no async jobs */

@@ -38,13 +38,19 @@ defmodule Tube do
   Opens tube `tid` to domain `domid`; the peer calls `accept/0,1`, in
   either order. Options: `:timeout` in milliseconds or `:infinity`
   (default: the `:open_timeout` application env, 5000), `:active` (the
-  first delivery mode, see `setopts/2`).
+  first delivery mode) and `:busy_poll` (the polling window in
+  microseconds, default the `:busy_poll` application env, 50), see
+  `setopts/2`.
 
   Errors: `:timeout`, `:no_domain`, `:self`, `:tid_in_use`,
   `:xenstore_down`, or a ring set-up error. Arguments out of range raise
   `ArgumentError`.
   """
-  @spec open(domid(), tid(), %{optional(:timeout) => timeout(), optional(:active) => term()}) ::
+  @spec open(domid(), tid(), %{
+          optional(:timeout) => timeout(),
+          optional(:active) => term(),
+          optional(:busy_poll) => non_neg_integer()
+        }) ::
           {:ok, t()} | {:error, term()}
   def open(domid, tid, opts), do: :tube.open(domid, tid, opts)
 
@@ -52,8 +58,15 @@ defmodule Tube do
   @spec accept() :: {:ok, t()} | {:error, term()}
   def accept, do: :tube.accept()
 
-  @doc "Waits for a tube from any domain; option `:timeout` (default `:infinity`)."
-  @spec accept(%{optional(:timeout) => timeout()}) :: {:ok, t()} | {:error, term()}
+  @doc """
+  Waits for a tube from any domain; options `:timeout` (default
+  `:infinity`), `:active` and `:busy_poll` (as in `open/3`).
+  """
+  @spec accept(%{
+          optional(:timeout) => timeout(),
+          optional(:active) => term(),
+          optional(:busy_poll) => non_neg_integer()
+        }) :: {:ok, t()} | {:error, term()}
   def accept(opts), do: :tube.accept(opts)
 
   @doc "Closes both ends of the tube; `{:error, :closed}` if already closed."
@@ -66,7 +79,8 @@ defmodule Tube do
 
   @doc """
   Role (`:nock` opened, `:tip` accepted), peer, tid, state and ring
-  counters (`:sent`, `:received`, `:dropped`, `:rejected`, bytes, wakeups).
+  counters (`:sent`, `:received`, `:dropped`, `:rejected`, bytes, wakeups),
+  the `:busy_poll` window and whether the tube is `:polling` now.
   """
   @spec info(t()) :: {:ok, map()} | {:error, :closed}
   def info(tube), do: :tube.info(tube)
@@ -78,8 +92,16 @@ defmodule Tube do
   `{:tube_passive, tube}`; meanwhile packets wait in the ring and, once it
   is full, the peer's sends drop (counted on its side) instead of filling
   the owner's mailbox.
+
+  `{:busy_poll, us}` (0..100000, default 50): after a send, a tube whose
+  peer has been answering polls its ring for up to `us` microseconds, so a
+  reply reaches the owner in microseconds instead of through an fd wake-up
+  and a sleeping scheduler. A window without a packet ends polling until
+  packets arrive again; one-way streams and idle tubes never poll. 0 turns
+  it off.
   """
-  @spec setopts(t(), [{:active, boolean() | :once | pos_integer()}]) :: :ok | {:error, :closed}
+  @spec setopts(t(), [{:active, boolean() | :once | pos_integer()} | {:busy_poll, non_neg_integer()}]) ::
+          :ok | {:error, :closed}
   def setopts(tube, opts), do: :tube.setopts(tube, opts)
 
   @doc "All tubes of this node with their states."

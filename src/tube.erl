@@ -28,18 +28,22 @@
 -export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
          info/1, tubes/0, setopts/2]).
 
--export_type([tube/0, domid/0, tid/0, open_opts/0, active/0]).
+-export_type([tube/0, domid/0, tid/0, open_opts/0, active/0, busy_poll/0, option/0]).
 
 -type tube() :: port().
 -type domid() :: 0..16#7FEF.
 -type tid() :: 0..16#FFFFFFFF.
 -type active() :: boolean() | once | pos_integer().
--type open_opts() :: #{timeout => timeout(), active => active()}.
+-type busy_poll() :: 0..100000.
+-type open_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll()}.
+-type option() :: {active, active()} | {busy_poll, busy_poll()}.
 
 -define(MAX_DOMID, 16#7FEF).
 -define(MAX_TID, 16#FFFFFFFF).
 -define(TUBE_CTL_STATS, 1).
 -define(TUBE_CTL_ACTIVE, 3).
+-define(TUBE_CTL_BUSY_POLL, 4).
+-define(MAX_BUSY_POLL, 100000).
 -define(DRIVER, "tube_nif").
 
 %% @doc Opens tube 0 to domain Domid.
@@ -54,7 +58,8 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 %% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
 %% default the application env `open_timeout', 5000) bounds the wait for
 %% the peer to accept; `active' (default `true') is the tube's first
-%% delivery mode, as in setopts/2.
+%% delivery mode and `busy_poll' (default the application env `busy_poll',
+%% 50) its polling window, as in setopts/2.
 %%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
@@ -65,21 +70,22 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 open(Domid, Tid, Opts) ->
     check(is_domid(Domid) andalso is_tid(Tid) andalso is_map(Opts)),
     Timeout = timeout_opt(Opts),
-    Credit = credit_opt(Opts),
-    finish(tube_server:open(Domid, Tid, Timeout), Credit).
+    Port = port_opts(Opts),
+    finish(tube_server:open(Domid, Tid, Timeout), Port).
 
 %% @doc Waits for a tube from any domain.
 -spec accept() -> {ok, tube()} | {error, term()}.
 accept() -> accept(#{timeout => infinity}).
 
 %% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity') and `active' (default `true', as in setopts/2).
--spec accept(#{timeout => timeout()}) -> {ok, tube()} | {error, term()}.
+%% default `infinity'), `active' and `busy_poll' (as in open/3).
+-spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll()}) ->
+          {ok, tube()} | {error, term()}.
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     check(is_timeout(Timeout)),
-    Credit = credit_opt(Opts),
-    finish(tube_server:accept(Timeout), Credit);
+    Port = port_opts(Opts),
+    finish(tube_server:accept(Timeout), Port);
 accept(_) ->
     erlang:error(badarg).
 
@@ -98,8 +104,8 @@ close(_) ->
 domid() -> tube_server:domid().
 
 %% @doc What is known of an open tube: its role (`nock' if this side
-%% opened it, `tip' if it accepted), peer domain, Tid, state and ring
-%% counters.
+%% opened it, `tip' if it accepted), peer domain, Tid, state, ring
+%% counters, its `busy_poll' window and whether it is `polling' now.
 -spec info(tube()) -> {ok, map()} | {error, closed}.
 info(Tube) when is_port(Tube) ->
     case tube_server:lookup(Tube) of
@@ -124,15 +130,22 @@ info(_) ->
 %% piling up in the owner's mailbox: a receiver that cannot keep up bounds
 %% its memory this way. A passive tube whose peer leaves closes with
 %% `peer_closed' without delivering what was left in the ring.
--spec setopts(tube(), [{active, active()}]) -> ok | {error, closed}.
+%%
+%% `{busy_poll, Us}' (0..100000 microseconds, default 50) is how long the
+%% tube polls its ring for a reply after it sends, once the peer has been
+%% answering: a reply found by polling reaches the owner in a few
+%% microseconds, where waking through the event fd and a sleeping scheduler
+%% takes tens. A window that passes without a packet ends polling until
+%% packets arrive again, so a one-way stream and an idle tube never poll.
+%% 0 turns polling off.
+-spec setopts(tube(), [option()]) -> ok | {error, closed}.
 setopts(Tube, Opts) when is_port(Tube), is_list(Opts) ->
-    Controls = [active_control(A) || {active, A} <- Opts],
-    check(length(Controls) =:= length(Opts)),
+    Controls = [control(O) || O <- Opts],
     %% Control numbers mean something else to other drivers: only tubes.
     case erlang:port_info(Tube, name) of
         {name, ?DRIVER ++ " " ++ _} ->
             try
-                lists:foreach(fun(C) -> erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, C) end, Controls)
+                lists:foreach(fun({Cmd, C}) -> erlang:port_control(Tube, Cmd, C) end, Controls)
             catch
                 error:badarg -> {error, closed}
             end;
@@ -152,8 +165,8 @@ tubes() -> tube_server:tubes().
 
 %% The control plane has mapped the ring: open the port in the calling
 %% process, which makes it the owner, and attach it.
-finish({ok, Id, Key}, Credit) ->
-    Command = lists:concat([?DRIVER, " ", Id, " ", Credit]),
+finish({ok, Id, Key}, {Credit, BusyPoll}) ->
+    Command = lists:concat([?DRIVER, " ", Id, " ", Credit, " ", BusyPoll]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_server:attach(Key, Port) of
@@ -165,8 +178,13 @@ finish({ok, Id, Key}, Credit) ->
             ok = tube_server:abort(Key),
             {error, {open_port, Reason}}
     end;
-finish(Error, _Credit) ->
+finish(Error, _PortOpts) ->
     Error.
+
+%% One setopts/2 option as {Control, Data}.
+control({active, A}) -> {?TUBE_CTL_ACTIVE, active_control(A)};
+control({busy_poll, Us}) -> check(is_busy_poll(Us)), {?TUBE_CTL_BUSY_POLL, <<Us:32/native>>};
+control(_) -> erlang:error(badarg).
 
 %% The control for an active mode: <<Mode:8, N:64/native>> with Mode 0 (no
 %% limit), 1 (set to N) or 2 (add N).
@@ -175,6 +193,12 @@ active_control(false) -> <<1, 0:64/native>>;
 active_control(once) -> <<1, 1:64/native>>;
 active_control(N) when is_integer(N), N > 0, N < 1 bsl 63 -> <<2, N:64/native>>;
 active_control(_) -> erlang:error(badarg).
+
+%% What the open_port command carries: the first credit and polling window.
+port_opts(Opts) ->
+    BusyPoll = maps:get(busy_poll, Opts, application:get_env(tube, busy_poll, 50)),
+    check(is_busy_poll(BusyPoll)),
+    {credit_opt(Opts), BusyPoll}.
 
 %% The first credit, in the open_port command: -1 is no limit.
 credit_opt(Opts) ->
@@ -188,14 +212,15 @@ credit_opt(Opts) ->
 
 counters(Tube) ->
     case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of
-        Bytes when is_list(Bytes), length(Bytes) =:= 64 ->
+        Bytes when is_list(Bytes), length(Bytes) =:= 80 ->
             <<Sent:64/native, SentB:64/native, Recv:64/native, RecvB:64/native,
               Dropped:64/native, Rejected:64/native, Wakeups:64/native,
-              PeerPid:64/native>> = list_to_binary(Bytes),
+              PeerPid:64/native, BusyPoll:64/native, Polling:64/native>> = list_to_binary(Bytes),
             {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
                    received_bytes => RecvB, dropped => Dropped,
                    rejected => Rejected, wakeups => Wakeups,
-                   peer_os_pid => case PeerPid of 0 -> undefined; P -> P end}};
+                   peer_os_pid => case PeerPid of 0 -> undefined; P -> P end,
+                   busy_poll => BusyPoll, polling => Polling =:= 1}};
         _ ->
             {error, closed}
     end.
@@ -207,6 +232,7 @@ timeout_opt(Opts) ->
 
 is_domid(D) -> is_integer(D) andalso D >= 0 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
+is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.
 

@@ -316,6 +316,51 @@ defmodule TubeTest do
     assert {:error, :closed} = :tube.setopts(t, active: true)
   end
 
+  test "busy_poll: replies are found by polling, not fd wake-ups; polling ends with traffic; 0 turns it off",
+       %{peer: peer, peer_domid: p} do
+    task = remote_accept(peer, :echo)
+    {:ok, t} = :tube.open(p, 0, %{timeout: 10_000, busy_poll: 100_000})
+    {:ok, name} = Task.await(task, 15_000)
+    assert {:ok, %{busy_poll: 100_000}} = :tube.info(t)
+
+    ping = fn n ->
+      for i <- 1..n do
+        true = :erlang.port_command(t, <<i::32>>)
+        assert_receive {^t, {:data, <<^i::32>>}}, 5_000
+      end
+    end
+
+    # The first reply wakes the tube through its fd: the peer had not
+    # answered before. After that each send opens a 100 ms window and the
+    # replies are found in it.
+    ping.(1)
+    {:ok, %{wakeups: w0}} = :tube.info(t)
+    ping.(200)
+    {:ok, %{wakeups: w1}} = :tube.info(t)
+    assert w1 - w0 < 100
+    # The window closes once no packet comes, and the tube sleeps again.
+    wait_until(fn -> match?({:ok, %{polling: false}}, :tube.info(t)) end)
+
+    # Off: every reply comes through an fd wake-up.
+    :ok = :tube.setopts(t, busy_poll: 0)
+    ping.(50)
+    {:ok, %{wakeups: w2, polling: false, busy_poll: 0}} = :tube.info(t)
+    assert w2 - w1 >= 50
+
+    for bad <- [-1, 100_001, :fast, 1.5] do
+      assert_raise ArgumentError, fn -> :tube.setopts(t, busy_poll: bad) end
+      assert_raise ArgumentError, fn -> :tube.open(p, 1, %{busy_poll: bad}) end
+      assert_raise ArgumentError, fn -> :tube.accept(%{busy_poll: bad}) end
+    end
+
+    # A peer that leaves while this end polls is seen through its fd as ever.
+    :ok = :tube.setopts(t, busy_poll: 100_000)
+    ping.(1)
+    assert {:ok, %{polling: true}} = :tube.info(t)
+    :ok = PeerNode.call(peer, Remote, :close, [name])
+    assert_receive {:tube_closed, ^t, :peer_closed}, 5_000
+  end
+
   test "the Elixir module mirrors :tube", %{peer: peer, peer_domid: p} do
     task = remote_accept(peer, :echo)
     {:ok, t} = Tube.open(p, 5, %{timeout: 10_000})

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tube_ring::{RingError, SendError, Tube, MAX_PACKET};
@@ -32,6 +33,15 @@ const SPINS: u32 = 200;
 
 /// Packets found by one read that mark a flowing stream, worth the spin.
 const STREAMING: usize = 8;
+
+/// How long a tube polls its ring for a reply after a send, when the open
+/// command does not say (`{busy_poll, Us}` in src/tube.erl). A reply found
+/// by polling costs no wake-up of the poll thread and of a sleeping
+/// scheduler, which an fd event does.
+const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
+
+/// The longest polling window a tube accepts, in microseconds.
+const MAX_BUSY_POLL_US: u64 = 100_000;
 
 /// Opaque `ErlDrvPort`.
 type DrvPort = *mut c_void;
@@ -49,6 +59,9 @@ extern "C" {
 /// Tubes whose port has stopped, kept open until the emulator calls
 /// `stop_select` for their fd (closing it earlier races with the poll set).
 static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
+
+/// Counters returned by the stats control (see `tube_rs_stats`).
+const STATS_N: usize = 10;
 
 /// Per-port state, owned by the emulator between `start` and `stop`.
 struct PortState {
@@ -69,6 +82,18 @@ struct PortState {
     /// and the peer's sends drop, counted on its side, instead of packets
     /// piling up in the owner's mailbox.
     credit: Option<u64>,
+    /// The polling window (`{busy_poll, Us}`); zero never polls.
+    busy_poll: Duration,
+    /// Polling the ring from zero timeouts instead of sleeping on the fd
+    /// (the peer has been told not to send wake-ups).
+    polling: bool,
+    /// When polling stops unless a packet arrives before.
+    poll_until: Instant,
+    /// Packets have arrived since the last polling window closed empty: a
+    /// send opens a new window.
+    replies: bool,
+    /// A packet arrived during the current polling window.
+    heard: bool,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -137,10 +162,53 @@ impl PortState {
                 break;
             }
         }
+        if self.keep_polling(delivered) {
+            return self.resume_later();
+        }
         if !self.tube.prepare_sleep() {
             // A packet arrived while we were announcing sleep.
             self.resume_later();
         }
+    }
+
+    /// The ring is empty: true to poll it again from a zero timeout. Polling
+    /// lasts while the window opened by a send (`start_polling`) is open; a
+    /// packet arriving extends it. A window that closes empty tells that the
+    /// peer is not answering, and sends stop opening new ones.
+    fn keep_polling(&mut self, delivered: usize) -> bool {
+        if delivered > 0 {
+            self.replies = true;
+        }
+        if !self.polling {
+            return false;
+        }
+        let now = Instant::now();
+        if delivered > 0 {
+            self.heard = true;
+            self.poll_until = now + self.busy_poll;
+        }
+        if now < self.poll_until {
+            self.tube.stay_awake();
+            return true;
+        }
+        self.polling = false;
+        self.replies = self.heard;
+        false
+    }
+
+    /// A packet went out while the tube is not polling. If the peer has been
+    /// answering, its reply is likely within `busy_poll`: poll for it. A
+    /// one-way sender never polls, nor does a one-way receiver, so a stream
+    /// leaves the scheduler to the processes.
+    fn start_polling(&mut self) {
+        if self.polling || !self.replies || self.credit == Some(0) || self.busy_poll.is_zero() {
+            return;
+        }
+        self.polling = true;
+        self.heard = false;
+        self.poll_until = Instant::now() + self.busy_poll;
+        self.tube.stay_awake();
+        self.resume_later();
     }
 
     /// Counts `n` delivered packets against the credit; true when it ran out.
@@ -158,6 +226,7 @@ impl PortState {
     /// reading until it grants more (no sleep is announced, so the peer does
     /// not wake us either).
     fn go_passive(&mut self) {
+        self.polling = false;
         // SAFETY: `self.port` is the live port of this state.
         unsafe { tube_drv_passive(self.port) };
     }
@@ -175,6 +244,15 @@ impl PortState {
         if self.credit != Some(0) {
             self.resume_later();
         }
+        true
+    }
+
+    /// `{busy_poll, Us}` from the owner; a window in progress keeps its end.
+    fn set_busy_poll(&mut self, us: u64) -> bool {
+        if us > MAX_BUSY_POLL_US {
+            return false;
+        }
+        self.busy_poll = Duration::from_micros(us);
         true
     }
 
@@ -200,14 +278,15 @@ impl PortState {
             return;
         };
         match self.tube.send(pkt) {
-            Ok(()) | Err(SendError::Full) | Err(SendError::BadSize(_)) => {}
+            Ok(()) => self.start_polling(),
+            Err(SendError::Full) | Err(SendError::BadSize(_)) => {}
             // The peer's hang-up arrives on the fd and closes the port.
             Err(SendError::Closed) => {}
             Err(SendError::Corrupt) => self.close(CloseReason::Corrupt),
         }
     }
 
-    fn stats(&self) -> [u64; 8] {
+    fn stats(&self) -> [u64; STATS_N] {
         let s = self.tube.stats();
         [
             s.sent_pkts,
@@ -218,6 +297,8 @@ impl PortState {
             self.rejected,
             self.wakeups,
             self.tube.peer_pid().map_or(0, |p| p as u64),
+            self.busy_poll.as_micros() as u64,
+            u64::from(self.polling),
         ]
     }
 }
@@ -292,15 +373,27 @@ fn guarded(st: *mut c_void, body: impl FnOnce(&mut PortState)) {
     }
 }
 
-/// The initial credit from `"tube_nif <Id> <Credit>"`: a negative or absent
-/// credit is `{active, true}`.
-fn credit_from_command(command: &CStr) -> Option<u64> {
-    let text = command.to_str().ok()?;
-    let credit: i64 = text.split_ascii_whitespace().nth(2)?.parse().ok()?;
-    u64::try_from(credit).ok()
+/// Word `n` of the open command as an integer.
+fn command_word(command: &CStr, n: usize) -> Option<i64> {
+    command.to_str().ok()?.split_ascii_whitespace().nth(n)?.parse().ok()
 }
 
-/// Parses `"tube_nif <Id> [<Credit>]"` (the driver name, then the hand-over
+/// The initial credit from `"tube_nif <Id> <Credit> ..."`: a negative or
+/// absent credit is `{active, true}`.
+fn credit_from_command(command: &CStr) -> Option<u64> {
+    u64::try_from(command_word(command, 2)?).ok()
+}
+
+/// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
+/// default when absent or out of range.
+fn busy_poll_from_command(command: &CStr) -> Duration {
+    match command_word(command, 3).and_then(|us| u64::try_from(us).ok()) {
+        Some(us) if us <= MAX_BUSY_POLL_US => Duration::from_micros(us),
+        _ => DEFAULT_BUSY_POLL,
+    }
+}
+
+/// Parses `"tube_nif <Id> ..."` (the driver name, then the hand-over
 /// number).
 fn claim_from_command(command: &CStr) -> Option<Tube> {
     let text = command.to_str().ok()?;
@@ -323,6 +416,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
         };
         let fd = tube.fd();
         let credit = credit_from_command(command);
+        let busy_poll = busy_poll_from_command(command);
         let state = Box::new(PortState {
             port,
             tube,
@@ -332,6 +426,11 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             closing: false,
             close_requested: None,
             credit,
+            busy_poll,
+            polling: false,
+            poll_until: Instant::now(),
+            replies: false,
+            heard: false,
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
@@ -423,17 +522,18 @@ pub extern "C" fn tube_rs_timeout(st: *mut c_void) {
 
 /// Counters for `port_control(Tube, 1, [])`, in this order: sent packets,
 /// sent bytes, received packets, received bytes, dropped (ring full),
-/// rejected (bad size), wakeups, peer OS pid (0 if unknown).
+/// rejected (bad size), wakeups, peer OS pid (0 if unknown), the polling
+/// window in microseconds, 1 while polling.
 #[no_mangle]
 pub extern "C" fn tube_rs_stats(st: *mut c_void, out: *mut u64, n: usize) -> c_int {
-    if st.is_null() || out.is_null() || n < 8 {
+    if st.is_null() || out.is_null() || n < STATS_N {
         return -1;
     }
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: see `guarded`; reading only.
         let state = unsafe { &*(st as *const PortState) };
         let stats = state.stats();
-        // SAFETY: the caller passes room for `n >= 8` u64 values.
+        // SAFETY: the caller passes room for `n >= STATS_N` u64 values.
         unsafe { std::ptr::copy_nonoverlapping(stats.as_ptr(), out, stats.len()) };
     }));
     if r.is_ok() {
@@ -480,6 +580,25 @@ pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: u
     let n = u64::from_ne_bytes(n);
     let mut ok = false;
     guarded(st, |state| ok = state.set_active(mode, n));
+    if ok {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `port_control(Tube, 4, <<Us:32/native>>)`: `{busy_poll, Us}`, see
+/// [`PortState::set_busy_poll`]. Returns -1 (badarg) for a malformed request.
+#[no_mangle]
+pub extern "C" fn tube_rs_set_busy_poll(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
+    if buf.is_null() || len != 4 {
+        return -1;
+    }
+    // SAFETY: the C glue passes the control buffer of `len` (= 4) bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
+    let us = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let mut ok = false;
+    guarded(st, |state| ok = state.set_busy_poll(u64::from(us)));
     if ok {
         0
     } else {

@@ -294,6 +294,14 @@ impl<M: RingMem> Consumer<M> {
         fence(Ordering::SeqCst);
         !self.has_data()
     }
+
+    /// Withdraws a sleep announced by `prepare_sleep`: the caller polls the ring itself from
+    /// now on, so the producer need not send wake-ups. A wake-up already sent stays in the
+    /// socket and is consumed by the next `on_readable`; no ordering is needed because the
+    /// caller checks the ring after this.
+    pub fn stay_awake(&self) {
+        self.mem.ctrl().sleeping.0.store(0, Ordering::Relaxed);
+    }
 }
 
 #[cfg(all(test, not(loom)))]

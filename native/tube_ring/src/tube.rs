@@ -283,6 +283,13 @@ impl Tube {
         self.state == State::Open && self.rx.prepare_sleep()
     }
 
+    /// Withdraws a sleep announced by `prepare_sleep`: the caller promises to poll with
+    /// `has_data` (or `recv`) until its next `prepare_sleep`, and the peer stops sending
+    /// wake-ups meanwhile.
+    pub fn stay_awake(&mut self) {
+        self.rx.stay_awake();
+    }
+
     /// Call when `fd()` is readable: consumes the wake-up bytes (non-blocking).
     /// On hang-up, EOF or connection reset the tube is marked gone; if packets the peer sent
     /// before it went are still in the ring this returns `Ok(())` so the caller drains them
