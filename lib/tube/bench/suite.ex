@@ -39,11 +39,22 @@ defmodule Tube.Bench.Suite do
   end
 
   defp median_run(link, c, size, s, log) do
-    runs = for _ <- 1..s.runs, do: Measure.throughput([link], c.node, size, s.warmup_ms, s.window_ms)
+    runs = for _ <- 1..s.runs, do: costed_run(link, c, size, s)
     best = Enum.sort_by(runs, & &1.rx_pps) |> Enum.at(div(length(runs), 2))
     log.("#{link.kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
+           ", receiving node #{fmt(best.rx_cpu_ns_per_pkt)} CPU ns/packet" <>
            " (runs: #{Enum.map_join(runs, " ", &fmt(&1.rx_pps / 1.0e6))})")
     Map.put(best, :runs, Enum.map(runs, & &1.rx_pps))
+  end
+
+  # One throughput run, with the CPU time the receiving node (the peer)
+  # spent per packet it received: a figure that CPU contention from other
+  # work on the machine moves far less than the packet rate.
+  defp costed_run(link, c, size, s) do
+    cpu0 = Measure.cpu_ns(c.peer_os_pid)
+    r = Measure.throughput([link], c.node, size, s.warmup_ms, s.window_ms)
+    cpu = Measure.cpu_ns(c.peer_os_pid) - cpu0
+    Map.put(r, :rx_cpu_ns_per_pkt, if(r.received > 0, do: cpu / r.received, else: nil))
   end
 
   # ---- scale ------------------------------------------------------------------
