@@ -417,4 +417,19 @@ mod tests {
         assert!(!p.publish());
         assert!(!c.prepare_sleep(), "data is waiting");
     }
+
+    #[test]
+    fn staying_awake_withdraws_the_sleep() {
+        let m = heap();
+        let (mut p, mut c) = (Producer::new(&m), Consumer::new(&m));
+        assert!(c.prepare_sleep());
+        c.stay_awake();
+        assert_eq!(p.push(&[1]), Ok(true));
+        assert!(!p.publish(), "a consumer that polls needs no wake-up");
+        let mut buf = [0u8; MAX_PACKET];
+        assert_eq!(c.pop(&mut buf), Ok(Some(1)));
+        assert!(c.prepare_sleep());
+        assert_eq!(p.push(&[2]), Ok(true));
+        assert!(p.publish(), "sleeping again asks for wake-ups again");
+    }
 }
