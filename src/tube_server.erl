@@ -185,8 +185,8 @@ handle_call({open, Peer, Tid, Timeout}, From, St) ->
     end;
 handle_call({accept, Timeout}, From, St) ->
     do_accept(From, Timeout, St);
-handle_call({attach, Key, Port}, _From, St) ->
-    do_attach(Key, Port, St);
+handle_call({attach, Key, Port}, From, St) ->
+    do_attach(Key, Port, From, St);
 handle_call({abort, Key}, _From, St) ->
     {reply, ok, drop(Key, St)};
 handle_call({close, Port}, _From, St) ->
@@ -611,7 +611,10 @@ ring_done(Key, Result, St) ->
             St % timed out or dropped meanwhile; the ring resource is freed by GC
     end.
 
-do_attach(Key, Port, St) ->
+%% The caller has its tube once the port is attached, so it is answered
+%% first; the store learns of it (state 4, the peer's state read again)
+%% before this process handles anything else.
+do_attach(Key, Port, From, St) ->
     case maps:find(Key, St#st.tubes) of
         {ok, T = #tube{phase = handed}} ->
             erlang:demonitor(T#tube.caller_mon, [flush]),
@@ -620,8 +623,9 @@ do_attach(Key, Port, St) ->
             St1 = put_tube(T1, St#st{mons = maps:put(Mon, {port, Key},
                                                     maps:remove(T#tube.caller_mon, St#st.mons))}),
             {_, Peer, _} = Key,
+            gen_server:reply(From, ok),
             St2 = announce_connected(Key, St1#st{live_peers = sets:add_element(Peer, St1#st.live_peers)}),
-            {reply, ok, check(Key, St2)};
+            {noreply, check(Key, St2)};
         _ ->
             {reply, {error, closed}, St}
     end.
