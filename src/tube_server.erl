@@ -481,28 +481,31 @@ key_of_token(Token) ->
 
 %% Re-reads the peer's state after a watch event and moves the tube on.
 check(Key, St = #st{conn = C, domid = D}) ->
+    Node = peer_node(Key, D),
     case maps:find(Key, St#st.tubes) of
+        {ok, T = #tube{key = {nock, _, _}, phase = waiting}} ->
+            check_offer(Key, T, Node, St);
         {ok, T} ->
-            Node = peer_node(Key, D),
-            State = tube_xs:read(C, [Node, "/state"]),
-            step(Key, T, State, Node, St);
+            step(Key, T, tube_xs:read(C, [Node, "/state"]), Node, St);
         error ->
             St
     end.
 
-%% Nock: the tip has published its ring.
-step(Key = {nock, _, _}, T = #tube{phase = waiting}, {ok, ?STATE_INITIALISED}, Node, St) ->
-    C = St#st.conn,
-    case tube_xs:batch(C, [{read, 0, [Node, "/event-channel"]},
-                           {read, 0, [Node, "/tx-ring-ref"]},
-                           {read, 0, [Node, "/rx-ring-ref"]}]) of
-        [{ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
+%% Nock waiting for the ring: the refs are read with the state, in the same
+%% round trip, as they are written with state 3 in one transaction.
+check_offer(Key, T, Node, St = #st{conn = C}) ->
+    Fields = ["/state", "/event-channel", "/tx-ring-ref", "/rx-ring-ref"],
+    case tube_xs:batch(C, [{read, 0, [Node, F]} || F <- Fields]) of
+        [{ok, ?STATE_INITIALISED}, {ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
             Timeout = application:get_env(tube, open_timeout, 5000),
             spawn_ring_job(Key, fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end),
             put_tube(T#tube{phase = connecting}, St);
-        _ ->
-            fail(Key, {error, bad_peer_state}, St)
-    end;
+        [{ok, ?STATE_INITIALISED} | _] ->
+            fail(Key, {error, bad_peer_state}, St);
+        [State | _] ->
+            step(Key, T, State, Node, St)
+    end.
+
 %% Nock: the tip directory was removed before we connected.
 step(Key = {nock, _, _}, #tube{phase = waiting}, {error, enoent}, Node, St) ->
     case tube_xs:read(St#st.conn, [Node, "/nock"]) of
