@@ -216,18 +216,19 @@ do_open(Peer, Tid, Timeout, From, St = #st{conn = C, domid = D}) ->
         true ->
             {reply, {error, tid_in_use}, St};
         false ->
-            case tube_xs:is_domain_introduced(C, Peer) of
-                {ok, true} ->
-                    case publish_nock(C, D, Peer, Tid) of
+            %% The transaction that publishes the nock starts in the same
+            %% round trip as the check that the peer exists.
+            case tube_xs:batch(C, [{is_domain_introduced, Peer}, transaction_start]) of
+                [{ok, true}, Started] ->
+                    case publish_nock(C, Started, D, Peer, Tid) of
                         ok -> start_open(Key, Timeout, From, St);
                         {error, eexist} -> {reply, {error, tid_in_use}, St};
                         {error, eacces} -> {reply, {error, tid_in_use}, St};
                         E -> {reply, E, St}
                     end;
-                {ok, false} ->
-                    {reply, {error, no_domain}, St};
-                E ->
-                    {reply, E, St}
+                [Introduced, Started] ->
+                    abort_tx(C, Started),
+                    {reply, case Introduced of {ok, false} -> {error, no_domain}; E -> E end, St}
             end
     end.
 
@@ -247,10 +248,10 @@ start_open(Key = {nock, Peer, Tid}, Timeout, From = {Pid, _}, St) ->
 %% Both directories of the nock, in one transaction so that the tip never
 %% sees half of them, and in one round trip: the batch checks that neither
 %% exists yet, and the transaction is dropped if one does.
-publish_nock(C, D, Peer, Tid) ->
+publish_nock(C, Started, D, Peer, Tid) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
-    tube_xs:transaction(C, fun(Tx) ->
+    tube_xs:transaction(C, Started, fun(Tx) ->
         Checks = [{read, Tx, [Nock, "/state"]}, {read, Tx, [Tip, "/nock"]}],
         Writes = nock_ops(Tx, D, Peer, Nock, Tip),
         case tube_xs:batch(C, Checks ++ Writes) of
@@ -327,18 +328,19 @@ enqueue_acceptor(From, Mon, Deadline, St) ->
 match_accept(St = #st{acceptors = [{From, Mon, Timer, Deadline} | As], backlog = [Key | Ks]}) ->
     cancel_timer(Timer),
     St1 = St#st{acceptors = As, backlog = Ks, mons = maps:remove(Mon, St#st.mons)},
-    match_accept(offer(Key, From, Mon, Deadline, St1));
+    match_accept(offer(Key, From, Mon, Deadline, tube_xs:transaction_start(St#st.conn), St1));
 match_accept(St) ->
     St.
 
-%% Creates the ring and publishes its refs with state 3 in one transaction,
-%% then waits for the nock to map it, off this process.
-offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}) ->
+%% Creates the ring and publishes its refs with state 3 in one transaction
+%% (Started, already begun), then waits for the nock to map it, off this
+%% process.
+offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, Started, St = #st{conn = C, domid = D}) ->
     T0 = maps:get(Key, St#st.tubes),
     Tip = tip_path(D, Peer, Tid),
     case tube_nif:ring_offer() of
         {ok, Offer, Evt, TxRef, RxRef} ->
-            Res = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+            Res = fill_tip(C, Started, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
                                     {"/event-channel", Evt}, {"/state", ?STATE_INITIALISED}]),
             case Res of
                 ok ->
@@ -352,14 +354,15 @@ offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}
                     enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
             end;
         _ ->
+            abort_tx(C, Started),
             enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
     end.
 
 %% The tip writes its fields into the nock's directory in one transaction,
 %% and only while that directory exists: a plain write would create it
 %% again (owned by the tip) after the nock removed it.
-fill_tip(C, Tip, Fields) ->
-    tube_xs:transaction(C, fun(Tx) ->
+fill_tip(C, Started, Tip, Fields) ->
+    tube_xs:transaction(C, Started, fun(Tx) ->
         Ops = [{read, Tx, [Tip, "/nock"]} | [{write, Tx, [Tip, N], V} || {N, V} <- Fields]],
         case tube_xs:batch(C, Ops) of
             [{ok, _} | Writes] ->
@@ -378,52 +381,74 @@ fail_caller(From, Mon, Reply, St) ->
     St.
 
 %% A tip entry appeared or changed under our data/tip.
-incoming(Path, St = #st{conn = C, domid = D}) ->
+incoming(Path, St = #st{domid = D}) ->
     case parse_tip_event(Path, D) of
         {ok, Peer, Tid} ->
             Key = {tip, Peer, Tid},
             case maps:is_key(Key, St#st.tubes) of
                 true -> St;
-                false -> maybe_new_tip(Key, C, D, St)
+                false -> examine_tip(Key, [watch_op(Key, D), transaction_start], St)
             end;
         error ->
             St
     end.
 
-maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
+%% Checks a tip entry and takes it if it is a new tube from the domain its
+%% path names. Extra ops ride in the same round trip: for an entry just
+%% seen, the watch on the nock's state and the transaction that answers
+%% it, since nearly every such entry is a new tube; they are undone if not.
+examine_tip(Key = {tip, Peer, Tid}, Extra, St = #st{conn = C, domid = D}) ->
     Tip = tip_path(D, Peer, Tid),
     Expected = nock_path(Peer, D, Tid),
-    case tube_xs:batch(C, [{read, 0, [Tip, "/nock"]}, {get_perms, 0, Tip},
-                           {read, 0, [Tip, "/state"]}]) of
-        [{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, ?STATE_UNKNOWN}] ->
-            new_tip(Key, Tip, St);
-        [{ok, Expected}, {ok, [{_, Peer} | _]}, _] ->
-            St; % incomplete, or answered by a previous run of this node
-        [{ok, _}, {ok, [{_, Owner} | _]}, _] when Owner =/= Peer ->
+    Checks = [{read, 0, [Tip, "/nock"]}, {get_perms, 0, Tip}, {read, 0, [Tip, "/state"]}],
+    case tube_xs:batch(C, Checks ++ Extra) of
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, ?STATE_UNKNOWN} | Taken] ->
+            take_tip(Key, Tip, Taken, St);
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, _ | Taken] ->
+            release_tip(Key, Taken, St); % incomplete, or answered by a previous run of this node
+        [{ok, _}, {ok, [{_, Owner} | _]}, _ | Taken] when Owner =/= Peer ->
             ?LOG_WARNING("tube: ignoring ~s: owned by domain ~p, not ~p", [Tip, Owner, Peer]),
-            St;
-        _ ->
-            St
+            release_tip(Key, Taken, St);
+        [_, _, _ | Taken] ->
+            release_tip(Key, Taken, St)
     end.
 
-%% A new incoming tube: answer state 1 and wait for an accept(), or, when
-%% one is already waiting, go straight to publishing the ring (state 3).
-new_tip(Key, Tip, St = #st{conn = C}) ->
-    Answer = case St#st.acceptors of
-                 [] -> fill_tip(C, Tip, [{"/state", ?STATE_INITIALISING}]);
-                 _ -> ok
-             end,
-    case Answer of
-        ok ->
-            T = #tube{key = Key, phase = waiting},
-            St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
-                        backlog = St#st.backlog ++ [Key]},
-            case watch_peer(Key, St1) of
-                ok -> match_accept(St1);
-                {error, _} -> drop(Key, St1)
-            end;
-        {error, _} ->
-            St
+take_tip(Key, Tip, [], St = #st{conn = C, domid = D}) ->
+    take_tip(Key, Tip, tube_xs:batch(C, [watch_op(Key, D), transaction_start]), St);
+take_tip(Key, Tip, [ok, {ok, _} = Started], St) ->
+    new_tip(Key, Tip, Started, St);
+take_tip(Key, _Tip, Taken, St) ->
+    release_tip(Key, Taken, St). % over the watch quota, or the daemon went away
+
+%% Undoes the extra ops of examine_tip/3 for an entry not taken.
+release_tip(Key, Taken, St = #st{conn = C, domid = D}) ->
+    _ = tube_xs:batch(C, undo_ops(Key, D, Taken)),
+    St.
+
+undo_ops(_Key, _D, []) ->
+    [];
+undo_ops(Key, D, [Watched, Started]) ->
+    [{unwatch, peer_node(Key, D), token(Key)} || Watched =:= ok]
+    ++ [{transaction_end, Tx, false} || {ok, Tx} <- [Started]].
+
+%% A new incoming tube, watched: answer state 1 and wait for an accept(),
+%% or, when one is already waiting, go straight to publishing the ring
+%% (state 3), in the transaction already started.
+new_tip(Key, Tip, Started, St = #st{conn = C}) ->
+    St1 = put_tube(#tube{key = Key, phase = waiting}, St),
+    case {St#st.acceptors, St#st.backlog} of
+        {[{From, Mon, Timer, Deadline} | As], []} ->
+            cancel_timer(Timer),
+            offer(Key, From, Mon, Deadline, Started,
+                  St1#st{acceptors = As, mons = maps:remove(Mon, St1#st.mons)});
+        _ ->
+            case fill_tip(C, Started, Tip, [{"/state", ?STATE_INITIALISING}]) of
+                ok ->
+                    match_accept(St1#st{backlog = St1#st.backlog ++ [Key]});
+                {error, _} ->
+                    unwatch_peer(Key, St),
+                    St
+            end
     end.
 
 parse_tip_event(Path, D) ->
@@ -454,6 +479,9 @@ watch_peer(Key, #st{conn = C, domid = D}) ->
         ok -> ok;
         {error, _} = E -> E
     end.
+
+watch_op(Key, D) ->
+    {watch, peer_node(Key, D), token(Key)}.
 
 unwatch_peer(Key, #st{conn = C, domid = D}) when C =/= undefined ->
     _ = tube_xs:unwatch(C, peer_node(Key, D), token(Key)),
@@ -522,8 +550,9 @@ step(Key = {tip, Peer, Tid}, #tube{phase = open, refs = {Evt, TxRef, RxRef}}, {o
         {ok, ?STATE_CONNECTED} ->
             St;
         _ ->
-            _ = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
-                                  {"/event-channel", Evt}, {"/state", ?STATE_CONNECTED}]),
+            _ = fill_tip(C, tube_xs:transaction_start(C), Tip,
+                         [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+                          {"/event-channel", Evt}, {"/state", ?STATE_CONNECTED}]),
             _ = Key,
             St
     end;
@@ -688,8 +717,8 @@ drop(Key, St) ->
 
 %% A new tube from the same nock with the same Tid may have arrived while
 %% the old one was still here (and was then ignored): look again.
-retry_incoming(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
-    maybe_new_tip(Key, C, D, St);
+retry_incoming(Key = {tip, _, _}, St = #st{conn = C}) when C =/= undefined ->
+    examine_tip(Key, [], St);
 retry_incoming(_Key, St) ->
     St.
 
@@ -733,6 +762,9 @@ remove_tip_nodes(_Key, _T, _St) ->
 
 put_tube(T = #tube{key = Key}, St) ->
     St#st{tubes = maps:put(Key, T, St#st.tubes)}.
+
+abort_tx(C, {ok, Tx}) -> _ = tube_xs:transaction_end(C, Tx, false), ok;
+abort_tx(_C, _NotStarted) -> ok.
 
 %% ---- messages --------------------------------------------------------------
 
