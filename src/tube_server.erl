@@ -833,8 +833,21 @@ watch_event(_Path, <<"introduce">>, St) ->
     domains_changed(St);
 watch_event(_Path, Token, St) ->
     case key_of_token(Token) of
-        {ok, Key} -> check(Key, St);
-        error -> St
+        {ok, Key} ->
+            flush_events(St#st.tag, Token),
+            check(Key, St);
+        error ->
+            St
+    end.
+
+%% One commit fires a tube's watch once per node it wrote, and check/2
+%% reads the state as it is after all of them: the events of that watch
+%% already queued need no read of their own.
+flush_events(Tag, Token) ->
+    receive
+        {tube_xs, Tag, {watch, _, Token}} -> flush_events(Tag, Token)
+    after 0 ->
+        ok
     end.
 
 acceptor_timeout(Mon, St) ->
