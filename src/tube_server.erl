@@ -526,12 +526,21 @@ check_offer(Key, T, Node, St = #st{conn = C}) ->
     case tube_xs:batch(C, [{read, 0, [Node, F]} || F <- Fields]) of
         [{ok, ?STATE_INITIALISED}, {ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
             Timeout = application:get_env(tube, open_timeout, 5000),
-            spawn_ring_job(Key, fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end),
+            spawn_ring_job(Key, connect_job(Evt, TxRef, RxRef, Timeout)),
             put_tube(T#tube{phase = connecting}, St);
         [{ok, ?STATE_INITIALISED} | _] ->
             fail(Key, {error, bad_peer_state}, St);
         [State | _] ->
             step(Key, T, State, Node, St)
+    end.
+
+%% The grant is presented from here, so that the tip answers while the job
+%% that waits for its ring is being started; if that cannot be done without
+%% waiting, the job does the whole connect.
+connect_job(Evt, TxRef, RxRef, Timeout) ->
+    case tube_nif:ring_connect_start(Evt, TxRef, RxRef) of
+        {ok, Connecting} -> fun() -> tube_nif:ring_connect_finish(Connecting, Timeout) end;
+        {error, _} -> fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end
     end.
 
 %% Nock: the tip directory was removed before we connected.
