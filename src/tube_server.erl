@@ -795,6 +795,12 @@ handle_info(reconnect, St = #st{conn = undefined}) ->
             erlang:send_after(?RECONNECT_MS, self(), reconnect),
             {noreply, St}
     end;
+handle_info({republish, Key}, St = #st{conn = C}) when C =/= undefined ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, #tube{phase = open}} -> republish_nock(Key, St);
+        _ -> ok
+    end,
+    {noreply, St};
 handle_info({ring_done, Key, Result}, St) ->
     {noreply, ring_done(Key, Result, St)};
 handle_info({timeout, _Ref, {acceptor, Mon}}, St) ->
@@ -902,11 +908,12 @@ republish(St) ->
 
 %% The nock's directories of an open tube, if they are missing. The tip
 %% fills in its fields again when it sees them (step/5). Needs the peer's
-%% domain to be registered again: also tried on @introduceDomain.
-republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
+%% domain to be registered again, with its data/tip: also tried on
+%% @introduceDomain, and again while the peer is registered but not ready.
+republish_nock(Key = {nock, Peer, Tid}, #st{conn = C, domid = D}) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
-    _ = tube_xs:transaction(C, fun(Tx) ->
+    Done = tube_xs:transaction(C, fun(Tx) ->
             case tube_xs:read(C, Tx, [Tip, "/nock"]) of
                 {ok, _} ->
                     ok;
@@ -919,9 +926,21 @@ republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
                     E
             end
         end),
-    ok;
+    case Done of
+        ok -> ok;
+        _ -> retry_republish(C, Key)
+    end;
 republish_nock(_Key, _St) ->
     ok.
+
+%% A peer registers before it creates its data/tip, and until then the
+%% nock's directories cannot be written there: while the peer is
+%% registered, try again shortly.
+retry_republish(C, Key = {nock, Peer, _}) ->
+    case tube_xs:is_domain_introduced(C, Peer) of
+        {ok, true} -> erlang:send_after(?RECONNECT_MS, self(), {republish, Key}), ok;
+        _ -> ok
+    end.
 
 terminate(_Reason, St) ->
     maps:foreach(fun(Key, _) -> remove_nodes(Key, St) end, St#st.tubes).
