@@ -99,12 +99,15 @@ pub(crate) enum Sink {
 impl Sink {
     fn event(&mut self, ev: WatchEvent) {
         match self {
-            // No receiver left only happens while the client is being dropped; the event is moot then.
-            Sink::Channel(tx) => drop(tx.send(ev)),
+            Sink::Channel(tx) => {
+                // No receiver left only happens while the client is being dropped; the event is moot then.
+                let _ = tx.send(ev);
+            }
             Sink::Handler(h) => h(Watch::Event(ev)),
         }
     }
 
+    /// Tells the sink the connection ended; a channel learns it when its sender drops here.
     fn closed(self) {
         if let Sink::Handler(mut h) = self {
             h(Watch::Closed);
