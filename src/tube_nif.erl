@@ -6,7 +6,8 @@
 
 -export([load_driver/0, lib_dir/0]).
 -export([xs_open/2, xs_send/3, xs_close/1, xs_default_path/0]).
--export([ring_offer/0, ring_accept/2, ring_connect/4, ring_handoff/1,
+-export([ring_offer/0, ring_accept/2, ring_connect/4, ring_connect_start/3,
+         ring_connect_finish/2, ring_handoff/1,
          ring_discard/1, ring_parked/0]).
 
 -on_load(init/0).
@@ -41,6 +42,8 @@ xs_default_path() -> nif_error().
 ring_offer() -> nif_error().
 ring_accept(_Offer, _TimeoutMs) -> nif_error().
 ring_connect(_Evtchn, _TxRef, _RxRef, _TimeoutMs) -> nif_error().
+ring_connect_start(_Evtchn, _TxRef, _RxRef) -> nif_error().
+ring_connect_finish(_Connecting, _TimeoutMs) -> nif_error().
 ring_handoff(_Tube) -> nif_error().
 ring_discard(_Id) -> nif_error().
 ring_parked() -> nif_error().

@@ -185,8 +185,8 @@ handle_call({open, Peer, Tid, Timeout}, From, St) ->
     end;
 handle_call({accept, Timeout}, From, St) ->
     do_accept(From, Timeout, St);
-handle_call({attach, Key, Port}, _From, St) ->
-    do_attach(Key, Port, St);
+handle_call({attach, Key, Port}, From, St) ->
+    do_attach(Key, Port, From, St);
 handle_call({abort, Key}, _From, St) ->
     {reply, ok, drop(Key, St)};
 handle_call({close, Port}, _From, St) ->
@@ -216,18 +216,19 @@ do_open(Peer, Tid, Timeout, From, St = #st{conn = C, domid = D}) ->
         true ->
             {reply, {error, tid_in_use}, St};
         false ->
-            case tube_xs:is_domain_introduced(C, Peer) of
-                {ok, true} ->
-                    case publish_nock(C, D, Peer, Tid) of
+            %% The transaction that publishes the nock starts in the same
+            %% round trip as the check that the peer exists.
+            case tube_xs:batch(C, [{is_domain_introduced, Peer}, transaction_start]) of
+                [{ok, true}, Started] ->
+                    case publish_nock(C, Started, D, Peer, Tid) of
                         ok -> start_open(Key, Timeout, From, St);
                         {error, eexist} -> {reply, {error, tid_in_use}, St};
                         {error, eacces} -> {reply, {error, tid_in_use}, St};
                         E -> {reply, E, St}
                     end;
-                {ok, false} ->
-                    {reply, {error, no_domain}, St};
-                E ->
-                    {reply, E, St}
+                [Introduced, Started] ->
+                    abort_tx(C, Started),
+                    {reply, case Introduced of {ok, false} -> {error, no_domain}; E -> E end, St}
             end
     end.
 
@@ -247,10 +248,10 @@ start_open(Key = {nock, Peer, Tid}, Timeout, From = {Pid, _}, St) ->
 %% Both directories of the nock, in one transaction so that the tip never
 %% sees half of them, and in one round trip: the batch checks that neither
 %% exists yet, and the transaction is dropped if one does.
-publish_nock(C, D, Peer, Tid) ->
+publish_nock(C, Started, D, Peer, Tid) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
-    tube_xs:transaction(C, fun(Tx) ->
+    tube_xs:transaction(C, Started, fun(Tx) ->
         Checks = [{read, Tx, [Nock, "/state"]}, {read, Tx, [Tip, "/nock"]}],
         Writes = nock_ops(Tx, D, Peer, Nock, Tip),
         case tube_xs:batch(C, Checks ++ Writes) of
@@ -327,18 +328,19 @@ enqueue_acceptor(From, Mon, Deadline, St) ->
 match_accept(St = #st{acceptors = [{From, Mon, Timer, Deadline} | As], backlog = [Key | Ks]}) ->
     cancel_timer(Timer),
     St1 = St#st{acceptors = As, backlog = Ks, mons = maps:remove(Mon, St#st.mons)},
-    match_accept(offer(Key, From, Mon, Deadline, St1));
+    match_accept(offer(Key, From, Mon, Deadline, tube_xs:transaction_start(St#st.conn), St1));
 match_accept(St) ->
     St.
 
-%% Creates the ring and publishes its refs with state 3 in one transaction,
-%% then waits for the nock to map it, off this process.
-offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}) ->
+%% Creates the ring and publishes its refs with state 3 in one transaction
+%% (Started, already begun), then waits for the nock to map it, off this
+%% process.
+offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, Started, St = #st{conn = C, domid = D}) ->
     T0 = maps:get(Key, St#st.tubes),
     Tip = tip_path(D, Peer, Tid),
     case tube_nif:ring_offer() of
         {ok, Offer, Evt, TxRef, RxRef} ->
-            Res = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+            Res = fill_tip(C, Started, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
                                     {"/event-channel", Evt}, {"/state", ?STATE_INITIALISED}]),
             case Res of
                 ok ->
@@ -352,14 +354,15 @@ offer(Key = {tip, Peer, Tid}, From, Mon, Deadline, St = #st{conn = C, domid = D}
                     enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
             end;
         _ ->
+            abort_tx(C, Started),
             enqueue_acceptor(From, Mon, Deadline, drop(Key, St))
     end.
 
 %% The tip writes its fields into the nock's directory in one transaction,
 %% and only while that directory exists: a plain write would create it
 %% again (owned by the tip) after the nock removed it.
-fill_tip(C, Tip, Fields) ->
-    tube_xs:transaction(C, fun(Tx) ->
+fill_tip(C, Started, Tip, Fields) ->
+    tube_xs:transaction(C, Started, fun(Tx) ->
         Ops = [{read, Tx, [Tip, "/nock"]} | [{write, Tx, [Tip, N], V} || {N, V} <- Fields]],
         case tube_xs:batch(C, Ops) of
             [{ok, _} | Writes] ->
@@ -378,52 +381,74 @@ fail_caller(From, Mon, Reply, St) ->
     St.
 
 %% A tip entry appeared or changed under our data/tip.
-incoming(Path, St = #st{conn = C, domid = D}) ->
+incoming(Path, St = #st{domid = D}) ->
     case parse_tip_event(Path, D) of
         {ok, Peer, Tid} ->
             Key = {tip, Peer, Tid},
             case maps:is_key(Key, St#st.tubes) of
                 true -> St;
-                false -> maybe_new_tip(Key, C, D, St)
+                false -> examine_tip(Key, [watch_op(Key, D), transaction_start], St)
             end;
         error ->
             St
     end.
 
-maybe_new_tip(Key = {tip, Peer, Tid}, C, D, St) ->
+%% Checks a tip entry and takes it if it is a new tube from the domain its
+%% path names. Extra ops ride in the same round trip: for an entry just
+%% seen, the watch on the nock's state and the transaction that answers
+%% it, since nearly every such entry is a new tube; they are undone if not.
+examine_tip(Key = {tip, Peer, Tid}, Extra, St = #st{conn = C, domid = D}) ->
     Tip = tip_path(D, Peer, Tid),
     Expected = nock_path(Peer, D, Tid),
-    case tube_xs:batch(C, [{read, 0, [Tip, "/nock"]}, {get_perms, 0, Tip},
-                           {read, 0, [Tip, "/state"]}]) of
-        [{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, ?STATE_UNKNOWN}] ->
-            new_tip(Key, Tip, St);
-        [{ok, Expected}, {ok, [{_, Peer} | _]}, _] ->
-            St; % incomplete, or answered by a previous run of this node
-        [{ok, _}, {ok, [{_, Owner} | _]}, _] when Owner =/= Peer ->
+    Checks = [{read, 0, [Tip, "/nock"]}, {get_perms, 0, Tip}, {read, 0, [Tip, "/state"]}],
+    case tube_xs:batch(C, Checks ++ Extra) of
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, ?STATE_UNKNOWN} | Taken] ->
+            take_tip(Key, Tip, Taken, St);
+        [{ok, Expected}, {ok, [{_, Peer} | _]}, _ | Taken] ->
+            release_tip(Key, Taken, St); % incomplete, or answered by a previous run of this node
+        [{ok, _}, {ok, [{_, Owner} | _]}, _ | Taken] when Owner =/= Peer ->
             ?LOG_WARNING("tube: ignoring ~s: owned by domain ~p, not ~p", [Tip, Owner, Peer]),
-            St;
-        _ ->
-            St
+            release_tip(Key, Taken, St);
+        [_, _, _ | Taken] ->
+            release_tip(Key, Taken, St)
     end.
 
-%% A new incoming tube: answer state 1 and wait for an accept(), or, when
-%% one is already waiting, go straight to publishing the ring (state 3).
-new_tip(Key, Tip, St = #st{conn = C}) ->
-    Answer = case St#st.acceptors of
-                 [] -> fill_tip(C, Tip, [{"/state", ?STATE_INITIALISING}]);
-                 _ -> ok
-             end,
-    case Answer of
-        ok ->
-            T = #tube{key = Key, phase = waiting},
-            St1 = St#st{tubes = maps:put(Key, T, St#st.tubes),
-                        backlog = St#st.backlog ++ [Key]},
-            case watch_peer(Key, St1) of
-                ok -> match_accept(St1);
-                {error, _} -> drop(Key, St1)
-            end;
-        {error, _} ->
-            St
+take_tip(Key, Tip, [], St = #st{conn = C, domid = D}) ->
+    take_tip(Key, Tip, tube_xs:batch(C, [watch_op(Key, D), transaction_start]), St);
+take_tip(Key, Tip, [ok, {ok, _} = Started], St) ->
+    new_tip(Key, Tip, Started, St);
+take_tip(Key, _Tip, Taken, St) ->
+    release_tip(Key, Taken, St). % over the watch quota, or the daemon went away
+
+%% Undoes the extra ops of examine_tip/3 for an entry not taken.
+release_tip(Key, Taken, St = #st{conn = C, domid = D}) ->
+    _ = tube_xs:batch(C, undo_ops(Key, D, Taken)),
+    St.
+
+undo_ops(_Key, _D, []) ->
+    [];
+undo_ops(Key, D, [Watched, Started]) ->
+    [{unwatch, peer_node(Key, D), token(Key)} || Watched =:= ok]
+    ++ [{transaction_end, Tx, false} || {ok, Tx} <- [Started]].
+
+%% A new incoming tube, watched: answer state 1 and wait for an accept(),
+%% or, when one is already waiting, go straight to publishing the ring
+%% (state 3), in the transaction already started.
+new_tip(Key, Tip, Started, St = #st{conn = C}) ->
+    St1 = put_tube(#tube{key = Key, phase = waiting}, St),
+    case {St#st.acceptors, St#st.backlog} of
+        {[{From, Mon, Timer, Deadline} | As], []} ->
+            cancel_timer(Timer),
+            offer(Key, From, Mon, Deadline, Started,
+                  St1#st{acceptors = As, mons = maps:remove(Mon, St1#st.mons)});
+        _ ->
+            case fill_tip(C, Started, Tip, [{"/state", ?STATE_INITIALISING}]) of
+                ok ->
+                    match_accept(St1#st{backlog = St1#st.backlog ++ [Key]});
+                {error, _} ->
+                    unwatch_peer(Key, St),
+                    St
+            end
     end.
 
 parse_tip_event(Path, D) ->
@@ -455,6 +480,9 @@ watch_peer(Key, #st{conn = C, domid = D}) ->
         {error, _} = E -> E
     end.
 
+watch_op(Key, D) ->
+    {watch, peer_node(Key, D), token(Key)}.
+
 unwatch_peer(Key, #st{conn = C, domid = D}) when C =/= undefined ->
     _ = tube_xs:unwatch(C, peer_node(Key, D), token(Key)),
     ok;
@@ -481,28 +509,40 @@ key_of_token(Token) ->
 
 %% Re-reads the peer's state after a watch event and moves the tube on.
 check(Key, St = #st{conn = C, domid = D}) ->
+    Node = peer_node(Key, D),
     case maps:find(Key, St#st.tubes) of
+        {ok, T = #tube{key = {nock, _, _}, phase = waiting}} ->
+            check_offer(Key, T, Node, St);
         {ok, T} ->
-            Node = peer_node(Key, D),
-            State = tube_xs:read(C, [Node, "/state"]),
-            step(Key, T, State, Node, St);
+            step(Key, T, tube_xs:read(C, [Node, "/state"]), Node, St);
         error ->
             St
     end.
 
-%% Nock: the tip has published its ring.
-step(Key = {nock, _, _}, T = #tube{phase = waiting}, {ok, ?STATE_INITIALISED}, Node, St) ->
-    C = St#st.conn,
-    case tube_xs:batch(C, [{read, 0, [Node, "/event-channel"]},
-                           {read, 0, [Node, "/tx-ring-ref"]},
-                           {read, 0, [Node, "/rx-ring-ref"]}]) of
-        [{ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
+%% Nock waiting for the ring: the refs are read with the state, in the same
+%% round trip, as they are written with state 3 in one transaction.
+check_offer(Key, T, Node, St = #st{conn = C}) ->
+    Fields = ["/state", "/event-channel", "/tx-ring-ref", "/rx-ring-ref"],
+    case tube_xs:batch(C, [{read, 0, [Node, F]} || F <- Fields]) of
+        [{ok, ?STATE_INITIALISED}, {ok, Evt}, {ok, TxRef}, {ok, RxRef}] ->
             Timeout = application:get_env(tube, open_timeout, 5000),
-            spawn_ring_job(Key, fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end),
+            spawn_ring_job(Key, connect_job(Evt, TxRef, RxRef, Timeout)),
             put_tube(T#tube{phase = connecting}, St);
-        _ ->
-            fail(Key, {error, bad_peer_state}, St)
-    end;
+        [{ok, ?STATE_INITIALISED} | _] ->
+            fail(Key, {error, bad_peer_state}, St);
+        [State | _] ->
+            step(Key, T, State, Node, St)
+    end.
+
+%% The grant is presented from here, so that the tip answers while the job
+%% that waits for its ring is being started; if that cannot be done without
+%% waiting, the job does the whole connect.
+connect_job(Evt, TxRef, RxRef, Timeout) ->
+    case tube_nif:ring_connect_start(Evt, TxRef, RxRef) of
+        {ok, Connecting} -> fun() -> tube_nif:ring_connect_finish(Connecting, Timeout) end;
+        {error, _} -> fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end
+    end.
+
 %% Nock: the tip directory was removed before we connected.
 step(Key = {nock, _, _}, #tube{phase = waiting}, {error, enoent}, Node, St) ->
     case tube_xs:read(St#st.conn, [Node, "/nock"]) of
@@ -519,8 +559,9 @@ step(Key = {tip, Peer, Tid}, #tube{phase = open, refs = {Evt, TxRef, RxRef}}, {o
         {ok, ?STATE_CONNECTED} ->
             St;
         _ ->
-            _ = fill_tip(C, Tip, [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
-                                  {"/event-channel", Evt}, {"/state", ?STATE_CONNECTED}]),
+            _ = fill_tip(C, tube_xs:transaction_start(C), Tip,
+                         [{"/tx-ring-ref", TxRef}, {"/rx-ring-ref", RxRef},
+                          {"/event-channel", Evt}, {"/state", ?STATE_CONNECTED}]),
             _ = Key,
             St
     end;
@@ -611,7 +652,10 @@ ring_done(Key, Result, St) ->
             St % timed out or dropped meanwhile; the ring resource is freed by GC
     end.
 
-do_attach(Key, Port, St) ->
+%% The caller has its tube once the port is attached, so it is answered
+%% first; the store learns of it (state 4, the peer's state read again)
+%% before this process handles anything else.
+do_attach(Key, Port, From, St) ->
     case maps:find(Key, St#st.tubes) of
         {ok, T = #tube{phase = handed}} ->
             erlang:demonitor(T#tube.caller_mon, [flush]),
@@ -620,8 +664,9 @@ do_attach(Key, Port, St) ->
             St1 = put_tube(T1, St#st{mons = maps:put(Mon, {port, Key},
                                                     maps:remove(T#tube.caller_mon, St#st.mons))}),
             {_, Peer, _} = Key,
+            gen_server:reply(From, ok),
             St2 = announce_connected(Key, St1#st{live_peers = sets:add_element(Peer, St1#st.live_peers)}),
-            {reply, ok, check(Key, St2)};
+            {noreply, check(Key, St2)};
         _ ->
             {reply, {error, closed}, St}
     end.
@@ -681,8 +726,8 @@ drop(Key, St) ->
 
 %% A new tube from the same nock with the same Tid may have arrived while
 %% the old one was still here (and was then ignored): look again.
-retry_incoming(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
-    maybe_new_tip(Key, C, D, St);
+retry_incoming(Key = {tip, _, _}, St = #st{conn = C}) when C =/= undefined ->
+    examine_tip(Key, [], St);
 retry_incoming(_Key, St) ->
     St.
 
@@ -727,6 +772,9 @@ remove_tip_nodes(_Key, _T, _St) ->
 put_tube(T = #tube{key = Key}, St) ->
     St#st{tubes = maps:put(Key, T, St#st.tubes)}.
 
+abort_tx(C, {ok, Tx}) -> _ = tube_xs:transaction_end(C, Tx, false), ok;
+abort_tx(_C, _NotStarted) -> ok.
+
 %% ---- messages --------------------------------------------------------------
 
 handle_info({tube_xs, Tag, {watch, Path, Token}}, St = #st{tag = Tag}) ->
@@ -747,6 +795,12 @@ handle_info(reconnect, St = #st{conn = undefined}) ->
             erlang:send_after(?RECONNECT_MS, self(), reconnect),
             {noreply, St}
     end;
+handle_info({republish, Key}, St = #st{conn = C}) when C =/= undefined ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, #tube{phase = open}} -> republish_nock(Key, St);
+        _ -> ok
+    end,
+    {noreply, St};
 handle_info({ring_done, Key, Result}, St) ->
     {noreply, ring_done(Key, Result, St)};
 handle_info({timeout, _Ref, {acceptor, Mon}}, St) ->
@@ -794,8 +848,21 @@ watch_event(_Path, <<"introduce">>, St) ->
     domains_changed(St);
 watch_event(_Path, Token, St) ->
     case key_of_token(Token) of
-        {ok, Key} -> check(Key, St);
-        error -> St
+        {ok, Key} ->
+            flush_events(St#st.tag, Token),
+            check(Key, St);
+        error ->
+            St
+    end.
+
+%% One commit fires a tube's watch once per node it wrote, and check/2
+%% reads the state as it is after all of them: the events of that watch
+%% already queued need no read of their own.
+flush_events(Tag, Token) ->
+    receive
+        {tube_xs, Tag, {watch, _, Token}} -> flush_events(Tag, Token)
+    after 0 ->
+        ok
     end.
 
 acceptor_timeout(Mon, St) ->
@@ -841,11 +908,12 @@ republish(St) ->
 
 %% The nock's directories of an open tube, if they are missing. The tip
 %% fills in its fields again when it sees them (step/5). Needs the peer's
-%% domain to be registered again: also tried on @introduceDomain.
-republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
+%% domain to be registered again, with its data/tip: also tried on
+%% @introduceDomain, and again while the peer is registered but not ready.
+republish_nock(Key = {nock, Peer, Tid}, #st{conn = C, domid = D}) ->
     Nock = nock_path(D, Peer, Tid),
     Tip = tip_path(Peer, D, Tid),
-    _ = tube_xs:transaction(C, fun(Tx) ->
+    Done = tube_xs:transaction(C, fun(Tx) ->
             case tube_xs:read(C, Tx, [Tip, "/nock"]) of
                 {ok, _} ->
                     ok;
@@ -858,9 +926,21 @@ republish_nock({nock, Peer, Tid}, #st{conn = C, domid = D}) ->
                     E
             end
         end),
-    ok;
+    case Done of
+        ok -> ok;
+        _ -> retry_republish(C, Key)
+    end;
 republish_nock(_Key, _St) ->
     ok.
+
+%% A peer registers before it creates its data/tip, and until then the
+%% nock's directories cannot be written there: while the peer is
+%% registered, try again shortly.
+retry_republish(C, Key = {nock, Peer, _}) ->
+    case tube_xs:is_domain_introduced(C, Peer) of
+        {ok, true} -> erlang:send_after(?RECONNECT_MS, self(), {republish, Key}), ok;
+        _ -> ok
+    end.
 
 terminate(_Reason, St) ->
     maps:foreach(fun(Key, _) -> remove_nodes(Key, St) end, St#st.tubes).

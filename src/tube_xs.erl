@@ -13,7 +13,7 @@
 -export([read/2, read/3, write/3, write/4, mkdir/2, mkdir/3, rm/2, rm/3,
          directory/2, directory/3, get_perms/2, get_perms/3,
          set_perms/3, set_perms/4, watch/3, unwatch/3,
-         transaction_start/1, transaction_end/3, transaction/2,
+         transaction_start/1, transaction_end/3, transaction/2, transaction/3,
          introduce_self/2, is_domain_introduced/2, get_domain_path/2, release/2,
          batch/2]).
 -export([format_perms/1, parse_perms/1]).
@@ -92,44 +92,39 @@ set_perms(C, P, Perms) -> set_perms(C, 0, P, Perms).
 set_perms(C, Tx, P, Perms) ->
     ok(req(C, ?XS_SET_PERMS, Tx, [P, 0, format_perms(Perms)])).
 
-watch(C, P, Token) -> ok(req(C, ?XS_WATCH, 0, [P, 0, Token, 0])).
-unwatch(C, P, Token) -> ok(req(C, ?XS_UNWATCH, 0, [P, 0, Token, 0])).
+watch(C, P, Token) -> one(C, {watch, P, Token}).
+unwatch(C, P, Token) -> one(C, {unwatch, P, Token}).
 
 -spec transaction_start(conn()) -> {ok, tx()} | {error, term()}.
-transaction_start(C) ->
-    case req(C, ?XS_TRANSACTION_START, 0, [0]) of
-        {ok, Bin} -> {ok, binary_to_integer(hd(fields(Bin)))};
-        E -> E
-    end.
+transaction_start(C) -> one(C, transaction_start).
 
 -spec transaction_end(conn(), tx(), boolean()) -> ok | {error, term()}.
-transaction_end(C, Tx, Commit) ->
-    ok(req(C, ?XS_TRANSACTION_END, Tx, [case Commit of true -> "T"; false -> "F" end, 0])).
+transaction_end(C, Tx, Commit) -> one(C, {transaction_end, Tx, Commit}).
 
 %% @doc Runs Fun(Tx) in a transaction and commits it, retrying from the
 %% start when another commit got in between. Fun returns `ok' or
 %% `{ok, Value}' to commit, anything else to abort (and that is returned).
-transaction(C, Fun) -> transaction(C, Fun, ?TX_RETRIES).
+transaction(C, Fun) -> transaction(C, transaction_start(C), Fun).
 
-transaction(_C, _Fun, 0) ->
-    {error, eagain};
-transaction(C, Fun, N) ->
-    case transaction_start(C) of
-        {ok, Tx} ->
-            case catch Fun(Tx) of
-                Done when Done =:= ok; element(1, Done) =:= ok ->
-                    case transaction_end(C, Tx, true) of
-                        ok -> Done;
-                        {error, eagain} -> transaction(C, Fun, N - 1);
-                        E -> E
-                    end;
-                Other ->
-                    _ = transaction_end(C, Tx, false),
-                    Other
+%% @doc As transaction/2 with the first transaction already started:
+%% Started is the result of a `transaction_start' op in a batch, so that
+%% starting it costs no round trip of its own.
+transaction(C, Started, Fun) -> run_transaction(C, Started, Fun, ?TX_RETRIES).
+
+run_transaction(C, {ok, Tx}, Fun, N) ->
+    case catch Fun(Tx) of
+        Done when Done =:= ok; element(1, Done) =:= ok ->
+            case transaction_end(C, Tx, true) of
+                ok -> Done;
+                {error, eagain} when N > 1 -> run_transaction(C, transaction_start(C), Fun, N - 1);
+                E -> E
             end;
-        E ->
-            E
-    end.
+        Other ->
+            _ = transaction_end(C, Tx, false),
+            Other
+    end;
+run_transaction(_C, E, _Fun, _N) ->
+    E.
 
 %% @doc Binds this connection to domain Domid (`auto' lets the daemon
 %% choose): tube's extension for local domains, see tubestored's README.
@@ -141,13 +136,7 @@ introduce_self(C, Domid) ->
         E -> E
     end.
 
-is_domain_introduced(C, Domid) ->
-    case req(C, ?XS_IS_DOMAIN_INTRODUCED, 0, [integer_to_list(Domid), 0]) of
-        {ok, <<"T", _/binary>>} -> {ok, true};
-        {ok, <<"F", _/binary>>} -> {ok, false};
-        {ok, Other} -> {error, {protocol, Other}};
-        E -> E
-    end.
+is_domain_introduced(C, Domid) -> one(C, {is_domain_introduced, Domid}).
 
 %% @doc Releases domain Domid as Xen does when a domain dies (dom0 only):
 %% its nodes go, `@releaseDomain' fires, and its connection is closed.
@@ -163,13 +152,22 @@ get_domain_path(C, Domid) ->
 %% @doc Several requests in one round trip: they are sent together and the
 %% daemon handles them in order. Each op is `{read, Tx, Path}', `{write,
 %% Tx, Path, Value}', `{mkdir, Tx, Path}', `{rm, Tx, Path}', `{directory,
-%% Tx, Path}', `{get_perms, Tx, Path}' or `{set_perms, Tx, Path, Perms}';
-%% the results come back in
-%% the same order and shape as from the single calls. At most 256 ops.
--spec batch(conn(), [tuple()]) -> [ok | {ok, term()} | {error, term()}].
+%% Tx, Path}', `{get_perms, Tx, Path}', `{set_perms, Tx, Path, Perms}',
+%% `{watch, Path, Token}', `{unwatch, Path, Token}', `transaction_start',
+%% `{transaction_end, Tx, Commit}' or `{is_domain_introduced, Domid}'; the
+%% results come back in the same order and shape as from the single calls.
+%% At most 256 ops.
+-spec batch(conn(), [tuple() | transaction_start]) -> [ok | {ok, term()} | {error, term()}].
 batch(C, Ops) ->
     Replies = call(C, [encode_op(Op) || Op <- Ops]),
-    [decode_reply(element(1, Op), R) || {Op, R} <- lists:zip(Ops, Replies)].
+    [decode_reply(op_name(Op), R) || {Op, R} <- lists:zip(Ops, Replies)].
+
+one(C, Op) ->
+    [Reply] = batch(C, [Op]),
+    Reply.
+
+op_name(Op) when is_atom(Op) -> Op;
+op_name(Op) -> element(1, Op).
 
 encode_op({read, Tx, P}) -> {?XS_READ, Tx, iolist_to_binary([P, 0])};
 encode_op({write, Tx, P, V}) -> {?XS_WRITE, Tx, iolist_to_binary([P, 0, V])};
@@ -177,11 +175,21 @@ encode_op({mkdir, Tx, P}) -> {?XS_MKDIR, Tx, iolist_to_binary([P, 0])};
 encode_op({rm, Tx, P}) -> {?XS_RM, Tx, iolist_to_binary([P, 0])};
 encode_op({directory, Tx, P}) -> {?XS_DIRECTORY, Tx, iolist_to_binary([P, 0])};
 encode_op({get_perms, Tx, P}) -> {?XS_GET_PERMS, Tx, iolist_to_binary([P, 0])};
-encode_op({set_perms, Tx, P, Perms}) -> {?XS_SET_PERMS, Tx, iolist_to_binary([P, 0, format_perms(Perms)])}.
+encode_op({set_perms, Tx, P, Perms}) -> {?XS_SET_PERMS, Tx, iolist_to_binary([P, 0, format_perms(Perms)])};
+encode_op({watch, P, Token}) -> {?XS_WATCH, 0, iolist_to_binary([P, 0, Token, 0])};
+encode_op({unwatch, P, Token}) -> {?XS_UNWATCH, 0, iolist_to_binary([P, 0, Token, 0])};
+encode_op(transaction_start) -> {?XS_TRANSACTION_START, 0, <<0>>};
+encode_op({transaction_end, Tx, true}) -> {?XS_TRANSACTION_END, Tx, <<"T", 0>>};
+encode_op({transaction_end, Tx, false}) -> {?XS_TRANSACTION_END, Tx, <<"F", 0>>};
+encode_op({is_domain_introduced, D}) -> {?XS_IS_DOMAIN_INTRODUCED, 0, iolist_to_binary([integer_to_list(D), 0])}.
 
 decode_reply(read, R) -> R;
 decode_reply(directory, {ok, Bin}) -> {ok, fields(Bin)};
 decode_reply(get_perms, {ok, Bin}) -> parse_perms(Bin);
+decode_reply(transaction_start, {ok, Bin}) -> {ok, binary_to_integer(hd(fields(Bin)))};
+decode_reply(is_domain_introduced, {ok, <<"T", _/binary>>}) -> {ok, true};
+decode_reply(is_domain_introduced, {ok, <<"F", _/binary>>}) -> {ok, false};
+decode_reply(is_domain_introduced, {ok, Other}) -> {error, {protocol, Other}};
 decode_reply(_, R) -> ok(R).
 
 %% ---- encoding ----------------------------------------------------------

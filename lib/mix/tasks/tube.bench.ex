@@ -27,7 +27,8 @@ defmodule Mix.Tasks.Tube.Bench do
 
   `--levels` sets the tube counts of the scale part, `--sizes` the packet
   sizes of the transport part, `--window` the measuring window (ms) of both;
-  `--no-transports` skips the transport part.
+  `--no-transports` skips the transport part; `--handshakes N` sets how many
+  open/close cycles give the one-tube handshake figures (default 20).
 
   Every receiving process (for every transport alike) runs with
   `message_queue_data: :off_heap` unless `--on-heap` is given: with the
@@ -44,7 +45,7 @@ defmodule Mix.Tasks.Tube.Bench do
 
   @impl true
   def run(args) do
-    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean, levels: :string, sizes: :string, window: :integer, transports: :boolean])
+    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean, levels: :string, sizes: :string, window: :integer, transports: :boolean, handshakes: :integer])
     Mix.Task.run("compile")
     Mix.Task.run("loadpaths")
     quick? = Keyword.get(opts, :quick, false)
@@ -79,6 +80,7 @@ defmodule Mix.Tasks.Tube.Bench do
     settings = if opts[:transports] == false, do: %{settings | transports: []}, else: settings
     settings = if l = opts[:levels], do: %{settings | levels: ints(l)}, else: settings
     settings = if z = opts[:sizes], do: %{settings | sizes: ints(z)}, else: settings
+    settings = if h = opts[:handshakes], do: %{settings | handshakes: h}, else: settings
 
     case opts[:window] do
       nil -> settings

@@ -8,7 +8,7 @@ defmodule Tube.Bench.Suite do
 
   @doc "Settings of a full run and of a --quick one."
   def settings(quick?) do
-    common = %{transports: Link.transports(), scale: true, sizes: @sizes}
+    common = %{transports: Link.transports(), scale: true, sizes: @sizes, handshakes: 20}
 
     Map.merge(common, if(quick?,
       do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
@@ -61,8 +61,8 @@ defmodule Tube.Bench.Suite do
 
   defp scale(c, s, log) do
     pids = [c.os_pid, c.peer_os_pid]
-    # A few open/close cycles give the one-tube handshake figures.
-    single = for i <- 1..20, do: open_close(c, 2_000_000 + i)
+    # Open/close cycles give the one-tube handshake figures.
+    single = for i <- 1..s.handshakes, do: open_close(c, 2_000_000 + i)
     base = snapshot(c, pids, s)
     log.("0 tubes: idle CPU #{Enum.map_join(base.idle_cpu, " / ", &fmt/1)} % of a core (bench / peer)")
     acc = %{links: [], levels: [], failed: nil, first: nil}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
-use tube_ring::{Offer, RingError, Tube};
+use tube_ring::{Connecting, Offer, RingError, Tube};
 
 use crate::{atoms, handoff};
 
@@ -15,6 +15,12 @@ pub struct OfferRes(Mutex<Option<Offer>>);
 
 #[rustler::resource_impl]
 impl rustler::Resource for OfferRes {}
+
+/// A connection to an offer that presented its grant and awaits the ring.
+pub struct ConnectingRes(Mutex<Option<Connecting>>);
+
+#[rustler::resource_impl]
+impl rustler::Resource for ConnectingRes {}
 
 /// A connected tube not yet handed to a port.
 pub struct TubeRes(Mutex<Option<Tube>>);
@@ -69,6 +75,27 @@ fn ring_accept(env: Env<'_>, offer: ResourceArc<OfferRes>, timeout_ms: u32) -> N
 #[rustler::nif(schedule = "DirtyIo")]
 fn ring_connect(env: Env<'_>, evt: String, tx: String, rx: String, timeout_ms: u32) -> Term<'_> {
     tube_result(env, tube_ring::connect(&evt, &tx, &rx, Duration::from_millis(timeout_ms.into())))
+}
+
+/// `ring_connect_start(EventChannel, TxRingRef, RxRingRef) -> {ok, Connecting}
+/// | {error, Reason}`: connects and presents the grant without blocking, so
+/// the offerer can answer while `ring_connect_finish/2` is being scheduled.
+#[rustler::nif]
+fn ring_connect_start(env: Env<'_>, evt: String, tx: String, rx: String) -> Term<'_> {
+    match Connecting::start(&evt, &tx, &rx) {
+        Ok(c) => (atoms::ok(), ResourceArc::new(ConnectingRes(Mutex::new(Some(c))))).encode(env),
+        Err(e) => ring_error(env, &e),
+    }
+}
+
+/// `ring_connect_finish(Connecting, TimeoutMs) -> {ok, TubeRes} | {error,
+/// Reason}`: waits for the offerer's ring. Once per connection; again is badarg.
+#[rustler::nif(schedule = "DirtyIo")]
+fn ring_connect_finish(env: Env<'_>, conn: ResourceArc<ConnectingRes>, timeout_ms: u32) -> NifResult<Term<'_>> {
+    let Some(c) = conn.0.lock().take() else {
+        return Err(rustler::Error::BadArg);
+    };
+    Ok(tube_result(env, c.finish(Duration::from_millis(timeout_ms.into()))))
 }
 
 /// `ring_handoff(TubeRes) -> {ok, Id}`: parks the tube for

@@ -1,5 +1,6 @@
-//! NIFs of `tube_nif` for Xenstore: a connection resource, one generic
-//! request call, and a thread per connection that forwards watch events.
+//! NIFs of `tube_nif` for Xenstore: a connection resource and one generic
+//! request call. Replies and watch events are sent from the connection's
+//! reader thread.
 //!
 //! Messages sent to the process that opened the connection:
 //! `{tube_xs, Tag, {watch, Path, Token}}` for each watch event and
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use rustler::{Binary, Encoder, Env, LocalPid, NifResult, OwnedBinary, OwnedEnv, ResourceArc, Term};
-use tube_xs::client::{Client, Error as XsClientError};
+use tube_xs::client::{Client, Error as XsClientError, Watch};
 use tube_xs::wire::MsgType;
 
 use crate::atoms;
@@ -49,45 +50,36 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 /// is an integer that marks this connection's messages.
 #[rustler::nif(schedule = "DirtyIo")]
 fn xs_open(env: Env<'_>, path: String, tag: u64) -> Term<'_> {
-    let connected = if path.is_empty() {
-        Client::connect_default()
+    let path = if path.is_empty() {
+        tube_xs::client::default_socket_path()
     } else {
-        Client::connect(std::path::Path::new(&path))
+        std::path::PathBuf::from(path)
     };
+    let connected = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(XsClientError::from)
+        .and_then(|s| Client::from_stream_with_handler(s, watch_handler(env.pid(), tag)));
     let client = match connected {
         Ok(c) => Arc::new(c),
         Err(e) => return error_term(env, &e),
     };
-    if let Err(e) = spawn_forwarder(env.pid(), &client, tag) {
-        return (atoms::error(), (atoms::io(), e.to_string())).encode(env);
-    }
     let conn = ResourceArc::new(XsConn { client: RwLock::new(Some(client)) });
     (atoms::ok(), conn).encode(env)
 }
 
-/// Forwards watch events of `client` to `pid` until the connection ends.
-fn spawn_forwarder(pid: LocalPid, client: &Client, tag: u64) -> std::io::Result<()> {
-    let events = client.events();
-    let body = move || {
-        let mut env = OwnedEnv::new();
-        for ev in events.iter() {
-            let sent = env.send_and_clear(&pid, |env| {
-                (atoms::tube_xs(), tag, (atoms::watch(), ev.path.as_str(), ev.token.as_str())).encode(env)
+/// Sends the watch events of a connection, and its end, to `pid`.
+fn watch_handler(pid: LocalPid, tag: u64) -> impl FnMut(Watch) + Send + 'static {
+    let mut env = OwnedEnv::new();
+    move |w| {
+        // A panic here would end the reader thread: keep it in.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = env.send_and_clear(&pid, |env| match &w {
+                Watch::Event(ev) => {
+                    (atoms::tube_xs(), tag, (atoms::watch(), ev.path.as_str(), ev.token.as_str())).encode(env)
+                }
+                Watch::Closed => (atoms::tube_xs(), tag, atoms::closed()).encode(env),
             });
-            if sent.is_err() {
-                return; // the owner is gone: nobody to tell
-            }
-        }
-        let _ = env.send_and_clear(&pid, |env| (atoms::tube_xs(), tag, atoms::closed()).encode(env));
-    };
-    std::thread::Builder::new()
-        .name("tube_xs_watch".into())
-        .spawn(move || {
-            // A panic here must not reach the emulator; the owner then
-            // simply sees no more events, as after a close.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-        })
-        .map(drop)
+        }));
+    }
 }
 
 type XsResult = Result<Vec<u8>, XsClientError>;

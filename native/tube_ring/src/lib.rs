@@ -39,6 +39,6 @@ pub use layout::{MAX_PACKET, TUBE_BYTES};
 #[cfg(not(loom))]
 pub use error::{RingError, SendError};
 #[cfg(not(loom))]
-pub use offer::{connect, Offer};
+pub use offer::{connect, Connecting, Offer};
 #[cfg(not(loom))]
 pub use tube::{Stats, Tube};

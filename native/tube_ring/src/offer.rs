@@ -193,26 +193,62 @@ pub fn connect(
     timeout: Duration,
 ) -> Result<Tube, RingError> {
     let deadline = Instant::now() + timeout;
-    let name = parse_channel(event_channel)?;
-    let (tx_dir, grant) = parse_ref(tx_ring_ref)?;
-    let (rx_dir, rx_grant) = parse_ref(rx_ring_ref)?;
-    if tx_dir != 0 || rx_dir != 1 || grant != rx_grant {
-        return Err(RingError::BadRef(format!("{tx_ring_ref} / {rx_ring_ref}")));
+    Connecting::start_until(event_channel, tx_ring_ref, rx_ring_ref, deadline)?.finish_until(deadline)
+}
+
+/// A connection to an offer that has presented its grant and waits for the shared memory:
+/// [`connect`] in two steps, so that the offerer can be reached without blocking and the wait
+/// for its answer can happen elsewhere.
+#[derive(Debug)]
+pub struct Connecting {
+    sock: OwnedFd,
+    peer_pid: i32,
+}
+
+impl Connecting {
+    /// Connects and presents the grant without waiting: a full backlog on the offer's socket
+    /// is `Io` of kind `WouldBlock` (then [`connect`] waits for room).
+    pub fn start(event_channel: &str, tx_ring_ref: &str, rx_ring_ref: &str) -> Result<Connecting, RingError> {
+        Connecting::start_until(event_channel, tx_ring_ref, rx_ring_ref, Instant::now())
     }
-    let sock = sys::connect_abstract(name.as_bytes(), deadline)?;
-    let cred = sys::peer_cred(&sock)?;
-    if cred.uid != sys::euid() {
-        return Err(RingError::Denied);
+
+    fn start_until(
+        event_channel: &str,
+        tx_ring_ref: &str,
+        rx_ring_ref: &str,
+        deadline: Instant,
+    ) -> Result<Connecting, RingError> {
+        let name = parse_channel(event_channel)?;
+        let (tx_dir, grant) = parse_ref(tx_ring_ref)?;
+        let (rx_dir, rx_grant) = parse_ref(rx_ring_ref)?;
+        if tx_dir != 0 || rx_dir != 1 || grant != rx_grant {
+            return Err(RingError::BadRef(format!("{tx_ring_ref} / {rx_ring_ref}")));
+        }
+        let sock = sys::connect_abstract(name.as_bytes(), deadline)?;
+        let cred = sys::peer_cred(&sock)?;
+        if cred.uid != sys::euid() {
+            return Err(RingError::Denied);
+        }
+        sys::send_all(&sock, &grant)?;
+        Ok(Connecting { sock, peer_pid: cred.pid })
     }
-    sys::send_all(&sock, &grant)?;
-    let memfd = match sys::recv_fd(&sock, deadline)? {
-        Some((ACK, Some(fd))) => fd,
-        _ => return Err(RingError::Denied),
-    };
-    sys::check_memfd(&memfd, TUBE_BYTES).map_err(RingError::Corrupt)?;
-    let map = Mapping::new(&memfd, TUBE_BYTES)?;
-    check_header(&map)?;
-    Ok(Tube::new(map, sock, 1, Some(cred.pid)))
+
+    /// Waits (up to `timeout`) for the offerer's shared memory and maps it. Blocking: run it
+    /// off the BEAM schedulers.
+    pub fn finish(self, timeout: Duration) -> Result<Tube, RingError> {
+        self.finish_until(Instant::now() + timeout)
+    }
+
+    fn finish_until(self, deadline: Instant) -> Result<Tube, RingError> {
+        let memfd = match sys::recv_fd(&self.sock, deadline)? {
+            Some((ACK, Some(fd))) => fd,
+            _ => return Err(RingError::Denied),
+        };
+        sys::check_memfd(&memfd, TUBE_BYTES).map_err(RingError::Corrupt)?;
+        let map = Mapping::new(&memfd, TUBE_BYTES)?;
+        check_header(&map)?;
+        Ok(Tube::new(map, self.sock, 1, Some(self.peer_pid)))
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +266,17 @@ mod tests {
         assert!(parse_channel("@tube-00112233445566778899aabbccddeeff").is_ok());
         assert!(parse_channel("tube-00112233445566778899aabbccddeeff").is_err());
         assert!(parse_channel("@tube-../etc").is_err());
+    }
+
+    #[test]
+    fn connecting_in_two_steps() {
+        let offer = Offer::new().unwrap();
+        let c = Connecting::start(&offer.event_channel(), &offer.tx_ring_ref(), &offer.rx_ring_ref()).unwrap();
+        let t = std::thread::spawn(move || offer.accept(Duration::from_secs(10)).unwrap());
+        let mut nock = c.finish(Duration::from_secs(10)).unwrap();
+        let mut tip = t.join().unwrap();
+        tip.send(b"x").unwrap();
+        assert_eq!(nock.recv(10, |p| assert_eq!(p, b"x")).unwrap(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
-use tube_xs::client::{Client, Error, WatchEvent};
+use tube_xs::client::{Client, Error, Watch, WatchEvent};
 use tube_xs::perms::PermList;
 use tube_xs::wire::{
     directory_part_reply, Decoder, Header, Message, MsgType, XsError, PAYLOAD_MAX,
@@ -233,6 +233,26 @@ fn watch_events_interleave_with_replies() {
         events.recv_timeout(GUARD),
         Err(RecvTimeoutError::Disconnected)
     );
+}
+
+#[test]
+fn a_watch_handler_gets_events_in_wire_order_then_closed() {
+    let (a, b) = UnixStream::pair().unwrap();
+    let daemon = std::thread::spawn(move || {
+        let mut d = Daemon::new(b);
+        let r = d.expect(MsgType::Watch, 0, b"/w\0tok\0");
+        d.send(&Message::watch_event("/w", "tok"));
+        d.ack(&r);
+        d.send(&Message::watch_event("/w/x", "tok"));
+    });
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let xs = Client::from_stream_with_handler(a, move |w| tx.send(w).unwrap()).unwrap();
+    xs.watch("/w", "tok").unwrap();
+    daemon.join().unwrap();
+    let event = |path: &str| Watch::Event(WatchEvent { path: path.into(), token: "tok".into() });
+    let got: Vec<Watch> = (0..3).map(|_| rx.recv_timeout(GUARD).unwrap()).collect();
+    assert_eq!(got, vec![event("/w"), event("/w/x"), Watch::Closed]);
+    assert!(xs.events().try_recv().is_err());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use super::{Error, WatchEvent};
+use super::{Error, Watch, WatchEvent};
 use crate::wire::{Decoder, Message, MsgType, XsError, PAYLOAD_MAX};
 
 /// One request's outcome.
@@ -88,6 +88,33 @@ impl BatchSlots {
     }
 }
 
+/// Where the reader thread puts watch events.
+pub(crate) enum Sink {
+    /// An unbounded channel; dropping the sender tells receivers the connection ended.
+    Channel(Sender<WatchEvent>),
+    /// A handler called on the reader thread, in wire order with the replies.
+    Handler(Box<dyn FnMut(Watch) + Send>),
+}
+
+impl Sink {
+    fn event(&mut self, ev: WatchEvent) {
+        match self {
+            Sink::Channel(tx) => {
+                // No receiver left only happens while the client is being dropped; the event is moot then.
+                let _ = tx.send(ev);
+            }
+            Sink::Handler(h) => h(Watch::Event(ev)),
+        }
+    }
+
+    /// Tells the sink the connection ended; a channel learns it when its sender drops here.
+    fn closed(self) {
+        if let Sink::Handler(mut h) = self {
+            h(Watch::Closed);
+        }
+    }
+}
+
 /// Requests in flight. Once `closed` is set no request is added and the table stays empty.
 #[derive(Default)]
 struct Pending {
@@ -109,14 +136,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Wraps a connected socket and starts the reader thread, which owns the only events sender.
+    /// Wraps a connected socket and starts the reader thread, which owns `sink`.
     pub(crate) fn start(
         stream: UnixStream,
-    ) -> std::io::Result<(
-        std::sync::Arc<Shared>,
-        Receiver<WatchEvent>,
-        std::thread::JoinHandle<()>,
-    )> {
+        sink: Sink,
+    ) -> std::io::Result<(std::sync::Arc<Shared>, std::thread::JoinHandle<()>)> {
         let read_half = stream.try_clone()?;
         let control = stream.try_clone()?;
         let shared = std::sync::Arc::new(Shared {
@@ -124,12 +148,11 @@ impl Shared {
             control,
             pending: Mutex::default(),
         });
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let reader_shared = shared.clone();
         let reader = std::thread::Builder::new()
             .name("tube_xs-reader".into())
-            .spawn(move || reader_shared.read_loop(read_half, events_tx))?;
-        Ok((shared, events_rx, reader))
+            .spawn(move || reader_shared.read_loop(read_half, sink))?;
+        Ok((shared, reader))
     }
 
     /// Sends one request and blocks until its reply (the payload, or the daemon's error), or until
@@ -319,9 +342,9 @@ impl Shared {
     }
 
     /// The reader thread's body. Ends on end of stream, a socket error or a protocol violation; then every
-    /// waiter is failed, new requests are refused, and dropping `events` disconnects the watchers.
-    fn read_loop(&self, mut sock: UnixStream, events: Sender<WatchEvent>) {
-        let failure = self.pump(&mut sock, &events);
+    /// waiter is failed, new requests are refused, and the sink is told (a channel by disconnecting).
+    fn read_loop(&self, mut sock: UnixStream, mut sink: Sink) {
+        let failure = self.pump(&mut sock, &mut sink);
         let _ = sock.shutdown(Shutdown::Both);
         let waiters = {
             let mut p = self.pending.lock();
@@ -331,10 +354,11 @@ impl Shared {
         for w in waiters.into_values() {
             w.reply.complete(Err(failure.duplicate()));
         }
+        sink.closed();
     }
 
     /// Reads and dispatches until the stream ends (`Closed`) or breaks (`Protocol`).
-    fn pump(&self, sock: &mut UnixStream, events: &Sender<WatchEvent>) -> Error {
+    fn pump(&self, sock: &mut UnixStream, sink: &mut Sink) -> Error {
         let mut decoder = Decoder::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -348,7 +372,7 @@ impl Shared {
             loop {
                 match decoder.next() {
                     Ok(Some(msg)) => {
-                        if let Err(e) = self.dispatch(msg, events) {
+                        if let Err(e) = self.dispatch(msg, sink) {
                             return e;
                         }
                     }
@@ -360,10 +384,9 @@ impl Shared {
     }
 
     /// Routes one message from the daemon. Errors are violations that end the connection.
-    fn dispatch(&self, msg: Message, events: &Sender<WatchEvent>) -> Result<(), Error> {
+    fn dispatch(&self, msg: Message, sink: &mut Sink) -> Result<(), Error> {
         if msg.ty == MsgType::WatchEvent as u32 {
-            // No receiver left only happens while the client is being dropped; the event is moot then.
-            let _ = events.send(parse_watch_event(&msg.payload)?);
+            sink.event(parse_watch_event(&msg.payload)?);
             return Ok(());
         }
         let w = {

@@ -2,7 +2,8 @@
 //!
 //! One connection carries requests from any number of threads at once: each gets its own `req_id`, and a
 //! reader thread matches replies to requests in whatever order they come, and forwards `XS_WATCH_EVENT`s to
-//! an unbounded crossbeam channel (see [`Client::events`]). When the connection dies, requests in flight and
+//! an unbounded crossbeam channel (see [`Client::events`]), or to a handler of the caller's on that thread
+//! (see [`Client::from_stream_with_handler`]). When the connection dies, requests in flight and
 //! all later ones fail with [`Error::Closed`] and the events channel disconnects, so a watcher blocked in
 //! `recv()` wakes up. Dropping the last [`Client`] clone shuts the socket down and joins the reader thread.
 //!
@@ -34,7 +35,7 @@ pub use socket_path::default_socket_path;
 
 use crate::perms::PermList;
 use crate::wire::{join_fields, split_fields, DirectoryPart, MsgType, XsError};
-use conn::Shared;
+use conn::{Shared, Sink};
 
 /// A watch firing: the path that changed (or the watched path itself on set-up) and the watch's token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +44,15 @@ pub struct WatchEvent {
     pub path: String,
     /// The token given to [`Client::watch`].
     pub token: String,
+}
+
+/// What a watch handler (see [`Client::from_stream_with_handler`]) is called with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// A watch fired.
+    Event(WatchEvent),
+    /// The connection ended; the handler is not called again.
+    Closed,
 }
 
 /// A connection to a Xenstore daemon. Cheap to clone (clones share the connection); `Send + Sync`.
@@ -85,7 +95,24 @@ impl Client {
 
     /// Runs the protocol over an already connected stream (a socketpair, a passed fd, ...).
     pub fn from_stream(stream: UnixStream) -> Result<Client, Error> {
-        let (shared, events, reader) = Shared::start(stream)?;
+        let (tx, events) = crossbeam_channel::unbounded();
+        Client::start(stream, Sink::Channel(tx), events)
+    }
+
+    /// As [`Client::from_stream`], but watch events go to `handler`, called on the connection's reader
+    /// thread with each event and once when the connection ends: they reach their consumer without a
+    /// thread hop of their own, in wire order with the replies. `handler` must not block (a request on
+    /// this connection would wait for its own thread). [`Client::events`] then yields nothing.
+    pub fn from_stream_with_handler(
+        stream: UnixStream,
+        handler: impl FnMut(Watch) + Send + 'static,
+    ) -> Result<Client, Error> {
+        let (_, events) = crossbeam_channel::unbounded();
+        Client::start(stream, Sink::Handler(Box::new(handler)), events)
+    }
+
+    fn start(stream: UnixStream, sink: Sink, events: Receiver<WatchEvent>) -> Result<Client, Error> {
+        let (shared, reader) = Shared::start(stream, sink)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 shared,
