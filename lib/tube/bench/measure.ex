@@ -18,7 +18,7 @@ defmodule Tube.Bench.Measure do
     t0 = now_b + (@lead_ms + warmup_ms) * 1_000_000
     t1 = t0 + window_ms * 1_000_000
     hard = t1 + 10_000_000_000
-    counts = Enum.map(links, fn l -> E.cast(l.b, {:count, t0, t1, hard}) end)
+    counts = Enum.map(links, fn l -> E.cast(l.b, {:count, size, t0, t1, hard}) end)
     send_ms = @lead_ms + warmup_ms + window_ms + 100
     sends = Enum.map(links, fn l -> E.cast(l.a, {:send_for, size, send_ms}) end)
     sent = Enum.map(sends, &E.await(&1, 120_000))
