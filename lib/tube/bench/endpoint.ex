@@ -14,8 +14,8 @@ defmodule Tube.Bench.Endpoint do
   # Messages delivered per {active, N} re-arm, for the sockets and the tubes,
   # outside a count run.
   @active 500
-  # In a count run the credit is about this many bytes of packets (see
-  # credit/1), within these bounds.
+  # A tube's credit in a count run is about this many bytes of packets (see
+  # credit/2), within these bounds.
   @credit_bytes 256 * 1024
   @credit_range 32..500
   # Socket buffer sizes asked for (the kernel caps them at rmem/wmem_max).
@@ -140,7 +140,7 @@ defmodule Tube.Bench.Endpoint do
     # Every receiver takes packets in bounded credits, as the sockets do
     # with {active, N}: a tube then lets its ring drop what the receiver
     # cannot take instead of queueing it in the mailbox.
-    credit = credit(size)
+    credit = credit(st.kind, size)
     Process.put(:credit, credit)
     arm(st, credit)
     r = count_run(t0, t1, hard)
@@ -181,14 +181,17 @@ defmodule Tube.Bench.Endpoint do
   end
 
   @doc """
-  Packets per credit for `size`-byte packets, the same for every
-  transport: about 256 KiB of them (500 of 64 bytes, 174 of 1500, 64 of
-  4096). A receiver that lets megabytes of binaries pile up between credits
-  works on memory its cache no longer holds: at 4096 bytes a tube receives
-  5-15% more with 64 packets per credit than with 500 (UDP about 8% less,
-  gen_tcp within its run-to-run noise).
+  Packets per credit for a count run, each transport with the credit it
+  does best with. A tube takes about 256 KiB of packets per credit (500 of
+  64 bytes, 174 of 1500, 64 of 4096): a receiver that lets megabytes of
+  binaries pile up between credits works on memory its cache no longer
+  holds, and at 4096 bytes a tube receives 5-15% more with 64 packets per
+  credit than with 500. The sockets keep 500 whatever the size: with such
+  small credits UDP received about 8% less at 4096 bytes, and gen_tcp over a
+  Unix socket fell as low as a third of its rate in full runs.
   """
-  def credit(size), do: (div(@credit_bytes, size) |> max(@credit_range.first) |> min(@credit_range.last))
+  def credit(:tube, size), do: div(@credit_bytes, size) |> max(@credit_range.first) |> min(@credit_range.last)
+  def credit(_kind, _size), do: @active
 
   defp arm(%{kind: :tube, handle: p}, n), do: :ok = :tube.setopts(p, active: n)
   defp arm(%{kind: :unix, handle: s}, n), do: :ok = :inet.setopts(s, active: n)
