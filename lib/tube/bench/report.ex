@@ -107,7 +107,8 @@ defmodule Tube.Bench.Report do
         write_data(res, dir)
         script = Path.join(dir, "chart.gp")
         scale? = res.scale.levels != []
-        File.write!(script, gnuplot_script(dir, png, title, length(res.throughput) + 1, scale?))
+        transports? = res.throughput != []
+        File.write!(script, gnuplot_script(dir, png, title, length(res.throughput) + 1, transports?, scale?))
         {out, status} = System.cmd(gp, [script], stderr_to_stdout: true)
         File.rm_rf(dir)
         if status == 0, do: :ok, else: {:error, out}
@@ -153,13 +154,22 @@ defmodule Tube.Bench.Report do
 
   defp float(x), do: :erlang.float_to_binary(x * 1.0, decimals: 4)
 
-  defp gnuplot_script(dir, png, title, last_col, scale?) do
+  defp gnuplot_script(dir, png, title, last_col, transports?, scale?) do
     d = fn f -> Path.join(dir, f) end
 
     """
     set terminal pngcairo noenhanced size 1400,1000 font "DejaVu Sans,11"
     set output "#{png}"
     set multiplot layout 2,2 title "#{title}" font ",13"
+    #{if transports?, do: transport_panels(d, last_col), else: ""}
+    #{if scale?, do: scale_panel(d), else: ""}
+    unset multiplot
+    """
+  end
+
+  # Throughput by size and round trip by transport: three of the four panels.
+  defp transport_panels(d, last_col) do
+    """
     set style data histograms
     set style histogram clustered gap 1
     set style fill solid 0.85 border -1
@@ -180,8 +190,6 @@ defmodule Tube.Bench.Report do
     set yrange [1:*]
     set key top right
     plot "#{d.("rtt.dat")}" using 2:xtic(1) title "p50", "" using 3 title "p99"
-    #{if scale?, do: scale_panel(d), else: ""}
-    unset multiplot
     """
   end
 
