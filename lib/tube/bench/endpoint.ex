@@ -247,54 +247,54 @@ defmodule Tube.Bench.Endpoint do
 
   # ---- count loop -------------------------------------------------------------
   #
-  # Counts every packet that arrives; snapshots the count when the clock
-  # passes t0 and t1 (absolute monotonic ns of this node); after t1 drains
-  # until 300 ms pass without a packet or the hard deadline.
+  # Counts every packet that arrives. A timer message at t0 and at t1
+  # (absolute monotonic ns of this node, rounded up to the timer's
+  # milliseconds) snapshots the count when it is reached in the mailbox:
+  # each mark counts exactly the packets queued before the timer fired, and
+  # carries the time it was set for, so a receiver that gets to it late (a
+  # thousand of them share two schedulers) still measures the same window.
+  # After t1, drains until 300 ms pass without a packet or the hard deadline.
 
   defp count_run(t0, t1, hard) do
-    %{marks: [m0, m1], total: total, total_bytes: tb} = cloop(0, 0, @check, [t0, t1], [], hard, wait_ms([t0, t1]))
+    for t <- [t0, t1] do
+      ms = System.convert_time_unit(t, :nanosecond, :millisecond) + 1
+      :erlang.start_timer(ms, self(), {:mark, ms * 1_000_000}, abs: true)
+    end
+
+    %{marks: [m0, m1], total: total, total_bytes: tb} = cloop(0, 0, @check, 2, [], hard)
     {n0, b0, ts0} = m0
     {n1, b1, ts1} = m1
     %{packets: n1 - n0, bytes: b1 - b0, ns: ts1 - ts0, total: total, total_bytes: tb}
   end
 
-  # `wait` (ms) is worked out at each tick, not per packet: reading the
-  # clock for every packet would cost the receiver more than some
-  # transports spend on a packet.
-  defp cloop(n, b, k, pending, marks, hard, wait) do
+  # `left`: marks still to come. The clock is read every @check packets
+  # (for the hard deadline), never per packet: that would cost the receiver
+  # more than some transports spend on a packet.
+  defp cloop(n, b, k, left, marks, hard) do
     receive do
-      {_port, {:data, d}} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard, wait)
-      {:tcp, _, d} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard, wait)
-      {:udp, _, _, _, d} -> bump(n + 1, b + byte_size(d), k, pending, marks, hard, wait)
-      d when is_binary(d) -> bump(n + 1, b + byte_size(d), k, pending, marks, hard, wait)
-      {:tcp_passive, s} -> :inet.setopts(s, active: credit()) && cloop(n, b, k, pending, marks, hard, wait)
-      {:udp_passive, s} -> :inet.setopts(s, active: credit()) && cloop(n, b, k, pending, marks, hard, wait)
-      {:tube_passive, p} -> :tube.setopts(p, active: credit()) && cloop(n, b, k, pending, marks, hard, wait)
+      {_port, {:data, d}} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
+      {:tcp, _, d} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
+      {:udp, _, _, _, d} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
+      d when is_binary(d) -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
+      {:timeout, _, {:mark, t}} -> cloop(n, b, k, left - 1, [{n, b, t} | marks], hard)
+      {:tcp_passive, s} -> :inet.setopts(s, active: credit()) && cloop(n, b, k, left, marks, hard)
+      {:udp_passive, s} -> :inet.setopts(s, active: credit()) && cloop(n, b, k, left, marks, hard)
+      {:tube_passive, p} -> :tube.setopts(p, active: credit()) && cloop(n, b, k, left, marks, hard)
     after
-      wait -> idle(n, b, pending, marks, hard)
+      drain_ms(left) -> done(n, b, marks)
     end
   end
 
-  defp bump(n, b, 0, pending, marks, hard, _wait), do: tick(n, b, pending, marks, hard)
-  defp bump(n, b, k, pending, marks, hard, wait), do: cloop(n, b, k - 1, pending, marks, hard, wait)
-
-  defp tick(n, b, pending, marks, hard) do
-    t = now()
-    {pending, marks} = take_marks(pending, marks, n, b, t)
-
-    if pending == [] and t > hard,
+  defp bump(n, b, 0, left, marks, hard) do
+    if left == 0 and now() > hard,
       do: done(n, b, marks),
-      else: cloop(n, b, @check, pending, marks, hard, wait_ms(pending))
+      else: cloop(n, b, @check, left, marks, hard)
   end
 
-  defp idle(n, b, [], marks, _hard), do: done(n, b, marks)
-  defp idle(n, b, pending, marks, hard), do: tick(n, b, pending, marks, hard)
+  defp bump(n, b, k, left, marks, hard), do: cloop(n, b, k - 1, left, marks, hard)
 
-  defp take_marks([m | rest], marks, n, b, t) when t >= m, do: take_marks(rest, [{n, b, t} | marks], n, b, t)
-  defp take_marks(pending, marks, _n, _b, _t), do: {pending, marks}
-
-  defp wait_ms([]), do: 300
-  defp wait_ms([m | _]), do: max(0, min(20, div(m - now(), 1_000_000) + 1))
+  defp drain_ms(0), do: 300
+  defp drain_ms(_left), do: :infinity
 
   defp done(n, b, marks), do: %{marks: Enum.reverse(marks), total: n, total_bytes: b}
 

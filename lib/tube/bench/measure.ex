@@ -33,6 +33,7 @@ defmodule Tube.Bench.Measure do
     bytes = Enum.sum(Enum.map(got, & &1.bytes))
     # Windows of concurrent receivers are the same instants; take the mean.
     ns = Enum.sum(Enum.map(got, & &1.ns)) / length(got)
+    windows = Enum.map(got, &(&1.ns / 1.0e9))
     total = Enum.sum(Enum.map(got, & &1.total))
     drops = max(attempted - total, 0)
 
@@ -40,6 +41,7 @@ defmodule Tube.Bench.Measure do
       size: size,
       rx_pps: packets / (ns / 1.0e9),
       rx_mbps: bytes / (ns / 1.0e9) / 1.0e6,
+      window_s: %{min: Enum.min(windows), max: Enum.max(windows)},
       tx_pps: attempted / (send_ns / 1.0e9),
       sent: attempted,
       received: total,

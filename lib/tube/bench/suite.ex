@@ -133,11 +133,13 @@ defmodule Tube.Bench.Suite do
       # the receivers' mailboxes had grown.
       agg_sent: tput.sent,
       agg_received: tput.received,
-      window_ms: s.scale_window_ms
+      window_ms: s.scale_window_ms,
+      # The shortest and longest of the receivers' windows.
+      rx_window_s: tput.window_s
     }
 
     log.("#{n} tubes: handshake p50 #{fmt(r.handshake_p50_ms)} ms p99 #{fmt(r.handshake_p99_ms)} ms, " <>
-           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received #{fmt(tput.received / 1.0e6)} M in all), idle CPU " <>
+           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received #{fmt(tput.received / 1.0e6)} M in all, receivers' windows #{fmt(tput.window_s.min)}-#{fmt(tput.window_s.max)} s), idle CPU " <>
            "#{Enum.map_join(snap.idle_cpu, " / ", &fmt/1)} %, BEAM #{Enum.map_join(r.beam_bytes_per_tube, " / ", &fmt/1)} B/tube, " <>
            "shared mapped #{Enum.map_join(r.memfd_mapped_per_tube, " / ", &fmt/1)} B/tube")
 
