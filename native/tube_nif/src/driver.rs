@@ -138,11 +138,10 @@ impl PortState {
         if let Some(reason) = self.close_requested {
             return self.close(reason);
         }
-        let budget = match self.credit {
-            None => BATCH,
-            Some(0) => return,
-            Some(c) => BATCH.min(usize::try_from(c).unwrap_or(BATCH)),
-        };
+        let budget = self.budget();
+        if budget == 0 {
+            return;
+        }
         let port = self.port;
         let mut delivered = 0;
         loop {
@@ -211,6 +210,11 @@ impl PortState {
         self.resume_later();
     }
 
+    /// Packets one callback may deliver: a batch, or less if the credit is.
+    fn budget(&self) -> usize {
+        self.credit.map_or(BATCH, |c| BATCH.min(usize::try_from(c).unwrap_or(BATCH)))
+    }
+
     /// Counts `n` delivered packets against the credit; true when it ran out.
     fn take_credit(&mut self, n: usize) -> bool {
         match &mut self.credit {
@@ -242,9 +246,26 @@ impl PortState {
             _ => return false,
         };
         if self.credit != Some(0) {
-            self.resume_later();
+            self.deliver_granted();
         }
         true
+    }
+
+    /// Credit was granted: what the ring holds goes to the owner at once,
+    /// inside its setopts call. Waiting for a zero timeout instead ties the
+    /// owner's next packets to the timer wheel, which a thousand busy ports
+    /// can hold up for hundreds of milliseconds. Closing, sleeping and the
+    /// rest of a long ring are left to the timeout that follows.
+    fn deliver_granted(&mut self) {
+        if self.close_requested.is_none() && self.tube.is_open() {
+            let budget = self.budget();
+            if let Ok(got) = recv_to_owner(&mut self.tube, self.port, budget) {
+                if self.take_credit(got) {
+                    return self.go_passive();
+                }
+            }
+        }
+        self.resume_later();
     }
 
     /// `{busy_poll, Us}` from the owner; a window in progress keeps its end.
