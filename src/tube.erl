@@ -186,13 +186,18 @@ control({active, A}) -> {?TUBE_CTL_ACTIVE, active_control(A)};
 control({busy_poll, Us}) -> check(is_busy_poll(Us)), {?TUBE_CTL_BUSY_POLL, <<Us:32/native>>};
 control(_) -> erlang:error(badarg).
 
-%% The control for an active mode: <<Mode:8, N:64/native>> with Mode 0 (no
-%% limit), 1 (set to N) or 2 (add N).
-active_control(true) -> <<0, 0:64/native>>;
-active_control(false) -> <<1, 0:64/native>>;
-active_control(once) -> <<1, 1:64/native>>;
-active_control(N) when is_integer(N), N > 0, N < 1 bsl 63 -> <<2, N:64/native>>;
-active_control(_) -> erlang:error(badarg).
+%% A delivery mode as {Mode, N}: Mode 0 sets no limit, 1 sets the credit
+%% to N, 2 adds N to it.
+active_mode(true) -> {0, 0};
+active_mode(false) -> {1, 0};
+active_mode(once) -> {1, 1};
+active_mode(N) when is_integer(N), N > 0, N < 1 bsl 63 -> {2, N};
+active_mode(_) -> erlang:error(badarg).
+
+%% The control for an active mode: <<Mode:8, N:64/native>>.
+active_control(A) ->
+    {Mode, N} = active_mode(A),
+    <<Mode, N:64/native>>.
 
 %% What the open_port command carries: the first credit and polling window.
 port_opts(Opts) ->
@@ -202,12 +207,9 @@ port_opts(Opts) ->
 
 %% The first credit, in the open_port command: -1 is no limit.
 credit_opt(Opts) ->
-    case maps:get(active, Opts, true) of
-        true -> -1;
-        false -> 0;
-        once -> 1;
-        N when is_integer(N), N > 0, N < 1 bsl 63 -> N;
-        _ -> erlang:error(badarg)
+    case active_mode(maps:get(active, Opts, true)) of
+        {0, _} -> -1;
+        {_, N} -> N
     end.
 
 counters(Tube) ->
