@@ -394,21 +394,21 @@ fn guarded(st: *mut c_void, body: impl FnOnce(&mut PortState)) {
     }
 }
 
-/// Word `n` of the open command as an integer.
-fn command_word(command: &CStr, n: usize) -> Option<i64> {
+/// Word `n` of the open command as a non-negative integer.
+fn command_word(command: &CStr, n: usize) -> Option<u64> {
     command.to_str().ok()?.split_ascii_whitespace().nth(n)?.parse().ok()
 }
 
 /// The initial credit from `"tube_nif <Id> <Credit> ..."`: a negative or
 /// absent credit is `{active, true}`.
 fn credit_from_command(command: &CStr) -> Option<u64> {
-    u64::try_from(command_word(command, 2)?).ok()
+    command_word(command, 2)
 }
 
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
 /// default when absent or out of range.
 fn busy_poll_from_command(command: &CStr) -> Duration {
-    match command_word(command, 3).and_then(|us| u64::try_from(us).ok()) {
+    match command_word(command, 3) {
         Some(us) if us <= MAX_BUSY_POLL_US => Duration::from_micros(us),
         _ => DEFAULT_BUSY_POLL,
     }
@@ -417,9 +417,7 @@ fn busy_poll_from_command(command: &CStr) -> Duration {
 /// Parses `"tube_nif <Id> ..."` (the driver name, then the hand-over
 /// number).
 fn claim_from_command(command: &CStr) -> Option<Tube> {
-    let text = command.to_str().ok()?;
-    let id: u64 = text.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    handoff::claim(id)
+    handoff::claim(command_word(command, 1)?)
 }
 
 /// `start`: claims the parked tube named in the command and begins waiting
@@ -586,21 +584,23 @@ pub extern "C" fn tube_rs_request_close(st: *mut c_void, reason: *const c_char, 
     0
 }
 
-/// `port_control(Tube, 3, <<Mode:8, N:64/native>>)`: `{active, _}`, see
-/// [`PortState::set_active`]. Returns -1 (badarg) for a malformed request.
-#[no_mangle]
-pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
-    if buf.is_null() || len != 9 {
+/// A setting from `port_control`: `f` gets the control buffer, which must be
+/// `want` bytes, and says whether it was a valid request. Returns 0, or -1
+/// (badarg) for a malformed one.
+fn set_from_control(
+    st: *mut c_void,
+    buf: *const c_char,
+    len: usize,
+    want: usize,
+    f: impl FnOnce(&mut PortState, &[u8]) -> bool,
+) -> c_int {
+    if buf.is_null() || len != want {
         return -1;
     }
-    // SAFETY: the C glue passes the control buffer of `len` (= 9) bytes.
+    // SAFETY: the C glue passes the control buffer of `len` bytes.
     let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
-    let mode = bytes[0];
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&bytes[1..9]);
-    let n = u64::from_ne_bytes(n);
     let mut ok = false;
-    guarded(st, |state| ok = state.set_active(mode, n));
+    guarded(st, |state| ok = f(state, bytes));
     if ok {
         0
     } else {
@@ -608,21 +608,23 @@ pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: u
     }
 }
 
+/// `port_control(Tube, 3, <<Mode:8, N:64/native>>)`: `{active, _}`, see
+/// [`PortState::set_active`].
+#[no_mangle]
+pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
+    set_from_control(st, buf, len, 9, |state, bytes| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&bytes[1..9]);
+        state.set_active(bytes[0], u64::from_ne_bytes(n))
+    })
+}
+
 /// `port_control(Tube, 4, <<Us:32/native>>)`: `{busy_poll, Us}`, see
-/// [`PortState::set_busy_poll`]. Returns -1 (badarg) for a malformed request.
+/// [`PortState::set_busy_poll`].
 #[no_mangle]
 pub extern "C" fn tube_rs_set_busy_poll(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
-    if buf.is_null() || len != 4 {
-        return -1;
-    }
-    // SAFETY: the C glue passes the control buffer of `len` (= 4) bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(buf as *const u8, len) };
-    let us = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let mut ok = false;
-    guarded(st, |state| ok = state.set_busy_poll(u64::from(us)));
-    if ok {
-        0
-    } else {
-        -1
-    }
+    set_from_control(st, buf, len, 4, |state, bytes| {
+        let us = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        state.set_busy_poll(u64::from(us))
+    })
 }
