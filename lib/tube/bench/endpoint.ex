@@ -267,9 +267,9 @@ defmodule Tube.Bench.Endpoint do
     %{packets: n1 - n0, bytes: b1 - b0, ns: ts1 - ts0, total: total, total_bytes: tb}
   end
 
-  # `left`: marks still to come. The clock is read every @check packets
-  # (for the hard deadline), never per packet: that would cost the receiver
-  # more than some transports spend on a packet.
+  # `left`: marks still to come. Once both are in, the clock is read every
+  # @check packets (for the hard deadline), never per packet: that would
+  # cost the receiver more than some transports spend on a packet.
   defp cloop(n, b, k, left, marks, hard) do
     receive do
       {_port, {:data, d}} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
