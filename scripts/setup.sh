@@ -12,6 +12,8 @@ command -v erl >/dev/null 2>&1 || need_apt+=(erlang-nox)
 [ -f /usr/lib/erlang/usr/include/erl_driver.h ] || [ -n "${TUBE_ERTS_INCLUDE:-}" ] || need_apt+=(erlang-dev)
 command -v elixir >/dev/null 2>&1 || need_apt+=(elixir)
 command -v xenstore-ls >/dev/null 2>&1 || need_apt+=(xenstore-utils)
+# Xen's own protocol test program, run against tubestored by the suite.
+[ -x /usr/lib/xen-4.17/bin/test-xenstore ] || need_apt+=(xen-utils-4.17)
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need_apt+=(cargo rustc)
 fi

@@ -93,6 +93,7 @@ impl State {
             }
             self.watches.remove_conn(cid);
             fx.kill.push(cid);
+            self.release_snapshots();
         }
         self.release_domain(domid, fx);
         Ok(b"OK\0".to_vec())

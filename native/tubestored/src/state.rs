@@ -266,6 +266,7 @@ impl State {
         if let Some(c) = self.conns.get_mut(&id) {
             c.txs.clear();
         }
+        self.release_snapshots();
         Ok(OK.to_vec())
     }
 
@@ -286,7 +287,9 @@ impl State {
             }
         }
         self.next_tx = txid;
-        conn.txs.insert(txid, Tx::default());
+        let mut tx = Tx::default();
+        tx.ov.snap = self.store.open_snapshot();
+        conn.txs.insert(txid, tx);
         Ok(format!("{txid}\0").into_bytes())
     }
 
@@ -298,15 +301,24 @@ impl State {
         };
         let conn = self.conns.get_mut(&id).ok_or(XsError::Einval)?;
         let tx = conn.txs.remove(&msg.tx_id).ok_or(XsError::Enoent)?;
-        if !commit {
-            return Ok(OK.to_vec());
-        }
-        if !tx.ov.still_valid(&self.store) {
-            return Err(XsError::Eagain);
-        }
-        fx.touched = tx.ov.apply(&mut self.store);
-        fx.changes = tx.changes;
-        Ok(OK.to_vec())
+        let res = if !commit {
+            Ok(OK.to_vec())
+        } else if !tx.ov.still_valid(&self.store) {
+            Err(XsError::Eagain)
+        } else {
+            fx.touched = tx.ov.apply(&mut self.store);
+            fx.changes = tx.changes;
+            Ok(OK.to_vec())
+        };
+        self.release_snapshots();
+        res
+    }
+
+    /// Tells the store which snapshots are still open after transactions went away, so it
+    /// drops the old node versions nobody can read any more.
+    pub(crate) fn release_snapshots(&mut self) {
+        let oldest = self.conns.values().flat_map(|c| c.txs.values()).map(|t| t.ov.snap).min();
+        self.store.release_snapshots(oldest);
     }
 
     /// Closes a connection: drops its watches and transactions, and releases its domain.
@@ -314,6 +326,9 @@ impl State {
         self.watches.remove_conn(id);
         let Some(conn) = self.conns.remove(&id) else { return };
         conn.outbox.kill();
+        if !conn.txs.is_empty() {
+            self.release_snapshots();
+        }
         if let (Some(d), false) = (conn.domid, self.shutting_down) {
             let mut fx = Effects::default();
             self.release_domain(d, &mut fx);

@@ -36,6 +36,12 @@ pub struct Store {
     nodes: HashMap<String, Node>,
     gen: u64,
     owned: HashMap<u32, usize>,
+    /// Start generation of the newest open snapshot; None when no transaction is open, and
+    /// then changes keep no old versions.
+    newest_snapshot: Option<u64>,
+    /// Old versions of changed nodes, kept while a transaction may still read them: per path,
+    /// `(generation of the change, the node before it)` in change order.
+    undo: HashMap<String, Vec<(u64, Option<Node>)>>,
 }
 
 impl Default for Store {
@@ -47,7 +53,13 @@ impl Default for Store {
 impl Store {
     /// A store holding only the root "/".
     pub fn new() -> Store {
-        let mut s = Store { nodes: HashMap::new(), gen: 0, owned: HashMap::new() };
+        let mut s = Store {
+            nodes: HashMap::new(),
+            gen: 0,
+            owned: HashMap::new(),
+            newest_snapshot: None,
+            undo: HashMap::new(),
+        };
         s.put("/", Node::empty(dom0_perms()));
         s
     }
@@ -77,8 +89,59 @@ impl Store {
         self.nodes.get(path).map_or(0, |n| n.gen)
     }
 
+    /// Opens a snapshot of the store as it is now (a transaction's base); returns its generation.
+    /// Until [`Store::release_snapshots`] says it is closed, changes keep the old node versions
+    /// that [`Store::get_at`] needs.
+    pub fn open_snapshot(&mut self) -> u64 {
+        self.newest_snapshot = Some(self.gen);
+        self.gen
+    }
+
+    /// Drops the old versions no open snapshot can read: `oldest` is the generation of the
+    /// oldest snapshot still open, None when none is.
+    pub fn release_snapshots(&mut self, oldest: Option<u64>) {
+        match oldest {
+            None => {
+                self.newest_snapshot = None;
+                self.undo.clear();
+            }
+            Some(g) => self.undo.retain(|_, v| {
+                // A snapshot at `g` reads the first version changed after `g`; older ones are dead.
+                v.retain(|(cg, _)| *cg > g);
+                !v.is_empty()
+            }),
+        }
+    }
+
+    /// Number of old node versions kept for open snapshots (tests check they are dropped).
+    pub fn undo_len(&self) -> usize {
+        self.undo.values().map(Vec::len).sum()
+    }
+
+    /// The node at `path` as it was at generation `snap` (an open snapshot).
+    pub fn get_at(&self, path: &str, snap: u64) -> Option<&Node> {
+        if let Some(v) = self.undo.get(path) {
+            if let Some((_, old)) = v.iter().find(|(cg, _)| *cg > snap) {
+                return old.as_ref();
+            }
+        }
+        self.nodes.get(path)
+    }
+
+    /// Keeps the version of `path` about to be changed at generation `self.gen + 1`, if an open
+    /// snapshot may need it: only the first change after the newest snapshot matters.
+    fn keep_old(&mut self, path: &str) {
+        let Some(newest) = self.newest_snapshot else { return };
+        let v = self.undo.entry(path.to_owned()).or_default();
+        if v.last().is_some_and(|(cg, _)| *cg > newest) {
+            return;
+        }
+        v.push((self.gen + 1, self.nodes.get(path).cloned()));
+    }
+
     /// Inserts or replaces a node, stamping a fresh generation. Does not touch the parent.
     pub fn put(&mut self, path: &str, mut node: Node) {
+        self.keep_old(path);
         self.gen += 1;
         node.gen = self.gen;
         *self.owned.entry(node.perms.owner()).or_insert(0) += 1;
@@ -89,6 +152,10 @@ impl Store {
 
     /// Removes one node (not its children, not the parent's entry).
     pub fn del(&mut self, path: &str) -> Option<Node> {
+        if !self.nodes.contains_key(path) {
+            return None;
+        }
+        self.keep_old(path);
         let old = self.nodes.remove(path)?;
         self.gen += 1;
         self.dec_owned(old.perms.owner());
@@ -195,9 +262,12 @@ impl Tree for Direct<'_> {
     }
 }
 
-/// A transaction's private state: its changes and the generations of everything it looked at.
+/// A transaction's private state: the snapshot it reads, its changes and the generations of
+/// everything it looked at.
 #[derive(Debug, Default)]
 pub struct Overlay {
+    /// Store generation at TRANSACTION_START: reads see the store as it was then.
+    pub snap: u64,
     /// Changed nodes (`None` = removed in this transaction).
     pub changes: HashMap<String, Option<Node>>,
     /// Generation of every base node read or written (0 = absent).
@@ -239,9 +309,12 @@ pub struct TxView<'a> {
 }
 
 impl TxView<'_> {
+    /// Remembers the generation the snapshot holds for `path`: a change made since the
+    /// transaction started, read or not, fails the commit.
     fn note(&mut self, path: &str) {
         if !self.ov.accessed.contains_key(path) {
-            self.ov.accessed.insert(path.to_owned(), self.store.gen_of(path));
+            let g = self.store.get_at(path, self.ov.snap).map_or(0, |n| n.gen);
+            self.ov.accessed.insert(path.to_owned(), g);
         }
     }
     fn owner_in_view(&mut self, path: &str) -> Option<u32> {
@@ -258,7 +331,7 @@ impl Tree for TxView<'_> {
             return self.ov.changes.get(path).and_then(Option::as_ref);
         }
         self.note(path);
-        self.store.get(path)
+        self.store.get_at(path, self.ov.snap)
     }
     fn put(&mut self, path: &str, node: Node) {
         if let Some(o) = self.owner_in_view(path) {

@@ -112,6 +112,11 @@ impl Raw {
         self.req(MsgType::Directory, 0, &z(path)).map(|v| fields(&v))
     }
 
+    /// DIRECTORY inside transaction `tx`.
+    pub fn dir_tx(&mut self, tx: u32, path: &str) -> Result<Vec<String>, String> {
+        self.req(MsgType::Directory, tx, &z(path)).map(|v| fields(&v))
+    }
+
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), String> {
         self.req(MsgType::Watch, 0, &zz(&[path, token])).map(|_| ())
     }
