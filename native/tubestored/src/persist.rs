@@ -376,11 +376,26 @@ mod tests {
     use crate::ops::{self, Caller, Quotas};
     use crate::store::Direct;
 
-    fn tmp(tag: &str) -> PathBuf {
+    /// A private directory, removed when dropped.
+    struct Tmp(PathBuf);
+
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl Tmp {
+        fn db(&self) -> PathBuf {
+            self.0.join("db")
+        }
+    }
+
+    fn tmp(tag: &str) -> Tmp {
         let d = std::env::temp_dir().join(format!("tubestored-persist-{}-{tag}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
-        d.join("db")
+        Tmp(d)
     }
 
     fn write(j: &mut Journal, s: &mut Store, path: &str, v: &[u8]) {
@@ -401,7 +416,8 @@ mod tests {
 
     #[test]
     fn snapshot_then_journal_replays_to_the_same_tree() {
-        let db = tmp("snap");
+        let dir = tmp("snap");
+        let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
         let mut j = l.start().unwrap();
         write(&mut j, &mut s, "/a/b", b"1");
@@ -421,7 +437,8 @@ mod tests {
 
     #[test]
     fn corrupt_frame_stops_replay_and_is_cut_off() {
-        let db = tmp("corrupt");
+        let dir = tmp("corrupt");
+        let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
         let mut j = l.start().unwrap();
         write(&mut j, &mut s, "/x", b"good");

@@ -95,7 +95,7 @@ proptest! {
             }
             let d = &mut decoders[r.conn];
             d.push(&wire);
-            let before: Vec<_> = snapshot_unwritable(&st, r.conn);
+            let before = snapshot_before(&st, r.conn);
             loop {
                 match d.next() {
                     Ok(Some(m)) => {
@@ -116,11 +116,25 @@ proptest! {
                 }
             }
             prop_assert!(st.store.check_invariants().is_ok(), "{:?}", st.store.check_invariants());
-            // A domain never modified what it could not write (unless released by dom0).
-            for (p, n, dom) in before {
-                if let Some(now) = st.store.get(&p) {
-                    if st.domains.contains_key(&dom) {
-                        prop_assert!(now.value == n.value && now.perms == n.perms, "domain {} changed {}", dom, p);
+            // A domain never modified or removed what it could not write. Removed is allowed
+            // only with an ancestor the domain could write and removed (RM takes the whole
+            // subtree, as in Xen), or when the domain itself was released.
+            if let Some(b) = &before {
+                if st.domains.contains_key(&b.dom) {
+                    for (p, (n, writable)) in &b.nodes {
+                        if *writable {
+                            continue;
+                        }
+                        match st.store.get(p) {
+                            Some(now) => prop_assert!(
+                                now.value == n.value && now.perms == n.perms,
+                                "domain {} changed {}", b.dom, p
+                            ),
+                            None => prop_assert!(
+                                removed_with_writable_ancestor(b, &st, p),
+                                "domain {} removed {}, which it could not write", b.dom, p
+                            ),
+                        }
                     }
                 }
             }
@@ -148,15 +162,35 @@ proptest! {
     }
 }
 
-/// Nodes the connection's domain may not write, with their state, when it is bound.
-fn snapshot_unwritable(st: &State, conn: usize) -> Vec<(String, tubestored::store::Node, u32)> {
-    let Some(dom) = st.conns.get(&(conn as u64)).and_then(|c| c.domid) else { return Vec::new() };
-    st.store
+/// The tree before a request of a bound connection: every node, and whether its domain may
+/// write it.
+struct Before {
+    dom: u32,
+    nodes: std::collections::HashMap<String, (tubestored::store::Node, bool)>,
+}
+
+fn snapshot_before(st: &State, conn: usize) -> Option<Before> {
+    let dom = st.conns.get(&(conn as u64)).and_then(|c| c.domid)?;
+    let nodes = st
+        .store
         .sorted_paths()
         .into_iter()
         .filter_map(|p| {
             let n = st.store.get(p)?;
-            (!n.perms.can_write(dom)).then(|| (p.to_owned(), n.clone(), dom))
+            Some((p.to_owned(), (n.clone(), n.perms.can_write(dom))))
         })
-        .collect()
+        .collect();
+    Some(Before { dom, nodes })
+}
+
+/// True if a proper ancestor of `p` was writable by the domain before and is gone now.
+fn removed_with_writable_ancestor(b: &Before, st: &State, p: &str) -> bool {
+    let mut a = p;
+    while let Some(parent) = tube_xs::path::parent(a) {
+        if b.nodes.get(parent).is_some_and(|(_, w)| *w) && st.store.get(parent).is_none() {
+            return true;
+        }
+        a = parent;
+    }
+    false
 }

@@ -8,27 +8,82 @@ use std::time::Duration;
 use tube_xs::wire::{Decoder, Message, MsgType};
 use tubestored::{Options, Server, ServerHandle};
 
-/// A fresh private directory under the system temp dir.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A private directory under the system temp dir, removed with everything in it when dropped
+/// (also when the test panics), so a test run leaves nothing behind.
+pub struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TmpDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh private directory (mode 0700) under the system temp dir.
+pub fn tempdir(tag: &str) -> TmpDir {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!("tubestored-test-{}-{tag}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
+    TmpDir(d)
+}
+
+/// An in-process daemon and the private directory of its socket: dropping it stops the
+/// daemon, then removes the directory.
+pub struct Daemon {
+    handle: Option<ServerHandle>,
+    _dir: Option<TmpDir>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = ServerHandle;
+    fn deref(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("daemon running")
+    }
+}
+
+impl Daemon {
+    /// Stops the daemon (its directory stays until the value is dropped).
+    pub fn shutdown(&mut self) -> std::io::Result<()> {
+        self.handle.take().map_or(Ok(()), ServerHandle::shutdown)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
 }
 
 /// Starts a daemon in this process on a private socket.
-pub fn start(tag: &str) -> ServerHandle {
+pub fn start(tag: &str) -> Daemon {
     start_with(tag, Options::default())
 }
 
-/// Starts a daemon with `opts` (socket path filled in when absent).
-pub fn start_with(tag: &str, mut opts: Options) -> ServerHandle {
+/// Starts a daemon with `opts`; when no socket is given it gets a private directory, removed
+/// with the daemon.
+pub fn start_with(tag: &str, mut opts: Options) -> Daemon {
+    let mut dir = None;
     if opts.socket.is_none() {
-        opts.socket = Some(tempdir(tag).join("socket"));
+        let d = tempdir(tag);
+        opts.socket = Some(d.join("socket"));
+        dir = Some(d);
     }
-    Server::bind(opts).unwrap().spawn().unwrap()
+    Daemon { handle: Some(Server::bind(opts).unwrap().spawn().unwrap()), _dir: dir }
 }
 
 /// A raw client: sends requests, reads replies and events, every read bounded by a timeout.
