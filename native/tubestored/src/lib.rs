@@ -15,12 +15,15 @@
 
 mod crc;
 pub mod domain;
+pub mod files;
+pub mod log;
 pub mod ops;
 pub mod outbox;
 pub mod persist;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod time;
 mod transaction_doc;
 pub mod watch;
 

@@ -51,6 +51,7 @@ fn parse_args() -> Result<Cli, String> {
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
     }
+    cli.opts.quiet = cli.quiet;
     Ok(cli)
 }
 

@@ -3,6 +3,7 @@
 
 use crate::ops::Quotas;
 use crate::outbox::Outbox;
+use crate::log::Log;
 use crate::persist::{self, Loaded};
 use crate::state::State;
 use crate::store::Store;
@@ -29,6 +30,10 @@ pub struct Options {
     pub db: Option<PathBuf>,
     /// Limits for unprivileged connections.
     pub quotas: Quotas,
+    /// Log file; None: `<socket>.log`, next to the socket.
+    pub log: Option<PathBuf>,
+    /// Log to the log file only, not to stderr too.
+    pub quiet: bool,
 }
 
 /// Why [`Server::bind`] did not give a server.
@@ -59,6 +64,7 @@ impl From<io::Error> for BindError {
 
 struct Shared {
     state: Mutex<State>,
+    log: Log,
     stop: AtomicBool,
     next_id: AtomicU64,
     path: PathBuf,
@@ -73,6 +79,13 @@ pub struct Server {
     listener: UnixListener,
     shared: Arc<Shared>,
     journal: Option<Loaded>,
+}
+
+/// `<socket>.log`: where the daemon logs, next to its socket.
+pub fn log_path(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".log");
+    PathBuf::from(s)
 }
 
 /// Stops a running server from another thread (signal handler thread, tests).
@@ -105,22 +118,36 @@ impl Server {
     /// Loads the database (if any) and binds the socket. Starts no thread, so the caller may fork.
     pub fn bind(opts: Options) -> Result<Server, BindError> {
         let path = socket_path(&opts);
-        let (store, journal) = match &opts.db {
-            Some(db) => {
-                let (s, l) = persist::load(db)?;
-                (s, Some(l))
-            }
-            None => (Store::new(), None),
-        };
         let listener = bind_socket(&path)?;
-        let listen_ctl = listener.try_clone()?;
         let md = fs::metadata(&path)?;
+        let ino = (md.dev(), md.ino());
+        // Loaded only once the socket is ours: a running daemon's journal is never touched.
+        let loaded = (|| -> Result<_, BindError> {
+            let log = Log::open(&opts.log.clone().unwrap_or_else(|| log_path(&path)), opts.quiet)?;
+            let (store, journal) = match &opts.db {
+                Some(db) => {
+                    let (s, l) = persist::load_logged(db, &log)?;
+                    (s, Some(l))
+                }
+                None => (Store::new(), None),
+            };
+            Ok((log, store, journal, listener.try_clone()?))
+        })();
+        let (log, store, journal, listen_ctl) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                drop(listener);
+                unlink_if_ours(&path, ino);
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(store, opts.quotas)),
+            log,
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             path,
-            ino: (md.dev(), md.ino()),
+            ino,
             listen_ctl,
         });
         Ok(Server { listener, shared, journal })
@@ -140,7 +167,7 @@ impl Server {
     /// socket. Domains are not released on shutdown: their nodes stay in the database.
     pub fn run(mut self) -> io::Result<()> {
         if let Some(l) = self.journal.take() {
-            self.shared.state.lock().journal = Some(l.start()?);
+            self.shared.state.lock().journal = Some(l.start(self.shared.log.clone())?);
         }
         let res = self.accept_loop();
         let journal = {
@@ -177,7 +204,7 @@ impl Server {
                         .name("tubestored-conn".into())
                         .spawn(move || serve_conn(&shared, stream));
                     if let Err(e) = r {
-                        eprintln!("tubestored: cannot start connection thread: {e}");
+                        self.shared.log.line(&format!("cannot start connection thread: {e}"));
                     }
                 }
                 Err(_) if self.shared.stop.load(Ordering::Acquire) => break,
@@ -270,11 +297,17 @@ fn serve_conn(shared: &Shared, stream: UnixStream) {
         };
         dec.push(&buf[..n]);
         let mut bad = false;
+        let mut wait_for = None;
         {
             let mut st = None;
             loop {
                 match dec.next() {
-                    Ok(Some(m)) => st.get_or_insert_with(|| shared.state.lock()).handle(id, &m, false),
+                    Ok(Some(m)) => {
+                        let st = st.get_or_insert_with(|| shared.state.lock());
+                        if let Some(seq) = st.handle(id, &m, false) {
+                            wait_for = st.journal.as_ref().map(|j| (seq, j.durable()));
+                        }
+                    }
                     Ok(None) => break,
                     Err(_) => {
                         bad = true;
@@ -282,6 +315,12 @@ fn serve_conn(shared: &Shared, stream: UnixStream) {
                     }
                 }
             }
+        }
+        // Replies to commits go out once their frames are durable (one wait for the batch:
+        // frames are fsynced in order).
+        if let Some((seq, durable)) = wait_for {
+            let r = durable.wait(seq);
+            outbox.settle(seq, |s| if s == seq { r.err() } else { durable.wait(s).err() });
         }
         outbox.flush_now();
         if bad || outbox.is_dead() {

@@ -111,21 +111,46 @@ impl State {
     }
 
     /// Handles one request from `id`, queueing the reply and any events. `wake_self` = false
-    /// when the caller flushes the requester's queue itself.
-    pub fn handle(&mut self, id: ConnId, msg: &Message, wake_self: bool) {
-        let Some(conn) = self.conns.get(&id) else { return };
+    /// when the caller flushes the requester's queue itself. With a journal, a request that
+    /// changed the tree returns its frame's number: its reply is held in the outbox until the
+    /// caller has waited for that frame to be durable and settled the outbox.
+    pub fn handle(&mut self, id: ConnId, msg: &Message, wake_self: bool) -> Option<u64> {
+        let conn = self.conns.get(&id)?;
         let caller = conn.caller();
         let mut fx = Effects::default();
-        let res = self.dispatch(id, caller, msg, &mut fx);
-        self.commit_effects(&mut fx, id, wake_self);
-        if let Some(conn) = self.conns.get(&id) {
-            match res {
-                Ok(payload) => conn.outbox.push(msg.ty, msg.req_id, msg.tx_id, &payload, wake_self),
-                Err(e) => {
-                    let mut p = e.as_str().as_bytes().to_vec();
-                    p.push(0);
-                    conn.outbox.push(MsgType::Error as u32, msg.req_id, msg.tx_id, &p, wake_self);
+        // Domain requests change the tree as a side effect of a domain's life; they are not
+        // undone when their frame cannot be written (the journal then needs a full snapshot).
+        let undoable = self.journal.is_some()
+            && !matches!(msg.msg_type(), Some(MsgType::Introduce | MsgType::Release));
+        if undoable {
+            self.store.track();
+        }
+        let mut res = self.dispatch(id, caller, msg, &mut fx);
+        let seq = match self.journal_effects(&mut fx) {
+            Ok(seq) => seq,
+            Err(e) => {
+                if undoable {
+                    self.store.roll_back();
+                    fx.changes.clear();
+                    fx.specials.clear();
+                    fx.after.clear();
+                    res = Err(e);
+                } else if let Some(j) = &self.journal {
+                    j.mark_broken();
                 }
+                None
+            }
+        };
+        self.store.untrack();
+        self.fire_effects(&mut fx, id, wake_self);
+        if let Some(conn) = self.conns.get(&id) {
+            let (ty, payload) = match res {
+                Ok(payload) => (msg.ty, payload),
+                Err(e) => (MsgType::Error as u32, error_payload(e)),
+            };
+            match seq {
+                Some(seq) => conn.outbox.push_held(ty, msg.req_id, msg.tx_id, &payload, seq),
+                None => conn.outbox.push(ty, msg.req_id, msg.tx_id, &payload, wake_self),
             }
         }
         for f in fx.after.drain(..) {
@@ -136,16 +161,34 @@ impl State {
                 c.outbox.kill();
             }
         }
+        seq
     }
 
-    /// Journals, then fires the watches of, everything `fx` changed.
-    pub fn commit_effects(&mut self, fx: &mut Effects, id: ConnId, wake_self: bool) {
-        if !fx.touched.is_empty() {
-            if let Some(j) = &mut self.journal {
-                j.record(&self.store, &fx.touched);
-            }
-            fx.touched.clear();
+    /// Writes the journal frame of what `fx` changed: Ok(Some(frame)) when one was written.
+    fn journal_effects(&mut self, fx: &mut Effects) -> Result<Option<u64>, XsError> {
+        if fx.touched.is_empty() {
+            return Ok(None);
         }
+        let touched = std::mem::take(&mut fx.touched);
+        match &mut self.journal {
+            Some(j) => j.append(&self.store, &touched).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Journals (a failure marks the journal broken: these changes cannot be undone), then
+    /// fires the watches of, everything `fx` changed.
+    pub fn commit_effects(&mut self, fx: &mut Effects, id: ConnId, wake_self: bool) {
+        if self.journal_effects(fx).is_err() {
+            if let Some(j) = &self.journal {
+                j.mark_broken();
+            }
+        }
+        self.fire_effects(fx, id, wake_self);
+    }
+
+    /// Fires the watches of everything `fx` changed.
+    fn fire_effects(&mut self, fx: &mut Effects, id: ConnId, wake_self: bool) {
         let mut fired = Vec::new();
         for ch in fx.changes.drain(..) {
             let conns = &self.conns;
@@ -156,11 +199,6 @@ impl State {
         }
         for f in &fired {
             self.send_event(f, id, wake_self);
-        }
-        if let Some(j) = &mut self.journal {
-            if j.wants_snapshot() {
-                j.snapshot(&self.store);
-            }
         }
     }
 
@@ -402,6 +440,13 @@ fn watch_path(c: Caller, wpath: &str) -> Result<(String, usize), XsError> {
     let abs = tube_xs::path::canonicalize(c.domid, wpath)?;
     let strip = if wpath.starts_with('/') { 0 } else { abs.len() - wpath.len() };
     Ok((abs, strip))
+}
+
+/// An XS_ERROR payload: the error's name and a NUL.
+pub fn error_payload(e: XsError) -> Vec<u8> {
+    let mut p = e.as_str().as_bytes().to_vec();
+    p.push(0);
+    p
 }
 
 /// Parses a decimal domid field.

@@ -42,6 +42,9 @@ pub struct Store {
     /// Old versions of changed nodes, kept while a transaction may still read them: per path,
     /// `(generation of the change, the node before it)` in change order.
     undo: HashMap<String, Vec<(u64, Option<Node>)>>,
+    /// While a request that may have to be undone runs: each changed path's node before its
+    /// first change.
+    rollback: Option<HashMap<String, Option<Node>>>,
 }
 
 impl Default for Store {
@@ -59,6 +62,7 @@ impl Store {
             owned: HashMap::new(),
             newest_snapshot: None,
             undo: HashMap::new(),
+            rollback: None,
         };
         s.put("/", Node::empty(dom0_perms()));
         s
@@ -139,8 +143,40 @@ impl Store {
         v.push((self.gen + 1, self.nodes.get(path).cloned()));
     }
 
+    /// Starts remembering what changes, so that [`Store::roll_back`] can undo them.
+    pub fn track(&mut self) {
+        self.rollback = Some(HashMap::new());
+    }
+
+    /// Stops remembering; the changes stay.
+    pub fn untrack(&mut self) {
+        self.rollback = None;
+    }
+
+    /// Undoes every change since [`Store::track`] (a commit that could not be made durable).
+    pub fn roll_back(&mut self) {
+        let Some(before) = self.rollback.take() else { return };
+        for (path, node) in before {
+            match node {
+                Some(n) => self.put(&path, n),
+                None => {
+                    self.del(&path);
+                }
+            }
+        }
+    }
+
+    fn remember(&mut self, path: &str) {
+        if let Some(rb) = &mut self.rollback {
+            if !rb.contains_key(path) {
+                rb.insert(path.to_owned(), self.nodes.get(path).cloned());
+            }
+        }
+    }
+
     /// Inserts or replaces a node, stamping a fresh generation. Does not touch the parent.
     pub fn put(&mut self, path: &str, mut node: Node) {
+        self.remember(path);
         self.keep_old(path);
         self.gen += 1;
         node.gen = self.gen;
@@ -155,6 +191,7 @@ impl Store {
         if !self.nodes.contains_key(path) {
             return None;
         }
+        self.remember(path);
         self.keep_old(path);
         let old = self.nodes.remove(path)?;
         self.gen += 1;
