@@ -55,7 +55,7 @@ fn xs_open(env: Env<'_>, path: String, tag: u64) -> Term<'_> {
     } else {
         std::path::PathBuf::from(path)
     };
-    let connected = std::os::unix::net::UnixStream::connect(&path)
+    let connected = tube_xs::client::connect_trusted(&path)
         .map_err(XsClientError::from)
         .and_then(|s| Client::from_stream_with_handler(s, watch_handler(env.pid(), tag)));
     let client = match connected {

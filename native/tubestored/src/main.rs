@@ -87,8 +87,12 @@ fn main() -> ExitCode {
         }
     }
     if let Some(p) = &cli.pidfile {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            eprintln!("tubestored: cannot write {}: {e}", p.display());
+        // A fresh file (O_EXCL, O_NOFOLLOW): a symlink planted at the path is replaced, never
+        // written through.
+        let written = tubestored::files::create_fresh(p)
+            .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
+        if let Err(e) = written {
+            eprintln!("tubestored: cannot write pidfile {}: {e}", p.display());
         }
     }
     if cli.daemon {
@@ -211,7 +215,11 @@ fn wait_signal() {
 /// Removes the pidfile only if it still names this process: a daemon started
 /// after this one (for example after a kill) may have written its own.
 fn remove_pidfile_if_ours(p: &std::path::Path) {
-    let ours = std::fs::read_to_string(p)
+    let ours = tubestored::files::open_read(p)
+        .and_then(|mut f| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s)
+        })
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .is_some_and(|pid| pid == std::process::id());

@@ -3,6 +3,7 @@
 
 use crate::ops::Quotas;
 use crate::outbox::Outbox;
+use crate::files;
 use crate::log::Log;
 use crate::persist::{self, Loaded};
 use crate::state::State;
@@ -10,10 +11,10 @@ use crate::store::Store;
 use crate::watch::ConnId;
 use parking_lot::Mutex;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -334,17 +335,19 @@ fn serve_conn(shared: &Shared, stream: UnixStream) {
     }
 }
 
-/// Creates the parent directory (0700), takes `<socket>.lock`, replaces a stale socket, binds
-/// (0600). Another daemon answering on the path is [`BindError::AlreadyRunning`].
+/// Creates the parent directory (0700) or checks the existing one, takes `<socket>.lock`,
+/// replaces a stale socket, binds (0600). Another daemon answering on the path is
+/// [`BindError::AlreadyRunning`].
 fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
+        check_socket_dir(dir)?;
     }
     let mut lock_name = path.as_os_str().to_owned();
     lock_name.push(".lock");
-    let lock = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_name)?;
+    let lock = files::open_append(Path::new(&lock_name))?;
     flock(&lock)?;
     match fs::symlink_metadata(path) {
         Ok(md) => {
@@ -366,6 +369,32 @@ fn bind_socket(path: &Path) -> Result<UnixListener, BindError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     drop(lock);
     Ok(listener)
+}
+
+/// The socket's directory must be a real directory (not a symlink), owned by the daemon's uid
+/// and writable by no one else: whoever can write it could put their own socket in the
+/// daemon's place, or plant symlinks for the files the daemon writes there.
+pub fn check_socket_dir(dir: &Path) -> io::Result<()> {
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("socket directory {} {why}: refused (it must be the daemon's own, mode 0700)", dir.display()),
+        ))
+    };
+    let md = fs::symlink_metadata(dir)?;
+    if md.file_type().is_symlink() {
+        return refuse("is a symlink".into());
+    }
+    if !md.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    if md.uid() != files::euid() {
+        return refuse(format!("is owned by uid {}, not {}", md.uid(), files::euid()));
+    }
+    if md.mode() & 0o022 != 0 {
+        return refuse(format!("is writable by others (mode {:o})", md.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 fn flock(f: &File) -> io::Result<()> {

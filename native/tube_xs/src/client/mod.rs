@@ -31,7 +31,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 pub use error::Error;
-pub use socket_path::default_socket_path;
+pub use socket_path::{connect_trusted, default_socket_path, peer_uid, trusted_daemon_uid};
 
 use crate::perms::PermList;
 use crate::wire::{join_fields, split_fields, DirectoryPart, MsgType, XsError};
@@ -83,9 +83,10 @@ impl Drop for Inner {
 const DIRECTORY_PART_RETRIES: usize = 16;
 
 impl Client {
-    /// Connects to the daemon's socket at `path`.
+    /// Connects to the daemon's socket at `path`, refusing a daemon that runs as another uid
+    /// than this process's (root excepted): see [`connect_trusted`].
     pub fn connect(path: &Path) -> Result<Client, Error> {
-        Client::from_stream(UnixStream::connect(path)?)
+        Client::from_stream(connect_trusted(path)?)
     }
 
     /// Connects to [`default_socket_path`].

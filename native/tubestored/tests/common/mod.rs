@@ -33,9 +33,14 @@ impl Drop for TmpDir {
 
 /// A fresh private directory (mode 0700) under the system temp dir.
 pub fn tempdir(tag: &str) -> TmpDir {
+    tempdir_in(&std::env::temp_dir(), tag)
+}
+
+/// A fresh private directory (mode 0700) under `base`.
+pub fn tempdir_in(base: &Path, tag: &str) -> TmpDir {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let d = std::env::temp_dir().join(format!("tubestored-test-{}-{tag}-{n}", std::process::id()));
+    let d = base.join(format!("tubestored-test-{}-{tag}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(&d).unwrap();
