@@ -147,11 +147,38 @@ fn daemon_flag_returns_when_ready_and_second_start_is_harmless() {
     }
 }
 
+/// Leaves a socket file nobody can ever connect to: bound, never listening, closed. (A listener
+/// bound and dropped here would do the same only when no other test forks meanwhile: a child
+/// between fork and exec holds a copy of the listening fd, a connect then succeeds, and the
+/// daemon rightly reports "already running".)
+fn dead_socket_file(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket(2) with constant arguments; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid (empty) address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes; `fd` is the socket made above.
+    let r = unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    assert_eq!(r, 0, "bind: {err}");
+}
+
 #[test]
 fn stale_socket_is_replaced() {
     let dir = tempdir("stale");
     let sock = dir.join("socket");
-    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // leaves a dead socket file
+    dead_socket_file(&sock);
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_err(), "nobody answers on it");
     let h = start_with("stale", tubestored::Options { socket: Some(sock.clone()), ..Default::default() });
     Raw::connect(h.path()).write("/ok", "1").unwrap();
 }
