@@ -2,6 +2,7 @@
 //! GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED, RESUME, and the release of a domain that went away.
 
 use crate::ops::{self, Caller, Change};
+use crate::persist::{Cause, Meta};
 use crate::state::{parse_domid, Domain, Effects, State};
 use crate::store::Direct;
 use crate::watch::ConnId;
@@ -73,6 +74,7 @@ impl State {
         ops::set_perms(&mut t, Caller::DOM0, &path, perms, &mut fx.changes)?;
         fx.touched = t.touched;
         fx.specials.push("@introduceDomain");
+        fx.meta = Some(Meta::now(domid, Cause::Introduced));
         Ok(format!("{domid}\0").into_bytes())
     }
 
@@ -103,6 +105,7 @@ impl State {
     /// @releaseDomain.
     pub(crate) fn release_domain(&mut self, domid: u32, fx: &mut Effects) {
         self.domains.remove(&domid);
+        fx.meta = Some(Meta::now(domid, Cause::Released));
         let mut t = Direct { store: &mut self.store, touched: Vec::new() };
         remove_owned(&mut t, domid, &mut fx.changes);
         fx.touched.append(&mut t.touched);

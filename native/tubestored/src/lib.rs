@@ -16,6 +16,7 @@
 mod crc;
 pub mod domain;
 pub mod files;
+pub mod history;
 pub mod log;
 pub mod ops;
 pub mod outbox;

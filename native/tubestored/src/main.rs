@@ -1,5 +1,7 @@
 //! `tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet]
-//!  [--quota-nodes N] [--quota-watches N] [--quota-transactions N]`
+//!  [--quota-nodes N] [--quota-watches N] [--quota-transactions N] [--history-bytes N]`
+//! `tubestored history --db FILE [--since TIME] [PATH]`
+//! `tubestored dump --db FILE --at TIME [PATH]`
 //!
 //! The binary's quotas are sized for tubes, not Xen's guest defaults: each
 //! tube costs its opening domain about 8 nodes and each side one watch, so
@@ -19,7 +21,13 @@ struct Cli {
 }
 
 const USAGE: &str = "usage: tubestored [--socket PATH] [--db FILE] [--daemon] [--pidfile FILE] [--quiet] \
-[--quota-nodes N] [--quota-watches N] [--quota-transactions N]";
+[--quota-nodes N] [--quota-watches N] [--quota-transactions N] [--history-bytes N]
+       tubestored history --db FILE [--since TIME] [PATH]
+       tubestored dump --db FILE --at TIME [PATH]
+TIME: UTC YYYY-MM-DDTHH:MM:SS[.fff][Z], or seconds since the epoch";
+
+/// Bound of each history file: 32 MiB (about 150 000 commits of a tube's size), two kept.
+const HISTORY_BYTES: u64 = 32 << 20;
 
 /// Nodes a domain may own: room for about 2000 tubes opened by one node.
 const TUBE_QUOTA_NODES: usize = 16384;
@@ -34,6 +42,7 @@ fn parse_args() -> Result<Cli, String> {
     let mut cli = Cli { opts: Options::default(), daemon: false, pidfile: None, quiet: false };
     cli.opts.quotas.max_nodes = TUBE_QUOTA_NODES;
     cli.opts.quotas.max_watches = TUBE_QUOTA_WATCHES;
+    cli.opts.history_bytes = HISTORY_BYTES;
     let mut args = std::env::args_os().skip(1);
     while let Some(a) = args.next() {
         let a = a.to_string_lossy().into_owned();
@@ -47,6 +56,11 @@ fn parse_args() -> Result<Cli, String> {
             "--quota-nodes" => cli.opts.quotas.max_nodes = parse_count(&a, value(&a)?)?,
             "--quota-watches" => cli.opts.quotas.max_watches = parse_count(&a, value(&a)?)?,
             "--quota-transactions" => cli.opts.quotas.max_transactions = parse_count(&a, value(&a)?)?,
+            "--history-bytes" => {
+                let v = value(&a)?;
+                cli.opts.history_bytes =
+                    v.to_string_lossy().parse::<u64>().map_err(|_| format!("{a} needs a byte count (0: no history)"))?;
+            }
             "-h" | "--help" => return Err(USAGE.to_owned()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
@@ -55,7 +69,66 @@ fn parse_args() -> Result<Cli, String> {
     Ok(cli)
 }
 
+/// `history` / `dump`: reads the history of a database and prints it.
+fn look_back(cmd: &str, args: Vec<String>) -> ExitCode {
+    let mut db = None;
+    let mut since = None;
+    let mut at = None;
+    let mut path = None;
+    let mut it = args.into_iter();
+    let time = |v: Option<String>, name: &str| -> Result<u64, String> {
+        let v = v.ok_or(format!("{name} needs a value"))?;
+        tubestored::time::parse_time(&v).ok_or(format!("{name}: cannot read {v:?} as a time\n{USAGE}"))
+    };
+    let parsed = (|| -> Result<(), String> {
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--db" => db = Some(PathBuf::from(it.next().ok_or("--db needs a value")?)),
+                "--since" if cmd == "history" => since = Some(time(it.next(), "--since")?),
+                "--at" if cmd == "dump" => at = Some(time(it.next(), "--at")?),
+                p if !p.starts_with('-') && path.is_none() => path = Some(p.to_owned()),
+                _ => return Err(format!("unknown argument {a}\n{USAGE}")),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = parsed {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let Some(db) = db else {
+        eprintln!("{cmd} needs --db FILE\n{USAGE}");
+        return ExitCode::from(2);
+    };
+    let path = path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || tube_xs::path::canonicalize(0, &path).is_err() {
+        eprintln!("{path}: not an absolute Xenstore path");
+        return ExitCode::from(2);
+    }
+    let out = io::stdout();
+    let mut out = io::BufWriter::new(out.lock());
+    let r = match (cmd, at) {
+        ("history", _) => tubestored::history::print_history(&db, since, &path, &mut out),
+        (_, Some(at)) => tubestored::history::print_dump(&db, at, &path, &mut out),
+        _ => {
+            eprintln!("dump needs --at TIME\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tubestored {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if let Some(cmd) = args.next().filter(|c| c == "history" || c == "dump") {
+        return look_back(&cmd, args.collect());
+    }
     let cli = match parse_args() {
         Ok(c) => c,
         Err(e) => {

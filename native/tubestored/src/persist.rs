@@ -104,6 +104,7 @@ pub struct Journal {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     log: Log,
+    history: Option<crate::history::History>,
 }
 
 fn journal_path(db: &Path) -> PathBuf {
@@ -211,8 +212,10 @@ fn replay_logged(store: &mut Store, bytes: &[u8], file: &Path, log: &Log) -> usi
 }
 
 impl Loaded {
-    /// Starts the writer thread.
-    pub fn start(self, log: Log) -> io::Result<Journal> {
+    /// Starts the writer thread. With `history_bytes` > 0, every commit is also kept in
+    /// `<db>.history` (see [`crate::history`]); `store` is the loaded tree, the history's base
+    /// when it starts anew.
+    pub fn start(self, log: Log, store: &Store, history_bytes: u64) -> io::Result<Journal> {
         let Loaded { db, jfile, len, next_old, size } = self;
         let file = Arc::new(jfile);
         let shared = Arc::new(Shared {
@@ -233,7 +236,11 @@ impl Loaded {
         let thread = std::thread::Builder::new()
             .name("tubestored-journal".into())
             .spawn(move || writer(&wdb, &sh, &wlog))?;
-        Ok(Journal { db, file, len, seq: 0, since_snapshot: size, next_old, shared, thread: Some(thread), log })
+        let history = match history_bytes {
+            0 => None,
+            max => Some(crate::history::History::open(&db, max, store, log.clone())?),
+        };
+        Ok(Journal { db, file, len, seq: 0, since_snapshot: size, next_old, shared, thread: Some(thread), log, history })
     }
 }
 
@@ -242,11 +249,12 @@ impl Journal {
     /// [`Durable::wait`]`(seq)` before answering. Err: nothing of the frame is left in the file;
     /// the caller undoes the change (or, when it cannot, the journal is broken until a full
     /// snapshot is written).
-    pub fn append(&mut self, store: &Store, touched: &[String]) -> Result<u64, XsError> {
+    pub fn append(&mut self, store: &Store, touched: &[String], meta: &Meta) -> Result<u64, XsError> {
         if self.shared.m.lock().broken {
             self.recover(store)?;
         }
         let mut payload = Vec::new();
+        encode_meta(&mut payload, meta);
         for p in touched {
             encode_path(&mut payload, store, p);
         }
@@ -263,6 +271,9 @@ impl Journal {
         self.len += frame.len() as u64;
         self.seq += 1;
         self.since_snapshot += frame.len();
+        if let Some(h) = &mut self.history {
+            h.append(&frame, store, meta.time_ns);
+        }
         {
             let mut w = self.shared.m.lock();
             w.written = self.seq;
@@ -446,7 +457,8 @@ fn write_snapshot_file(db: &Path, snap: &[u8]) -> io::Result<()> {
     r
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+/// `payload` framed: length, checksum, payload.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 8);
     f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     f.extend_from_slice(&crc32(payload).to_le_bytes());
@@ -454,7 +466,8 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn encode_path(out: &mut Vec<u8>, store: &Store, path: &str) {
+/// The record of `path` as `store` has it now (PUT, or DEL when absent).
+pub fn encode_path(out: &mut Vec<u8>, store: &Store, path: &str) {
     match store.get(path) {
         Some(n) => {
             out.push(PUT);
@@ -475,12 +488,26 @@ fn put_bytes16(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// Every path, depth-first, each parent before its children and children in their
+/// directory order, so that replaying them in this order rebuilds the same child lists.
+pub fn tree_order(store: &Store) -> Vec<String> {
+    let mut out = Vec::with_capacity(store.len());
+    let mut stack = vec!["/".to_owned()];
+    while let Some(p) = stack.pop() {
+        if let Some(n) = store.get(&p) {
+            stack.extend(n.children.iter().rev().map(|c| child_path(&p, c)));
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The whole tree as a snapshot file image.
 pub fn encode_snapshot(store: &Store) -> Vec<u8> {
     let mut out = SNAP_MAGIC.to_vec();
     let mut payload = Vec::new();
-    for p in store.sorted_paths() {
-        encode_path(&mut payload, store, p);
+    for p in tree_order(store) {
+        encode_path(&mut payload, store, &p);
         if payload.len() > 1 << 16 {
             out.extend_from_slice(&frame(&payload));
             payload.clear();
@@ -545,7 +572,8 @@ fn apply_frame_at(store: &mut Store, bytes: &[u8], off: usize) -> Option<usize> 
     apply_payload(store, &mut Cursor(payload)).then_some(8 + payload.len())
 }
 
-fn next_frame(bytes: &[u8], off: usize) -> Option<&[u8]> {
+/// The payload of the whole, checksummed frame at `off`, if there is one.
+pub fn next_frame(bytes: &[u8], off: usize) -> Option<&[u8]> {
     let hdr = bytes.get(off..off + 8)?;
     let len = u32::from_le_bytes(hdr[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(hdr[4..].try_into().ok()?);
@@ -572,13 +600,91 @@ impl<'a> Cursor<'a> {
     }
 }
 
-enum Rec {
+/// One record of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rec {
+    /// The node now holds this value and these permissions.
     Put(String, Vec<u8>, PermList),
+    /// The subtree is gone.
     Del(String),
+    /// Who made the commit, and when (first record of a frame; replay ignores it).
+    Meta(Meta),
+    /// A history segment's base: the whole tree at this time follows (replay ignores the tag).
+    Base(u64),
+}
+
+/// When a commit was made and by which domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    /// Nanoseconds since the epoch.
+    pub time_ns: u64,
+    /// The domain whose request (or whose end) it was; 0 for dom0.
+    pub domid: u32,
+    /// Why the change was made.
+    pub cause: Cause,
+}
+
+/// Why a commit was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A request of the domain.
+    Request = 0,
+    /// The domain was released (its connection closed, or dom0's RELEASE): its nodes went.
+    Released = 1,
+    /// The domain introduced itself: its /local/domain node was made.
+    Introduced = 2,
+}
+
+impl Meta {
+    /// Now, for `domid`, because of `cause`.
+    pub fn now(domid: u32, cause: Cause) -> Meta {
+        Meta { time_ns: crate::time::now_ns(), domid, cause }
+    }
+}
+
+const META: u8 = 3;
+const BASE: u8 = 4;
+
+fn encode_meta(out: &mut Vec<u8>, m: &Meta) {
+    out.push(META);
+    out.extend_from_slice(&m.time_ns.to_le_bytes());
+    out.extend_from_slice(&m.domid.to_le_bytes());
+    out.push(m.cause as u8);
+}
+
+/// A base record: the tree at `time_ns` follows.
+pub(crate) fn encode_base(out: &mut Vec<u8>, time_ns: u64) {
+    out.push(BASE);
+    out.extend_from_slice(&time_ns.to_le_bytes());
+}
+
+/// Every record of a payload, or None if any is malformed.
+pub fn parse_payload(payload: &[u8]) -> Option<Vec<Rec>> {
+    let mut c = Cursor(payload);
+    let mut v = Vec::new();
+    while !c.0.is_empty() {
+        v.push(parse_record(&mut c)?);
+    }
+    Some(v)
 }
 
 fn parse_record(c: &mut Cursor<'_>) -> Option<Rec> {
     let tag = c.u8()?;
+    match tag {
+        META => {
+            let time_ns = u64::from_le_bytes(c.take(8)?.try_into().ok()?);
+            let domid = c.u32()? as u32;
+            let cause = match c.u8()? {
+                0 => Cause::Request,
+                1 => Cause::Released,
+                2 => Cause::Introduced,
+                _ => return None,
+            };
+            return Some(Rec::Meta(Meta { time_ns, domid, cause }));
+        }
+        BASE => return Some(Rec::Base(u64::from_le_bytes(c.take(8)?.try_into().ok()?))),
+        _ => {}
+    }
     let n = c.u16()?;
     let path = std::str::from_utf8(c.take(n)?).ok()?.to_owned();
     if !path.starts_with('/') {
@@ -618,12 +724,18 @@ fn apply_payload(store: &mut Store, c: &mut Cursor<'_>) -> bool {
         }
     }
     for r in recs {
-        match r {
-            Rec::Put(p, v, perms) => apply_put(store, &p, v, perms),
-            Rec::Del(p) => apply_del(store, &p),
-        }
+        apply_rec(store, r);
     }
     true
+}
+
+/// Applies one record to `store`.
+pub fn apply_rec(store: &mut Store, r: Rec) {
+    match r {
+        Rec::Put(p, v, perms) => apply_put(store, &p, v, perms),
+        Rec::Del(p) => apply_del(store, &p),
+        Rec::Meta(_) | Rec::Base(_) => {}
+    }
 }
 
 fn apply_put(store: &mut Store, path: &str, value: Vec<u8>, perms: PermList) {
@@ -708,7 +820,7 @@ mod tests {
         let mut t = Direct { store: s, touched: Vec::new() };
         ops::write(&mut t, Caller::DOM0, &Quotas::default(), path, v, &mut Vec::new()).unwrap();
         let touched = t.touched;
-        let seq = j.append(s, &touched).unwrap();
+        let seq = j.append(s, &touched, &Meta::now(0, Cause::Request)).unwrap();
         j.durable().wait(seq).unwrap();
     }
 
@@ -726,7 +838,7 @@ mod tests {
         let dir = tmp("snap");
         let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
-        let mut j = l.start(Log::stderr_only(true)).unwrap();
+        let mut j = l.start(Log::stderr_only(true), &Store::new(), 0).unwrap();
         write(&mut j, &mut s, "/a/b", b"1");
         write(&mut j, &mut s, "/a/c", b"2");
         j.snapshot_now(&s);
@@ -734,7 +846,7 @@ mod tests {
         let mut t = Direct { store: &mut s, touched: Vec::new() };
         ops::rm(&mut t, Caller::DOM0, "/a/c", &mut Vec::new()).unwrap();
         let touched = t.touched;
-        j.append(&s, &touched).unwrap();
+        j.append(&s, &touched, &Meta::now(0, Cause::Request)).unwrap();
         j.sync();
         drop(j);
         let (again, _) = load(&db).unwrap();
@@ -747,7 +859,7 @@ mod tests {
         let dir = tmp("corrupt");
         let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
-        let mut j = l.start(Log::stderr_only(true)).unwrap();
+        let mut j = l.start(Log::stderr_only(true), &Store::new(), 0).unwrap();
         write(&mut j, &mut s, "/x", b"good");
         j.sync();
         drop(j);
@@ -768,7 +880,7 @@ mod tests {
         let dir = tmp("middle");
         let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
-        let mut j = l.start(Log::stderr_only(true)).unwrap();
+        let mut j = l.start(Log::stderr_only(true), &Store::new(), 0).unwrap();
         write(&mut j, &mut s, "/first", b"1");
         drop(j);
         let jp = journal_path(&db);
@@ -801,7 +913,7 @@ mod tests {
         let dir = tmp("rotate");
         let db = dir.db();
         let (mut s, l) = load(&db).unwrap();
-        let mut j = l.start(Log::stderr_only(true)).unwrap();
+        let mut j = l.start(Log::stderr_only(true), &Store::new(), 0).unwrap();
         write(&mut j, &mut s, "/a", b"1");
         j.snapshot_now(&s);
         write(&mut j, &mut s, "/b", b"2");
@@ -811,7 +923,7 @@ mod tests {
         drop(j);
         // A crash between the rename and the snapshot: both journals replay in order.
         let (mut s2, l) = load(&db).unwrap();
-        let mut j = l.start(Log::stderr_only(true)).unwrap();
+        let mut j = l.start(Log::stderr_only(true), &Store::new(), 0).unwrap();
         write(&mut j, &mut s2, "/a", b"3");
         drop(j);
         fs::rename(journal_path(&db), old_journal_path(&db, 7)).unwrap();

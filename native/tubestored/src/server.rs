@@ -35,6 +35,8 @@ pub struct Options {
     pub log: Option<PathBuf>,
     /// Log to the log file only, not to stderr too.
     pub quiet: bool,
+    /// With `db`: bound, in bytes, of each of the two history files (0: no history).
+    pub history_bytes: u64,
 }
 
 /// Why [`Server::bind`] did not give a server.
@@ -80,6 +82,7 @@ pub struct Server {
     listener: UnixListener,
     shared: Arc<Shared>,
     journal: Option<Loaded>,
+    history_bytes: u64,
 }
 
 /// `<socket>.log`: where the daemon logs, next to its socket.
@@ -151,7 +154,7 @@ impl Server {
             ino,
             listen_ctl,
         });
-        Ok(Server { listener, shared, journal })
+        Ok(Server { listener, shared, journal, history_bytes: opts.history_bytes })
     }
 
     /// The socket path.
@@ -168,7 +171,9 @@ impl Server {
     /// socket. Domains are not released on shutdown: their nodes stay in the database.
     pub fn run(mut self) -> io::Result<()> {
         if let Some(l) = self.journal.take() {
-            self.shared.state.lock().journal = Some(l.start(self.shared.log.clone())?);
+            let mut st = self.shared.state.lock();
+            let j = l.start(self.shared.log.clone(), &st.store, self.history_bytes)?;
+            st.journal = Some(j);
         }
         let res = self.accept_loop();
         let journal = {

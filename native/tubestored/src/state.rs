@@ -8,7 +8,7 @@
 
 use crate::ops::{self, Caller, Change, Quotas};
 use crate::outbox::Outbox;
-use crate::persist::Journal;
+use crate::persist::{Cause, Journal, Meta};
 use crate::store::{Direct, Overlay, Store, Tree, TxView};
 use crate::watch::{ConnId, Fired, Watch, Watches};
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +65,9 @@ pub struct Effects {
     pub after: Vec<Fired>,
     /// Connections to drop once the reply is queued (RELEASE of a bound domain).
     pub kill: Vec<ConnId>,
+    /// Who the journal and history say made the change, when it is not the requester's own
+    /// request (a domain introduced or released).
+    pub meta: Option<crate::persist::Meta>,
 }
 
 /// Everything the daemon knows.
@@ -126,7 +129,7 @@ impl State {
             self.store.track();
         }
         let mut res = self.dispatch(id, caller, msg, &mut fx);
-        let seq = match self.journal_effects(&mut fx) {
+        let seq = match self.journal_effects(&mut fx, caller.domid) {
             Ok(seq) => seq,
             Err(e) => {
                 if undoable {
@@ -165,13 +168,14 @@ impl State {
     }
 
     /// Writes the journal frame of what `fx` changed: Ok(Some(frame)) when one was written.
-    fn journal_effects(&mut self, fx: &mut Effects) -> Result<Option<u64>, XsError> {
+    fn journal_effects(&mut self, fx: &mut Effects, domid: u32) -> Result<Option<u64>, XsError> {
         if fx.touched.is_empty() {
             return Ok(None);
         }
         let touched = std::mem::take(&mut fx.touched);
+        let meta = fx.meta.take().unwrap_or_else(|| Meta::now(domid, Cause::Request));
         match &mut self.journal {
-            Some(j) => j.append(&self.store, &touched).map(Some),
+            Some(j) => j.append(&self.store, &touched, &meta).map(Some),
             None => Ok(None),
         }
     }
@@ -179,7 +183,7 @@ impl State {
     /// Journals (a failure marks the journal broken: these changes cannot be undone), then
     /// fires the watches of, everything `fx` changed.
     pub fn commit_effects(&mut self, fx: &mut Effects, id: ConnId, wake_self: bool) {
-        if self.journal_effects(fx).is_err() {
+        if self.journal_effects(fx, 0).is_err() {
             if let Some(j) = &self.journal {
                 j.mark_broken();
             }
