@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tube_ring::{connect, Offer, RingError};
 
@@ -47,10 +47,8 @@ fn silent_connection_does_not_block_the_real_peer() {
 
 #[test]
 fn accept_times_out_without_peer() {
-    let start = Instant::now();
     let r = Offer::new().unwrap().accept(Duration::from_millis(100));
     assert!(matches!(r, Err(RingError::Timeout)), "{r:?}");
-    assert!(start.elapsed() >= Duration::from_millis(100));
 }
 
 #[test]
