@@ -3,15 +3,24 @@ defmodule TubeTest.PeerNode do
   # A second BEAM OS process running the tube application, started with
   # OTP's :peer over standard I/O (no distribution needed).
 
-  @doc "Starts a peer node with tube started; returns {peer, domid, os_pid}."
-  def start(env \\ []) do
+  @doc """
+  Starts a peer node with tube started; returns {peer, domid, os_pid}.
+  `env` is tube's application env, set before it starts; `os_env` is
+  [{name, value}] (strings) for the OS process.
+  """
+  def start(env \\ [], os_env \\ []) do
     paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+    os_env = for {k, v} <- os_env, do: {String.to_charlist(k), String.to_charlist(v)}
+
     peer =
-      case :peer.start_link(%{connection: :standard_io, args: paths, wait_boot: 30_000}) do
+      case :peer.start_link(%{connection: :standard_io, args: paths, wait_boot: 30_000, env: os_env}) do
         {:ok, pid} -> pid
         {:ok, pid, _node} -> pid
       end
 
+    # Loaded first: loading an application sets its env from the .app file,
+    # over what was set before.
+    :ok = :peer.call(peer, :application, :load, [:tube])
     for {k, v} <- env, do: :ok = :peer.call(peer, :application, :set_env, [:tube, k, v])
     {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [:tube], 30_000)
     domid = :peer.call(peer, :tube, :domid, [])
