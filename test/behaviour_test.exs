@@ -272,6 +272,72 @@ defmodule TubeTest.BehaviourTest do
     end
   end
 
+  describe "io_error and internal_error" do
+    # Neither can be caused from outside: the driver turns every failure of the
+    # event socket into peer_closed, and internal_error is a panic caught
+    # inside the driver. A build of the library with the cargo feature
+    # `fault-injection` (built here into a target dir of its own, and loaded
+    # by one peer node only) fails on purpose when it is given one of two
+    # packets; see `fault` in native/tube_nif/src/driver.rs.
+    setup do
+      so = build_fault_library!()
+      dir = Path.join(System.tmp_dir!(), "tube-fault-#{System.unique_integer([:positive])}")
+      ebin = Path.join([dir, "tube", "ebin"])
+      priv = Path.join([dir, "tube", "priv"])
+      File.mkdir_p!(priv)
+      File.ln_s!(List.to_string(:code.lib_dir(:tube, :ebin)), ebin)
+      File.cp!(so, Path.join(priv, "tube_nif.so"))
+      File.ln_s!(Path.join(:tube_nif.lib_dir(), "tubestored"), Path.join(priv, "tubestored"))
+      {peer, domid, _} = PeerNode.start([], [{"RUST_BACKTRACE", "0"}], tube_ebin: ebin)
+
+      on_exit(fn ->
+        PeerNode.stop(peer)
+        File.rm_rf(dir)
+      end)
+
+      # The peer runs the fault build, this node the ordinary one.
+      assert PeerNode.call(peer, :tube_nif, :lib_dir, []) |> to_string() == priv
+      %{faulty: peer, fd: domid}
+    end
+
+    for {packet, reason} <- [{"tube-fault-injection:io_error", :io_error}, {"tube-fault-injection:panic", :internal_error}] do
+      test "#{reason}: the owner is told {tube_closed, T, #{reason}}, the peer sees peer_closed, the node lives on",
+           %{faulty: peer, fd: fd} do
+        task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:collect, 10_000]) end)
+        {:ok, t} = :tube.open(fd, 80, %{timeout: 10_000})
+        {:ok, name} = Task.await(task, 15_000)
+        # In an ordinary build the packet is a packet like any other.
+        true = :erlang.port_command(t, unquote(packet))
+        assert %{packets: [unquote(packet)]} = PeerNode.call(peer, Remote, :wait_received, [name, 1])
+
+        assert [true] = PeerNode.call(peer, Remote, :send_packets, [name, [unquote(packet)]])
+        s = PeerNode.call(peer, Remote, :wait_received, [name, 1_000_000, 10_000])
+        assert s.closed == unquote(reason)
+        assert_receive {:tube_closed, ^t, :peer_closed}, 10_000
+        refute_received {^t, {:data, _}}
+        # The peer's control plane forgot the tube and opens new ones.
+        wait_until(fn -> PeerNode.call(peer, :tube, :tubes, []) == [] end)
+        task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:echo, 10_000]) end)
+        {:ok, t2} = :tube.open(fd, 81, %{timeout: 10_000})
+        {:ok, _} = Task.await(task, 15_000)
+        true = :erlang.port_command(t2, "after the fault")
+        assert_receive {^t2, {:data, "after the fault"}}, 5_000
+        :ok = :tube.close(t2)
+      end
+    end
+  end
+
+  # Builds tube_nif with the feature `fault-injection` into a target dir of
+  # its own (the ordinary build is left alone); returns the library's path.
+  defp build_fault_library! do
+    cargo = System.find_executable("cargo") || Path.expand("~/.cargo/bin/cargo")
+    target = Path.join(System.get_env("CARGO_TARGET_DIR") || "target", "fault-injection")
+    args = ["build", "--release", "-p", "tube_nif", "--features", "fault-injection", "--target-dir", target]
+    {out, status} = System.cmd(cargo, args, stderr_to_stdout: true)
+    if status != 0, do: flunk("cargo #{Enum.join(args, " ")} failed:\n" <> out)
+    Path.expand(Path.join([target, "release", "libtube_nif.so"]))
+  end
+
   test "Elixir: Tube.open/1,2, Tube.accept/0,1, Tube.setopts/2", %{peer: peer, p: p, me: me} do
     task = remote_accept(peer, :echo)
     {:ok, t0} = Tube.open(p)
