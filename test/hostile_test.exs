@@ -68,13 +68,13 @@ defmodule TubeTest.HostileTest do
     end
   end
 
-  test "random-bytes over the whole region: closed with corrupt (or peer_closed when it gives up)", ctx do
+  test "random-bytes over the whole region, then an impossible index: closed with corrupt", ctx do
     {name, result, _} = hostile_tube(ctx, "random-bytes", 12, ["--count", 200_000, "--seed", 5])
     s = closed_state(name)
-    assert s.closed in [:corrupt, :peer_closed]
+    assert s.closed == :corrupt
     assert Enum.all?(s.packets, &(byte_size(&1) in 1..4096))
-    IO.puts("\n  random-bytes: #{result["corruptions"]} writes, closed with #{s.closed}")
-    if result["tip_closed"] == "true", do: assert(s.closed == :corrupt)
+    assert result["tip_closed"] == "true"
+    assert Process.whereis(:tube_server) == ctx.server
   end
 
   test "xenstore-garbage: bogus tip entries are ignored, garbage on a live tube's nodes closes it as peer_closed",
@@ -87,9 +87,10 @@ defmodule TubeTest.HostileTest do
     assert "BOGUS 7" in lines
     assert hd(s.packets) == "before-garbage"
     assert s.closed == :peer_closed
-    assert String.to_integer(result["garbage_ok"]) > 0
-    # Nothing left over for a later accept.
-    assert {:error, :timeout} = :tube.accept(%{timeout: 300})
+    assert result["tip_closed"] == "true"
+    # Nothing left over for a later accept: the bogus entries were looked at
+    # (and refused) before the genuine tube, which came after them.
+    assert {:error, :timeout} = :tube.accept(%{timeout: 0})
   end
 
   test "10^6 random writes over the shared regions of successive tubes: every tube closed as corrupt", ctx do
@@ -99,9 +100,12 @@ defmodule TubeTest.HostileTest do
     {status, lines, r} = ChaosHostile.run(ctx.bin, args, 300_000)
     st = ChaosHostile.stop_acceptor(acceptor)
     assert status == 0, inspect(lines)
-    tubes = String.to_integer(r["tubes"])
-    assert String.to_integer(r["corruptions"]) == @million
-    assert length(st.reasons) == tubes
+    # What this node saw: every tube the peer connected was accepted here and
+    # closed as corrupt; at most 20,000 writes went to each, so at least 50.
+    connected = Enum.count(lines, &String.starts_with?(&1, "CONNECTED "))
+    tubes = length(st.reasons)
+    assert tubes == connected
+    assert tubes >= div(@million, 20_000)
     assert Enum.all?(st.reasons, &(&1 == :corrupt)), inspect(Enum.frequencies(st.reasons))
 
     IO.puts(
@@ -115,8 +119,8 @@ defmodule TubeTest.HostileTest do
     {status, lines, r} =
       ChaosHostile.run(ctx.bin, ["ring-fuzz", "--count", @million, "--per-tube", 20_000, "--seed", 3], 300_000)
 
+    # The tool checks tube_ring's answers itself and exits non-zero on a wrong one.
     assert status == 0, inspect(lines)
-    assert String.to_integer(r["corruptions"]) == @million
     assert String.to_integer(r["found_corrupt"]) > 0
     IO.puts("\n  ring-fuzz: #{r["corruptions"]} corruptions, #{r["tubes"]} tubes, #{r["found_corrupt"]} found corrupt, 0 crashes")
   end
@@ -171,28 +175,47 @@ defmodule TubeTest.HostileTest do
   end
 
 
-  test "open/3, accept/1, close/1, info/1 with random terms: badarg or an error tuple, nothing else",
+  # The one answer open/3 must give: badarg for arguments out of their
+  # types and ranges, else what the domain makes of it (nobody accepts on
+  # the peer, nobody is domain 31000; a valid timeout here is always 0).
+  defp expected_open(d, tid, opts, p) do
+    valid? =
+      d in [p, 31_000] and is_integer(tid) and tid in 0..0xFFFFFFFF and is_map(opts) and
+        valid_timeout?(Map.get(opts, :timeout, 5000))
+
+    cond do
+      not valid? -> :badarg
+      d == 31_000 -> {:returned, {:error, :no_domain}}
+      true -> {:returned, {:error, :timeout}}
+    end
+  end
+
+  defp expected_accept(a) do
+    if is_map(a) and valid_timeout?(Map.get(a, :timeout, :infinity)),
+      do: {:returned, {:error, :timeout}},
+      else: :badarg
+  end
+
+  defp valid_timeout?(t), do: t == :infinity or (is_integer(t) and t in 0..0xFFFFFFFF)
+
+  test "open/3, accept/1, close/1, info/1 with random terms: each gets its one documented answer",
        %{peer_domid: p} do
     :rand.seed(:exsss, {1, 2, 3})
+    domid = :tube.domid()
+    tubes = :tube.tubes()
 
     for _ <- 1..2_000 do
       d = Enum.random([random_term(), p, 31_000])
       tid = Enum.random([random_term(), 5000])
       opts = Enum.random([random_opts(), %{timeout: valid_or_bad_timeout()}])
+      got = outcome(fn -> :tube.open(d, tid, opts) end)
 
-      case outcome(fn -> :tube.open(d, tid, opts) end) do
-        :badarg -> :ok
-        {:returned, {:error, r}} when r in [:timeout, :no_domain, :tid_in_use] -> :ok
-        other -> flunk("open(#{inspect(d)}, #{inspect(tid)}, #{inspect(opts)}) -> #{inspect(other)}")
-      end
+      assert got == expected_open(d, tid, opts, p),
+             "open(#{inspect(d)}, #{inspect(tid)}, #{inspect(opts)}) -> #{inspect(got)}"
 
       a = Enum.random([random_opts(), %{timeout: valid_or_bad_timeout()}])
-
-      case outcome(fn -> :tube.accept(a) end) do
-        :badarg -> :ok
-        {:returned, {:error, :timeout}} -> :ok
-        other -> flunk("accept(#{inspect(a)}) -> #{inspect(other)}")
-      end
+      got = outcome(fn -> :tube.accept(a) end)
+      assert got == expected_accept(a), "accept(#{inspect(a)}) -> #{inspect(got)}"
 
       t = random_term()
       assert outcome(fn -> :tube.close(t) end) == :badarg
@@ -200,8 +223,9 @@ defmodule TubeTest.HostileTest do
       assert outcome(fn -> Tube.close(t) end) == :badarg
     end
 
-    assert is_integer(:tube.domid())
-    assert is_list(:tube.tubes())
+    # Nothing of it changed this node: same domain, same tubes.
+    assert :tube.domid() == domid
+    assert :tube.tubes() == tubes
   end
 
   test "port_command sizes and shapes, port_control with bad commands: counted or badarg, tube intact",

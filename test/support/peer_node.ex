@@ -3,20 +3,43 @@ defmodule TubeTest.PeerNode do
   # A second BEAM OS process running the tube application, started with
   # OTP's :peer over standard I/O (no distribution needed).
 
-  @doc "Starts a peer node with tube started; returns {peer, domid, os_pid}."
-  def start(env \\ []) do
-    paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+  @doc """
+  Starts a peer node with tube started; returns {peer, domid, os_pid}.
+  `env` is tube's application env, set before it starts; `os_env` is
+  [{name, value}] (strings) for the OS process; `opts`: `tube_ebin: dir` runs
+  tube from `dir` (see code_path/1).
+  """
+  def start(env \\ [], os_env \\ [], opts \\ []) do
+    paths = Enum.flat_map(code_path(opts), fn p -> [~c"-pa", p] end)
+    os_env = for {k, v} <- os_env, do: {String.to_charlist(k), String.to_charlist(v)}
+
     peer =
-      case :peer.start_link(%{connection: :standard_io, args: paths, wait_boot: 30_000}) do
+      case :peer.start_link(%{connection: :standard_io, args: paths, wait_boot: 30_000, env: os_env}) do
         {:ok, pid} -> pid
         {:ok, pid, _node} -> pid
       end
 
+    # Loaded first: loading an application sets its env from the .app file,
+    # over what was set before.
+    :ok = :peer.call(peer, :application, :load, [:tube])
     for {k, v} <- env, do: :ok = :peer.call(peer, :application, :set_env, [:tube, k, v])
     {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [:tube], 30_000)
     domid = :peer.call(peer, :tube, :domid, [])
     os_pid = :peer.call(peer, :os, :getpid, []) |> List.to_integer()
     {peer, domid, os_pid}
+  end
+
+  # This node's code path; with `tube_ebin: dir`, tube's ebin is replaced by
+  # `dir` (an ebin whose sibling priv/ holds another build of the library).
+  defp code_path(opts) do
+    case Keyword.fetch(opts, :tube_ebin) do
+      {:ok, dir} ->
+        ours = :code.lib_dir(:tube, :ebin)
+        for p <- :code.get_path(), do: if(p == ours, do: String.to_charlist(dir), else: p)
+
+      :error ->
+        :code.get_path()
+    end
   end
 
   @doc "Runs fun in the peer."

@@ -5,12 +5,19 @@ defmodule TubeTest.Remote do
   # Each owner process holds one tube; it echoes or collects packets and
   # records how the tube ended.
 
-  @doc "Accepts one tube in a new owner process. Returns {:ok, name} or {:error, reason}."
-  def accept(mode, timeout), do: start_owner(mode, fn -> :tube.accept(%{timeout: timeout}) end)
+  @doc """
+  Accepts one tube in a new owner process. Returns {:ok, name} or {:error, reason}.
+  `opts` go to accept/1 (besides the timeout); `exit_on_close: true` makes the
+  owner exit once its tube closes.
+  """
+  def accept(mode, timeout, opts \\ %{}) do
+    {exit_on_close, opts} = Map.pop(opts, :exit_on_close, false)
+    start_owner(mode, fn -> :tube.accept(Map.put(opts, :timeout, timeout)) end, exit_on_close)
+  end
 
-  @doc "Opens a tube in a new owner process."
-  def open(domid, tid, mode, timeout),
-    do: start_owner(mode, fn -> :tube.open(domid, tid, %{timeout: timeout}) end)
+  @doc "Opens a tube in a new owner process; `opts` go to open/3 besides the timeout."
+  def open(domid, tid, mode, timeout, opts \\ %{}),
+    do: start_owner(mode, fn -> :tube.open(domid, tid, Map.put(opts, :timeout, timeout)) end, false)
 
   @doc """
   Keeps one accept() pending at all times in this node: each accepted tube
@@ -102,6 +109,9 @@ defmodule TubeTest.Remote do
   @doc "Sends `count` packets of `size` bytes numbered from 0 (4-byte sequence number first)."
   def send_seq(name, count, size), do: call(name, {:send_seq, count, size})
 
+  @doc "Sends `count` packets of `size` bytes numbered from `first`."
+  def send_seq(name, first, count, size), do: call(name, {:send_seq, first, count, size})
+
   @doc "What the owner saw: received packets (in order), closed reason, info."
   def stats(name), do: call(name, :stats)
 
@@ -110,6 +120,9 @@ defmodule TubeTest.Remote do
 
   @doc "The owner's tube port."
   def port(name), do: call(name, :port)
+
+  @doc "setopts/2 on the owner's tube, from the owner."
+  def setopts(name, opts), do: call(name, {:setopts, opts})
 
   @doc "Waits until the owner has received `n` packets or the tube closed."
   def wait_received(name, n, timeout \\ 10_000) do
@@ -138,7 +151,7 @@ defmodule TubeTest.Remote do
     end
   end
 
-  defp start_owner(mode, fun) do
+  defp start_owner(mode, fun, exit_on_close) do
     parent = self()
     ref = make_ref()
     name = :"tube_owner_#{System.unique_integer([:positive])}"
@@ -150,7 +163,7 @@ defmodule TubeTest.Remote do
         case fun.() do
           {:ok, port} ->
             send(parent, {ref, {:ok, name}})
-            loop(owner_state(port, mode, false))
+            loop(owner_state(port, mode, exit_on_close))
 
           error ->
             send(parent, {ref, error})
@@ -171,12 +184,22 @@ defmodule TubeTest.Remote do
 
   # Keeps the first packets only, so floods do not eat the node's memory.
   # Mode :echo sends every packet back, :collect keeps them, :count only
-  # counts.
+  # counts, :seq counts and checks the 4-byte sequence numbers of send_seq/3
+  # over every packet: `disorder` counts packets whose number is not above
+  # the one before (a duplicate or a reordering), `last_seq` is the last.
   @keep 10_000
 
   defp owner_state(port, mode, exit_on_close) do
-    %{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: exit_on_close}
+    %{port: port, mode: mode, packets: [], count: 0, closed: nil, info: nil, exit_on_close: exit_on_close,
+      last_seq: -1, disorder: 0}
   end
+
+  defp check_seq(st = %{mode: :seq}, <<s::32, _::binary>>) do
+    %{st | last_seq: s, disorder: if(s > st.last_seq, do: st.disorder, else: st.disorder + 1)}
+  end
+
+  defp check_seq(st = %{mode: :seq}, _short), do: %{st | disorder: st.disorder + 1}
+  defp check_seq(st, _data), do: st
 
   defp loop(st) do
     port = st.port
@@ -184,9 +207,9 @@ defmodule TubeTest.Remote do
     receive do
       {^port, {:data, data}} ->
         if st.mode == :echo, do: safe_command(port, data)
-        keep = st.mode != :count and st.count < @keep
+        keep = st.mode not in [:count, :seq] and st.count < @keep
         packets = if keep, do: [data | st.packets], else: st.packets
-        loop(%{st | packets: packets, count: st.count + 1})
+        loop(check_seq(%{st | packets: packets, count: st.count + 1}, data))
 
       {:tube_closed, ^port, reason} ->
         if st.exit_on_close, do: exit(:normal)
@@ -203,6 +226,12 @@ defmodule TubeTest.Remote do
         send(from, {ref, :ok})
         loop(st)
 
+      {{:send_seq, first, count, size}, from, ref} ->
+        pad = :binary.copy(<<0xA5>>, max(size - 4, 0))
+        for i <- first..(first + count - 1)//1, do: safe_command(port, <<i::32, pad::binary>>)
+        send(from, {ref, :ok})
+        loop(st)
+
       {:stats, from, ref} ->
         info =
           case :tube.info(port) do
@@ -210,8 +239,13 @@ defmodule TubeTest.Remote do
             _ -> st.info
           end
 
-        send(from, {ref, %{packets: Enum.reverse(st.packets), count: st.count, closed: st.closed, info: info}})
+        send(from, {ref, %{packets: Enum.reverse(st.packets), count: st.count, closed: st.closed, info: info,
+                           last_seq: st.last_seq, disorder: st.disorder}})
         loop(%{st | info: info})
+
+      {{:setopts, opts}, from, ref} ->
+        send(from, {ref, :tube.setopts(port, opts)})
+        loop(st)
 
       {:close, from, ref} ->
         send(from, {ref, :tube.close(port)})

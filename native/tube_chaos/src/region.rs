@@ -5,24 +5,26 @@
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-use tube_ring::layout::{dir_ctrl_offset, ring_offset, RING_BYTES};
+use std::mem::offset_of;
+
+use tube_ring::layout::{dir_ctrl_offset, ring_offset, DirCtrl, RING_BYTES};
 use tube_ring::{Tube, TUBE_BYTES};
 
 use crate::ChaosError;
 
 /// Offset of the producer index of direction `dir` (`DirCtrl::prod`).
 pub fn prod_offset(dir: usize) -> usize {
-    dir_ctrl_offset(dir)
+    dir_ctrl_offset(dir) + offset_of!(DirCtrl, prod)
 }
 
 /// Offset of the consumer index of direction `dir` (`DirCtrl::cons`).
 pub fn cons_offset(dir: usize) -> usize {
-    dir_ctrl_offset(dir) + 128
+    dir_ctrl_offset(dir) + offset_of!(DirCtrl, cons)
 }
 
 /// Offset of the reader-sleeping flag of direction `dir` (`DirCtrl::sleeping`).
 pub fn sleeping_offset(dir: usize) -> usize {
-    dir_ctrl_offset(dir) + 256
+    dir_ctrl_offset(dir) + offset_of!(DirCtrl, sleeping)
 }
 
 /// Offset in the region of byte `pos` (taken modulo the ring size) of the ring of `dir`.
@@ -133,10 +135,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_match_the_layout() {
-        assert_eq!(prod_offset(0), 128);
-        assert_eq!(cons_offset(1), 512 + 128);
-        assert_eq!(sleeping_offset(0), 128 + 256);
+    fn offsets_are_the_fields_of_the_layout() {
+        // A DirCtrl on the heap: each offset must land on the field of that name.
+        let ctrl = DirCtrl::new();
+        let base = &ctrl as *const DirCtrl as usize;
+        let at = |f: *const u8| f as usize - base;
+        assert_eq!(prod_offset(1) - dir_ctrl_offset(1), at(&ctrl.prod.0 as *const _ as *const u8));
+        assert_eq!(cons_offset(1) - dir_ctrl_offset(1), at(&ctrl.cons.0 as *const _ as *const u8));
+        assert_eq!(sleeping_offset(0) - dir_ctrl_offset(0), at(&ctrl.sleeping.0 as *const _ as *const u8));
+        // Each on its own block, all inside the control page, before the rings.
+        let offs = [prod_offset(0), cons_offset(0), sleeping_offset(0), prod_offset(1), cons_offset(1), sleeping_offset(1)];
+        for w in offs.windows(2) {
+            assert!(w[0] < w[1], "{offs:?}");
+        }
+        assert!(sleeping_offset(1) + 4 <= ring_offset(0));
         assert_eq!(ring_byte(1, RING_BYTES as u64 + 3), ring_offset(1) + 3);
     }
 }

@@ -298,6 +298,15 @@ impl PortState {
             self.rejected += 1;
             return;
         };
+        #[cfg(feature = "fault-injection")]
+        match pkt {
+            fault::IO_ERROR => {
+                let e = RingError::Io(std::io::Error::from_raw_os_error(libc::EIO));
+                return self.close(CloseReason::of(&e));
+            }
+            fault::PANIC => panic!("fault injected by a test"),
+            _ => {}
+        }
         match self.tube.send(pkt) {
             Ok(()) => self.start_polling(),
             Err(SendError::Full) | Err(SendError::BadSize(_)) => {}
@@ -322,6 +331,18 @@ impl PortState {
             u64::from(self.polling),
         ]
     }
+}
+
+/// Faults a test can cause, in builds with the cargo feature `fault-injection` only (the
+/// suite builds such a library of its own for one peer node; see test/behaviour_test.exs):
+/// a packet of exactly these bytes is not sent, and instead the port fails as it would on an
+/// I/O error of the ring, or on a panic inside the driver.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    /// Closes the port as an I/O error of the ring does: `{tube_closed, T, io_error}`.
+    pub const IO_ERROR: &[u8] = b"tube-fault-injection:io_error";
+    /// Panics inside the callback: `{tube_closed, T, internal_error}`.
+    pub const PANIC: &[u8] = b"tube-fault-injection:panic";
 }
 
 /// Packets up to this size go out through a scratch buffer (the emulator

@@ -12,7 +12,8 @@
 //! `--tid` to domain `--tip` like a BEAM nock, wait for the tip to accept, then:
 //!
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
-//!   with honest packets in between, until the tip closes the tube;
+//!   with honest packets in between, until the tip closes the tube; if it has not, a producer
+//!   index no reader accepts, so the tip always closes it as corrupt;
 //! * `bad-length`: three honest packets (`honest-0..2`), then a record claiming 4097 bytes;
 //! * `bad-indices`: three honest packets and, once they are read, a producer index the
 //!   reader must refuse (more than a ring ahead, or behind);
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tube_chaos::corrupt::{discard_all, peer_gone, wake, RawProducer, Scribbler, KINDS};
 use tube_chaos::nock::{bogus_entries, introduce, Nock};
-use tube_chaos::region::Region;
+use tube_chaos::region::{cons_offset, prod_offset, Region};
 use tube_chaos::rng::Rng;
 use tube_chaos::{ring_fuzz, ChaosError};
 use tube_ring::Tube;
@@ -140,7 +141,15 @@ fn run(a: &Args) -> Result<String, ChaosError> {
                 }
                 discard_all(&region, 0);
             }
-            let closed = wait_gone(&tube, Duration::from_millis(200));
+            if !peer_gone(tube.fd()) {
+                // Every scribble may have been one an honest ring could hold: end with a
+                // producer index half the index space away from the consumer's, which no
+                // reader may accept, so that the tip's one outcome is `corrupt`.
+                let cons = region.load_u64(cons_offset(1)).unwrap_or(0);
+                region.store_u64(prod_offset(1), cons.wrapping_add(1 << 63));
+                wake(tube.fd());
+            }
+            let closed = wait_gone(&tube, a.timeout);
             format!("corruptions={} tip_closed={closed}", s.total())
         }
         "bad-length" | "bad-indices" => {
@@ -166,7 +175,7 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             raw.push(&region, b"before-garbage");
             wake(tube.fd());
             let (ok, refused) = nock.garbage(&mut rng, a.count);
-            format!("garbage_ok={ok} garbage_refused={refused} tip_closed={}", wait_gone(&tube, Duration::from_millis(500)))
+            format!("garbage_ok={ok} garbage_refused={refused} tip_closed={}", wait_gone(&tube, a.timeout))
         }
     };
     Ok(result)
