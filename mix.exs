@@ -26,7 +26,7 @@ defmodule Tube.MixProject do
       erlc_paths: ["src"],
       elixirc_paths: elixirc_paths(Mix.env()),
       erlc_options: [:debug_info, :warnings_as_errors],
-      compilers: [:tube_native] ++ Mix.compilers(),
+      compilers: [:tube_native] ++ Mix.compilers() ++ [:tube_doc_chunks],
       start_permanent: Mix.env() == :prod,
       aliases: [test: "test --no-start"],
       deps: []
@@ -61,6 +61,27 @@ defmodule Mix.Tasks.Compile.TubeNative do
       )
 
     if status != 0, do: Mix.raise("building the native parts failed (status #{status})")
+    {:ok, []}
+  end
+end
+
+defmodule Mix.Tasks.Compile.TubeDocChunks do
+  @moduledoc false
+  # The Erlang modules' doc chunks in the build's doc/chunks, beside ebin,
+  # where code:get_doc/1 (h(tube) in erl, h :tube in iex) looks for them.
+  use Mix.Task.Compiler
+
+  @impl true
+  def run(_args) do
+    out = Path.join(Mix.Project.app_path(), "doc")
+
+    {_, status} =
+      System.cmd("sh", [Path.join([__DIR__, "scripts", "doc-chunks.sh"]), out],
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+
+    if status != 0, do: Mix.raise("writing the doc chunks failed (status #{status})")
     {:ok, []}
   end
 end

@@ -16,7 +16,7 @@
 %% process died), `peer_down' (the peer's domain was released in
 %% Xenstore), `corrupt' (the shared ring broke the protocol),
 %% `io_error' or `internal_error'. As for any port, an owner that traps
-%% exits then also receives `{'EXIT', Tube, normal}'.</li>
+%% exits then also receives ``{'EXIT', Tube, normal}''.</li>
 %% </ul>
 %%
 %% Sending: {@link send/2} answers `{error, emsgsize}' for a packet of 0
