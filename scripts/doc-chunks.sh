@@ -5,11 +5,23 @@
 # iex. Does nothing when every chunk is newer than its source.
 #
 #   sh scripts/doc-chunks.sh [DIR]     (default: doc)
+#   sh scripts/doc-chunks.sh --rebar   (rebar3's post_hook: beside ebin)
 #
 # Run by the Mix and rebar3 builds, and by scripts/docs.sh.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/doc}
+# From rebar3's hook: a checkout (_checkouts/tube) is compiled into
+# _build/<profile>/checkouts/tube, away from its sources; the chunks go
+# there. Otherwise (top level, or a dependency under _build/*/lib) this
+# directory holds ebin, or is above it.
+if [ "$out" = --rebar ]; then
+  out=$root/doc
+  co=${REBAR_CHECKOUTS_DIR:-/nonexistent}/tube
+  if [ -d "$co" ] && [ "$(cd "$co" && pwd -P)" = "$(cd "$root" && pwd -P)" ]; then
+    out=$REBAR_CHECKOUTS_OUT_DIR/tube/doc
+  fi
+fi
 stale=0
 for src in "$root"/src/*.erl; do
   chunk=$out/chunks/$(basename "$src" .erl).chunk
