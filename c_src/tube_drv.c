@@ -28,6 +28,10 @@ extern int tube_rs_get_active(void *st, unsigned char *out, size_t n);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 
+/* The one-byte data of an active control that asks for the mode instead
+ * of setting it (set requests are 9 bytes). */
+#define TUBE_ACTIVE_QUERY 255
+
 /* Number of u64 counters a stats control returns (see tube_rs_stats). */
 #define TUBE_STATS_N 10
 /* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
@@ -165,7 +169,7 @@ static void tube_timeout(ErlDrvData d)
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
  * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _};
- * port_control(Tube, 3, []) -> <<Mode:8, N:64/native>>, the mode now.
+ * port_control(Tube, 3, <<255>>) -> <<Mode:8, N:64/native>>, the mode now.
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
@@ -174,7 +178,7 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
     uint64_t stats[TUBE_STATS_N];
     if (command == TUBE_CTL_CLOSE)
         return tube_rs_request_close((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
-    if (command == TUBE_CTL_ACTIVE && len == 0) {
+    if (command == TUBE_CTL_ACTIVE && len == 1 && (unsigned char)buf[0] == TUBE_ACTIVE_QUERY) {
         unsigned char mode[9];
         if (tube_rs_get_active((void *)d, mode, sizeof(mode)) != 0)
             return -1;

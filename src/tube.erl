@@ -379,9 +379,10 @@ hand_over(Tube, Pid) ->
             {error, closed}
     end.
 
-%% The tube's delivery mode now, as the control data that sets it again.
+%% The tube's delivery mode now, as the control data that sets it again:
+%% the driver answers an active control of the one byte 255 with it.
 active_now(Tube) ->
-    case catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, []) of
+    case catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, <<255>>) of
         [_ | _] = Bytes when length(Bytes) =:= 9 -> {ok, list_to_binary(Bytes)};
         _ -> closed
     end.

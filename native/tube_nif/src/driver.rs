@@ -619,7 +619,7 @@ pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: u
     })
 }
 
-/// `port_control(Tube, 3, [])`: the delivery mode now, as the 9 bytes
+/// `port_control(Tube, 3, <<255>>)`: the delivery mode now, as the 9 bytes
 /// `<<Mode:8, N:64/native>>` that would set it again (Mode 0: no limit, 1: a
 /// credit of N packets), so that a new owner can be handed the tube paused
 /// and get back the mode it had.
