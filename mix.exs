@@ -1,15 +1,32 @@
 defmodule Tube.MixProject do
   use Mix.Project
 
+  # The application resource (description, registered names, env defaults)
+  # has one source, src/tube.app.src, which rebar3 reads too.
+  @app_src Path.join([__DIR__, "src", "tube.app.src"])
+  @external_resource @app_src
+  {:ok, [{:application, :tube, app_props}]} = :file.consult(@app_src)
+  @app_props app_props
+
   def project do
     [
       app: :tube,
-      version: "0.1.0",
+      version: to_string(@app_props[:vsn]),
+      description: to_string(@app_props[:description]),
       elixir: "~> 1.14",
+      # The runtime application needs kernel and stdlib only: :erlang keeps
+      # Mix from adding :elixir to tube.app, so `erl -pa .../ebin` starts
+      # it without Elixir. The Elixir module Tube is compiled alongside
+      # for Mix users. The test build also holds the Elixir test support
+      # modules, and says so.
+      language: if(Mix.env() == :test, do: :elixir, else: :erlang),
+      # What defmodule/def/@spec expand to in lib/tube.ex: compile-time
+      # machinery of Elixir, not calls made by the running application.
+      xref: [exclude: [Kernel, Kernel.Typespec, Module, :elixir_def, :elixir_module, :elixir_utils]],
       erlc_paths: ["src"],
       elixirc_paths: elixirc_paths(Mix.env()),
       erlc_options: [:debug_info, :warnings_as_errors],
-      compilers: [:tube_native] ++ Mix.compilers(),
+      compilers: [:tube_native] ++ Mix.compilers() ++ [:tube_doc_chunks],
       start_permanent: Mix.env() == :prod,
       aliases: [test: "test --no-start"],
       deps: []
@@ -21,57 +38,50 @@ defmodule Tube.MixProject do
 
   def application do
     [
-      mod: {:tube_app, []},
-      extra_applications: [:logger],
-      env: [
-        # Domain id of this node: an integer in 1..32751, or :auto.
-        domid: :auto,
-        # Xenstore socket: :default is XENSTORED_PATH, else tubestored's
-        # per-user path.
-        xenstore_path: :default,
-        # Start tubestored when nothing answers on the socket.
-        embedded_daemon: true,
-        # Database for an embedded daemon started by this node (nil: none).
-        xenstore_db: :undefined,
-        # Default open/3 timeout in milliseconds.
-        open_timeout: 5000,
-        # Default polling window of a tube in microseconds (see
-        # tube:setopts/2); 0 never polls.
-        busy_poll: 50
-      ]
+      mod: @app_props[:mod],
+      registered: @app_props[:registered],
+      applications: @app_props[:applications],
+      env: @app_props[:env]
     ]
   end
 end
 
 defmodule Mix.Tasks.Compile.TubeNative do
   @moduledoc false
-  # Builds the native crates with cargo and copies what the application
-  # loads at run time into priv/: the NIF + driver library and the daemon.
+  # Builds the native library and the daemon into priv/ with the script
+  # rebar3 uses too; it runs cargo only when a native source changed.
   use Mix.Task.Compiler
 
   @impl true
   def run(_args) do
-    cargo = System.find_executable("cargo") || Path.expand("~/.cargo/bin/cargo")
-
     {_, status} =
-      System.cmd(cargo, ["build", "--release", "-p", "tube_nif", "-p", "tubestored"],
+      System.cmd("sh", [Path.join([__DIR__, "scripts", "build-native.sh"])],
         into: IO.stream(:stdio, :line),
         stderr_to_stdout: true
       )
 
-    if status != 0, do: Mix.raise("cargo build failed with status #{status}")
-
-    target = System.get_env("CARGO_TARGET_DIR") || "target"
-    File.mkdir_p!("priv")
-    copy!(Path.join([target, "release", "libtube_nif.so"]), "priv/tube_nif.so")
-    copy!(Path.join([target, "release", "tubestored"]), "priv/tubestored")
+    if status != 0, do: Mix.raise("building the native parts failed (status #{status})")
     {:ok, []}
   end
+end
 
-  # Replace by rename so a running node keeps its mapping of the old file.
-  defp copy!(from, to) do
-    tmp = to <> ".tmp"
-    File.cp!(from, tmp)
-    File.rename!(tmp, to)
+defmodule Mix.Tasks.Compile.TubeDocChunks do
+  @moduledoc false
+  # The Erlang modules' doc chunks in the build's doc/chunks, beside ebin,
+  # where code:get_doc/1 (h(tube) in erl, h :tube in iex) looks for them.
+  use Mix.Task.Compiler
+
+  @impl true
+  def run(_args) do
+    out = Path.join(Mix.Project.app_path(), "doc")
+
+    {_, status} =
+      System.cmd("sh", [Path.join([__DIR__, "scripts", "doc-chunks.sh"]), out],
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+
+    if status != 0, do: Mix.raise("writing the doc chunks failed (status #{status})")
+    {:ok, []}
   end
 end

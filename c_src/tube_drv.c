@@ -24,8 +24,13 @@ extern void tube_rs_timeout(void *st);
 extern int tube_rs_stats(void *st, uint64_t *out, size_t n);
 extern int tube_rs_request_close(void *st, const char *reason, size_t len);
 extern int tube_rs_set_active(void *st, const char *buf, size_t len);
+extern int tube_rs_get_active(void *st, unsigned char *out, size_t n);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
+
+/* The one-byte data of an active control that asks for the mode instead
+ * of setting it (set requests are 9 bytes). */
+#define TUBE_ACTIVE_QUERY 255
 
 /* Number of u64 counters a stats control returns (see tube_rs_stats). */
 #define TUBE_STATS_N 10
@@ -163,7 +168,8 @@ static void tube_timeout(ErlDrvData d)
  * bytes; see tube_rs_stats for their order.
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
- * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _}.
+ * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _};
+ * port_control(Tube, 3, <<255>>) -> <<Mode:8, N:64/native>>, the mode now.
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
@@ -172,6 +178,19 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
     uint64_t stats[TUBE_STATS_N];
     if (command == TUBE_CTL_CLOSE)
         return tube_rs_request_close((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_ACTIVE && len == 1 && (unsigned char)buf[0] == TUBE_ACTIVE_QUERY) {
+        unsigned char mode[9];
+        if (tube_rs_get_active((void *)d, mode, sizeof(mode)) != 0)
+            return -1;
+        if (rlen < sizeof(mode)) {
+            char *out = driver_alloc(sizeof(mode));
+            if (out == NULL)
+                return -1;
+            *rbuf = out;
+        }
+        memcpy(*rbuf, mode, sizeof(mode));
+        return (ErlDrvSSizeT)sizeof(mode);
+    }
     if (command == TUBE_CTL_ACTIVE)
         return tube_rs_set_active((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_BUSY_POLL)

@@ -3,8 +3,9 @@ defmodule Tube do
   Tubes: shared-memory packet links between Erlang nodes on one machine,
   found through Xenstore. This module mirrors the Erlang module `:tube`.
 
-  A tube is a port. Send with `Port.command(tube, data)` or
-  `send(tube, {self(), {:command, data}})`; the owner receives each packet
+  A tube is a port. Send with `send/2` (`{:error, :emsgsize}` for an
+  empty or oversize packet), `Port.command(tube, data)` or
+  `Kernel.send(tube, {self(), {:command, data}})`; the owner receives each packet
   as `{tube, {:data, binary}}`. Packets are 1..4096 bytes; delivery is
   lossy (a full ring drops and counts, the sender never blocks).
 
@@ -13,11 +14,13 @@ defmodule Tube do
   `:peer_down`, `:corrupt`, `:io_error`, `:internal_error`.
 
       {:ok, t} = Tube.open(peer_domid)
-      Port.command(t, "ping")
+      :ok = Tube.send(t, "ping")
       receive do
         {^t, {:data, reply}} -> reply
       end
   """
+
+  import Kernel, except: [send: 2]
 
   @typedoc "An open tube: a port."
   @type t :: port()
@@ -38,19 +41,18 @@ defmodule Tube do
   Opens tube `tid` to domain `domid`; the peer calls `accept/0,1`, in
   either order. Options: `:timeout` in milliseconds or `:infinity`
   (default: the `:open_timeout` application env, 5000), `:active` (the
-  first delivery mode) and `:busy_poll` (the polling window in
+  first delivery mode), `:busy_poll` (the polling window in
   microseconds, default the `:busy_poll` application env, 50), see
-  `setopts/2`.
+  `setopts/2`, and `:delivery` (`:lossy`, the default, or `:reliable`).
+  Options may be a map or a keyword list; an unknown key raises
+  `ArgumentError` naming it. Domain 0 (Xen's control domain) is never a
+  node: `ArgumentError`.
 
   Errors: `:timeout`, `:no_domain`, `:self`, `:tid_in_use`,
   `:xenstore_down`, or a ring set-up error. Arguments out of range raise
   `ArgumentError`.
   """
-  @spec open(domid(), tid(), %{
-          optional(:timeout) => timeout(),
-          optional(:active) => term(),
-          optional(:busy_poll) => non_neg_integer()
-        }) ::
+  @spec open(domid(), tid(), map() | keyword()) ::
           {:ok, t()} | {:error, term()}
   def open(domid, tid, opts), do: :tube.open(domid, tid, opts)
 
@@ -59,14 +61,12 @@ defmodule Tube do
   def accept, do: :tube.accept()
 
   @doc """
-  Waits for a tube from any domain; options `:timeout` (default
-  `:infinity`), `:active` and `:busy_poll` (as in `open/3`).
+  Waits for a tube from any domain; options (a map or a keyword list)
+  `:timeout` (default `:infinity`), `:active`, `:busy_poll` and
+  `:delivery` (as in `open/3`), and `:tids`, the inclusive range
+  `{min, max}` of Tids accepted.
   """
-  @spec accept(%{
-          optional(:timeout) => timeout(),
-          optional(:active) => term(),
-          optional(:busy_poll) => non_neg_integer()
-        }) :: {:ok, t()} | {:error, term()}
+  @spec accept(map() | keyword()) :: {:ok, t()} | {:error, term()}
   def accept(opts), do: :tube.accept(opts)
 
   @doc "Closes both ends of the tube; `{:error, :closed}` if already closed."
@@ -100,9 +100,30 @@ defmodule Tube do
   packets arrive again; one-way streams and idle tubes never poll. 0 turns
   it off.
   """
-  @spec setopts(t(), [{:active, boolean() | :once | pos_integer()} | {:busy_poll, non_neg_integer()}]) ::
+  @spec setopts(t(), keyword() | map()) ::
           :ok | {:error, :closed}
   def setopts(tube, opts), do: :tube.setopts(tube, opts)
+
+  @doc """
+  Sends one packet (any iodata), as `:gen_udp.send/2` does: `:ok` once
+  the tube has it, `{:error, :emsgsize}` for an empty packet or one over
+  4096 bytes (nothing is sent), `{:error, :closed}` on a closed tube.
+  Delivery is lossy: `:ok` does not mean the peer's ring had room.
+  `Port.command/2` answers `true` for every packet instead, and counts an
+  empty or oversize one as `:rejected` in `info/1`.
+  """
+  @spec send(t(), iodata()) :: :ok | {:error, :emsgsize | :closed}
+  def send(tube, packet), do: :tube.send(tube, packet)
+
+  @doc """
+  Makes `pid` the owner of `tube`, as `:gen_tcp.controlling_process/2`
+  does: the packets (and `:tube_passive`, `:tube_closed` messages) already
+  in the caller's mailbox go to `pid` first, in order, then what the tube
+  delivers next. Only the owner may call it: `{:error, :not_owner}`
+  otherwise, `{:error, :closed}` on a closed tube.
+  """
+  @spec controlling_process(t(), pid()) :: :ok | {:error, :not_owner | :closed}
+  def controlling_process(tube, pid), do: :tube.controlling_process(tube, pid)
 
   @doc "All tubes of this node with their states."
   @spec tubes() :: [map()]

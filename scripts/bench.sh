@@ -6,7 +6,8 @@
 #   bash scripts/bench.sh            # full run, about 3-4 minutes
 #   bash scripts/bench.sh --quick    # about 1 minute
 #
-# Any argument is passed to `mix tube.bench` (see `mix help tube.bench`).
+# Any argument is passed to `mix tube.bench`, a task of the benchmark's own
+# Mix project in bench/ (see `cd bench && mix help tube.bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -24,4 +25,5 @@ fi
 
 # A thousand tubes hold a thousand event sockets per node.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cd bench
 exec mix tube.bench "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tube needs on Debian/Ubuntu when it is missing: Erlang/OTP
-# (with headers), Elixir, Xen's xenstore client tools, and a Rust toolchain.
+# (with headers and edoc), rebar3, Elixir, Xen's xenstore client tools, and a
+# Rust toolchain.
 # Crates come from crates.io through cargo. Safe to run again.
 set -euo pipefail
 
@@ -18,6 +19,9 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
   need_apt+=(cargo rustc)
 fi
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# The Erlang build (rebar.config) and the doc chunks h(tube) reads.
+command -v rebar3 >/dev/null 2>&1 || need_apt+=(rebar3)
+compgen -G "/usr/lib/erlang/lib/edoc-*" >/dev/null || [ -n "${TUBE_ERTS_INCLUDE:-}" ] || need_apt+=(erlang-edoc)
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

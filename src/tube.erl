@@ -16,27 +16,49 @@
 %% process died), `peer_down' (the peer's domain was released in
 %% Xenstore), `corrupt' (the shared ring broke the protocol),
 %% `io_error' or `internal_error'. As for any port, an owner that traps
-%% exits then also receives `{'EXIT', Tube, normal}'.</li>
+%% exits then also receives ``{'EXIT', Tube, normal}''.</li>
 %% </ul>
 %%
-%% Bad input: a packet of 0 bytes or over 4096 is not sent and is counted
-%% as `rejected' in {@link info/1}; a full ring drops and counts `dropped';
-%% sending on a closed tube raises `badarg' (as for any closed port);
-%% functions given arguments of the wrong type or range raise `badarg'.
+%% Sending: {@link send/2} answers `{error, emsgsize}' for a packet of 0
+%% bytes or over 4096 and `{error, closed}' on a closed tube, as gen_udp
+%% does. The raw port interface answers neither: `port_command/2' of such a
+%% packet returns `true', sends nothing and counts it as `rejected' in
+%% {@link info/1}. Either way a full ring drops the packet and counts it as
+%% `dropped' (delivery is lossy); `port_command/2' on a closed tube raises
+%% `badarg', as for any closed port.
+%%
+%% Options are a map or a list of `{Key, Value}' (the gen_tcp habit), the
+%% same for open/3, accept/1 and setopts/2; an unknown key or a bad value
+%% raises `badarg'. Every `badarg' raised by this module carries OTP's
+%% `error_info': the shell and Elixir's `ArgumentError' say which argument
+%% is wrong and why (see format_error/2).
+%%
+%% A tube is handed to another process with controlling_process/2, which
+%% also moves the packets already in the old owner's mailbox, in order.
 -module(tube).
 
 -export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
          info/1, tubes/0, setopts/2]).
 
+-export([send/2, controlling_process/2, format_error/2]).
+
 -export_type([tube/0, domid/0, tid/0, open_opts/0, active/0, busy_poll/0, option/0]).
+-export_type([delivery/0, accept_opts/0, options/1]).
 
 -type tube() :: port().
 -type domid() :: 0..16#7FEF.
 -type tid() :: 0..16#FFFFFFFF.
 -type active() :: boolean() | once | pos_integer().
 -type busy_poll() :: 0..100000.
--type open_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll()}.
+-type delivery() :: lossy | reliable.
+-type open_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll(),
+                       delivery => delivery()}.
+-type accept_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll(),
+                         delivery => delivery(), tids => {tid(), tid()}}.
 -type option() :: {active, active()} | {busy_poll, busy_poll()}.
+%% Options as a map, or as a list of `{Key, Value}' where a later pair
+%% overrides an earlier one.
+-type options(Map) :: Map | [{atom(), term()}].
 
 -define(MAX_DOMID, 16#7FEF).
 -define(MAX_TID, 16#FFFFFFFF).
@@ -45,30 +67,56 @@
 -define(TUBE_CTL_BUSY_POLL, 4).
 -define(MAX_BUSY_POLL, 100000).
 -define(DRIVER, "tube_nif").
+-define(MAX_PACKET, 4096).
+
+%% badarg with OTP's error_info: Cause maps argument positions (or
+%% `general') to what is wrong, for format_error/2. Raised from the
+%% function that was called, so the stack names it with its arguments.
+-define(BADARG(Args, Cause),
+        erlang:error(badarg, Args, [{error_info, #{module => ?MODULE, cause => Cause}}])).
 
 %% @doc Opens tube 0 to domain Domid.
 -spec open(domid()) -> {ok, tube()} | {error, term()}.
-open(Domid) -> open(Domid, 0).
+open(Domid) ->
+    case check_domid(Domid) of
+        ok -> open_checked(Domid, 0, #{});
+        Bad -> ?BADARG([Domid], causes([Bad]))
+    end.
 
 %% @doc Opens tube Tid to domain Domid. The peer must call accept/0,1;
 %% the order of the two calls does not matter.
 -spec open(domid(), tid()) -> {ok, tube()} | {error, term()}.
-open(Domid, Tid) -> open(Domid, Tid, #{}).
+open(Domid, Tid) ->
+    case {check_domid(Domid), check_tid(Tid)} of
+        {ok, ok} -> open_checked(Domid, Tid, #{});
+        {D, T} -> ?BADARG([Domid, Tid], causes([D, T]))
+    end.
 
 %% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
 %% default the application env `open_timeout', 5000) bounds the wait for
 %% the peer to accept; `active' (default `true') is the tube's first
 %% delivery mode and `busy_poll' (default the application env `busy_poll',
-%% 50) its polling window, as in setopts/2.
+%% 50) its polling window, as in setopts/2; `delivery' is `lossy' (the
+%% default) or `reliable'. Options may also be given as a list of `{Key,
+%% Value}'.
+%%
+%% Domid 0 is Xen's control domain, never a node: open/1,2,3 raise badarg
+%% for it, as for any domid out of 1..32751 and any Tid out of
+%% 0..4294967295, unknown option or bad option value.
 %%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
 %% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
 %% a ring set-up error.
--spec open(domid(), tid(), open_opts()) -> {ok, tube()} | {error, term()}.
+-spec open(domid(), tid(), options(open_opts())) -> {ok, tube()} | {error, term()}.
 open(Domid, Tid, Opts) ->
-    check(is_domid(Domid) andalso is_tid(Tid) andalso is_map(Opts)),
+    case {check_domid(Domid), check_tid(Tid), options(open, Opts)} of
+        {ok, ok, {ok, O}} -> open_checked(Domid, Tid, O);
+        {D, T, O} -> ?BADARG([Domid, Tid, Opts], causes([D, T, O]))
+    end.
+
+open_checked(Domid, Tid, Opts) ->
     Timeout = timeout_opt(Opts),
     Port = port_opts(Opts),
     finish(tube_server:open(Domid, Tid, Timeout), Port).
@@ -77,17 +125,20 @@ open(Domid, Tid, Opts) ->
 -spec accept() -> {ok, tube()} | {error, term()}.
 accept() -> accept(#{timeout => infinity}).
 
-%% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity'), `active' and `busy_poll' (as in open/3).
--spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll()}) ->
-          {ok, tube()} | {error, term()}.
-accept(Opts) when is_map(Opts) ->
-    Timeout = maps:get(timeout, Opts, infinity),
-    check(is_timeout(Timeout)),
-    Port = port_opts(Opts),
-    finish(tube_server:accept(Timeout), Port);
-accept(_) ->
-    erlang:error(badarg).
+%% @doc As accept/0 with options, a map or a list of `{Key, Value}':
+%% `timeout' (milliseconds or `infinity', default `infinity'), `active',
+%% `busy_poll' and `delivery' (as in open/3), and `tids', the inclusive
+%% range `{Min, Max}' of Tids accepted.
+-spec accept(options(accept_opts())) -> {ok, tube()} | {error, term()}.
+accept(Opts) ->
+    case options(accept, Opts) of
+        {ok, O} ->
+            Timeout = maps:get(timeout, O, infinity),
+            Port = port_opts(O),
+            finish(tube_server:accept(Timeout), Port);
+        Bad ->
+            ?BADARG([Opts], causes([Bad]))
+    end.
 
 %% @doc Closes both ends: the peer's owner gets `{tube_closed, T,
 %% peer_closed}'. Returns `{error, closed}' if the tube is already closed.
@@ -96,8 +147,8 @@ accept(_) ->
 -spec close(tube()) -> ok | {error, closed}.
 close(Tube) when is_port(Tube) ->
     tube_server:close(Tube);
-close(_) ->
-    erlang:error(badarg).
+close(Tube) ->
+    ?BADARG([Tube], #{1 => not_a_tube()}).
 
 %% @doc This node's domain id.
 -spec domid() -> domid().
@@ -117,8 +168,8 @@ info(Tube) when is_port(Tube) ->
         E ->
             E
     end;
-info(_) ->
-    erlang:error(badarg).
+info(Tube) ->
+    ?BADARG([Tube], #{1 => not_a_tube()}).
 
 %% @doc Sets how packets are delivered, as `{active, _}' does for sockets:
 %% `true' (the default) delivers every packet as it arrives; `false' stops
@@ -138,24 +189,92 @@ info(_) ->
 %% takes tens. A window that passes without a packet ends polling until
 %% packets arrive again, so a one-way stream and an idle tube never poll.
 %% 0 turns polling off.
--spec setopts(tube(), [option()]) -> ok | {error, closed}.
-setopts(Tube, Opts) when is_port(Tube), is_list(Opts) ->
-    Controls = [control(O) || O <- Opts],
-    %% Control numbers mean something else to other drivers: only tubes.
-    case erlang:port_info(Tube, name) of
-        {name, ?DRIVER ++ " " ++ _} ->
-            try
-                lists:foreach(fun({Cmd, C}) -> erlang:port_control(Tube, Cmd, C) end, Controls)
+%%
+%% Options may also be given as a map. An unknown option or a bad value
+%% raises badarg, and then none of the options is applied.
+-spec setopts(tube(), [option()] | #{active => active(), busy_poll => busy_poll()}) ->
+          ok | {error, closed}.
+setopts(Tube, Opts) ->
+    case {check_port(Tube), option_list(setopts, Opts)} of
+        {ok, {ok, List}} ->
+            case is_tube(Tube) of
+                true -> apply_controls(Tube, [control(O) || O <- List]);
+                closed -> {error, closed};
+                false -> ?BADARG([Tube, Opts], #{1 => not_a_tube()})
+            end;
+        {P, O} ->
+            ?BADARG([Tube, Opts], causes([P, O]))
+    end.
+
+apply_controls(Tube, Controls) ->
+    try
+        lists:foreach(fun({Cmd, C}) -> erlang:port_control(Tube, Cmd, C) end, Controls)
+    catch
+        error:badarg -> {error, closed}
+    end.
+
+%% @doc Sends one packet, as gen_udp:send/2 does: `ok' once it is handed
+%% to the tube, `{error, emsgsize}' if Packet is empty or over 4096 bytes
+%% (nothing is sent), `{error, closed}' if the tube is closed. Delivery is
+%% lossy: `ok' does not mean the peer's ring had room (see info/1's
+%% `dropped'). Packet is any iodata.
+%%
+%% The raw `port_command(Tube, Packet)' costs a little less and answers
+%% `true' for every packet: an empty or oversize one is not sent and only
+%% counted as `rejected' in info/1.
+-spec send(tube(), iodata()) -> ok | {error, emsgsize | closed}.
+send(Tube, Packet) when is_port(Tube) ->
+    case packet_size(Packet) of
+        {ok, Size} when Size >= 1, Size =< ?MAX_PACKET ->
+            try erlang:port_command(Tube, Packet) of
+                true -> ok
             catch
                 error:badarg -> {error, closed}
             end;
-        undefined ->
-            {error, closed};
-        _ ->
-            erlang:error(badarg)
+        {ok, _} ->
+            {error, emsgsize};
+        error ->
+            ?BADARG([Tube, Packet], #{2 => "not iodata (a binary or a list of bytes and binaries)"})
     end;
-setopts(_, _) ->
-    erlang:error(badarg).
+send(Tube, Packet) ->
+    ?BADARG([Tube, Packet], maps:merge(#{1 => not_a_tube()}, packet_cause(Packet))).
+
+%% @doc Makes Pid the owner of Tube, as gen_tcp:controlling_process/2 does
+%% for a socket: only the owner may call it. Delivery is paused while
+%% the packets (`{Tube, {data, _}}'), `{tube_passive, Tube}' and
+%% `{tube_closed, Tube, _}' messages already in the caller's mailbox are
+%% sent on to Pid in their order; then Pid becomes the owner and the tube
+%% resumes in the delivery mode it had, so Pid receives everything in
+%% the order the tube delivered it. The caller is unlinked from the tube
+%% and Pid is linked to it.
+%%
+%% Returns `{error, not_owner}' if the caller is not the owner and
+%% `{error, closed}' if the tube is closed; a Pid that is the owner
+%% already is `ok'.
+-spec controlling_process(tube(), pid()) -> ok | {error, not_owner | closed}.
+controlling_process(Tube, Pid) when is_port(Tube), is_pid(Pid) ->
+    Self = self(),
+    case {is_tube(Tube), erlang:port_info(Tube, connected)} of
+        {false, _} -> ?BADARG([Tube, Pid], #{1 => not_a_tube()});
+        {_, undefined} -> {error, closed};
+        {_, {connected, Pid}} -> ok;
+        {_, {connected, Self}} -> hand_over(Tube, Pid);
+        {_, {connected, _}} -> {error, not_owner}
+    end;
+controlling_process(Tube, Pid) ->
+    Causes = [case is_port(Tube) of true -> ok; false -> {bad, not_a_tube()} end,
+              case is_pid(Pid) of true -> ok; false -> {bad, "not a pid"} end],
+    ?BADARG([Tube, Pid], causes(Causes)).
+
+%% @doc Says what was wrong with the arguments of a call that raised
+%% `badarg', from the `error_info' this module attaches (used by the shell,
+%% erl_error and Elixir's `ArgumentError').
+-spec format_error(term(), erlang:stacktrace()) -> #{pos_integer() | general => string()}.
+format_error(_Reason, [{_M, _F, _As, Info} | _]) ->
+    ErrorInfo = proplists:get_value(error_info, Info, #{}),
+    maps:get(cause, ErrorInfo, #{});
+format_error(_Reason, _Stack) ->
+    #{}.
 
 %% @doc All tubes of this node and their states.
 -spec tubes() -> [map()].
@@ -181,18 +300,16 @@ finish({ok, Id, Key}, {Credit, BusyPoll}) ->
 finish(Error, _PortOpts) ->
     Error.
 
-%% One setopts/2 option as {Control, Data}.
+%% One setopts/2 option (already checked) as {Control, Data}.
 control({active, A}) -> {?TUBE_CTL_ACTIVE, active_control(A)};
-control({busy_poll, Us}) -> check(is_busy_poll(Us)), {?TUBE_CTL_BUSY_POLL, <<Us:32/native>>};
-control(_) -> erlang:error(badarg).
+control({busy_poll, Us}) -> {?TUBE_CTL_BUSY_POLL, <<Us:32/native>>}.
 
 %% A delivery mode as {Mode, N}: Mode 0 sets no limit, 1 sets the credit
 %% to N, 2 adds N to it.
 active_mode(true) -> {0, 0};
 active_mode(false) -> {1, 0};
 active_mode(once) -> {1, 1};
-active_mode(N) when is_integer(N), N > 0, N < 1 bsl 63 -> {2, N};
-active_mode(_) -> erlang:error(badarg).
+active_mode(N) when is_integer(N), N > 0, N < 1 bsl 63 -> {2, N}.
 
 %% The control for an active mode: <<Mode:8, N:64/native>>.
 active_control(A) ->
@@ -201,8 +318,7 @@ active_control(A) ->
 
 %% What the open_port command carries: the first credit and polling window.
 port_opts(Opts) ->
-    BusyPoll = maps:get(busy_poll, Opts, application:get_env(tube, busy_poll, 50)),
-    check(is_busy_poll(BusyPoll)),
+    BusyPoll = maps:get(busy_poll, Opts, env(busy_poll, 50, fun is_busy_poll/1)),
     {credit_opt(Opts), BusyPoll}.
 
 %% The first credit, in the open_port command: -1 is no limit.
@@ -228,15 +344,163 @@ counters(Tube) ->
     end.
 
 timeout_opt(Opts) ->
-    T = maps:get(timeout, Opts, application:get_env(tube, open_timeout, 5000)),
-    check(is_timeout(T)),
-    T.
+    maps:get(timeout, Opts, env(open_timeout, 5000, fun is_timeout/1)).
 
-is_domid(D) -> is_integer(D) andalso D >= 0 andalso D =< ?MAX_DOMID.
+%% A default from the application env; a bad one is a configuration
+%% error, named as such.
+env(Key, Default, Valid) ->
+    V = application:get_env(tube, Key, Default),
+    case Valid(V) of
+        true -> V;
+        false -> erlang:error({bad_application_env, tube, Key, V})
+    end.
+
+%% ---- handing a tube over ------------------------------------------------
+
+%% Pauses delivery, moves what the caller's mailbox holds for the tube,
+%% connects Pid, then restores the delivery mode: nothing the tube
+%% delivers can overtake what was already queued.
+hand_over(Tube, Pid) ->
+    case active_now(Tube) of
+        {ok, Mode} ->
+            Paused = active_control(false),
+            _ = (catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, Paused)),
+            Closing = move_queued(Tube, Pid, false),
+            try erlang:port_connect(Tube, Pid) of
+                true ->
+                    unlink(Tube),
+                    _ = (catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, Mode)),
+                    ok
+            catch
+                error:badarg when Closing -> ok;
+                error:badarg -> {error, closed}
+            end;
+        closed ->
+            {error, closed}
+    end.
+
+%% The tube's delivery mode now, as the control data that sets it again:
+%% the driver answers an active control of the one byte 255 with it.
+active_now(Tube) ->
+    case catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, <<255>>) of
+        [_ | _] = Bytes when length(Bytes) =:= 9 -> {ok, list_to_binary(Bytes)};
+        _ -> closed
+    end.
+
+%% Sends Pid the tube's messages in the caller's mailbox, oldest first;
+%% true if one of them says the tube is closing.
+move_queued(Tube, Pid, Closing) ->
+    receive
+        {Tube, {data, _}} = M -> Pid ! M, move_queued(Tube, Pid, Closing);
+        {tube_passive, Tube} = M -> Pid ! M, move_queued(Tube, Pid, Closing);
+        {tube_closed, Tube, _} = M -> Pid ! M, move_queued(Tube, Pid, true)
+    after 0 ->
+        Closing
+    end.
+
+%% ---- checking arguments -------------------------------------------------
+
+%% Options each function takes, and what each value must be.
+option_keys(open) -> [timeout, active, busy_poll, delivery];
+option_keys(accept) -> [timeout, active, busy_poll, delivery, tids];
+option_keys(setopts) -> [active, busy_poll].
+
+valid_option(timeout, T) -> is_timeout(T);
+valid_option(active, A) -> is_active(A);
+valid_option(busy_poll, Us) -> is_busy_poll(Us);
+valid_option(delivery, D) -> D =:= lossy orelse D =:= reliable;
+valid_option(tids, {Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =< Max;
+valid_option(tids, _) -> false.
+
+expected(timeout) -> "milliseconds (0..4294967295) or infinity";
+expected(active) -> "true, false, once or a positive integer";
+expected(busy_poll) -> "microseconds, 0..100000";
+expected(delivery) -> "lossy or reliable";
+expected(tids) -> "{Min, Max}, Tids with Min =< Max".
+
+%% Options of open/3 and accept/1 as one map (a later pair of a list
+%% overrides an earlier one), or {bad, Why}.
+options(Kind, Opts) ->
+    case option_list(Kind, Opts) of
+        {ok, List} -> {ok, maps:from_list(List)};
+        Bad -> Bad
+    end.
+
+%% Options, from a map or a list of {Key, Value}, as a checked list in
+%% their order, or {bad, Why}.
+option_list(Kind, Opts) when is_map(Opts) ->
+    check_options(Kind, maps:to_list(Opts), []);
+option_list(Kind, Opts) when is_list(Opts) ->
+    check_options(Kind, Opts, []);
+option_list(_Kind, _Opts) ->
+    {bad, "not a map or a list of {Key, Value} options"}.
+
+check_options(_Kind, [], Acc) ->
+    {ok, lists:reverse(Acc)};
+check_options(Kind, [{Key, Value} = O | Rest], Acc) ->
+    case lists:member(Key, option_keys(Kind)) of
+        false ->
+            {bad, fmt("unknown option ~0tp (known: ~ts)", [Key, known(Kind)])};
+        true ->
+            case valid_option(Key, Value) of
+                true -> check_options(Kind, Rest, [O | Acc]);
+                false -> {bad, fmt("bad value ~0tp for ~0tp: ~ts", [Value, Key, expected(Key)])}
+            end
+    end;
+check_options(_Kind, [Other | _], _Acc) ->
+    {bad, fmt("~0tp is not a {Key, Value} option", [Other])};
+check_options(_Kind, _Tail, _Acc) ->
+    {bad, "not a proper list"}.
+
+known(Kind) ->
+    lists:join(", ", [atom_to_list(K) || K <- option_keys(Kind)]).
+
+check_domid(0) ->
+    {bad, "domain 0 is Xen's control domain, never a node: domids of nodes are 1..32751"};
+check_domid(D) ->
+    case is_domid(D) of
+        true -> ok;
+        false -> {bad, "not a domid (an integer in 1..32751)"}
+    end.
+
+check_tid(T) ->
+    case is_tid(T) of
+        true -> ok;
+        false -> {bad, "not a Tid (an integer in 0..4294967295)"}
+    end.
+
+check_port(P) when is_port(P) -> ok;
+check_port(_) -> {bad, not_a_tube()}.
+
+not_a_tube() -> "not a tube (a port opened by tube:open/1,2,3 or tube:accept/0,1)".
+
+%% Positions of the arguments that are wrong, for error_info.
+causes(Checks) ->
+    maps:from_list([{N, Why} || {N, {bad, Why}} <- lists:zip(lists:seq(1, length(Checks)), Checks)]).
+
+packet_size(Packet) ->
+    try {ok, iolist_size(Packet)} catch error:badarg -> error end.
+
+packet_cause(Packet) ->
+    case packet_size(Packet) of
+        {ok, _} -> #{};
+        error -> #{2 => "not iodata (a binary or a list of bytes and binaries)"}
+    end.
+
+%% A live port of the tube driver: true, false (another driver's) or
+%% closed. Control numbers mean something else to other drivers.
+is_tube(Port) ->
+    case erlang:port_info(Port, name) of
+        {name, ?DRIVER ++ " " ++ _} -> true;
+        undefined -> closed;
+        _ -> false
+    end.
+
+fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
+
+is_domid(D) -> is_integer(D) andalso D >= 1 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
+is_active(A) -> is_boolean(A) orelse A =:= once orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.
-
-check(true) -> ok;
-check(false) -> erlang:error(badarg).

@@ -640,6 +640,32 @@ pub extern "C" fn tube_rs_set_active(st: *mut c_void, buf: *const c_char, len: u
     })
 }
 
+/// `port_control(Tube, 3, <<255>>)`: the delivery mode now, as the 9 bytes
+/// `<<Mode:8, N:64/native>>` that would set it again (Mode 0: no limit, 1: a
+/// credit of N packets), so that a new owner can be handed the tube paused
+/// and get back the mode it had.
+#[no_mangle]
+pub extern "C" fn tube_rs_get_active(st: *mut c_void, out: *mut u8, n: usize) -> c_int {
+    if st.is_null() || out.is_null() || n < 9 {
+        return -1;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see `guarded`; reading only.
+        let state = unsafe { &*(st as *const PortState) };
+        let (mode, credit) = state.credit.map_or((0u8, 0u64), |c| (1, c));
+        let mut bytes = [0u8; 9];
+        bytes[0] = mode;
+        bytes[1..9].copy_from_slice(&credit.to_ne_bytes());
+        // SAFETY: the caller passes room for `n >= 9` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out, bytes.len()) };
+    }));
+    if r.is_ok() {
+        0
+    } else {
+        -1
+    }
+}
+
 /// `port_control(Tube, 4, <<Us:32/native>>)`: `{busy_poll, Us}`, see
 /// [`PortState::set_busy_poll`].
 #[no_mangle]

@@ -49,7 +49,7 @@ defmodule Mix.Tasks.Tube.Bench do
     Mix.Task.run("compile")
     Mix.Task.run("loadpaths")
     quick? = Keyword.get(opts, :quick, false)
-    out = Keyword.get(opts, :out, "bench/results")
+    out = Keyword.get(opts, :out, Path.join(Path.dirname(Mix.Project.project_file()), "results"))
     settings = Suite.settings(quick?) |> narrow(opts)
     log = fn line -> IO.puts(:stderr, "  " <> line) end
 
