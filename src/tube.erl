@@ -25,8 +25,8 @@
 %% functions given arguments of the wrong type or range raise `badarg'.
 -module(tube).
 
--export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
-         info/1, tubes/0, setopts/2]).
+-export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0, domid/1,
+         peername/1, info/1, tubes/0, setopts/2]).
 
 -export_type([tube/0, domid/0, tid/0, open_opts/0, active/0, busy_poll/0, option/0]).
 
@@ -67,11 +67,17 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 %% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
 %% a ring set-up error.
 -spec open(domid(), tid(), open_opts()) -> {ok, tube()} | {error, term()}.
+open(Node, Tid, Opts) when is_atom(Node) ->
+    check(is_node_name(Node) andalso is_tid(Tid) andalso is_map(Opts)),
+    case domid(Node) of
+        {ok, Domid} -> open(Domid, Tid, Opts);
+        {error, not_found} -> {error, no_domain}
+    end;
 open(Domid, Tid, Opts) ->
     check(is_domid(Domid) andalso is_tid(Tid) andalso is_map(Opts)),
     Timeout = timeout_opt(Opts),
     Port = port_opts(Opts),
-    finish(tube_server:open(Domid, Tid, Timeout), Port).
+    finish(tube_control:open(Domid, Tid, Timeout), Port).
 
 %% @doc Waits for a tube from any domain.
 -spec accept() -> {ok, tube()} | {error, term()}.
@@ -84,8 +90,10 @@ accept() -> accept(#{timeout => infinity}).
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     check(is_timeout(Timeout)),
+    Tids = maps:get(tids, Opts, {0, ?MAX_TID - 16#FFFF}),
+    check(is_tids(Tids)),
     Port = port_opts(Opts),
-    finish(tube_server:accept(Timeout), Port);
+    finish(tube_control:accept(Tids, Timeout), Port);
 accept(_) ->
     erlang:error(badarg).
 
@@ -95,20 +103,40 @@ accept(_) ->
 %% tube's Xenstore nodes are removed.
 -spec close(tube()) -> ok | {error, closed}.
 close(Tube) when is_port(Tube) ->
-    tube_server:close(Tube);
+    tube_control:close(Tube);
 close(_) ->
     erlang:error(badarg).
 
 %% @doc This node's domain id.
 -spec domid() -> domid().
-domid() -> tube_server:domid().
+domid() -> tube_registry:domid().
+
+%% @doc The domid of the node named Node on this host, as published at
+%% `/local/domain/<domid>/name' (see tube_registry:publish_name/1):
+%% from a cache for a known node, else from one bounded Xenstore lookup.
+%% Forgotten when a domain is released.
+-spec domid(node()) -> {ok, domid()} | {error, not_found}.
+domid(Node) when is_atom(Node) ->
+    check(is_node_name(Node)),
+    tube_names:domid(Node);
+domid(_) -> erlang:error(badarg).
+
+%% @doc The peer of a tube: its domid and, if it published one, its node
+%% name.
+-spec peername(tube()) -> {ok, {domid(), node() | undefined}} | {error, closed}.
+peername(Tube) when is_port(Tube) ->
+    case tube_control:lookup(Tube) of
+        {ok, #{peer := Peer}} -> {ok, {Peer, tube_names:node_of(Peer)}};
+        E -> E
+    end;
+peername(_) -> erlang:error(badarg).
 
 %% @doc What is known of an open tube: its role (`nock' if this side
 %% opened it, `tip' if it accepted), peer domain, Tid, state, ring
 %% counters, its `busy_poll' window and whether it is `polling' now.
 -spec info(tube()) -> {ok, map()} | {error, closed}.
 info(Tube) when is_port(Tube) ->
-    case tube_server:lookup(Tube) of
+    case tube_control:lookup(Tube) of
         {ok, Desc} ->
             case counters(Tube) of
                 {ok, C} -> {ok, maps:merge(maps:remove(port, Desc), C)};
@@ -159,23 +187,23 @@ setopts(_, _) ->
 
 %% @doc All tubes of this node and their states.
 -spec tubes() -> [map()].
-tubes() -> tube_server:tubes().
+tubes() -> tube_control:tubes().
 
 %% ---- internals -----------------------------------------------------------
 
 %% The control plane has mapped the ring: open the port in the calling
 %% process, which makes it the owner, and attach it.
-finish({ok, Id, Key}, {Credit, BusyPoll}) ->
+finish({ok, Id, Tube}, {Credit, BusyPoll}) ->
     Command = lists:concat([?DRIVER, " ", Id, " ", Credit, " ", BusyPoll]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
-            case tube_server:attach(Key, Port) of
+            case tube_control:attach(Tube, Port) of
                 ok -> {ok, Port};
                 E -> catch erlang:port_close(Port), E
             end;
         {'EXIT', Reason} ->
             _ = tube_nif:ring_discard(Id),
-            ok = tube_server:abort(Key),
+            tube_control:abort(Tube),
             {error, {open_port, Reason}}
     end;
 finish(Error, _PortOpts) ->
@@ -235,6 +263,11 @@ timeout_opt(Opts) ->
 is_domid(D) -> is_integer(D) andalso D >= 0 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
+is_node_name(Node) -> lists:member($@, atom_to_list(Node)).
+
+is_tids({Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =< Max;
+is_tids(_) -> false.
+
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.
 
