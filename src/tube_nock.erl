@@ -357,5 +357,5 @@ done(Data = #{waiters := W}) ->
 
 terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
     tube_fsm:discard(Data),
-    tube_registry:del_rows(Key, Port),
+    tube_registry:del_rows(Key, self(), Port),
     ok.

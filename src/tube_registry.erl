@@ -15,7 +15,7 @@
 
 -export([start_link/0, domid/0, conn/0, publish_name/1]).
 -export([claim/1, ready/2, requeue/3, taken/1, await_accept/2, cancel_accept/1]).
--export([put_row/4, del_rows/2, rows/0, row_of_port/1]).
+-export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -93,6 +93,14 @@ put_row(Key, Pid, Phase, Port) ->
     ets:insert(?TAB, {{tube, Key}, Pid, Phase, Port}),
     Port =/= undefined andalso ets:insert(?TAB, {{port, Port}, Key, Pid}),
     ok.
+
+%% Only the rows of the process Pid: a tube refused a key in use must not
+%% remove the rows of the tube that holds it.
+del_rows(Key, Pid, Port) ->
+    case ets:lookup(?TAB, {tube, Key}) of
+        [{_, Pid, _, _}] -> del_rows(Key, Port);
+        _ -> ok
+    end.
 
 del_rows(Key, Port) ->
     ets:delete(?TAB, {tube, Key}),

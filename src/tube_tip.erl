@@ -396,5 +396,5 @@ terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
     after 0 ->
         ok
     end,
-    tube_registry:del_rows(Key, Port),
+    tube_registry:del_rows(Key, self(), Port),
     ok.
