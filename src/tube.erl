@@ -37,8 +37,8 @@
 %% also moves the packets already in the old owner's mailbox, in order.
 -module(tube).
 
--export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
-         info/1, tubes/0, setopts/2]).
+-export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0, domid/1,
+         peername/1, info/1, tubes/0, setopts/2]).
 
 -export([send/2, controlling_process/2, format_error/2]).
 
@@ -76,7 +76,9 @@
         erlang:error(badarg, Args, [{error_info, #{module => ?MODULE, cause => Cause}}])).
 
 %% @doc Opens tube 0 to domain Domid.
--spec open(domid()) -> {ok, tube()} | {error, term()}.
+-spec open(domid() | node()) -> {ok, tube()} | {error, term()}.
+open(Node) when is_atom(Node) ->
+    open(Node, 0, #{});
 open(Domid) ->
     case check_domid(Domid) of
         ok -> open_checked(Domid, 0, #{});
@@ -85,7 +87,9 @@ open(Domid) ->
 
 %% @doc Opens tube Tid to domain Domid. The peer must call accept/0,1;
 %% the order of the two calls does not matter.
--spec open(domid(), tid()) -> {ok, tube()} | {error, term()}.
+-spec open(domid() | node(), tid()) -> {ok, tube()} | {error, term()}.
+open(Node, Tid) when is_atom(Node) ->
+    open(Node, Tid, #{});
 open(Domid, Tid) ->
     case {check_domid(Domid), check_tid(Tid)} of
         {ok, ok} -> open_checked(Domid, Tid, #{});
@@ -109,7 +113,17 @@ open(Domid, Tid) ->
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
 %% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
 %% a ring set-up error.
--spec open(domid(), tid(), options(open_opts())) -> {ok, tube()} | {error, term()}.
+-spec open(domid() | node(), tid(), options(open_opts())) -> {ok, tube()} | {error, term()}.
+open(Node, Tid, Opts) when is_atom(Node) ->
+    case {check_node(Node), check_tid(Tid), options(open, Opts)} of
+        {ok, ok, {ok, _}} ->
+            case domid(Node) of
+                {ok, Domid} -> open(Domid, Tid, Opts);
+                {error, not_found} -> {error, no_domain}
+            end;
+        {N, T, O} ->
+            ?BADARG([Node, Tid, Opts], causes([N, T, O]))
+    end;
 open(Domid, Tid, Opts) ->
     case {check_domid(Domid), check_tid(Tid), options(open, Opts)} of
         {ok, ok, {ok, O}} -> open_checked(Domid, Tid, O);
@@ -119,7 +133,7 @@ open(Domid, Tid, Opts) ->
 open_checked(Domid, Tid, Opts) ->
     Timeout = timeout_opt(Opts),
     Port = port_opts(Opts),
-    finish(tube_server:open(Domid, Tid, Timeout), Port).
+    finish(tube_control:open(Domid, Tid, Timeout), Port).
 
 %% @doc Waits for a tube from any domain.
 -spec accept() -> {ok, tube()} | {error, term()}.
@@ -128,14 +142,16 @@ accept() -> accept(#{timeout => infinity}).
 %% @doc As accept/0 with options, a map or a list of `{Key, Value}':
 %% `timeout' (milliseconds or `infinity', default `infinity'), `active',
 %% `busy_poll' and `delivery' (as in open/3), and `tids', the inclusive
-%% range `{Min, Max}' of Tids accepted.
+%% range `{Min, Max}' of Tids accepted (default all Tids but the range
+%% 16#FFFF0000..16#FFFFFFFF, which the distribution carrier reserves).
 -spec accept(options(accept_opts())) -> {ok, tube()} | {error, term()}.
 accept(Opts) ->
     case options(accept, Opts) of
         {ok, O} ->
             Timeout = maps:get(timeout, O, infinity),
+            Tids = maps:get(tids, O, {0, ?MAX_TID - 16#FFFF}),
             Port = port_opts(O),
-            finish(tube_server:accept(Timeout), Port);
+            finish(tube_control:accept(Tids, Timeout), Port);
         Bad ->
             ?BADARG([Opts], causes([Bad]))
     end.
@@ -146,20 +162,42 @@ accept(Opts) ->
 %% tube's Xenstore nodes are removed.
 -spec close(tube()) -> ok | {error, closed}.
 close(Tube) when is_port(Tube) ->
-    tube_server:close(Tube);
+    tube_control:close(Tube);
 close(Tube) ->
     ?BADARG([Tube], #{1 => not_a_tube()}).
 
 %% @doc This node's domain id.
 -spec domid() -> domid().
-domid() -> tube_server:domid().
+domid() -> tube_registry:domid().
+
+%% @doc The domid of the node named Node on this host, as published at
+%% `/local/domain/<domid>/name' (see tube_registry:publish_name/1):
+%% from a cache for a known node, else from one bounded Xenstore lookup.
+%% Forgotten when a domain is released.
+-spec domid(node()) -> {ok, domid()} | {error, not_found}.
+domid(Node) ->
+    case check_node(Node) of
+        ok -> tube_names:domid(Node);
+        Bad -> ?BADARG([Node], causes([Bad]))
+    end.
+
+%% @doc The peer of a tube: its domid and, if it published one, its node
+%% name.
+-spec peername(tube()) -> {ok, {domid(), node() | undefined}} | {error, closed}.
+peername(Tube) when is_port(Tube) ->
+    case tube_control:lookup(Tube) of
+        {ok, #{peer := Peer}} -> {ok, {Peer, tube_names:node_of(Peer)}};
+        E -> E
+    end;
+peername(Tube) ->
+    ?BADARG([Tube], #{1 => not_a_tube()}).
 
 %% @doc What is known of an open tube: its role (`nock' if this side
 %% opened it, `tip' if it accepted), peer domain, Tid, state, ring
 %% counters, its `busy_poll' window and whether it is `polling' now.
 -spec info(tube()) -> {ok, map()} | {error, closed}.
 info(Tube) when is_port(Tube) ->
-    case tube_server:lookup(Tube) of
+    case tube_control:lookup(Tube) of
         {ok, Desc} ->
             case counters(Tube) of
                 {ok, C} -> {ok, maps:merge(maps:remove(port, Desc), C)};
@@ -278,23 +316,23 @@ format_error(_Reason, _Stack) ->
 
 %% @doc All tubes of this node and their states.
 -spec tubes() -> [map()].
-tubes() -> tube_server:tubes().
+tubes() -> tube_control:tubes().
 
 %% ---- internals -----------------------------------------------------------
 
 %% The control plane has mapped the ring: open the port in the calling
 %% process, which makes it the owner, and attach it.
-finish({ok, Id, Key}, {Credit, BusyPoll}) ->
+finish({ok, Id, Tube}, {Credit, BusyPoll}) ->
     Command = lists:concat([?DRIVER, " ", Id, " ", Credit, " ", BusyPoll]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
-            case tube_server:attach(Key, Port) of
+            case tube_control:attach(Tube, Port) of
                 ok -> {ok, Port};
                 E -> catch erlang:port_close(Port), E
             end;
         {'EXIT', Reason} ->
             _ = tube_nif:ring_discard(Id),
-            ok = tube_server:abort(Key),
+            tube_control:abort(Tube),
             {error, {open_port, Reason}}
     end;
 finish(Error, _PortOpts) ->
@@ -469,6 +507,12 @@ check_tid(T) ->
         false -> {bad, "not a Tid (an integer in 0..4294967295)"}
     end.
 
+check_node(Node) ->
+    case is_atom(Node) andalso is_node_name(Node) of
+        true -> ok;
+        false -> {bad, "not a node name (an atom Name@Host)"}
+    end.
+
 check_port(P) when is_port(P) -> ok;
 check_port(_) -> {bad, not_a_tube()}.
 
@@ -502,5 +546,6 @@ is_domid(D) -> is_integer(D) andalso D >= 1 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
 is_active(A) -> is_boolean(A) orelse A =:= once orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
+is_node_name(Node) -> lists:member($@, atom_to_list(Node)).
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.

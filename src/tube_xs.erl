@@ -15,7 +15,7 @@
          set_perms/3, set_perms/4, watch/3, unwatch/3,
          transaction_start/1, transaction_end/3, transaction/2, transaction/3,
          introduce_self/2, is_domain_introduced/2, get_domain_path/2, release/2,
-         batch/2]).
+         batch/2, send/2, results/2, named/3]).
 -export([format_perms/1, parse_perms/1]).
 
 -export_type([conn/0, perm/0, access/0]).
@@ -161,6 +161,35 @@ get_domain_path(C, Domid) ->
 batch(C, Ops) ->
     Replies = call(C, [encode_op(Op) || Op <- Ops]),
     [decode_reply(op_name(Op), R) || {Op, R} <- lists:zip(Ops, Replies)].
+
+%% @doc Sends a batch of named ops `[{Name, Op}]' without waiting: the
+%% replies arrive at the calling process as `{tube_xs_reply, Ref, Replies}',
+%% to be read with results/2. `{error, closed}' replies come at once when
+%% the connection is gone.
+-spec send(conn(), [{term(), tuple() | transaction_start}]) -> reference().
+send(C, Named) ->
+    Ref = make_ref(),
+    ok = tube_nif:xs_send(C, [encode_op(Op) || {_, Op} <- Named], Ref),
+    Ref.
+
+%% @doc The replies to a batch sent by send/2, as a map Name => Result.
+-spec results([{term(), tuple() | transaction_start}], [term()]) -> #{term() => term()}.
+results(Named, Replies) ->
+    maps:from_list([{Name, decode_reply(op_name(Op), R)}
+                    || {{Name, Op}, R} <- lists:zip(Named, Replies)]).
+
+%% @doc A named batch waited for at most Timeout milliseconds: a map of
+%% results, or `{error, timeout}'. A late reply is dropped by the caller's
+%% next named/3 or left as a stray message; batches holding a transaction
+%% must go through send/2 so that their owner can end it.
+-spec named(conn(), [{term(), tuple()}], timeout()) -> #{term() => term()} | {error, timeout}.
+named(C, Named, Timeout) ->
+    Ref = send(C, Named),
+    receive
+        {tube_xs_reply, Ref, Replies} -> results(Named, Replies)
+    after Timeout ->
+        {error, timeout}
+    end.
 
 one(C, Op) ->
     [Reply] = batch(C, [Op]),

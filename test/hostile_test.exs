@@ -25,7 +25,7 @@ defmodule TubeTest.HostileTest do
 
   setup %{real: real} do
     # Same control-plane process before and after each test: nothing crashed.
-    server = Process.whereis(:tube_server)
+    server = Process.whereis(:tube_registry)
     assert is_pid(server)
     on_exit(fn -> assert_real_tube_works(real) end)
     %{server: server, me: :tube.domid()}
@@ -64,7 +64,7 @@ defmodule TubeTest.HostileTest do
       assert s.closed == :corrupt
       # The hostile peer saw this node close its end.
       assert result["tip_closed"] == "true"
-      assert Process.whereis(:tube_server) == ctx.server
+      assert Process.whereis(:tube_registry) == ctx.server
     end
   end
 

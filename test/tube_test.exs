@@ -220,7 +220,7 @@ defmodule TubeTest do
 
   test "many tubes between two domains, told apart by Tid; a Tid in use is refused",
        %{peer: peer, peer_domid: p} do
-    tids = [0, 1, 2, 42, 4_294_967_295]
+    tids = [0, 1, 2, 42, 0xFFFE_FFFF]
     tasks = for _ <- tids, do: remote_accept(peer, :echo)
 
     tubes =

@@ -1,0 +1,130 @@
+%% @private
+%% What the two tube state machines (tube_nock, tube_tip) share: Xenstore
+%% requests sent without waiting and their replies read by name, ring jobs
+%% run off the state machine, the tube's row in the registry's table, the
+%% caller's deadline, the checks of the peer's domain, and the errors.
+%%
+%% Data is a map with at least `key', `conn', `domid' and `pending'
+%% (Ref => {Purpose, Batch}): every request sent is remembered until its
+%% reply comes, whatever state the machine is in by then, so that a
+%% transaction started for a caller who gave up is still ended.
+-module(tube_fsm).
+
+-export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
+         left/1, error_of/2, log/3, discard/1, reply_to/3, peer_gone/2,
+         check_domain/1, domain_checked/2, port_opts_timeout/0]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-define(TUBE_CTL_CLOSE, 2).
+
+new(Key, Conn, Domid) ->
+    #{key => Key, conn => Conn, domid => Domid, pending => #{}, port => undefined,
+      peer_seen => false, from => undefined, deadline => infinity}.
+
+%% Sends a named batch; its reply comes back as {reply, Purpose, Results}
+%% through reply/3. Without a connection the reply is {error, closed} for
+%% every op, at once.
+ask(_Purpose, [], Data) ->
+    Data;
+ask(Purpose, Batch, Data = #{conn := undefined}) ->
+    self() ! {tube_xs_reply, Ref = make_ref(), [{error, closed} || _ <- Batch]},
+    remember(Ref, Purpose, Batch, Data);
+ask(Purpose, Batch, Data = #{conn := C}) ->
+    remember(tube_xs:send(C, Batch), Purpose, Batch, Data).
+
+remember(Ref, Purpose, Batch, Data = #{pending := P}) ->
+    Data#{pending := P#{Ref => {Purpose, Batch}}}.
+
+%% A reply: {Purpose, Results, Data}, or `stale' for one not ours.
+reply(Ref, Replies, Data = #{pending := P}) ->
+    case maps:take(Ref, P) of
+        {{Purpose, Batch}, P1} -> {Purpose, tube_xs:results(Batch, Replies), Data#{pending := P1}};
+        error -> stale
+    end.
+
+%% Runs a blocking ring call (dirty NIF) in its own process; its result
+%% comes back as {ring_done, Ref, Result}.
+job(Fun, Data) ->
+    Self = self(),
+    Ref = make_ref(),
+    spawn_link(fun() ->
+        Result = try Fun() catch C:R -> {error, {C, R}} end,
+        Self ! {ring_done, Ref, Result}
+    end),
+    Data#{job => Ref}.
+
+%% The tube's row, read by tube:info/1 and tubes/0 without asking anyone.
+row(Phase, Data = #{key := Key, port := Port}) ->
+    tube_registry:put_row(Key, self(), Phase, Port),
+    Data.
+
+row(Phase, Port, Data) ->
+    row(Phase, Data#{port := Port}).
+
+%% The caller's deadline as a state timeout.
+deadline_timeout(#{deadline := infinity}) -> [];
+deadline_timeout(Data) -> [{state_timeout, left(Data), deadline}].
+
+left(#{deadline := infinity}) -> infinity;
+left(#{deadline := D}) -> max(0, D - erlang:monotonic_time(millisecond)).
+
+%% How long a handed-over ring waits for its port, and ring jobs for the
+%% peer: the application's open timeout.
+port_opts_timeout() -> application:get_env(tube, open_timeout, 5000).
+
+%% The documented error for a failed request: quotas become `{limit, What}'
+%% (`enospc' reads as "disk full"), a lost daemon `xenstore_down'.
+error_of(What, {error, enospc}) -> {error, {limit, What}};
+error_of(_What, {error, closed}) -> {error, xenstore_down};
+error_of(_What, {error, {io, Text}} = E) ->
+    case string:find(Text, "os error 24") =/= nomatch orelse string:find(Text, "os error 23") =/= nomatch of
+        true -> {error, {limit, fds}};
+        false -> E
+    end;
+error_of(_What, {error, _} = E) -> E;
+error_of(_What, Other) -> {error, Other}.
+
+log(Data = #{key := Key}, What, Reason) ->
+    ?LOG_WARNING("tube ~p: ~s: ~p", [Key, What, Reason]),
+    Data.
+
+discard(Data = #{handoff := Id}) ->
+    _ = tube_nif:ring_discard(Id),
+    maps:remove(handoff, Data);
+discard(Data) ->
+    Data.
+
+%% Answers the waiting caller, if any, once.
+reply_to(Reply, Data = #{from := undefined}, _Key) ->
+    _ = Reply,
+    Data;
+reply_to(Reply, Data = #{from := From}, _Key) ->
+    gen_statem:reply(From, Reply),
+    Data#{from := undefined}.
+
+%% The peer went away: the port is told to close (its owner gets
+%% {tube_closed, Port, Reason} from the driver).
+peer_gone(Reason, #{port := Port}) when is_port(Port) ->
+    catch erlang:port_control(Port, ?TUBE_CTL_CLOSE, atom_to_list(Reason)),
+    ok;
+peer_gone(_Reason, _Data) ->
+    ok.
+
+%% Whether the peer's domain is still registered.
+check_domain(Data = #{key := {_, Peer, _}}) ->
+    ask(domain, [{introduced, {is_domain_introduced, Peer}}], Data).
+
+%% A peer counts as gone only if it was seen registered on this connection
+%% and is not any more: right after a daemon restart peers have not
+%% registered again yet, and their tubes must survive that. A peer that
+%% really died meanwhile is seen by the ring's hang-up.
+domain_checked(#{introduced := {ok, true}}, Data) ->
+    Data#{peer_seen := true};
+domain_checked(#{introduced := {ok, false}}, Data = #{peer_seen := true}) ->
+    peer_gone(peer_down, Data),
+    Data;
+domain_checked(#{introduced := {ok, false}}, Data) ->
+    Data;
+domain_checked(#{introduced := E}, Data) ->
+    log(Data, "checking the peer's domain", E).

@@ -1,0 +1,361 @@
+%% @private
+%% One tube opened by this node (the nock, seed 001), from open/3 to the
+%% removal of its nodes.
+%%
+%%   idle -> queued -> publishing -> waiting -> connecting -> handed -> open -> closing
+%%
+%% `queued' waits for a closing tube with the same key; `publishing'
+%% writes both directories in one transaction; `waiting' follows the tip's
+%% state until it offers a ring (3); `connecting' maps it in a ring job;
+%% `handed' waits for the caller's port; `open' follows the peer for as
+%% long as the port lives; `closing' removes the nodes, again after a
+%% reconnection if need be, and ends the process. Every wait of the caller
+%% is a state timeout at the caller's deadline.
+-module(tube_nock).
+-behaviour(gen_statem).
+
+-export([init/1, callback_mode/0, handle_event/4, terminate/3]).
+
+-include_lib("kernel/include/logger.hrl").
+
+callback_mode() -> handle_event_function.
+
+init(Key) ->
+    process_flag(trap_exit, true),
+    {ok, idle, (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0}}.
+
+%% ---- idle, queued --------------------------------------------------------------
+
+handle_event({call, From = {Caller, _}}, {open, Deadline}, idle, Data) ->
+    claim(Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)});
+handle_event(info, {tube_event, {key_free, Conn, Domid}}, queued, Data) ->
+    case Conn of
+        undefined -> fail({error, xenstore_down}, Data);
+        _ -> publish(Data#{conn := Conn, domid := Domid})
+    end;
+
+%% ---- publishing ---------------------------------------------------------------
+
+handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
+    case tube_fsm:reply(Ref, Replies, Data) of
+        stale -> keep_state_and_data;
+        {Purpose, Res, Data1} -> replied(State, Purpose, Res, Data1)
+    end;
+handle_event(state_timeout, retry, publishing, Data) ->
+    publish(Data);
+
+%% ---- connecting, handed -----------------------------------------------------------
+
+handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) ->
+    case Result of
+        {ok, TubeRes} ->
+            {ok, Id} = tube_nif:ring_handoff(TubeRes),
+            Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{handoff => Id}, key),
+            {next_state, handed, tube_fsm:row(handed, Data1),
+             [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
+        Error ->
+            fail(tube_fsm:error_of(ring, Error), Data)
+    end;
+handle_event(info, {ring_done, _, _}, _State, _Data) ->
+    keep_state_and_data; % a job whose caller gave up; its ring is freed by GC
+handle_event({call, From}, {attach, Port}, handed, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    erlang:demonitor(maps:get(caller, Data), [flush]),
+    Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
+    Nock = tube_paths:nock(D, Peer, Tid),
+    Data2 = tube_fsm:ask(announce, [{state, {write, 0, [Nock, "/state"], tube_paths:state(connected)}}], Data1),
+    {next_state, open, tube_fsm:row(connected, Port, Data2), [{reply, From, ok}]};
+handle_event({call, From}, {attach, _Port}, _State, _Data) ->
+    {keep_state_and_data, [{reply, From, {error, closed}}]};
+handle_event(cast, abort, handed, Data) ->
+    closing(Data);
+handle_event(state_timeout, abandoned, handed, Data) ->
+    closing(tube_fsm:log(Data, "ring handed over but never attached", timeout));
+
+%% ---- open ------------------------------------------------------------------------
+
+handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
+    closing(Data);
+handle_event(info, {tube_event, peer_changed}, open, Data = #{key := Key, domid := D}) ->
+    tube_registry:taken(Key),
+    Node = tube_paths:peer_node(Key, D),
+    {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [Node, "/state"]}}], Data)};
+handle_event(info, {tube_event, domains_changed}, open, Data) ->
+    Data1 = tube_fsm:check_domain(Data),
+    case maps:get(republished, Data1, true) of
+        true -> {keep_state, Data1};
+        false -> {keep_state, republish(Data1)}
+    end;
+handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
+    {keep_state, republish(Data#{conn := Conn, peer_seen := false})};
+handle_event(info, {tube_event, xs_down}, open, Data) ->
+    {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
+
+%% ---- closing ---------------------------------------------------------------------
+
+handle_event(info, {tube_event, {xs_up, Conn}}, closing, Data) ->
+    remove(Data#{conn := Conn});
+handle_event(state_timeout, retry, closing, Data) ->
+    remove(Data);
+handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
+    {keep_state, Data#{waiters := [From | W]}};
+
+%% ---- in any state ---------------------------------------------------------------
+
+handle_event(info, {tube_event, peer_changed}, waiting, Data = #{key := Key, domid := D}) ->
+    tube_registry:taken(Key),
+    {keep_state, tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
+handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
+    tube_registry:taken(Key),
+    keep_state_and_data;
+handle_event({call, _From}, wait_closed, _State, _Data) ->
+    {keep_state_and_data, [postpone]};
+handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
+    fail({error, timeout}, Data);
+handle_event(cast, cancel, State, Data) when State =/= open, State =/= closing ->
+    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+handle_event(info, {'DOWN', Mon, process, _, _}, State, Data = #{caller := Mon})
+  when State =/= open, State =/= closing ->
+    closing(Data#{from := undefined});
+handle_event(info, {tube_event, xs_down}, State, Data) when State =/= closing ->
+    fail({error, xenstore_down}, maps:remove(tx, Data#{conn := undefined}));
+handle_event(info, {tube_event, xs_down}, closing, Data) ->
+    {keep_state, maps:remove(tx, Data#{conn := undefined})};
+handle_event(info, {'EXIT', _, normal}, _State, _Data) ->
+    keep_state_and_data;
+handle_event(info, {'EXIT', _, Reason}, _State, Data) ->
+    tube_fsm:log(Data, "ring job crashed", Reason),
+    keep_state_and_data;
+handle_event(_Type, _Event, _State, _Data) ->
+    keep_state_and_data.
+
+%% ---- replies by state ------------------------------------------------------------
+
+replied(publishing, start, Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Data1 = Data#{tx => Tx},
+    case maps:get(introduced, Res) of
+        {ok, true} -> {keep_state, tube_fsm:ask(write, tube_paths:nock_publish(Tx, D, Peer, Tid), Data1)};
+        {ok, false} -> fail({error, no_domain}, Data1);
+        E -> fail(tube_fsm:error_of(domain, E), Data1)
+    end;
+replied(publishing, start, #{tx := {error, enospc}}, Data) ->
+    %% Other tubes hold the connection's transactions: try again shortly.
+    busy(Data);
+replied(publishing, start, #{tx := E}, Data) ->
+    fail(tube_fsm:error_of(transactions, E), Data);
+replied(publishing, write, Res, Data = #{tx := Tx}) ->
+    case {maps:get(nock_state, Res), maps:get(tip_nock, Res), tube_paths:nock_writes_ok(Res)} of
+        {{error, enoent}, {error, enoent}, ok} ->
+            Commit = [{commit, {transaction_end, Tx, true}}, watch_op(Data)],
+            {keep_state, tube_fsm:ask(commit, Commit, maps:remove(tx, Data))};
+        {{ok, _}, _, _} -> fail({error, tid_in_use}, Data);
+        {_, {ok, _}, _} -> fail({error, tid_in_use}, Data);
+        {_, _, {error, eacces}} -> fail({error, tid_in_use}, Data);
+        {{error, enoent}, {error, enoent}, E} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {{error, enoent}, E, _} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {E, _, _} -> fail(tube_fsm:error_of(nodes, E), Data)
+    end;
+replied(publishing, commit, #{commit := ok, watch := ok}, Data = #{key := Key, domid := D}) ->
+    %% Changes seen before the commit's reply went by unread: read once now.
+    Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data#{tries := 0}),
+    {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
+replied(publishing, commit, #{commit := ok, watch := E}, Data) ->
+    fail(tube_fsm:error_of(watches, E), Data);
+replied(publishing, commit, #{commit := {error, eagain}, watch := W}, Data) ->
+    publish(unwatch(W, Data));
+replied(publishing, commit, #{commit := E, watch := W}, Data) ->
+    fail(tube_fsm:error_of(nodes, E), unwatch(W, Data));
+replied(waiting, offer, Res, Data) ->
+    offered(Res, Data);
+replied(open, peer_state, #{state := S}, Data) ->
+    case S of
+        {ok, <<"5">>} -> tube_fsm:peer_gone(peer_closed, Data);
+        {ok, <<"6">>} -> tube_fsm:peer_gone(peer_closed, Data);
+        {error, enoent} -> ok;
+        _ -> ok
+    end,
+    case S of
+        {error, enoent} -> {keep_state, tube_fsm:check_domain(Data)};
+        _ -> keep_state_and_data
+    end;
+replied(open, domain, Res, Data) ->
+    {keep_state, tube_fsm:domain_checked(Res, Data)};
+replied(open, announce, #{state := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, republish, Res, Data) ->
+    republished(Res, Data);
+replied(closing, Purpose, Res, Data) ->
+    removed(Purpose, Res, Data);
+replied(State, Purpose, Res, Data) ->
+    late(State, Purpose, Res, Data).
+
+%% A reply that came after its state was left: a transaction it started is
+%% ended; errors are logged.
+late(_State, Purpose, Res, Data) ->
+    Data1 = case Res of
+                #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
+                _ -> Data
+            end,
+    case [R || R <- maps:values(Res), R =/= ok, element(1, R) =/= ok] of
+        [] -> ok;
+        Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
+    end,
+    {keep_state, Data1}.
+
+%% ---- the handshake -----------------------------------------------------------------
+
+claim(Data = #{key := Key}) ->
+    case tube_registry:claim(Key) of
+        {ok, Conn, Domid} -> publish(Data#{conn := Conn, domid := Domid});
+        wait -> {next_state, queued, Data, tube_fsm:deadline_timeout(Data)};
+        {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}
+    end.
+
+publish(Data = #{key := {nock, Peer, _}}) ->
+    Start = [{introduced, {is_domain_introduced, Peer}}, {tx, transaction_start}],
+    {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, Data)),
+     tube_fsm:deadline_timeout(Data)}.
+
+busy(Data = #{tries := N}) ->
+    Wait = rand:uniform(min(64, 1 bsl min(N, 6))),
+    case tube_fsm:left(Data) of
+        L when is_integer(L), L =< Wait -> fail({error, {limit, transactions}}, Data);
+        _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
+    end.
+
+watch_op(#{key := Key, domid := D}) ->
+    {watch, {watch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}.
+
+unwatch(ok, Data = #{key := Key, domid := D}) ->
+    tube_fsm:ask(unwatch, [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}], Data);
+unwatch(_, Data) ->
+    Data.
+
+offered(Res = #{state := {ok, <<"3">>}}, Data) ->
+    case Res of
+        #{evt := {ok, Evt}, tx_ref := {ok, TxRef}, rx_ref := {ok, RxRef}} ->
+            Data1 = tube_fsm:job(connect_job(Evt, TxRef, RxRef), Data),
+            {next_state, connecting, tube_fsm:row(connecting, Data1), tube_fsm:deadline_timeout(Data)};
+        _ ->
+            fail({error, bad_peer_state}, Data)
+    end;
+offered(#{state := {ok, <<"6">>}, evt := {ok, <<"error:", Why/binary>>}}, Data) ->
+    fail({error, tip_error(Why)}, Data);
+offered(#{state := S}, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+    fail({error, peer_closed}, Data);
+offered(_Res, _Data) ->
+    keep_state_and_data.
+
+%% What a tip that could not take the tube wrote: "limit:<what>".
+tip_error(<<"limit:", What/binary>>) when What =:= <<"watches">>; What =:= <<"fds">>;
+                                          What =:= <<"nodes">>; What =:= <<"transactions">> ->
+    {limit, binary_to_atom(What)};
+tip_error(Other) ->
+    {peer_error, Other}.
+
+%% The grant is presented from here, so that the tip answers while the job
+%% that waits for its ring is being started; if that cannot be done without
+%% waiting, the job does the whole connect.
+connect_job(Evt, TxRef, RxRef) ->
+    Timeout = tube_fsm:port_opts_timeout(),
+    case tube_nif:ring_connect_start(Evt, TxRef, RxRef) of
+        {ok, Connecting} -> fun() -> tube_nif:ring_connect_finish(Connecting, Timeout) end;
+        {error, _} -> fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end
+    end.
+
+fail(Reply, Data) ->
+    closing(tube_fsm:reply_to(Reply, Data, key)).
+
+%% ---- after a reconnection ------------------------------------------------------------
+
+%% Writes again what this side owns (a daemon restarted without a database
+%% has lost it), unless the tip entry is there, and watches the peer again.
+%% Until the peer's domain has registered again this fails: it is tried
+%% again on each @introduceDomain.
+republish(Data = #{conn := undefined}) ->
+    Data;
+republish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Batch = [watch_op(Data), {tx, transaction_start}],
+    Data1 = tube_fsm:ask(republish, Batch, Data#{republished => false}),
+    _ = Peer, _ = Tid, _ = D,
+    Data1.
+
+republished(Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) when not is_map_key(tip_nock, Res) ->
+    {keep_state, tube_fsm:ask(republish, tube_paths:republish_nock(Tx, D, Peer, Tid), Data#{tx => Tx})};
+republished(#{tx := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "republishing: no transaction", E)};
+republished(Res = #{tip_nock := TipNock}, Data = #{tx := Tx}) ->
+    Commit = case {TipNock, tube_paths:nock_writes_ok(Res)} of
+                 {{error, enoent}, ok} -> true;
+                 _ -> false
+             end,
+    Done = TipNock =/= {error, enoent} orelse Commit,
+    Data1 = tube_fsm:ask(republish_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data)),
+    {keep_state, Data1#{republished := Done}};
+republished(_Res, Data) ->
+    {keep_state, Data}.
+
+%% ---- closing ------------------------------------------------------------------------
+
+closing(Data) ->
+    Data1 = tube_fsm:discard(Data),
+    Data2 = case Data1 of
+                #{tx := Tx} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data1));
+                _ -> Data1
+            end,
+    erlang:demonitor(maps:get(caller, Data2, make_ref()), [flush]),
+    remove(tube_fsm:row(closing, Data2#{tries := 0})).
+
+%% Removal is tried until it is done: again after a reconnection, and with
+%% a growing pause after errors, which are logged.
+remove(Data = #{conn := undefined}) ->
+    {next_state, closing, Data};
+remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
+    Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}
+             | tube_paths:nock_remove(D, Peer, Tid)],
+    {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
+
+removed(remove, Res, Data) ->
+    case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res))} of
+        {true, true} -> {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
+        _ -> retry(Data, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
+    end;
+removed(parents, #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, _}, domid := D}) ->
+    {keep_state, tube_fsm:ask(listed, tube_paths:remove_empty(Tx, D, Peer), Data#{tx => Tx})};
+removed(parents, #{tx := {error, closed}}, Data) ->
+    {keep_state, Data};
+removed(parents, #{tx := E}, Data) ->
+    retry(Data, "removing its parents", E);
+removed(listed, Res, Data = #{tx := Tx}) ->
+    Rms = [{{rm, N}, {rm, Tx, P}} || {N, {directory, _, P}} <- parents(Data, Tx),
+                                     maps:get(N, Res) =:= {ok, []}],
+    {keep_state, tube_fsm:ask(emptied, Rms ++ [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
+removed(emptied, #{commit := ok}, Data) ->
+    done(Data);
+removed(emptied, #{commit := {error, eagain}}, Data) ->
+    {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
+removed(emptied, #{commit := {error, closed}}, Data) ->
+    {keep_state, Data};
+removed(emptied, #{commit := E}, Data) ->
+    retry(Data, "removing its parents", E);
+removed(Purpose, Res, Data) ->
+    late(closing, Purpose, Res, Data).
+
+parents(#{key := {nock, Peer, _}, domid := D}, Tx) -> tube_paths:remove_empty(Tx, D, Peer).
+
+gone(ok) -> true;
+gone({error, enoent}) -> true;
+gone(_) -> false.
+
+retry(Data = #{conn := undefined}, _What, _Why) ->
+    {keep_state, Data};
+retry(Data = #{tries := N}, What, Why) ->
+    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+    {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
+
+done(Data = #{waiters := W}) ->
+    {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
+
+terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+    tube_fsm:discard(Data),
+    tube_registry:del_rows(Key, self(), Port),
+    ok.

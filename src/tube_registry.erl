@@ -1,0 +1,416 @@
+%% @private
+%% The node's tube registry: which process runs which tube, the Xenstore
+%% link (tube_link, reconnected when it drops), the routing of watch events
+%% to the tubes they concern, and the pairing of accept() callers with
+%% incoming tubes.
+%%
+%% It never waits on Xenstore and never calls a tube process: every
+%% request it gets is answered from its own state, and every tube keeps
+%% its row in the public table `tube_registry', so that info/1, tubes/0,
+%% close/1 and domid/0 answer while the daemon is stopped, gone or slow.
+%% Each tube's handshake and life run in their own gen_statem (tube_nock,
+%% tube_tip) under tube_tubes_sup.
+-module(tube_registry).
+-behaviour(gen_server).
+
+-export([start_link/0, domid/0, conn/0, publish_name/1]).
+-export([claim/1, ready/2, requeue/3, taken/1, await_accept/2, cancel_accept/1]).
+-export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-include_lib("kernel/include/logger.hrl").
+
+-define(TAB, ?MODULE).
+-define(RECONNECT_MS, 250).
+
+-record(acc, {from, deadline, tids, timer, mon}).
+
+-record(st, {
+    link,              % tube_link pid, undefined between links
+    conn,              % Xenstore connection, undefined while down
+    domid,
+    tubes = #{},       % Key -> Pid
+    pids = #{},        % Pid -> Key (monitored)
+    queued = #{},      % Key -> [Pid]: tubes waiting for a closing one
+    dirty = #{},       % Key -> true: told of a change it has not read yet
+    acceptors = [],    % [#acc{}], oldest first
+    backlog = [],      % [Key]: incoming tubes waiting for an accept
+    name               % node name to publish, or undefined
+}).
+
+%% ---- API ---------------------------------------------------------------------
+
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% This node's domid, also while Xenstore is down.
+domid() ->
+    [{domid, D}] = ets:lookup(?TAB, domid),
+    D.
+
+conn() ->
+    case ets:lookup(?TAB, conn) of
+        [{conn, C}] -> {ok, C};
+        [] -> {error, xenstore_down}
+    end.
+
+%% @doc Publishes Node as this node's name at /local/domain/<domid>/name
+%% (again after each reconnection), where tube:domid/1 finds it.
+-spec publish_name(node()) -> ok | {error, term()}.
+publish_name(Node) when is_atom(Node) ->
+    gen_server:call(?MODULE, {publish_name, Node});
+publish_name(_) ->
+    erlang:error(badarg).
+
+%% A tube process asks for Key: {ok, Conn, Domid}, `wait' (a closing tube
+%% still holds it: `key_free' follows), or an error.
+claim(Key) -> gen_server:call(?MODULE, {claim, Key}, infinity).
+
+%% An incoming tube is ready to be accepted: {offer, From, Deadline} hands
+%% it an accept() caller, `queued' keeps it in the backlog until one comes.
+ready(Key, Tid) -> gen_server:call(?MODULE, {ready, Key, Tid}, infinity).
+
+%% An accept() caller whose tube failed before it was handed over waits for
+%% the next one.
+requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadline, Tids}).
+
+%% A tube has read its peer's state since the last change it was told of.
+taken(Key) -> gen_server:cast(?MODULE, {taken, Key}).
+
+%% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
+await_accept(Tids, Timeout) ->
+    Req = gen_server:send_request(?MODULE, {accept, Tids, deadline(Timeout)}),
+    case gen_server:receive_response(Req, Timeout) of
+        {reply, Reply} -> Reply;
+        timeout -> cancel_accept(self()), {error, timeout};
+        {error, {_, _}} -> {error, xenstore_down}
+    end.
+
+cancel_accept(Pid) -> gen_server:cast(?MODULE, {cancel_accept, Pid}).
+
+%% Rows of the table, written by the tube processes themselves.
+put_row(Key, Pid, Phase, Port) ->
+    ets:insert(?TAB, {{tube, Key}, Pid, Phase, Port}),
+    Port =/= undefined andalso ets:insert(?TAB, {{port, Port}, Key, Pid}),
+    ok.
+
+%% Only the rows of the process Pid: a tube refused a key in use must not
+%% remove the rows of the tube that holds it.
+del_rows(Key, Pid, Port) ->
+    case ets:lookup(?TAB, {tube, Key}) of
+        [{_, Pid, _, _}] -> del_rows(Key, Port);
+        _ -> ok
+    end.
+
+del_rows(Key, Port) ->
+    ets:delete(?TAB, {tube, Key}),
+    Port =/= undefined andalso ets:delete(?TAB, {port, Port}),
+    ok.
+
+%% [{Key, Pid, Phase, Port}]
+rows() ->
+    [{K, P, Ph, Po} || {{tube, K}, P, Ph, Po} <- ets:match_object(?TAB, {{tube, '_'}, '_', '_', '_'})].
+
+row_of_port(Port) ->
+    case ets:lookup(?TAB, {port, Port}) of
+        [{_, Key, Pid}] ->
+            case ets:lookup(?TAB, {tube, Key}) of
+                [{_, Pid, Phase, Port}] -> {ok, Key, Pid, Phase};
+                _ -> error
+            end;
+        [] ->
+            error
+    end.
+
+%% ---- start-up and the link -------------------------------------------------------
+
+init([]) ->
+    process_flag(trap_exit, true),
+    ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
+    Link = tube_link:start_link(self(), undefined),
+    receive
+        {link_up, Link, Conn, D} ->
+            ets:insert(?TAB, [{domid, D}, {conn, Conn}]),
+            St = #st{link = Link, conn = Conn, domid = D},
+            {ok, publish_own_name(St)};
+        {link_down, Link, Reason} ->
+            {stop, Reason};
+        {'EXIT', Link, Reason} ->
+            {stop, Reason}
+    end.
+
+%% The node name known to the runtime, unless publish_name/1 set one.
+publish_own_name(St = #st{name = undefined}) ->
+    case node() of
+        nonode@nohost -> St;
+        N -> publish_own_name(St#st{name = N})
+    end;
+publish_own_name(St = #st{link = Link, name = N}) when is_pid(Link) ->
+    tube_link:publish_name(Link, atom_to_binary(N)),
+    St;
+publish_own_name(St) ->
+    St.
+
+link_up(Conn, D, St) ->
+    ?LOG_NOTICE("tube: Xenstore connection back, domain ~p", [D]),
+    ets:insert(?TAB, {conn, Conn}),
+    broadcast({xs_up, Conn}, St),
+    publish_own_name(St#st{conn = Conn, dirty = #{}}).
+
+link_down(Reason, St = #st{conn = Conn}) ->
+    Conn =/= undefined andalso
+        ?LOG_WARNING("tube: Xenstore connection lost (~p); open tubes keep running", [Reason]),
+    ets:delete(?TAB, conn),
+    broadcast(xs_down, St),
+    erlang:send_after(?RECONNECT_MS, self(), reconnect),
+    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = [], dirty = #{}}).
+
+fail_acceptors(St) ->
+    lists:foreach(fun(A) -> reply_acceptor(A, {error, xenstore_down}) end, St#st.acceptors),
+    St#st{acceptors = []}.
+
+%% ---- calls ---------------------------------------------------------------------------
+
+handle_call({claim, Key}, {Pid, _}, St) ->
+    {Reply, St1} = do_claim(Key, Pid, St),
+    {reply, Reply, St1};
+handle_call({ready, Key, Tid}, _From, St) ->
+    case take_acceptor(Tid, St#st.acceptors) of
+        {A, Rest} ->
+            cancel(A),
+            {reply, {offer, A#acc.from, A#acc.deadline, A#acc.tids}, St#st{acceptors = Rest}};
+        none ->
+            {reply, queued, St#st{backlog = St#st.backlog ++ [Key]}}
+    end;
+handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
+    {reply, {error, xenstore_down}, St};
+handle_call({accept, Tids, Deadline}, From, St) ->
+    {noreply, add_acceptor(From, Deadline, Tids, St)};
+handle_call({publish_name, Node}, _From, St) ->
+    St1 = publish_own_name(St#st{name = Node}),
+    {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
+
+handle_cast({requeue, From, Deadline, Tids}, St = #st{conn = undefined}) ->
+    _ = Tids, _ = Deadline,
+    gen_server:reply(From, {error, xenstore_down}),
+    {noreply, St};
+handle_cast({requeue, From, Deadline, Tids}, St) ->
+    {noreply, add_acceptor(From, Deadline, Tids, St)};
+handle_cast({taken, Key}, St) ->
+    {noreply, St#st{dirty = maps:remove(Key, St#st.dirty)}};
+handle_cast({cancel_accept, Pid}, St) ->
+    {Gone, Kept} = lists:partition(fun(#acc{from = {P, _}}) -> P =:= Pid end, St#st.acceptors),
+    lists:foreach(fun cancel/1, Gone),
+    {noreply, St#st{acceptors = Kept}}.
+
+do_claim(_Key, _Pid, St = #st{conn = undefined}) ->
+    {{error, xenstore_down}, St};
+do_claim({_, D, _}, _Pid, St = #st{domid = D}) ->
+    {{error, self}, St};
+do_claim(Key, Pid, St) ->
+    case maps:find(Key, St#st.tubes) of
+        error ->
+            {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
+        {ok, Old} ->
+            case ets:lookup(?TAB, {tube, Key}) of
+                [{_, Old, closing, _}] ->
+                    erlang:monitor(process, Pid),
+                    Q = maps:get(Key, St#st.queued, []),
+                    {wait, St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
+                                 pids = maps:put(Pid, {queued, Key}, St#st.pids)}};
+                _ ->
+                    {{error, tid_in_use}, St}
+            end
+    end.
+
+hold(Key, Pid, St) ->
+    case maps:is_key(Pid, St#st.pids) of
+        true -> ok;
+        false -> erlang:monitor(process, Pid)
+    end,
+    St#st{tubes = maps:put(Key, Pid, St#st.tubes), pids = maps:put(Pid, Key, St#st.pids)}.
+
+%% ---- accept() callers ----------------------------------------------------------
+
+deadline(infinity) -> infinity;
+deadline(Ms) -> erlang:monotonic_time(millisecond) + Ms.
+
+add_acceptor(From = {Pid, _}, Deadline, Tids, St) ->
+    case backlog_match(Tids, St#st.backlog) of
+        {Key, Rest} ->
+            tell(maps:get(Key, St#st.tubes), {offer, From, Deadline, Tids}),
+            St#st{backlog = Rest};
+        none ->
+            Timer = case Deadline of
+                        infinity -> undefined;
+                        _ -> erlang:start_timer(max(0, Deadline - erlang:monotonic_time(millisecond)),
+                                                self(), {accept_timeout, From})
+                    end,
+            A = #acc{from = From, deadline = Deadline, tids = Tids, timer = Timer,
+                     mon = erlang:monitor(process, Pid)},
+            St#st{acceptors = St#st.acceptors ++ [A]}
+    end.
+
+backlog_match(Tids, Backlog) ->
+    case lists:splitwith(fun({_, _, Tid}) -> not in(Tid, Tids) end, Backlog) of
+        {_, []} -> none;
+        {Before, [Key | After]} -> {Key, Before ++ After}
+    end.
+
+take_acceptor(Tid, Acceptors) ->
+    case lists:splitwith(fun(#acc{tids = Tids}) -> not in(Tid, Tids) end, Acceptors) of
+        {_, []} -> none;
+        {Before, [A | After]} -> {A, Before ++ After}
+    end.
+
+in(Tid, {Min, Max}) -> Tid >= Min andalso Tid =< Max.
+
+reply_acceptor(A, Reply) ->
+    cancel(A),
+    gen_server:reply(A#acc.from, Reply).
+
+cancel(#acc{timer = T, mon = M}) ->
+    T =/= undefined andalso erlang:cancel_timer(T),
+    erlang:demonitor(M, [flush]).
+
+%% ---- events ----------------------------------------------------------------------
+
+handle_info({xs_events, Link, Events}, St = #st{link = Link}) ->
+    {noreply, lists:foldl(fun route/2, St, Events)};
+handle_info({xs_events, _OldLink, _}, St) ->
+    {noreply, St};
+handle_info({link_up, Link, Conn, D}, St = #st{link = Link}) ->
+    {noreply, link_up(Conn, D, St)};
+handle_info({link_down, Link, Reason}, St = #st{link = Link}) ->
+    {noreply, link_down(Reason, St)};
+handle_info({'EXIT', Link, Reason}, St = #st{link = Link}) ->
+    {noreply, link_down(Reason, St)};
+handle_info({'EXIT', _Pid, _Reason}, St) ->
+    {noreply, St};
+handle_info(reconnect, St = #st{link = undefined}) ->
+    {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}};
+handle_info(reconnect, St) ->
+    {noreply, St};
+handle_info({timeout, _, {accept_timeout, From}}, St) ->
+    case lists:partition(fun(#acc{from = F}) -> F =:= From end, St#st.acceptors) of
+        {[A], Rest} ->
+            reply_acceptor(A, {error, timeout}),
+            {noreply, St#st{acceptors = Rest}};
+        _ ->
+            {noreply, St}
+    end;
+handle_info({'DOWN', Mon, process, Pid, _}, St) ->
+    case maps:take(Pid, St#st.pids) of
+        {{queued, Key}, Pids} ->
+            Q = lists:delete(Pid, maps:get(Key, St#st.queued, [])),
+            {noreply, St#st{pids = Pids, queued = maps:put(Key, Q, St#st.queued)}};
+        {Key, Pids} ->
+            {noreply, released(Key, Pid, St#st{pids = Pids})};
+        error ->
+            {Gone, Kept} = lists:partition(fun(#acc{mon = M}) -> M =:= Mon end, St#st.acceptors),
+            lists:foreach(fun cancel/1, Gone),
+            {noreply, St#st{acceptors = Kept}}
+    end;
+handle_info(Other, St) ->
+    ?LOG_WARNING("tube: registry got an unexpected message: ~p", [Other]),
+    {noreply, St}.
+
+%% A tube process ended: its key goes to the first tube queued for it.
+released(Key, Pid, St) ->
+    case ets:lookup(?TAB, {tube, Key}) of
+        [{_, Pid, _, Port}] -> del_rows(Key, Port);
+        _ -> ok
+    end,
+    St1 = St#st{tubes = maps:remove(Key, St#st.tubes), dirty = maps:remove(Key, St#st.dirty),
+                backlog = lists:delete(Key, St#st.backlog)},
+    case maps:get(Key, St1#st.queued, []) of
+        [Next | Rest] ->
+            tell(Next, {key_free, St#st.conn, St#st.domid}),
+            St2 = St1#st{queued = maps:put(Key, Rest, St1#st.queued),
+                         pids = maps:put(Next, Key, St1#st.pids)},
+            St2#st{tubes = maps:put(Key, Next, St2#st.tubes)};
+        [] ->
+            recheck(Key, St1#st{queued = maps:remove(Key, St1#st.queued)})
+    end.
+
+%% A nock may have published a new tube with the same Tid while the old tip
+%% was still closing (its events went to the old one): look again.
+recheck(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+    start_tip(Key, {Key, C, D, recheck}, St);
+recheck(_Key, St) ->
+    St.
+
+start_tip(Key, Arg, St) ->
+    case tube_tubes_sup:start_tube(tube_tip, Arg) of
+        {ok, Pid} -> hold(Key, Pid, St);
+        {error, R} -> ?LOG_ERROR("tube: cannot start ~p: ~p", [Key, R]), St
+    end.
+
+route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
+    TipDir = tube_paths:tip_dir(D),
+    case tube_paths:parse_tip_event(Path, D) of
+        {ok, Peer, Tid} -> incoming({tip, Peer, Tid}, St);
+        error when Path =:= TipDir, St#st.link =/= undefined ->
+            tube_link:resetup(St#st.link),
+            St;
+        error -> St
+    end;
+route({watch, _, <<"release">>}, St) ->
+    ets:match_delete(?TAB, {{name, '_'}, '_'}),
+    ets:match_delete(?TAB, {{domain_name, '_'}, '_'}),
+    broadcast(domains_changed, St),
+    St;
+route({watch, _, <<"introduce">>}, St) ->
+    broadcast(domains_changed, St),
+    St;
+route({watch, _, Token}, St) ->
+    case tube_paths:key_of_token(Token) of
+        {ok, Key} -> changed(Key, St);
+        error -> St
+    end.
+
+%% A tube is told its peer changed once until it has read the peer's state
+%% (taken/1): changes that pile up while it reads cost nothing.
+changed(Key, St = #st{dirty = Dirty}) ->
+    case {maps:find(Key, St#st.tubes), maps:is_key(Key, Dirty)} of
+        {{ok, Pid}, false} ->
+            tell(Pid, peer_changed),
+            St#st{dirty = Dirty#{Key => true}};
+        _ ->
+            St
+    end.
+
+%% Something changed under data/tip/<Peer>/<Tid>: the tube there hears of
+%% it, or a tip process is started to look at a new entry.
+incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, _} ->
+            changed(Key, St);
+        error ->
+            start_tip(Key, {Key, C, D, fresh}, St)
+    end;
+incoming(_Key, St) ->
+    St.
+
+tell(Pid, Event) -> Pid ! {tube_event, Event}, ok.
+
+broadcast(Event, St) ->
+    maps:foreach(fun(_Key, Pid) -> tell(Pid, Event) end, St#st.tubes).
+
+%% The application stops: every owner hears of it before its port closes.
+terminate(_Reason, St) ->
+    lists:foreach(fun({_Key, _Pid, _Phase, undefined}) -> ok;
+                     ({_Key, _Pid, _Phase, Port}) -> shutdown_port(Port)
+                  end, rows()),
+    St#st.link =/= undefined andalso tube_link:stop(St#st.link),
+    St#st.domid =/= undefined andalso tube_lease:drop(St#st.domid),
+    ok.
+
+shutdown_port(Port) ->
+    case erlang:port_info(Port, connected) of
+        {connected, Owner} ->
+            Owner ! {tube_closed, Port, shutdown},
+            catch erlang:port_close(Port);
+        undefined ->
+            ok
+    end.

@@ -1,0 +1,400 @@
+%% @private
+%% One tube offered to this node (the tip, seed 001), from the nock's entry
+%% under our data/tip to the removal of that entry.
+%%
+%%   examining -> answering -> backlog -> offering -> connecting
+%%             -> confirming -> handed -> open -> closing
+%%
+%% `examining' checks the entry (it names the nock of the domain its path
+%% names, which owns it, and nobody answered it); `answering' writes state
+%% 1, or goes straight to offering when an accept() waits; `backlog' waits
+%% for an accept(); `offering' creates the ring and publishes its refs with
+%% state 3; `connecting' waits in a ring job for the nock to map it;
+%% `confirming' waits for the nock's state 4, so that accept() never
+%% returns a tube whose other end failed; `handed' waits for the caller's
+%% port; `open' follows the peer; `closing' removes the entry if it still
+%% holds our ring. A tube that cannot be taken for a limit of this node
+%% tells the nock (state 6, event-channel "error:limit:<what>").
+-module(tube_tip).
+-behaviour(gen_statem).
+
+-export([init/1, callback_mode/0, handle_event/4, terminate/3]).
+
+callback_mode() -> handle_event_function.
+
+init({Key, Conn, Domid, How}) ->
+    process_flag(trap_exit, true),
+    Data = (tube_fsm:new(Key, Conn, Domid))#{tries => 0, waiters => []},
+    {ok, examining, tube_fsm:row(examining, Data), [{next_event, internal, {examine, How}}]}.
+
+tip(#{key := {tip, Peer, Tid}, domid := D}) -> tube_paths:tip(D, Peer, Tid).
+nock(#{key := Key, domid := D}) -> tube_paths:peer_node(Key, D).
+tid(#{key := {tip, _, Tid}}) -> Tid.
+
+%% ---- examining ---------------------------------------------------------------
+
+%% A fresh entry is nearly always a new tube: the watch on the nock and the
+%% transaction that answers it ride in the same round trip, undone if not.
+handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
+    Extra = case How of
+                fresh -> [watch_op(Data), {tx, transaction_start}];
+                recheck -> []
+            end,
+    {keep_state, tube_fsm:ask(examine, tube_paths:tip_examine(D, Peer, Tid) ++ Extra, Data)};
+
+handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
+    case tube_fsm:reply(Ref, Replies, Data) of
+        stale -> keep_state_and_data;
+        {Purpose, Res, Data1} -> replied(State, Purpose, Res, Data1)
+    end;
+
+%% ---- backlog ------------------------------------------------------------------
+
+handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, backlog, Data) ->
+    start_offer(Data#{from := From, deadline := Deadline, tids => Tids});
+handle_event(info, {tube_event, {offer, _, _, _}}, State, _Data) when State =:= answering; State =:= examining ->
+    {keep_state_and_data, [postpone]};
+handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) ->
+    tube_registry:requeue(From, Deadline, Tids),
+    keep_state_and_data;
+handle_event(info, {tube_event, peer_changed}, State, Data)
+  when State =:= backlog; State =:= confirming; State =:= open ->
+    tube_registry:taken(maps:get(key, Data)),
+    {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
+                                           {own, {read, 0, [tip(Data), "/state"]}}], Data)};
+handle_event(state_timeout, retry, State, Data) when State =:= answering; State =:= offering ->
+    start_tx(State, Data);
+
+%% ---- connecting, confirming, handed -----------------------------------------------
+
+handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) ->
+    case Result of
+        {ok, TubeRes} ->
+            {ok, Id} = tube_nif:ring_handoff(TubeRes),
+            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}}],
+                                 Data#{handoff => Id}),
+            {next_state, confirming, tube_fsm:row(confirming, Data1), tube_fsm:deadline_timeout(Data)};
+        Error ->
+            lost(tube_fsm:error_of(ring, Error), Data)
+    end;
+handle_event(info, {ring_done, _, _}, _State, _Data) ->
+    keep_state_and_data;
+handle_event({call, From}, {attach, Port}, handed, Data) ->
+    Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
+    erlang:demonitor(maps:get(caller, Data1, make_ref()), [flush]),
+    Fill = fill(Data1, [{"state", tube_paths:state(connected)}]),
+    {next_state, open, tube_fsm:row(connected, Port, Fill), [{reply, From, ok}]};
+handle_event({call, From}, {attach, _}, _State, _Data) ->
+    {keep_state_and_data, [{reply, From, {error, closed}}]};
+handle_event(cast, abort, handed, Data) ->
+    closing(Data);
+handle_event(state_timeout, abandoned, handed, Data) ->
+    closing(tube_fsm:log(Data, "ring handed over but never attached", timeout));
+handle_event(info, {'DOWN', Mon, process, _, _}, handed, Data = #{caller := Mon}) ->
+    closing(Data);
+
+%% ---- open --------------------------------------------------------------------
+
+handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
+    closing(Data);
+handle_event(info, {tube_event, domains_changed}, open, Data) ->
+    {keep_state, tube_fsm:check_domain(Data)};
+handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
+    {keep_state, Data#{conn := Conn, peer_seen := false}};
+
+%% ---- closing -----------------------------------------------------------------
+
+handle_event(info, {tube_event, {xs_up, Conn}}, closing, Data) ->
+    remove(Data#{conn := Conn});
+handle_event(state_timeout, retry, closing, Data) ->
+    remove(Data);
+handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
+    {keep_state, Data#{waiters := [From | W]}};
+
+%% ---- in any state ------------------------------------------------------------
+
+handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
+    tube_registry:taken(Key),
+    keep_state_and_data;
+handle_event({call, _From}, wait_closed, _State, _Data) ->
+    {keep_state_and_data, [postpone]};
+handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
+    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+handle_event(info, {tube_event, xs_down}, open, Data) ->
+    {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
+handle_event(info, {tube_event, xs_down}, State, Data) ->
+    Data1 = maps:remove(tx, Data#{conn := undefined}),
+    case State of
+        closing -> {keep_state, Data1};
+        _ -> closing(tube_fsm:reply_to({error, xenstore_down}, Data1, key))
+    end;
+handle_event(info, {'EXIT', _, normal}, _State, _Data) ->
+    keep_state_and_data;
+handle_event(info, {'EXIT', _, Reason}, _State, Data) ->
+    tube_fsm:log(Data, "ring job crashed", Reason),
+    keep_state_and_data;
+handle_event(_Type, _Event, _State, _Data) ->
+    keep_state_and_data.
+
+%% ---- replies by state -------------------------------------------------------------
+
+replied(examining, examine, Res, Data = #{key := {tip, Peer, _}}) ->
+    Expected = nock(Data),
+    case {maps:get(nock_ref, Res), maps:get(perms, Res), maps:get(state, Res)} of
+        {{ok, Expected}, {ok, [{_, Peer} | _]}, {ok, <<"0">>}} ->
+            take(Res, Data);
+        {{ok, _}, {ok, [{_, Owner} | _]}, _} when Owner =/= Peer ->
+            tube_fsm:log(Data, "ignoring an entry owned by another domain", Owner),
+            release(Res, Data);
+        _ ->
+            release(Res, Data) % gone, incomplete, or answered before
+    end;
+replied(examining, taken, Res, Data) ->
+    take(Res, Data);
+replied(answering, started, #{tx := {ok, Tx}}, Data) ->
+    refill(Data#{tx => Tx});
+replied(offering, started, #{tx := {ok, Tx}}, Data) ->
+    publish_offer(Data#{tx => Tx});
+replied(State, started, #{tx := {error, enospc}}, Data) when State =:= answering; State =:= offering ->
+    busy(State, Data);
+replied(State, started, #{tx := E}, Data) when State =:= answering; State =:= offering ->
+    cannot(tube_fsm:error_of(transactions, E), Data);
+replied(State, filled, Res, Data = #{tx := Tx}) when State =:= answering; State =:= offering ->
+    case {maps:get(nock_ref, Res), tube_paths:first_error([K || K <- maps:keys(Res), K =/= nock_ref], Res)} of
+        {{ok, _}, ok} ->
+            {keep_state, tube_fsm:ask(committed, [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
+        {{error, enoent}, _} ->
+            gone(abort_tx(Data));
+        {_, E} ->
+            cannot(tube_fsm:error_of(nodes, E), abort_tx(Data))
+    end;
+replied(State, committed, #{commit := ok}, Data) ->
+    committed(State, Data);
+replied(State, committed, #{commit := {error, eagain}}, Data) ->
+    start_tx(State, Data);
+replied(_State, committed, #{commit := E}, Data) ->
+    cannot(tube_fsm:error_of(nodes, E), Data);
+replied(State, peer_state, Res, Data) ->
+    peer_state(State, maps:get(state, Res), Res, Data);
+replied(open, domain, Res, Data) ->
+    {keep_state, tube_fsm:domain_checked(Res, Data)};
+replied(open, fill, Res, Data) ->
+    case maps:get(tx, Res, ok) of
+        {ok, Tx} -> {keep_state, tube_fsm:ask(fill_write, tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data)), Data#{tx => Tx})};
+        E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
+    end;
+replied(open, fill_write, Res, Data = #{tx := Tx}) ->
+    Commit = maps:get(nock_ref, Res) =/= {error, enoent},
+    {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
+replied(open, fill_end, #{'end' := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, fill_end, #{'end' := {error, eagain}}, Data) ->
+    {keep_state, fill(Data, maps:get(fields, Data))};
+replied(closing, Purpose, Res, Data) ->
+    removed(Purpose, Res, Data);
+replied(State, Purpose, Res, Data) ->
+    late(State, Purpose, Res, Data).
+
+late(_State, Purpose, Res, Data) ->
+    Data1 = case Res of
+                #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
+                _ -> Data
+            end,
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, element(1, R) =/= ok] of
+        [] -> ok;
+        Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
+    end,
+    {keep_state, Data1}.
+
+%% ---- taking an entry ---------------------------------------------------------------
+
+take(#{watch := ok, tx := {ok, Tx}}, Data) ->
+    answer(Data#{tx => Tx, watched => true});
+take(Res = #{watch := {error, enospc}}, Data) ->
+    refuse(watches, Res, Data);
+take(#{watch := ok, tx := {error, enospc}}, Data) ->
+    busy(answering, Data#{watched => true, answer_first => true});
+take(Res = #{watch := _}, Data) ->
+    release(Res, Data);
+take(_Res, Data) ->
+    {keep_state, tube_fsm:ask(taken, [watch_op(Data), {tx, transaction_start}], Data)}.
+
+%% An entry not taken: what examining started is undone.
+release(Res, Data) ->
+    Undo = [{unwatch, unwatch_op(Data)} || maps:get(watch, Res, none) =:= ok]
+        ++ [{abort, {transaction_end, Tx, false}} || {ok, Tx} <- [maps:get(tx, Res, none)]],
+    {stop, normal, tube_fsm:ask(undo, Undo, Data)}.
+
+%% This node cannot take the tube for one of its limits: it says so to the
+%% nock, in the nock's own fields, and to its log.
+refuse(What, Res, Data) ->
+    tube_fsm:log(Data, "refusing an incoming tube", {limit, What}),
+    Tip = tip(Data),
+    Tell = [{evt, {write, 0, [Tip, "/event-channel"], ["error:limit:", atom_to_list(What)]}},
+            {state, {write, 0, [Tip, "/state"], tube_paths:state(closed)}}],
+    {stop, normal, Data1} = release(Res, Data),
+    {stop, normal, tube_fsm:ask(refused, Tell, Data1)}.
+
+answer(Data) ->
+    case tube_registry:ready(maps:get(key, Data), tid(Data)) of
+        {offer, From, Deadline, Tids} ->
+            publish_offer(Data#{from := From, deadline := Deadline, tids => Tids});
+        queued ->
+            refill(Data)
+    end.
+
+refill(Data = #{answer_first := true}) ->
+    answer(maps:remove(answer_first, Data));
+refill(Data) ->
+    Fill = tube_paths:tip_fill(maps:get(tx, Data), tip(Data), [{"state", tube_paths:state(initialising)}]),
+    {next_state, answering, tube_fsm:ask(filled, Fill, Data)}.
+
+committed(answering, Data) ->
+    {next_state, backlog, tube_fsm:row(waiting, Data#{tries := 0})};
+committed(offering, Data = #{offer := Offer}) ->
+    Timeout = tube_fsm:port_opts_timeout(),
+    Data1 = tube_fsm:job(fun() -> tube_nif:ring_accept(Offer, Timeout) end, maps:remove(offer, Data)),
+    {next_state, connecting, tube_fsm:row(connecting, Data1), tube_fsm:deadline_timeout(Data)}.
+
+start_offer(Data) ->
+    {next_state, offering, tube_fsm:ask(started, [{tx, transaction_start}], Data),
+     tube_fsm:deadline_timeout(Data)}.
+
+start_tx(State, Data) ->
+    {next_state, State, tube_fsm:ask(started, [{tx, transaction_start}], Data), tube_fsm:deadline_timeout(Data)}.
+
+busy(State, Data = #{tries := N}) ->
+    {next_state, State, Data#{tries := N + 1}, [{state_timeout, rand:uniform(min(64, 1 bsl min(N, 6))), retry}]}.
+
+%% The ring, and its refs with state 3, in the open transaction.
+publish_offer(Data = #{tx := Tx}) ->
+    Offer = case maps:find(refs, Data) of
+                {ok, _} -> ok;
+                error -> tube_nif:ring_offer()
+            end,
+    case Offer of
+        {ok, Res, Evt, TxRef, RxRef} ->
+            publish_offer(Data#{offer => Res, refs => {Evt, TxRef, RxRef}});
+        ok ->
+            {Evt, TxRef, RxRef} = maps:get(refs, Data),
+            Fields = [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef}, {"event-channel", Evt},
+                      {"state", tube_paths:state(initialised)}],
+            {next_state, offering, tube_fsm:row(offering, tube_fsm:ask(filled, tube_paths:tip_fill(Tx, tip(Data), Fields), Data)),
+             tube_fsm:deadline_timeout(Data)};
+        Error ->
+            case tube_fsm:error_of(ring, Error) of
+                {error, {limit, What}} -> requeue(Data), refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
+                E -> lost(E, abort_tx(Data))
+            end
+    end.
+
+%% ---- following the nock ---------------------------------------------------------------
+
+peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+    closing(Data);
+peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
+    Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
+    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}, key),
+    {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
+peer_state(confirming, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+    lost({error, peer_closed}, Data);
+peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+    tube_fsm:peer_gone(peer_closed, Data),
+    keep_state_and_data;
+peer_state(open, {error, enoent}, _Res, Data) ->
+    {keep_state, tube_fsm:check_domain(Data)};
+%% After a daemon restart the nock publishes its directory again, empty:
+%% fill our fields in again.
+peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
+    {keep_state, fill(Data, [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef},
+                             {"event-channel", Evt}, {"state", tube_paths:state(connected)}])};
+peer_state(_State, _S, _Res, _Data) ->
+    keep_state_and_data.
+
+%% Our fields, in a transaction that fails if the nock's entry went.
+fill(Data, Fields) ->
+    tube_fsm:ask(fill, [{tx, transaction_start}], Data#{fields => Fields}).
+
+%% The tube failed before its caller had it: the caller waits for the next.
+lost(Error, Data) ->
+    tube_fsm:log(Data, "incoming tube failed before accept returned", Error),
+    requeue(Data),
+    closing(Data#{from := undefined}).
+
+requeue(#{from := undefined}) -> ok;
+requeue(#{from := From, deadline := Deadline, tids := Tids}) -> tube_registry:requeue(From, Deadline, Tids).
+
+%% The nock's entry went while answering it: the nock gave up.
+gone(Data) ->
+    requeue(Data),
+    closing(Data#{from := undefined}).
+
+cannot(Error, Data) ->
+    tube_fsm:log(Data, "cannot answer an incoming tube", Error),
+    requeue(Data),
+    closing(Data#{from := undefined}).
+
+abort_tx(Data = #{tx := Tx}) ->
+    tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data));
+abort_tx(Data) ->
+    Data.
+
+watch_op(Data) -> {watch, {watch, nock(Data), tube_paths:token(maps:get(key, Data))}}.
+unwatch_op(Data) -> {unwatch, nock(Data), tube_paths:token(maps:get(key, Data))}.
+
+%% ---- closing --------------------------------------------------------------------------
+
+closing(Data) ->
+    Data1 = abort_tx(tube_fsm:discard(Data)),
+    remove(tube_fsm:row(closing, Data1#{tries := 0})).
+
+%% The entry goes only while it holds the ring this tip published: the
+%% nock may already have opened a new tube with the same Tid there.
+remove(Data = #{conn := undefined}) ->
+    {next_state, closing, Data};
+remove(Data) ->
+    Unwatch = [{unwatch, unwatch_op(Data)} || maps:get(watched, Data, false)],
+    case maps:find(refs, Data) of
+        {ok, _} ->
+            {next_state, closing, tube_fsm:ask(removing, Unwatch ++ [{tx, transaction_start}], Data#{watched => false})};
+        error ->
+            done(tube_fsm:ask(removed, Unwatch, Data#{watched => false}))
+    end.
+
+removed(removing, #{tx := {ok, Tx}}, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
+    {keep_state, tube_fsm:ask(removing_read, tube_paths:tip_remove(Tx, D, Peer, Tid), Data#{tx => Tx})};
+removed(removing, #{tx := {error, closed}}, Data) ->
+    {keep_state, Data};
+removed(removing, #{tx := E}, Data) ->
+    retry(Data, "removing its entry", E);
+removed(removing_read, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
+    Rm = [{rm, {rm, Tx, tip(Data)}} || maps:get(evt, Res) =:= {ok, Evt}],
+    {keep_state, tube_fsm:ask(removing_end, Rm ++ [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
+removed(removing_end, #{commit := ok}, Data) ->
+    done(Data);
+removed(removing_end, #{commit := {error, closed}}, Data) ->
+    {keep_state, Data};
+removed(removing_end, #{commit := {error, eagain}}, Data) ->
+    remove(Data);
+removed(removing_end, #{commit := E}, Data) ->
+    retry(Data, "removing its entry", E);
+removed(Purpose, Res, Data) ->
+    late(closing, Purpose, Res, Data).
+
+retry(Data = #{tries := N}, What, Why) ->
+    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+    {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
+
+done(Data = #{waiters := W}) ->
+    {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
+
+terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+    tube_fsm:discard(Data),
+    %% An accept() caller handed to this tube while it ended waits for the next.
+    receive
+        {tube_event, {offer, From, Deadline, Tids}} -> tube_registry:requeue(From, Deadline, Tids)
+    after 0 ->
+        ok
+    end,
+    tube_registry:del_rows(Key, self(), Port),
+    ok.
