@@ -54,7 +54,7 @@ conn() ->
         [] -> {error, xenstore_down}
     end.
 
-%% @doc Publishes Node as this node's name at /local/domain/<domid>/name
+%% @doc Publishes Node as this node's name at `/local/domain/<domid>/name'
 %% (again after each reconnection), where tube:domid/1 finds it.
 -spec publish_name(node()) -> ok | {error, term()}.
 publish_name(Node) when is_atom(Node) ->
