@@ -111,6 +111,7 @@ defmodule TubeApiTest do
       assert {:connected, ^new_owner} = Port.info(t, :connected)
       assert {:messages, []} = Process.info(self(), :messages)
       refute t in elem(Process.info(self(), :links), 1)
+      assert t in elem(Process.info(new_owner, :links), 1)
       send(new_owner, :go)
 
       # Handed over passive (credit 0), it stays passive until the new owner
