@@ -15,7 +15,8 @@
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
 //!   with honest packets in between, until the tip closes the tube; if it has not, a producer
 //!   index no reader accepts, so the tip always closes it as corrupt;
-//! * `bad-length`: three honest packets (`honest-0..2`), then a record claiming 4097 bytes;
+//! * `bad-length`: three honest packets (`honest-0..2`), then a record of 4097 bytes, its
+//!   length claimed and its bytes published;
 //! * `bad-indices`: three honest packets and, once they are read, a producer index the
 //!   reader must refuse (more than a ring ahead, or behind);
 //! * `xenstore-garbage`: first bogus tip entries the tip must ignore, then the tube, one
@@ -163,7 +164,9 @@ fn run(a: &Args) -> Result<String, ChaosError> {
                 raw.push(&region, format!("honest-{i}").as_bytes());
             }
             if a.mode == "bad-length" {
-                raw.push_claiming(&region, 4097, &[0xAB; 64]);
+                // The producer index covers the whole claimed record: only the length
+                // check itself can refuse it.
+                raw.push_claiming(&region, 4097, &[0xAB; 4097]);
             } else {
                 // The reader checks the index before any record: let it take the honest
                 // packets first, or they would go down with the tube.
