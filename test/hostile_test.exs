@@ -28,7 +28,7 @@ defmodule TubeTest.HostileTest do
 
   setup %{real: real} do
     # Same control-plane process before and after each test: nothing crashed.
-    server = Process.whereis(:tube_server)
+    server = TubeTest.Checks.control_plane()
     assert is_pid(server)
     on_exit(fn -> assert_real_tube_works(real) end)
     %{server: server, me: :tube.domid()}
@@ -67,7 +67,7 @@ defmodule TubeTest.HostileTest do
       assert s.closed == :corrupt
       # The hostile peer saw this node close its end.
       assert result["tip_closed"] == "true"
-      assert Process.whereis(:tube_server) == ctx.server
+      assert TubeTest.Checks.control_plane() == ctx.server
     end
   end
 
@@ -77,7 +77,7 @@ defmodule TubeTest.HostileTest do
     assert s.closed == :corrupt
     assert Enum.all?(s.packets, &(byte_size(&1) in 1..4096))
     assert result["tip_closed"] == "true"
-    assert Process.whereis(:tube_server) == ctx.server
+    assert TubeTest.Checks.control_plane() == ctx.server
   end
 
   test "xenstore-garbage: bogus tip entries are ignored, garbage on a live tube's nodes does no harm, the nock's closing state closes it as peer_closed",
