@@ -297,6 +297,10 @@ defmodule TubeTest.BehaviourTest do
     # `fault-injection` (built here into a target dir of its own, and loaded
     # by one peer node only) fails on purpose when it is given one of two
     # packets; see `fault` in native/tube_nif/src/driver.rs.
+    # The first build compiles the library's dependencies again: minutes on a
+    # busy machine.
+    @describetag timeout: 900_000
+
     setup do
       so = build_fault_library!()
       dir = Path.join(System.tmp_dir!(), "tube-fault-#{System.unique_integer([:positive])}")
