@@ -70,6 +70,24 @@ defmodule TubeTest.BehaviourTest do
     refute_received {:tube_passive, ^t}
   end
 
+  test "a tube whose peer leaves gets what the peer sent before it left, as far as its credit goes, then peer_closed",
+       %{peer: peer, p: p} do
+    for {tid, active, expect} <- [{73, true, 1..20}, {74, 3, 1..3}] do
+      task = remote_accept(peer, :collect)
+      {:ok, t} = :tube.open(p, tid, %{timeout: 10_000, active: active})
+      {:ok, name} = Task.await(task, 15_000)
+      # The peer sends, then closes: a closed peer is told by the ring's
+      # hang-up, which comes after its packets.
+      sent = PeerNode.call(peer, Remote, :send_packets, [name, for(i <- 1..20, do: <<i>>)])
+      assert Enum.all?(sent, &(&1 == true))
+      :ok = PeerNode.call(peer, Remote, :close, [name])
+      for i <- expect, do: assert_receive({^t, {:data, <<^i>>}}, 5_000)
+      if active != true, do: assert_receive({:tube_passive, ^t}, 5_000)
+      assert_receive {:tube_closed, ^t, :peer_closed}, 10_000
+      refute_received {^t, {:data, _}}
+    end
+  end
+
   test "{active, N} adds N to the credit left; once sets it to one", %{peer: peer, p: p} do
     task = remote_accept(peer, :collect)
     {:ok, t} = :tube.open(p, 62, %{timeout: 10_000, active: false})
@@ -279,6 +297,10 @@ defmodule TubeTest.BehaviourTest do
     # `fault-injection` (built here into a target dir of its own, and loaded
     # by one peer node only) fails on purpose when it is given one of two
     # packets; see `fault` in native/tube_nif/src/driver.rs.
+    # The first build compiles the library's dependencies again: minutes on a
+    # busy machine.
+    @describetag timeout: 900_000
+
     setup do
       so = build_fault_library!()
       dir = Path.join(System.tmp_dir!(), "tube-fault-#{System.unique_integer([:positive])}")

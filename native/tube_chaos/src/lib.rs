@@ -4,8 +4,8 @@
 //!   `/proc/self/maps`, for writing whatever a hostile peer would write.
 //! * [`corrupt`]: one random corruption at a time (random bytes, bogus indices, impossible
 //!   lengths), and a raw producer that writes records without the ring engine's checks.
-//! * [`nock`]: the opening side of the tube handshake of `src/tube_server.erl`, written
-//!   against the Xenstore client, so a non-BEAM process can open a tube to a BEAM node.
+//! * [`nock`]: the opening side of the tube handshake, writing the Xenstore nodes recorded
+//!   from a BEAM node's open, so a non-BEAM process can open a tube to a BEAM node.
 //! * [`ring_fuzz`]: both ends of many tubes in one process, one end scribbling over the
 //!   region while the other sends and drains through `tube_ring`.
 //!

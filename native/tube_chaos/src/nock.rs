@@ -1,13 +1,24 @@
-//! The opening side ("nock") of a tube, for a process that is not a BEAM: the same Xenstore
-//! layout and states as `src/tube_server.erl` (publish_nock / write_nock), so a BEAM node
-//! accepts it like any other peer, after which the caller owns a real `tube_ring::Tube`
-//! and can misbehave with it.
+//! The opening side ("nock") of a tube, for a process that is not a BEAM: it writes the
+//! Xenstore nodes a BEAM nock writes, so a BEAM node accepts it like any other peer, after
+//! which the caller owns a real `tube_ring::Tube` and can misbehave with it.
+//!
+//! Which nodes, with which values and permissions, is not written down here: it is a
+//! [`Layout`] recorded by the test suite from a real BEAM node's open (see
+//! `test/support/chaos_hostile.ex`), passed as a file, so it cannot drift from what
+//! `tube` writes. What stays here is the handshake's protocol: the XenbusState values the
+//! two sides step through, and the names of the nodes the tip fills in (`state`,
+//! `event-channel`, `tx-ring-ref`, `rx-ring-ref`), Xen's split-driver conventions.
+//!
+//! Layout file, one entry a line, fields separated by tabs, in paths and values `{me}`,
+//! `{tip}` and `{tid}` standing for the opener's domid, the acceptor's and the tube id:
 //!
 //! ```text
-//! /local/domain/<me>/data/nock/<tip>/<tid>   perms n<me>,r<tip>   tip, state
-//! /local/domain/<tip>/data/tip/<me>/<tid>    perms n<me>,b<tip>   nock, state,
-//!                                            tx-ring-ref, rx-ring-ref, event-channel
+//! nock  <path of the opener's directory>
+//! tip   <path of the acceptor's directory>
+//! node  <path>  <permissions, as "n{me},r{tip}">  <value, hex>
 //! ```
+//!
+//! `node` lines come parents first: the nodes one open creates, in one transaction.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,18 +33,96 @@ use crate::ChaosError;
 
 /// Handshake states (Xen's XenbusState) as written in `state` nodes.
 pub mod state {
-    /// Unknown: how the nock creates the tip's `state`.
-    pub const UNKNOWN: &[u8] = b"0";
-    /// InitWait: the nock's state once published.
-    pub const INIT_WAIT: &[u8] = b"2";
     /// Initialised: the tip has published its ring.
     pub const INITIALISED: &[u8] = b"3";
     /// Connected.
     pub const CONNECTED: &[u8] = b"4";
+    /// Closing: the side that writes it is leaving.
+    pub const CLOSING: &[u8] = b"5";
 }
 
-/// How often a transaction that met a concurrent commit is retried.
-const TX_RETRIES: usize = 20;
+/// One node of a [`Layout`], as templates.
+#[derive(Debug, Clone)]
+struct NodeTemplate {
+    path: String,
+    perms: String,
+    value: Vec<u8>,
+}
+
+/// The nodes a nock writes for one tube, as recorded from a BEAM node (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    nock: String,
+    tip: String,
+    nodes: Vec<NodeTemplate>,
+}
+
+/// `template` with `{me}`, `{tip}` and `{tid}` filled in.
+fn fill(template: &str, me: u32, tip: u32, tid: u32) -> String {
+    template.replace("{me}", &me.to_string()).replace("{tip}", &tip.to_string()).replace("{tid}", &tid.to_string())
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl Layout {
+    /// Reads a layout file.
+    pub fn read(path: &Path) -> Result<Layout, ChaosError> {
+        Layout::parse(&std::fs::read_to_string(path)?)
+    }
+
+    /// Parses the text of a layout file.
+    pub fn parse(text: &str) -> Result<Layout, ChaosError> {
+        let bad = |l: &str| ChaosError::Protocol(format!("bad layout line {l:?}"));
+        let (mut nock, mut tip, mut nodes) = (None, None, Vec::new());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            match f.as_slice() {
+                ["nock", p] => nock = Some(p.to_string()),
+                ["tip", p] => tip = Some(p.to_string()),
+                ["node", p, perms, v] => {
+                    PermList::parse_str(&fill(perms, 1, 2, 3)).map_err(|_| bad(line))?;
+                    nodes.push(NodeTemplate { path: p.to_string(), perms: perms.to_string(), value: unhex(v).ok_or_else(|| bad(line))? })
+                }
+                _ => return Err(bad(line)),
+            }
+        }
+        let missing = |what: &str| ChaosError::Protocol(format!("layout without {what}"));
+        let layout = Layout { nock: nock.ok_or_else(|| missing("nock"))?, tip: tip.ok_or_else(|| missing("tip"))?, nodes };
+        for dir in [&layout.nock, &layout.tip] {
+            if !layout.nodes.iter().any(|n| &n.path == dir) {
+                return Err(ChaosError::Protocol(format!("layout does not create {dir}")));
+            }
+        }
+        Ok(layout)
+    }
+
+    /// The opener's directory of tube `tid` from `me` to `tip`.
+    pub fn nock_path(&self, me: u32, tip: u32, tid: u32) -> String {
+        fill(&self.nock, me, tip, tid)
+    }
+
+    /// The acceptor's directory of that tube.
+    pub fn tip_path(&self, tip: u32, me: u32, tid: u32) -> String {
+        fill(&self.tip, me, tip, tid)
+    }
+
+    /// The directory holding the acceptor's entries from `me` (the tip directory's parent).
+    pub fn tip_entries(&self, tip: u32, me: u32) -> String {
+        let t = self.tip_path(tip, me, 0);
+        t.rsplit_once('/').map_or(t.clone(), |(parent, _)| parent.to_string())
+    }
+
+    /// The state the nock leaves in the acceptor's directory, which the acceptor expects.
+    fn fresh_tip_state(&self) -> Option<&[u8]> {
+        let state = format!("{}/state", self.tip);
+        self.nodes.iter().find(|n| n.path == state).map(|n| &n.value[..])
+    }
+}
 
 /// A Xenstore connection bound to a domain of its own.
 pub fn introduce(xs_path: &Path) -> Result<(Client, u32), ChaosError> {
@@ -43,21 +132,13 @@ pub fn introduce(xs_path: &Path) -> Result<(Client, u32), ChaosError> {
     Ok((xs, me))
 }
 
-/// `/local/domain/<me>/data/nock/<tip>/<tid>`.
-pub fn nock_path(me: u32, tip: u32, tid: u32) -> String {
-    format!("/local/domain/{me}/data/nock/{tip}/{tid}")
-}
-
-/// `/local/domain/<tip>/data/tip/<me>/<tid>`.
-pub fn tip_path(tip: u32, me: u32, tid: u32) -> String {
-    format!("/local/domain/{tip}/data/tip/{me}/{tid}")
-}
-
 /// One tube being opened (or open) from domain `me` to domain `tip`.
 #[derive(Debug)]
 pub struct Nock {
     /// The connection, bound to domain `me`.
     pub xs: Client,
+    /// What to write.
+    pub layout: Layout,
     /// Our domid.
     pub me: u32,
     /// The accepting domain.
@@ -66,6 +147,10 @@ pub struct Nock {
     pub tid: u32,
 }
 
+/// How often a transaction that met a concurrent commit is retried.
+const TX_RETRIES: usize = 20;
+
+/// Permissions `me` hands `tip` on garbage nodes (not part of any layout).
 fn perms(me: u32, other: Access, tip: u32) -> PermList {
     PermList(vec![Perm { access: Access::None, domid: me }, Perm { access: other, domid: tip }])
 }
@@ -73,17 +158,17 @@ fn perms(me: u32, other: Access, tip: u32) -> PermList {
 impl Nock {
     /// Our nock directory.
     pub fn nock_path(&self) -> String {
-        nock_path(self.me, self.tip, self.tid)
+        self.layout.nock_path(self.me, self.tip, self.tid)
     }
 
     /// The tip's directory for this tube.
     pub fn tip_path(&self) -> String {
-        tip_path(self.tip, self.me, self.tid)
+        self.layout.tip_path(self.tip, self.me, self.tid)
     }
 
-    /// Publishes both directories in one transaction, as the BEAM's nock does.
-    pub fn publish(xs: Client, me: u32, tip: u32, tid: u32) -> Result<Nock, ChaosError> {
-        let n = Nock { xs, me, tip, tid };
+    /// Publishes the layout's nodes in one transaction, as the BEAM's nock does.
+    pub fn publish(xs: Client, layout: &Layout, me: u32, tip: u32, tid: u32) -> Result<Nock, ChaosError> {
+        let n = Nock { xs, layout: layout.clone(), me, tip, tid };
         for _ in 0..TX_RETRIES {
             let tx = n.xs.transaction_start()?;
             match n.write_both(tx) {
@@ -103,20 +188,20 @@ impl Nock {
 
     fn write_both(&self, tx: u32) -> Result<(), XsError> {
         let (nock, tip) = (self.nock_path(), self.tip_path());
-        let xs = &self.xs;
-        xs.mkdir(tx, &nock)?;
-        xs.set_perms(tx, &nock, &perms(self.me, Access::Read, self.tip))?;
-        xs.write(tx, &format!("{nock}/tip"), tip.as_bytes())?;
-        xs.write(tx, &format!("{nock}/state"), state::INIT_WAIT)?;
-        xs.mkdir(tx, &tip)?;
-        // data/tip/<me> may already be ours from an earlier tube; as in the BEAM, not fatal.
-        let parent = format!("/local/domain/{}/data/tip/{}", self.tip, self.me);
-        let _ = xs.set_perms(tx, &parent, &perms(self.me, Access::Read, self.tip));
-        xs.set_perms(tx, &tip, &perms(self.me, Access::Both, self.tip))?;
-        xs.write(tx, &format!("{tip}/nock"), nock.as_bytes())?;
-        xs.write(tx, &format!("{tip}/state"), state::UNKNOWN)?;
-        for field in ["tx-ring-ref", "rx-ring-ref", "event-channel"] {
-            xs.write(tx, &format!("{tip}/{field}"), b"")?;
+        for node in &self.layout.nodes {
+            let path = fill(&node.path, self.me, self.tip, self.tid);
+            let value = match std::str::from_utf8(&node.value) {
+                Ok(v) if v.starts_with('/') => fill(v, self.me, self.tip, self.tid).into_bytes(),
+                _ => node.value.clone(),
+            };
+            let perms = PermList::parse_str(&fill(&node.perms, self.me, self.tip, self.tid)).map_err(XsError::Xs)?;
+            let r = self.xs.write(tx, &path, &value).and_then(|()| self.xs.set_perms(tx, &path, &perms));
+            // Directories above the tube's own two may belong to an earlier tube already;
+            // as in the BEAM, failing to set them up again is not fatal.
+            let ours = [&nock, &tip].iter().any(|d| path == **d || path.starts_with(&format!("{d}/")));
+            if ours {
+                r?;
+            }
         }
         Ok(())
     }
@@ -168,6 +253,29 @@ impl Nock {
     pub fn remove(&self) {
         let _ = self.xs.rm(0, &self.nock_path());
         let _ = self.xs.rm(0, &self.tip_path());
+    }
+
+    /// Leaves as an honest nock does, whatever garbage came before: puts the nock's own
+    /// nodes back as the layout has them (ignoring what cannot be), then writes the closing
+    /// state, which the tip must answer by closing the tube.
+    pub fn leave(&self) -> Result<(), ChaosError> {
+        let nock = self.nock_path();
+        for node in &self.layout.nodes {
+            let path = fill(&node.path, self.me, self.tip, self.tid);
+            if path != nock && !path.starts_with(&format!("{nock}/")) {
+                continue;
+            }
+            let value = match std::str::from_utf8(&node.value) {
+                Ok(v) if v.starts_with('/') => fill(v, self.me, self.tip, self.tid).into_bytes(),
+                _ => node.value.clone(),
+            };
+            let _ = self.xs.write(0, &path, &value);
+            if let Ok(perms) = PermList::parse_str(&fill(&node.perms, self.me, self.tip, self.tid)) {
+                let _ = self.xs.set_perms(0, &path, &perms);
+            }
+        }
+        self.xs.write(0, &format!("{nock}/state"), state::CLOSING)?;
+        Ok(())
     }
 
     /// Writes `n` pieces of garbage into this tube's nodes: impossible states, huge and
@@ -224,11 +332,14 @@ fn garbage_value(rng: &mut Rng, tip: &str) -> Vec<u8> {
     }
 }
 
-/// Tip entries under `/local/domain/<tip>/data/tip/<me>/` that no tip may take as tubes: a
-/// `nock` naming another domain's directory, a state other than 0, names that are not
-/// numbers, oversized values. Returns the paths written (tids from `first_tid` on).
-pub fn bogus_entries(xs: &Client, me: u32, tip: u32, first_tid: u32, rng: &mut Rng) -> Vec<String> {
-    let base = format!("/local/domain/{tip}/data/tip/{me}");
+/// Tip entries in the acceptor's directory of entries from `me` that no tip may take as
+/// tubes: a `nock` naming another domain's directory, a state other than the one a fresh
+/// entry has, names that are not numbers, oversized values. Returns the paths written (tids
+/// from `first_tid` on).
+pub fn bogus_entries(xs: &Client, layout: &Layout, me: u32, tip: u32, first_tid: u32, rng: &mut Rng) -> Vec<String> {
+    let base = layout.tip_entries(tip, me);
+    let fresh = layout.fresh_tip_state().unwrap_or(b"0").to_vec();
+    let stale: Vec<u8> = if fresh == b"1" { b"2".to_vec() } else { b"1".to_vec() };
     let mut made = Vec::new();
     let mut put = |dir: String, nock: String, st: &[u8]| {
         let ok = xs.write(0, &format!("{dir}/state"), st).is_ok() && xs.write(0, &format!("{dir}/nock"), nock.as_bytes()).is_ok();
@@ -237,12 +348,41 @@ pub fn bogus_entries(xs: &Client, me: u32, tip: u32, first_tid: u32, rng: &mut R
         }
     };
     let t = first_tid;
-    put(format!("{base}/{t}"), nock_path(me.wrapping_add(1), tip, t), b"0");
-    put(format!("{base}/{}", t + 1), nock_path(me, tip, t + 1), b"1");
-    put(format!("{base}/x{}", t + 2), nock_path(me, tip, t + 2), b"0");
-    put(format!("{base}/-{}", t + 3), nock_path(me, tip, t + 3), b"0");
-    put(format!("{base}/{}", t + 4), String::from_utf8_lossy(&rng.bytes(600)).into_owned(), b"0");
-    put(format!("{base}/{}", t + 5), nock_path(me, tip, t + 5), &rng.bytes(40));
-    put(format!("{base}/99999999999999999999"), nock_path(me, tip, 0), b"0");
+    let nock = |me: u32, tid: u32| layout.nock_path(me, tip, tid);
+    put(format!("{base}/{t}"), nock(me.wrapping_add(1), t), &fresh);
+    put(format!("{base}/{}", t + 1), nock(me, t + 1), &stale);
+    put(format!("{base}/x{}", t + 2), nock(me, t + 2), &fresh);
+    put(format!("{base}/-{}", t + 3), nock(me, t + 3), &fresh);
+    put(format!("{base}/{}", t + 4), String::from_utf8_lossy(&rng.bytes(600)).into_owned(), &fresh);
+    put(format!("{base}/{}", t + 5), nock(me, t + 5), &rng.bytes(40));
+    put(format!("{base}/99999999999999999999"), nock(me, 0), &fresh);
     made
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYOUT: &str = "nock\t/n/{me}/{tip}/{tid}\ntip\t/t/{tip}/{me}/{tid}\n\
+        node\t/n/{me}/{tip}/{tid}\tn{me},r{tip}\t\n\
+        node\t/n/{me}/{tip}/{tid}/tip\tn{me},r{tip}\t2f742f7b7469707d2f7b6d657d2f7b7469647d\n\
+        node\t/t/{tip}/{me}/{tid}\tn{me},b{tip}\t\n\
+        node\t/t/{tip}/{me}/{tid}/state\tn{me},b{tip}\t30\n";
+
+    #[test]
+    fn a_layout_is_filled_in_for_each_tube() {
+        let l = Layout::parse(LAYOUT).unwrap();
+        assert_eq!(l.nock_path(5, 7, 9), "/n/5/7/9");
+        assert_eq!(l.tip_path(7, 5, 9), "/t/7/5/9");
+        assert_eq!(l.tip_entries(7, 5), "/t/7/5");
+        assert_eq!(l.fresh_tip_state(), Some(&b"0"[..]));
+        assert_eq!(String::from_utf8(l.nodes[1].value.clone()).unwrap(), "/t/{tip}/{me}/{tid}");
+    }
+
+    #[test]
+    fn bad_layouts_are_refused() {
+        for bad in ["", "nock\t/n\n", "nock\t/n\ntip\t/t\n", "nock\t/n\ntip\t/t\nnode\t/n\tq5\t\nnode\t/t\tn1\t\n", "x\ty"] {
+            assert!(Layout::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 }

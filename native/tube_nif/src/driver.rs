@@ -136,6 +136,7 @@ impl PortState {
     /// at once, so the owner runs without delay.
     fn drain(&mut self) {
         if let Some(reason) = self.close_requested {
+            let reason = self.requested_reason(reason);
             return self.close(reason);
         }
         let budget = self.budget();
@@ -167,6 +168,18 @@ impl PortState {
         if !self.tube.prepare_sleep() {
             // A packet arrived while we were announcing sleep.
             self.resume_later();
+        }
+    }
+
+    /// The reason for a close the control plane asked for: a peer whose end of the event
+    /// socket is gone is `peer_closed` even when its domain was released first (kill -9
+    /// does both, and the release may be handled while the ring is still being drained).
+    fn requested_reason(&mut self, reason: CloseReason) -> CloseReason {
+        let _ = self.tube.on_readable();
+        if self.tube.is_open() {
+            reason
+        } else {
+            CloseReason::PeerClosed
         }
     }
 

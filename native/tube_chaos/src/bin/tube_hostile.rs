@@ -2,23 +2,26 @@
 //!
 //! ```text
 //! tube-hostile ring-fuzz [--count N] [--per-tube M] [--seed S]
-//! tube-hostile MODE --tip DOMID [--tid T] [--count N] [--per-tube M] [--seed S]
-//!              [--xs SOCKET] [--timeout-ms MS]
+//! tube-hostile MODE --tip DOMID --layout FILE [--tid T] [--count N] [--per-tube M]
+//!              [--seed S] [--xs SOCKET] [--timeout-ms MS]
 //! ```
 //!
 //! `ring-fuzz` needs no Xenstore: both ends of many tubes in this process, one scribbling
 //! while the other runs `tube_ring` (see `tube_chaos::ring_fuzz`). The other modes introduce
 //! themselves as a new domain on the daemon at `--xs` (default `$XENSTORED_PATH`), open tube
-//! `--tid` to domain `--tip` like a BEAM nock, wait for the tip to accept, then:
+//! `--tid` to domain `--tip` like a BEAM nock (writing the nodes of the layout recorded from
+//! one, `--layout`; see `tube_chaos::nock`), wait for the tip to accept, then:
 //!
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
 //!   with honest packets in between, until the tip closes the tube; if it has not, a producer
 //!   index no reader accepts, so the tip always closes it as corrupt;
-//! * `bad-length`: three honest packets (`honest-0..2`), then a record claiming 4097 bytes;
+//! * `bad-length`: three honest packets (`honest-0..2`), then a record of 4097 bytes, its
+//!   length claimed and its bytes published;
 //! * `bad-indices`: three honest packets and, once they are read, a producer index the
 //!   reader must refuse (more than a ring ahead, or behind);
 //! * `xenstore-garbage`: first bogus tip entries the tip must ignore, then the tube, one
-//!   honest packet (`before-garbage`), then `--count` garbage writes/removals on its nodes;
+//!   honest packet (`before-garbage`), then `--count` garbage writes/removals on its nodes,
+//!   then the nock's nodes put back with the closing state, to which the tip must answer;
 //! * `count`: `--count` random writes over the region spread over successive tubes (tids
 //!   from `--tid` on, at most `--per-tube` each); a tube still open after its share is
 //!   finished with an impossible length.
@@ -32,7 +35,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tube_chaos::corrupt::{discard_all, peer_gone, wake, RawProducer, Scribbler, KINDS};
-use tube_chaos::nock::{bogus_entries, introduce, Nock};
+use tube_chaos::nock::{bogus_entries, introduce, Layout, Nock};
 use tube_chaos::region::{cons_offset, prod_offset, Region};
 use tube_chaos::rng::Rng;
 use tube_chaos::{ring_fuzz, ChaosError};
@@ -47,6 +50,7 @@ struct Args {
     per_tube: u64,
     seed: u64,
     xs: PathBuf,
+    layout: Option<PathBuf>,
     timeout: Duration,
 }
 
@@ -54,7 +58,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: tube-hostile ring-fuzz [--count N] [--per-tube M] [--seed S]\n       \
          tube-hostile random-bytes|bad-length|bad-indices|xenstore-garbage|count --tip DOMID \
-         [--tid T] [--count N] [--per-tube M] [--seed S] [--xs SOCKET] [--timeout-ms MS]"
+         --layout FILE [--tid T] [--count N] [--per-tube M] [--seed S] [--xs SOCKET] [--timeout-ms MS]"
     );
     ExitCode::from(2)
 }
@@ -70,6 +74,7 @@ fn parse_args() -> Option<Args> {
         per_tube: 20_000,
         seed: 1,
         xs: std::env::var_os("XENSTORED_PATH").map(PathBuf::from).unwrap_or_default(),
+        layout: None,
         timeout: Duration::from_secs(10),
     };
     while let Some(flag) = it.next() {
@@ -81,6 +86,7 @@ fn parse_args() -> Option<Args> {
             "--per-tube" => a.per_tube = v.parse().ok()?,
             "--seed" => a.seed = v.parse().ok()?,
             "--xs" => a.xs = PathBuf::from(v),
+            "--layout" => a.layout = Some(PathBuf::from(v)),
             "--timeout-ms" => a.timeout = Duration::from_millis(v.parse().ok()?),
             _ => return None,
         }
@@ -91,7 +97,7 @@ fn parse_args() -> Option<Args> {
 fn main() -> ExitCode {
     let Some(args) = parse_args() else { return usage() };
     let known = ["ring-fuzz", "random-bytes", "bad-length", "bad-indices", "xenstore-garbage", "count"];
-    if !known.contains(&args.mode.as_str()) || (args.mode != "ring-fuzz" && (args.tip == u32::MAX || args.xs.as_os_str().is_empty())) {
+    if !known.contains(&args.mode.as_str()) || (args.mode != "ring-fuzz" && (args.tip == u32::MAX || args.xs.as_os_str().is_empty() || args.layout.is_none())) {
         return usage();
     }
     match run(&args) {
@@ -114,17 +120,18 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             r.corruptions, r.tubes, r.found_corrupt, r.delivered, by_kind(&r.by_kind)
         ));
     }
+    let layout = Layout::read(a.layout.as_deref().unwrap_or(std::path::Path::new("")))?;
     let (xs, me) = introduce(&a.xs)?;
     println!("DOMAIN {me}");
     let mut rng = Rng::new(a.seed);
     if a.mode == "count" {
-        return count_mode(a, xs, me, &mut rng);
+        return count_mode(a, &layout, xs, me, &mut rng);
     }
     if a.mode == "xenstore-garbage" {
-        let bogus = bogus_entries(&xs, me, a.tip, a.tid + 1000, &mut rng);
+        let bogus = bogus_entries(&xs, &layout, me, a.tip, a.tid + 1000, &mut rng);
         println!("BOGUS {}", bogus.len());
     }
-    let nock = Nock::publish(xs, me, a.tip, a.tid)?;
+    let nock = Nock::publish(xs, &layout, me, a.tip, a.tid)?;
     let tube = nock.connect(a.timeout)?;
     println!("CONNECTED {}", a.tid);
     let region = Region::of(&tube)?;
@@ -157,7 +164,9 @@ fn run(a: &Args) -> Result<String, ChaosError> {
                 raw.push(&region, format!("honest-{i}").as_bytes());
             }
             if a.mode == "bad-length" {
-                raw.push_claiming(&region, 4097, &[0xAB; 64]);
+                // The producer index covers the whole claimed record: only the length
+                // check itself can refuse it.
+                raw.push_claiming(&region, 4097, &[0xAB; 4097]);
             } else {
                 // The reader checks the index before any record: let it take the honest
                 // packets first, or they would go down with the tube.
@@ -175,6 +184,7 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             raw.push(&region, b"before-garbage");
             wake(tube.fd());
             let (ok, refused) = nock.garbage(&mut rng, a.count);
+            nock.leave()?;
             format!("garbage_ok={ok} garbage_refused={refused} tip_closed={}", wait_gone(&tube, a.timeout))
         }
     };
@@ -196,13 +206,13 @@ fn wait_gone(tube: &Tube, limit: Duration) -> bool {
 }
 
 /// Random writes over the region of successive tubes until `count` are done.
-fn count_mode(a: &Args, xs: tube_xs::client::Client, me: u32, rng: &mut Rng) -> Result<String, ChaosError> {
+fn count_mode(a: &Args, layout: &Layout, xs: tube_xs::client::Client, me: u32, rng: &mut Rng) -> Result<String, ChaosError> {
     let mut s = Scribbler::new(a.seed, 1);
     let (mut tubes, mut closed_by_tip, mut finished) = (0u64, 0u64, 0u64);
     let payload = rng.bytes(512);
     let mut tid = a.tid;
     while s.total() < a.count {
-        let nock = Nock::publish(xs.clone(), me, a.tip, tid)?;
+        let nock = Nock::publish(xs.clone(), layout, me, a.tip, tid)?;
         let tube = nock.connect(a.timeout)?;
         println!("CONNECTED {tid}");
         tubes += 1;
