@@ -30,11 +30,11 @@ defmodule TubeTest.Checks do
   end
 
   @doc """
-  The pid of this node's control-plane process (registered as tube_registry,
-  or tube_server in older layouts); nil if neither runs. Tests compare it
-  before and after to see that nothing crashed.
+  The pid of this node's control-plane process (registered as
+  tube_registry); nil if it does not run. Tests compare it before and after
+  to see that nothing crashed.
   """
-  def control_plane, do: Process.whereis(:tube_registry) || Process.whereis(:tube_server)
+  def control_plane, do: Process.whereis(:tube_registry)
 
   @doc "Polls `fun` every 10 ms until it is truthy; flunks after `tries` polls."
   def wait_until(fun, tries \\ 1_000) do
