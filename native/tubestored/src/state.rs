@@ -201,9 +201,12 @@ impl State {
             return Ok(None);
         }
         let touched = std::mem::take(&mut fx.touched);
-        let meta = fx.meta.take().unwrap_or_else(|| Meta::now(domid, Cause::Request));
+        let meta = fx.meta.take();
         match &mut self.journal {
-            Some(j) => j.append(&self.store, &touched, &meta).map(Some),
+            Some(j) => {
+                let meta = meta.unwrap_or_else(|| Meta::now(domid, Cause::Request));
+                j.append(&self.store, &touched, &meta).map(Some)
+            }
             None => Ok(None),
         }
     }
