@@ -1,6 +1,10 @@
 //! Throughput and watch latency of tubestored over its Unix socket.
 //! Run: `cargo bench -p tubestored --bench xs_bench` (an in-process daemon on a private socket).
-//! Env: BENCH_SECS (per figure, default 2); BENCH_DB=1 runs the daemon with `--db` persistence.
+//! Env: BENCH_SECS (per figure, default 2); BENCH_DB=1 runs the daemon with `--db` persistence
+//! and its history; BENCH_SOCKET=PATH measures a daemon already running there instead (to
+//! compare two builds with the same client); BENCH_OPEN_TX=1 keeps a transaction open on a
+//! connection of its own for the whole run, so every change also keeps the old version a
+//! transaction's snapshot needs.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -97,15 +101,39 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let persist = std::env::var_os("BENCH_DB").is_some();
     let db = persist.then(|| dir.join("bench.db"));
-    let opts = tubestored::Options { socket: Some(dir.join("socket")), db, ..Default::default() };
-    let h = tubestored::Server::bind(opts).unwrap().spawn().unwrap();
-    let p = h.path().to_owned();
+    let external = std::env::var_os("BENCH_SOCKET").map(std::path::PathBuf::from);
+    let h = match &external {
+        Some(_) => None,
+        None => {
+            let opts = tubestored::Options {
+                socket: Some(dir.join("socket")),
+                db,
+                history_bytes: if persist { 32 << 20 } else { 0 },
+                ..Default::default()
+            };
+            Some(tubestored::Server::bind(opts).unwrap().spawn().unwrap())
+        }
+    };
+    let p = external.unwrap_or_else(|| h.as_ref().unwrap().path().to_owned());
+    let mut held_tx = std::env::var_os("BENCH_OPEN_TX").map(|_| {
+        let mut t = Conn::new(&p);
+        t.s.write_all(&encode(MsgType::TransactionStart, b"\0")).unwrap();
+        assert_eq!(t.recv().ty, MsgType::TransactionStart as u32);
+        t
+    });
     let mut c = Conn::new(&p);
     c.s.write_all(&encode(MsgType::Write, b"/bench/key\0some value of 24 bytes")).unwrap();
     c.recv();
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("tubestored bench: {cores} cores, {secs} s per figure, persistence {}", if persist { "on" } else { "off" });
+    println!(
+        "tubestored bench: {cores} cores, {secs} s per figure, {}, open transaction {}",
+        match std::env::var_os("BENCH_SOCKET") {
+            Some(s) => format!("daemon on {}", s.to_string_lossy()),
+            None => format!("in-process daemon, persistence {}", if persist { "on" } else { "off" }),
+        },
+        if held_tx.is_some() { "held" } else { "none" }
+    );
     println!("{:<8} {:>8} {:>12} {:>14}", "op", "clients", "in flight", "requests/s");
     for (ty, name) in [(MsgType::Read, "READ"), (MsgType::Write, "WRITE")] {
         for (clients, window) in [(1, 1), (1, 64), (16, 1), (16, 16)] {
@@ -115,6 +143,7 @@ fn main() {
     }
     let (p50, p99) = watch_latency(&p, 20_000);
     println!("watch event latency (WRITE sent -> event received), 20000 samples: p50 {p50:?}  p99 {p99:?}");
+    held_tx.take();
     drop(h);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,7 +1,7 @@
 //! Domain handlers: INTRODUCE (classic, and tube's local-domain self-introduction), RELEASE,
 //! GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED, RESUME, and the release of a domain that went away.
 
-use crate::ops::{self, Caller, Change};
+use crate::ops::{self, Caller, Change, Quotas};
 use crate::persist::{Cause, Meta};
 use crate::state::{parse_domid, Domain, Effects, State};
 use crate::store::Direct;
@@ -36,7 +36,8 @@ impl State {
             return Err(XsError::Einval);
         }
         if let std::collections::btree_map::Entry::Vacant(e) = self.domains.entry(domid) {
-            e.insert(Domain::default());
+            let features = self.pending_features.remove(&domid).unwrap_or(0);
+            e.insert(Domain { features, ..Domain::default() });
             fx.specials.push("@introduceDomain");
         }
         Ok(b"OK\0".to_vec())
@@ -62,14 +63,15 @@ impl State {
             }
             d
         };
-        self.domains.insert(domid, Domain { conn: Some(id) });
+        let features = self.pending_features.remove(&domid).unwrap_or(0);
+        self.domains.insert(domid, Domain { conn: Some(id), features, ..Domain::default() });
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.domid = Some(domid);
         }
         let path = domain_path(domid);
         let perms = PermList(vec![Perm { access: Access::None, domid }]);
         let mut t = Direct { store: &mut self.store, touched: Vec::new() };
-        let q = self.quotas;
+        let q = Quotas::unlimited();
         ops::mkdir(&mut t, Caller::DOM0, &q, &path, &mut fx.changes)?;
         ops::set_perms(&mut t, Caller::DOM0, &path, perms, &mut fx.changes)?;
         fx.touched = t.touched;

@@ -13,6 +13,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![deny(missing_docs)]
 
+pub mod admin;
 mod crc;
 pub mod domain;
 pub mod files;

@@ -2,7 +2,7 @@
 //! [`Tree`] so they run the same on the live store and inside a transaction.
 
 use crate::store::{child_path, Node, Tree};
-use tube_xs::perms::PermList;
+use tube_xs::perms::{Access, PermList};
 use tube_xs::wire::XsError;
 
 /// Who is asking.
@@ -12,19 +12,45 @@ pub struct Caller {
     pub domid: u32,
     /// Privileged connections (dom0) pass every permission check and quota.
     pub privileged: bool,
+    /// The domain this one acts for (SET_TARGET: a device model for its guest): it has that
+    /// domain's rights on top of its own, as in Xen.
+    pub target: Option<u32>,
 }
 
 impl Caller {
     /// A privileged (dom0) caller.
-    pub const DOM0: Caller = Caller { domid: 0, privileged: true };
+    pub const DOM0: Caller = Caller { domid: 0, privileged: true, target: None };
+
+    /// An unprivileged caller acting as `domid`.
+    pub fn domain(domid: u32) -> Caller {
+        Caller { domid, privileged: false, target: None }
+    }
+
+    fn is(&self, domid: u32) -> bool {
+        domid == self.domid || Some(domid) == self.target
+    }
+
+    /// Xen's rule: everything for the owner (or its target's owner), else the first entry
+    /// naming this domain or its target, else the default of entry 0.
+    fn access(&self, perms: &PermList) -> Access {
+        let Some((first, rest)) = perms.0.split_first() else { return Access::None };
+        if self.is(first.domid) {
+            return Access::Both;
+        }
+        rest.iter().find(|p| self.is(p.domid)).map_or(first.access, |p| p.access)
+    }
 
     /// May this caller read a node with `perms`?
     pub fn can_read(&self, perms: &PermList) -> bool {
-        self.privileged || perms.can_read(self.domid)
+        self.privileged || self.access(perms).can_read()
     }
     /// May this caller write a node with `perms`?
     pub fn can_write(&self, perms: &PermList) -> bool {
-        self.privileged || perms.can_write(self.domid)
+        self.privileged || self.access(perms).can_write()
+    }
+    /// Does this caller own a node with `perms` (itself or through its target)?
+    pub fn owns(&self, perms: &PermList) -> bool {
+        self.privileged || perms.0.first().is_some_and(|p| self.is(p.domid))
     }
 }
 
@@ -41,6 +67,19 @@ pub struct Quotas {
     pub max_transactions: usize,
     /// Bytes of unsent replies and events before a connection is dropped.
     pub max_outbox: usize,
+}
+
+impl Quotas {
+    /// No limit at all (a quota of 0 in Xen's SET_QUOTA).
+    pub fn unlimited() -> Quotas {
+        Quotas {
+            max_nodes: usize::MAX,
+            max_value: usize::MAX,
+            max_watches: usize::MAX,
+            max_transactions: usize::MAX,
+            max_outbox: usize::MAX,
+        }
+    }
 }
 
 impl Default for Quotas {
@@ -62,8 +101,19 @@ pub struct Change {
     pub path: String,
     /// Permissions that let a watcher see the event (node old/new, parent): any one suffices.
     pub perms: Vec<PermList>,
-    /// For removals: every removed path with its permissions (to notify watches below `path`).
-    pub removed: Option<Vec<(String, PermList)>>,
+    /// For removals: every node removed below `path`, children before their parent, each
+    /// with its own and its parent's permissions. As in Xen's xenstored, each fires the watches
+    /// set exactly on it; `path` itself then fires the watches on it and its ancestors.
+    pub removed: Option<Vec<Removed>>,
+}
+
+/// A node removed below the top of a removed subtree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// Its path.
+    pub path: String,
+    /// Its permissions, then its parent's (a watcher allowed to read either sees the event).
+    pub perms: [PermList; 2],
 }
 
 fn leaf(path: &str) -> &str {
@@ -178,23 +228,32 @@ pub fn rm(t: &mut impl Tree, c: Caller, path: &str, out: &mut Vec<Change>) -> Re
     }
     let perms = n.perms.clone();
     let pp = parent_perms_of(t, path);
-    let removed = remove_subtree(t, path)?;
+    let mut removed = remove_subtree(t, path)?;
+    removed.pop(); // the top: announced by the change itself
     out.push(Change { path: path.to_owned(), perms: with(perms, pp), removed: Some(removed) });
     Ok(())
 }
 
 /// Removes `path` and its subtree and unlinks it from its parent, without permission checks.
-/// Returns the removed paths with their permissions.
-pub fn remove_subtree(t: &mut impl Tree, path: &str) -> Result<Vec<(String, PermList)>, XsError> {
+/// Returns the removed nodes in the order Xen's xenstored removes them: depth-first, children
+/// (in directory order) before their parent, `path` last.
+pub fn remove_subtree(t: &mut impl Tree, path: &str) -> Result<Vec<Removed>, XsError> {
     let parent = parent_of(path)?.to_owned();
+    let parent_perms = t.get(&parent).map(|n| n.perms.clone()).unwrap_or_else(crate::store::dom0_perms);
     let mut removed = Vec::new();
-    let mut stack = vec![path.to_owned()];
-    while let Some(p) = stack.pop() {
+    // (path, its parent's perms, children pushed yet)
+    let mut stack = vec![(path.to_owned(), parent_perms, false)];
+    while let Some((p, pperms, expanded)) = stack.pop() {
         let Some(n) = t.get(&p) else { continue };
-        for ch in &n.children {
-            stack.push(child_path(&p, ch));
+        if !expanded {
+            let (perms, kids) = (n.perms.clone(), n.children.clone());
+            stack.push((p.clone(), pperms, true));
+            for ch in kids.iter().rev() {
+                stack.push((child_path(&p, ch), perms.clone(), false));
+            }
+            continue;
         }
-        removed.push((p.clone(), n.perms.clone()));
+        removed.push(Removed { path: p.clone(), perms: [n.perms.clone(), pperms] });
         t.del(&p);
     }
     if let Some(pn) = t.get(&parent) {
@@ -220,7 +279,7 @@ pub fn set_perms(
     let pp = parent_perms_of(t, path);
     let n = t.get(path).ok_or(XsError::Enoent)?;
     if !c.privileged {
-        if !c.can_write(&n.perms) || n.perms.owner() != c.domid {
+        if !c.owns(&n.perms) {
             return Err(XsError::Eacces);
         }
         if perms.owner() != n.perms.owner() {

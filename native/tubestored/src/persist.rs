@@ -73,6 +73,9 @@ struct Shared {
     m: Mutex<WState>,
     work: Condvar,
     done: Condvar,
+    /// Tests make the next fsync fail, as a disk that lost written data reports it.
+    #[cfg(test)]
+    fail_fsync: std::sync::atomic::AtomicBool,
 }
 
 /// Waits for frames to be durable (connection threads hold one each).
@@ -231,6 +234,8 @@ impl Loaded {
             }),
             work: Condvar::new(),
             done: Condvar::new(),
+            #[cfg(test)]
+            fail_fsync: std::sync::atomic::AtomicBool::new(false),
         });
         let (sh, wdb, wlog) = (shared.clone(), db.clone(), log.clone());
         let thread = std::thread::Builder::new()
@@ -410,6 +415,14 @@ fn writer(db: &Path, sh: &Shared, log: &Log) {
             r = j.old.sync_data().and_then(|()| files::sync_dir_of(db));
         }
         let r = r.and_then(|()| current.sync_data());
+        #[cfg(test)]
+        let r = r.and_then(|()| {
+            if sh.fail_fsync.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                Ok(())
+            }
+        });
         {
             let mut w = sh.m.lock();
             if let Err(e) = &r {
@@ -906,6 +919,34 @@ mod tests {
         assert_eq!(fs::metadata(&jp).unwrap().len(), len, "no readable frame deleted");
         let logged = fs::read_to_string(&logf).unwrap();
         assert!(logged.contains("9 unreadable bytes at offset"), "{logged}");
+    }
+
+    #[test]
+    fn a_failed_fsync_answers_eio_and_no_change_is_taken_until_a_full_snapshot_is_written() {
+        let dir = tmp("fsync");
+        let db = dir.db();
+        let (mut s, l) = load(&db).unwrap();
+        let logf = dir.0.join("log");
+        let mut j = l.start(Log::open(&logf, true).unwrap(), &Store::new(), 0).unwrap();
+        write(&mut j, &mut s, "/before", b"1");
+        j.shared.fail_fsync.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut t = Direct { store: &mut s, touched: Vec::new() };
+        ops::write(&mut t, Caller::DOM0, &Quotas::default(), "/lost", b"2", &mut Vec::new()).unwrap();
+        let touched = t.touched;
+        let seq = j.append(&s, &touched, &Meta::now(0, Cause::Request)).unwrap();
+        assert_eq!(j.durable().wait(seq), Err(XsError::Eio), "the commit the failed fsync covered");
+        assert!(j.shared.m.lock().broken);
+        // The next change first writes the whole tree (the EIO'd change included, as it stays
+        // in memory), then goes on.
+        write(&mut j, &mut s, "/after", b"3");
+        assert!(!j.shared.m.lock().broken);
+        drop(j);
+        let (again, _) = load(&db).unwrap();
+        for (p, v) in [("/before", b"1"), ("/lost", b"2"), ("/after", b"3")] {
+            assert_eq!(again.get(p).unwrap().value, v, "{p}");
+        }
+        let logged = fs::read_to_string(&logf).unwrap();
+        assert!(logged.contains("journal fsync failed") && logged.contains("journal recovered"), "{logged}");
     }
 
     #[test]

@@ -145,8 +145,10 @@ impl Server {
                 return Err(e);
             }
         };
+        let mut state = State::new(store, opts.quotas);
+        state.log = log.clone();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(store, opts.quotas)),
+            state: Mutex::new(state),
             log,
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(1),

@@ -33,6 +33,8 @@ pub struct Conn {
     pub outbox: Arc<Outbox>,
     /// Open transactions by id.
     pub txs: HashMap<u32, Tx>,
+    /// The domain this connection's domain acts for (SET_TARGET).
+    pub target: Option<u32>,
 }
 
 impl Conn {
@@ -40,7 +42,7 @@ impl Conn {
     pub fn caller(&self) -> Caller {
         match self.domid {
             None => Caller::DOM0,
-            Some(d) => Caller { domid: d, privileged: false },
+            Some(d) => Caller { domid: d, privileged: false, target: self.target },
         }
     }
 }
@@ -50,6 +52,12 @@ impl Conn {
 pub struct Domain {
     /// The connection bound to it (local-domain extension), if any.
     pub conn: Option<ConnId>,
+    /// The domain it acts for (SET_TARGET).
+    pub target: Option<u32>,
+    /// Its quotas, when dom0 set them (SET_QUOTA); else the global ones.
+    pub quotas: Option<Quotas>,
+    /// Its feature bits (SET_FEATURE before INTRODUCE).
+    pub features: u32,
 }
 
 /// What a handler did besides its reply.
@@ -86,6 +94,16 @@ pub struct State {
     pub journal: Option<Journal>,
     /// Set while the server stops: closing connections then does not release their domains.
     pub shutting_down: bool,
+    /// Permissions of "@introduceDomain" and "@releaseDomain": who may see their events.
+    pub special_perms: BTreeMap<&'static str, PermList>,
+    /// Soft quotas: passing one is logged, not refused (CONTROL quota-s).
+    pub soft_quotas: Quotas,
+    /// Feature bits of domains not introduced yet (SET_FEATURE comes before INTRODUCE).
+    pub pending_features: BTreeMap<u32, u32>,
+    /// Requests are written to the log (CONTROL log on).
+    pub trace: bool,
+    /// Where failures, CONTROL print and traces go.
+    pub log: crate::log::Log,
     next_tx: u32,
 }
 
@@ -104,13 +122,18 @@ impl State {
             quotas,
             journal: None,
             shutting_down: false,
+            special_perms: crate::admin::default_special_perms(),
+            soft_quotas: Quotas::unlimited(),
+            pending_features: BTreeMap::new(),
+            trace: false,
+            log: crate::log::Log::stderr_only(true),
             next_tx: 0,
         }
     }
 
     /// Registers a new connection.
     pub fn add_conn(&mut self, id: ConnId, outbox: Arc<Outbox>) {
-        self.conns.insert(id, Conn { domid: None, outbox, txs: HashMap::new() });
+        self.conns.insert(id, Conn { domid: None, outbox, txs: HashMap::new(), target: None });
     }
 
     /// Handles one request from `id`, queueing the reply and any events. `wake_self` = false
@@ -128,6 +151,10 @@ impl State {
         if undoable {
             self.store.track();
         }
+        if self.trace {
+            self.log.line(&format!("conn {id} dom{}: {:?} {:?}", caller.domid, msg.msg_type(), crate::history::sanitise(&msg.payload)));
+        }
+        let owned_before = self.store.owned_by(caller.domid);
         let mut res = self.dispatch(id, caller, msg, &mut fx);
         let seq = match self.journal_effects(&mut fx, caller.domid) {
             Ok(seq) => seq,
@@ -145,6 +172,7 @@ impl State {
             }
         };
         self.store.untrack();
+        self.check_soft_quota(caller, owned_before);
         self.fire_effects(&mut fx, id, wake_self);
         if let Some(conn) = self.conns.get(&id) {
             let (ty, payload) = match res {
@@ -173,9 +201,12 @@ impl State {
             return Ok(None);
         }
         let touched = std::mem::take(&mut fx.touched);
-        let meta = fx.meta.take().unwrap_or_else(|| Meta::now(domid, Cause::Request));
+        let meta = fx.meta.take();
         match &mut self.journal {
-            Some(j) => j.append(&self.store, &touched, &meta).map(Some),
+            Some(j) => {
+                let meta = meta.unwrap_or_else(|| Meta::now(domid, Cause::Request));
+                j.append(&self.store, &touched, &meta).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -199,7 +230,9 @@ impl State {
             self.watches.fire(&ch, |c| conns.get(&c).map(Conn::caller), &mut fired);
         }
         for s in fx.specials.drain(..) {
-            self.watches.fire_special(s, &mut fired);
+            let conns = &self.conns;
+            let perms = &self.special_perms[s];
+            self.watches.fire_special(s, |c| conns.get(&c).is_some_and(|cn| cn.caller().can_read(perms)), &mut fired);
         }
         for f in &fired {
             self.send_event(f, id, wake_self);
@@ -238,6 +271,12 @@ impl State {
             MsgType::GetDomainPath => self.do_get_domain_path(msg),
             MsgType::IsDomainIntroduced => self.do_is_domain_introduced(msg),
             MsgType::Resume => self.do_resume(c, msg),
+            MsgType::SetTarget => self.do_set_target(c, msg),
+            MsgType::GetFeature => self.do_get_feature(c, msg),
+            MsgType::SetFeature => self.do_set_feature(c, msg),
+            MsgType::GetQuota => self.do_get_quota(c, msg),
+            MsgType::SetQuota => self.do_set_quota(c, msg),
+            MsgType::Control => self.do_control(c, msg),
             _ => Err(XsError::Enosys),
         }
     }
@@ -249,7 +288,7 @@ impl State {
             return self.special_perms_op(c, ty, path, rest);
         }
         let path = tube_xs::path::canonicalize(c.domid, path)?;
-        let q = self.quotas;
+        let q = self.quotas_of(c);
         if msg.tx_id == 0 {
             let mut t = Direct { store: &mut self.store, touched: Vec::new() };
             let r = node_op(&mut t, c, &q, ty, &path, rest, &mut fx.changes);
@@ -264,10 +303,19 @@ impl State {
 
     /// GET_PERMS/SET_PERMS on "@introduceDomain"/"@releaseDomain" are accepted for compatibility;
     /// special events go to every watcher regardless.
-    fn special_perms_op(&mut self, c: Caller, ty: MsgType, _path: &str, _rest: &[u8]) -> HResult {
+    fn special_perms_op(&mut self, c: Caller, ty: MsgType, path: &str, rest: &[u8]) -> HResult {
+        let Some(name) = crate::admin::special_name(path) else { return Err(XsError::Enoent) };
         match ty {
-            MsgType::GetPerms => Ok(crate::store::dom0_perms().to_wire()),
-            MsgType::SetPerms if c.privileged => Ok(OK.to_vec()),
+            MsgType::GetPerms => Ok(self.special_perms[name].to_wire()),
+            MsgType::SetPerms if c.privileged => {
+                let fields: Vec<&[u8]> = rest.split(|b| *b == 0).filter(|f| !f.is_empty()).collect();
+                let perms = PermList::parse(&fields)?;
+                if perms.0.is_empty() {
+                    return Err(XsError::Einval);
+                }
+                self.special_perms.insert(name, perms);
+                Ok(OK.to_vec())
+            }
             MsgType::SetPerms => Err(XsError::Eacces),
             _ => Err(XsError::Einval),
         }
@@ -282,7 +330,7 @@ impl State {
         if self.watches.has(id, &abs, &token) {
             return Err(XsError::Eexist);
         }
-        if !c.privileged && self.watches.count(id) >= self.quotas.max_watches {
+        if !c.privileged && self.watches.count(id) >= self.quotas_of(c).max_watches {
             return Err(XsError::Enospc);
         }
         self.watches.add(Watch { conn: id, path: abs, token: token.clone(), strip });
@@ -316,7 +364,7 @@ impl State {
         if msg.tx_id != 0 {
             return Err(XsError::Ebusy);
         }
-        let max = self.quotas.max_transactions;
+        let max = self.conns.get(&id).map_or(0, |cn| self.quotas_of(cn.caller()).max_transactions);
         let conn = self.conns.get_mut(&id).ok_or(XsError::Einval)?;
         if conn.domid.is_some() && conn.txs.len() >= max {
             return Err(XsError::Enospc);

@@ -136,11 +136,11 @@ impl Store {
     /// snapshot may need it: only the first change after the newest snapshot matters.
     fn keep_old(&mut self, path: &str) {
         let Some(newest) = self.newest_snapshot else { return };
-        let v = self.undo.entry(path.to_owned()).or_default();
-        if v.last().is_some_and(|(cg, _)| *cg > newest) {
+        if self.undo.get(path).and_then(|v| v.last()).is_some_and(|(cg, _)| *cg > newest) {
             return;
         }
-        v.push((self.gen + 1, self.nodes.get(path).cloned()));
+        let old = self.nodes.get(path).cloned();
+        self.undo.entry(path.to_owned()).or_default().push((self.gen + 1, old));
     }
 
     /// Starts remembering what changes, so that [`Store::roll_back`] can undo them.

@@ -48,7 +48,7 @@ pub fn parse_time(s: &str) -> Option<u64> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
         let secs: u64 = whole.parse().ok()?;
-        return Some(secs.checked_mul(1_000_000_000)?.checked_add(frac_ns(frac)?)?);
+        return secs.checked_mul(1_000_000_000)?.checked_add(frac_ns(frac)?);
     }
     let s = s.strip_suffix('Z').unwrap_or(s);
     let (date, clock) = match s.split_once(['T', ' ']) {

@@ -74,36 +74,40 @@ impl Watches {
         self.list.iter().filter(|w| w.conn == conn).count()
     }
 
-    /// Events for a special path ("@introduceDomain", "@releaseDomain"): every watcher gets them.
-    pub fn fire_special(&self, name: &str, out: &mut Vec<Fired>) {
-        for w in self.list.iter().filter(|w| w.path == name) {
+    /// Events for a special path ("@introduceDomain", "@releaseDomain"): to every watcher
+    /// that `may_see` (the special node's permissions, as in Xen).
+    pub fn fire_special(&self, name: &str, may_see: impl Fn(ConnId) -> bool, out: &mut Vec<Fired>) {
+        for w in self.list.iter().filter(|w| w.path == name && may_see(w.conn)) {
             out.push(Fired { conn: w.conn, path: name.to_owned(), token: w.token.clone() });
         }
     }
 
-    /// Events for one change; `caller_of` says who a connection is (None: gone).
+    /// Events for one change; `caller_of` says who a connection is (None: gone). A removal
+    /// first fires, for each node removed below its top (children first), the watches set
+    /// exactly on that node; then the top fires the watches on it and on its ancestors.
     pub fn fire(&self, ch: &Change, caller_of: impl Fn(ConnId) -> Option<Caller>, out: &mut Vec<Fired>) {
+        for r in ch.removed.iter().flatten() {
+            for w in self.list.iter().filter(|w| w.path == r.path) {
+                let Some(c) = caller_of(w.conn) else { continue };
+                if r.perms.iter().any(|p| c.can_read(p)) {
+                    out.push(self.event(w, &r.path));
+                }
+            }
+        }
         for w in &self.list {
-            if w.path.starts_with('@') {
+            if w.path.starts_with('@') || !is_ancestor_or_self(&w.path, &ch.path) {
                 continue;
             }
             let Some(c) = caller_of(w.conn) else { continue };
-            let epath = if is_ancestor_or_self(&w.path, &ch.path) {
-                if !ch.perms.iter().any(|p| c.can_read(p)) {
-                    continue;
-                }
-                ch.path.as_str()
-            } else if let (Some(removed), true) = (&ch.removed, is_ancestor_or_self(&ch.path, &w.path)) {
-                let own = removed.iter().find(|(p, _)| *p == w.path).map(|(_, p)| p);
-                if !ch.perms.iter().chain(own).any(|p| c.can_read(p)) {
-                    continue;
-                }
-                w.path.as_str()
-            } else {
-                continue;
-            };
-            let shown = epath.get(w.strip..).unwrap_or(epath);
-            out.push(Fired { conn: w.conn, path: shown.to_owned(), token: w.token.clone() });
+            if ch.perms.iter().any(|p| c.can_read(p)) {
+                out.push(self.event(w, &ch.path));
+            }
         }
+    }
+
+    /// The event of `w` for `path`, relative if the watch was.
+    fn event(&self, w: &Watch, path: &str) -> Fired {
+        let shown = path.get(w.strip..).unwrap_or(path);
+        Fired { conn: w.conn, path: shown.to_owned(), token: w.token.clone() }
     }
 }

@@ -76,7 +76,7 @@ fn value(i: usize) -> String {
 /// Writes /k/<i>, every third one through a transaction; returns the answer.
 fn commit(c: &mut Raw, i: usize) -> Result<(), String> {
     let path = format!("/k/{i}");
-    if i % 3 != 0 {
+    if !i.is_multiple_of(3) {
         return c.write(&path, &value(i));
     }
     let tx: u32 = fields(&c.req(MsgType::TransactionStart, 0, b"\0")?)[0].parse().unwrap();
