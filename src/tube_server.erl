@@ -1035,25 +1035,31 @@ write_name(#st{conn = C, domid = D, name = Node}) ->
 
 name_path(D) -> iolist_to_binary(["/local/domain/", integer_to_list(D), "/name"]).
 
-%% Reads the name of every domain in one batch and caches them all.
+%% Reads the names of the domains in batches of domids, from 1 up (the
+%% daemon gives out the lowest free domid, and a domain may not list
+%% /local/domain), caching every name seen, until Node is found or a whole
+%% batch holds no domain at all.
 find_name(_Node, #st{conn = undefined}) ->
     {error, not_found};
-find_name(Node, #st{conn = C}) ->
-    case tube_xs:directory(C, <<"/local/domain">>) of
-        {ok, Entries} ->
-            Ds = [D || E <- Entries, {D, <<>>} <- [string:to_integer(E)]],
-            Names = tube_xs:batch(C, [{read, 0, name_path(D)} || D <- Ds]),
-            lists:foreach(fun({D, {ok, N}}) ->
-                                  case catch binary_to_existing_atom(N) of
-                                      A when is_atom(A) -> ets:insert(?NAMES, {A, D});
-                                      _ -> ok
-                                  end;
-                             (_) -> ok
-                          end, lists:zip(Ds, Names)),
-            case ets:lookup(?NAMES, Node) of
-                [{_, D}] -> {ok, D};
-                [] -> {error, not_found}
-            end;
-        _ ->
-            {error, not_found}
+find_name(Node, St) ->
+    find_name(Node, 1, St).
+
+-define(NAME_BATCH, 64).
+
+find_name(_Node, First, _St) when First > 16#7FEF ->
+    {error, not_found};
+find_name(Node, First, St = #st{conn = C}) ->
+    Ds = lists:seq(First, min(First + ?NAME_BATCH - 1, 16#7FEF)),
+    Names = tube_xs:batch(C, [{read, 0, name_path(D)} || D <- Ds]),
+    Found = [{D, N} || {D, {ok, N}} <- lists:zip(Ds, Names)],
+    lists:foreach(fun({D, N}) ->
+                          case catch binary_to_existing_atom(N) of
+                              A when is_atom(A) -> ets:insert(?NAMES, {A, D});
+                              _ -> ok
+                          end
+                  end, Found),
+    case ets:lookup(?NAMES, Node) of
+        [{_, D}] -> {ok, D};
+        [] when Found =:= [] -> {error, not_found};
+        [] -> find_name(Node, First + ?NAME_BATCH, St)
     end.
