@@ -122,4 +122,59 @@ defmodule DistTest do
     :ok = N.call(b2, N, :start_echo, [])
     assert N.call(a, N, :echo_all, [b2.node, [:again]]) == :ok
   end
+
+  test "mnesia: a table replicated over a tube, written on both sides, survives kill -9 and restart of one" do
+    a = start("a")
+    name = uniq("b")
+    b = N.start(name)
+    assert N.call(a, N, :connect, [b.node]) == {:pong, :tube}
+    :ok = N.call(a, N, :mnesia_join, [[]])
+    :ok = N.call(b, N, :mnesia_join, [[a.node]])
+    :ok = N.call(a, N, :mnesia_create, [[a.node, b.node]])
+    :ok = N.call(b, N, :mnesia_wait, [])
+    :ok = N.call(a, N, :mnesia_write, [1..300])
+    :ok = N.call(b, N, :mnesia_write, [301..600])
+    copy = N.call(a, N, :mnesia_local_copy, [])
+    assert length(copy) == 600
+    assert N.call(b, N, :mnesia_local_copy, []) == copy
+
+    N.signal(b, "KILL")
+    N.stop(b)
+    :ok = N.call(a, N, :mnesia_write, [601..700])
+    b2 = N.start(name)
+    on_exit(fn -> N.stop(b2) end)
+    :ok = N.call(b2, N, :mnesia_join, [[a.node]])
+    :ok = N.call(b2, N, :mnesia_wait, [])
+    assert N.call(b2, N, :carrier, [a.node]) == :tube
+    :ok = N.call(b2, N, :mnesia_write, [701..800])
+    copy = N.call(a, N, :mnesia_local_copy, [])
+    assert length(copy) == 800
+    assert N.call(b2, N, :mnesia_local_copy, []) == copy
+  end
+
+  test "connections stay up when the Xenstore daemon dies" do
+    dir = Path.join(System.tmp_dir!(), "tube-dist-xs-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    socket = Path.join(dir, "xs.sock")
+    on_exit(fn ->
+      TubeTest.Checks.signal_daemon(socket, "KILL")
+      File.rm_rf(dir)
+    end)
+
+    a = start("a", env: [XENSTORED_PATH: socket])
+    b = start("b", env: [XENSTORED_PATH: socket])
+    assert N.call(a, N, :connect, [b.node]) == {:pong, :tube}
+    :ok = N.call(a, N, :watch, [b.node])
+    for x <- [a, b], do: :ok = N.call(x, N, :start_echo, [])
+    old = TubeTest.Checks.daemon_pid(socket)
+    assert old
+    TubeTest.Checks.signal_daemon(socket, "KILL")
+    # The nodes notice and start a new daemon; the tube between them does
+    # not depend on Xenstore.
+    TubeTest.Checks.wait_until(fn -> TubeTest.Checks.daemon_pid(socket) not in [nil, old] end, 3_000)
+    assert N.call(a, N, :echo_all, [b.node, [:after_daemon_death, :binary.copy("d", 200_000)]]) == :ok
+    assert N.call(b, N, :echo_all, [a.node, [:after_daemon_death]]) == :ok
+    assert N.call(a, N, :carrier, [b.node]) == :tube
+    assert N.call(a, N, :watched_now, []) == %{}
+  end
 end

@@ -25,8 +25,10 @@ defmodule DistTest.Node do
 
     args = paths ++ proto ++ tick ++ [~c"-setcookie", ~c"#{@cookie}"]
 
+    env = for {k, v} <- Keyword.get(opts, :env, []), do: {~c"#{k}", ~c"#{v}"}
+
     {:ok, peer, node} =
-      :peer.start(%{name: name, connection: :standard_io, args: args, wait_boot: 60_000})
+      :peer.start(%{name: name, connection: :standard_io, args: args, env: env, wait_boot: 60_000})
 
     os_pid = :peer.call(peer, :os, :getpid, []) |> List.to_integer()
     %{peer: peer, node: node, os_pid: os_pid}
@@ -216,6 +218,7 @@ defmodule DistTest.Node do
       {:nodedown, ^node} -> watch_loop(node, ref, Map.put(seen, :nodedown, now()))
       {:DOWN, ^ref, :process, _, reason} -> watch_loop(node, ref, Map.put(seen, {:down, reason}, now()))
       {:since, from, t0} -> wait_both(node, ref, seen, from, t0)
+      {:seen_now, from} -> send(from, {:seen, seen}) && watch_loop(node, ref, seen)
       _ -> watch_loop(node, ref, seen)
     end
   end
@@ -244,6 +247,17 @@ defmodule DistTest.Node do
       {:seen, seen} -> seen
     after
       120_000 -> :timeout
+    end
+  end
+
+  @doc "What :dist_watch has seen so far (without waiting)."
+  def watched_now do
+    send(:dist_watch, {:seen_now, self()})
+
+    receive do
+      {:seen, seen} -> seen
+    after
+      60_000 -> :timeout
     end
   end
 
@@ -293,4 +307,38 @@ defmodule DistTest.Node do
 
   @doc "Counters of this node's tubes (distribution ones included)."
   def tubes, do: for(%{port: p} <- :tube.tubes(), {:ok, i} = :tube.info(p), do: i)
+
+  # ---- mnesia -----------------------------------------------------------------
+
+  # mnesia is not a dependency of tube: named at run time, where the nodes
+  # have it.
+  defp mnesia, do: :mnesia
+
+  @doc "Starts mnesia (schema in RAM) and joins the nodes in `others`."
+  def mnesia_join(others) do
+    :ok = mnesia().start()
+    {:ok, _} = mnesia().change_config(:extra_db_nodes, others)
+    :ok
+  end
+
+  @doc "Creates table :dist_kv with a RAM copy on each of `nodes`."
+  def mnesia_create(nodes) do
+    {:atomic, :ok} = mnesia().create_table(:dist_kv, ram_copies: nodes, attributes: [:k, :v])
+    :ok
+  end
+
+  @doc "Waits for :dist_kv to be loaded here."
+  def mnesia_wait, do: mnesia().wait_for_tables([:dist_kv], 120_000)
+
+  @doc "Writes keys `range` (value: the writing node) in transactions."
+  def mnesia_write(range) do
+    for k <- range do
+      {:atomic, :ok} = mnesia().transaction(fn -> mnesia().write({:dist_kv, k, node()}) end)
+    end
+
+    :ok
+  end
+
+  @doc "This node's own copy of :dist_kv, sorted."
+  def mnesia_local_copy, do: :ets.tab2list(:dist_kv) |> Enum.sort()
 end
