@@ -750,3 +750,80 @@ pub const RESUME_ROOM: usize = RING_BYTES / 2;
 
 #[allow(dead_code)]
 const _RECORD_FITS: () = assert!(record_bytes(MAX_PACKET) <= RESUME_ROOM);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::UnsafeCell;
+
+    /// A small single-threaded ring on the heap.
+    struct Heap {
+        ctrl: DirCtrl,
+        data: UnsafeCell<[u8; 128]>,
+    }
+
+    impl RingMem for &Heap {
+        const SIZE: usize = 128;
+        fn ctrl(&self) -> &DirCtrl {
+            &self.ctrl
+        }
+        fn write(&self, off: usize, src: &[u8]) -> bool {
+            if off > Self::SIZE || src.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
+            unsafe { (&mut *self.data.get())[off..off + src.len()].copy_from_slice(src) };
+            true
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+            if off > Self::SIZE || dst.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: as in `write`.
+            dst.copy_from_slice(unsafe { &(&*self.data.get())[off..off + dst.len()] });
+            true
+        }
+    }
+
+    /// Writes `records` (payload, flags) and runs the reliable receive over them until it
+    /// fails, completes a message or runs dry.
+    fn receive(records: &[(&[u8], u32)]) -> Result<Vec<Vec<u8>>, Corrupt> {
+        let heap = Heap { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 128]) };
+        let (mut p, mut c) = (Producer::new(&heap), Consumer::new(&heap));
+        for (pkt, flags) in records {
+            assert_eq!(p.push_flagged(pkt, *flags), Ok(true));
+        }
+        p.publish();
+        let mut asm: Option<Assembly<Vec<u8>>> = None;
+        let mut out = Vec::new();
+        loop {
+            match reassemble_step(&mut c, &mut asm, &mut |len| Some(vec![0u8; len]))? {
+                Step::Done(m, len) => out.push(m[..len].to_vec()),
+                Step::Partial => {}
+                Step::Empty => return Ok(out),
+            }
+        }
+    }
+
+    const LEN: u32 = REC_MSG_LEN;
+
+    #[test]
+    fn messages_are_put_back_together() {
+        let ten = 10u64.to_le_bytes();
+        let zero = 0u64.to_le_bytes();
+        let got = receive(&[(b"one", 0), (&ten, LEN), (b"abcdef", 0), (b"ghij", 0), (&zero, LEN)]);
+        assert_eq!(got, Ok(vec![b"one".to_vec(), b"abcdefghij".to_vec(), Vec::new()]));
+    }
+
+    #[test]
+    fn framing_no_honest_peer_writes_is_corrupt() {
+        let ten = 10u64.to_le_bytes();
+        let huge = (MAX_MESSAGE as u64 + 1).to_le_bytes();
+        let bad = |r: &[(&[u8], u32)]| receive(r).map(|_| ()).unwrap_err().0;
+        assert_eq!(bad(&[(b"x", 2)]), "unknown record flags");
+        assert_eq!(bad(&[(b"1234", LEN)]), "length record of the wrong size");
+        assert_eq!(bad(&[(&huge, LEN)]), "message longer than MAX_MESSAGE");
+        assert_eq!(bad(&[(&ten, LEN), (b"abcdefghijk", 0)]), "record runs past its message");
+        assert_eq!(bad(&[(&ten, LEN), (b"abc", 0), (&ten, LEN)]), "message announced inside another");
+    }
+}
