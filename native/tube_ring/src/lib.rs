@@ -41,4 +41,4 @@ pub use error::{RingError, SendError};
 #[cfg(not(loom))]
 pub use offer::{connect, Connecting, Offer};
 #[cfg(not(loom))]
-pub use tube::{Assembly, MessageBuf, Stats, Tube, RESUME_ROOM};
+pub use tube::{Assembly, MessageBuf, Pass, Stats, Tube, RESUME_ROOM};

@@ -12,7 +12,7 @@ use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
 use tube_ring::layout::{record_bytes, DirCtrl};
-use tube_ring::ring::{Consumer, Producer, RingMem};
+use tube_ring::ring::{drain_records, reader_sleep, writer_wait, Consumer, Producer, RingMem};
 use tube_ring::MAX_PACKET;
 
 /// Ring bytes in the model: small enough to fill and wrap with a few packets.
@@ -130,26 +130,10 @@ fn produce(mem: Mem, lens: &'static [usize]) {
     }
 }
 
-/// Consumer side: drains, checks every packet, and sleeps with the real protocol.
+/// Consumer side: drains with the receive loop the tube ships (`drain_records`), checks
+/// every packet, and sleeps with the shipped sleep protocol (`reader_sleep`).
 fn consume(mem: Mem, lens: &'static [usize]) {
-    let mut c = Consumer::new(mem.clone());
-    let mut buf = [0u8; MAX_PACKET];
-    let mut got = 0;
-    while got < lens.len() {
-        match c.pop(&mut buf).expect("honest ring") {
-            Some(len) => {
-                assert_eq!(len, lens[got]);
-                assert!(buf[..len].iter().all(|&b| b == got as u8 + 1), "packet {got} torn");
-                got += 1;
-            }
-            None => {
-                c.publish();
-                if c.prepare_sleep() {
-                    mem.sleep();
-                }
-            }
-        }
-    }
+    consume_waking(mem, lens);
 }
 
 fn model(lens: &'static [usize]) {
@@ -167,18 +151,18 @@ fn model(lens: &'static [usize]) {
 }
 
 /// Producer of a reliable tube: when the ring is full it does not spin but waits on its own
-/// channel with the real protocol (`prepare_wait`), so a lost "room freed" wake-up leaves it
-/// waiting forever, which loom reports.
+/// channel with the shipped wait protocol (`writer_wait`), so a lost "room freed" wake-up
+/// leaves it waiting forever, which loom reports.
 fn produce_waiting(mem: Mem, lens: &'static [usize]) {
     let mut p = Producer::new(mem.clone());
     for (i, &len) in lens.iter().enumerate() {
         let pkt = vec![i as u8 + 1; len];
         while !p.push(&pkt).expect("honest ring") {
-            // What is in the ring must be visible before waiting for its consumption.
-            if p.publish() {
+            let wait = writer_wait(&mut p, record_bytes(len)).expect("honest ring");
+            if wait.wake_reader {
                 mem.wake();
             }
-            if p.prepare_wait(record_bytes(len)).expect("honest ring") {
+            if wait.may_wait {
                 mem.writer_sleep();
             }
         }
@@ -188,37 +172,35 @@ fn produce_waiting(mem: Mem, lens: &'static [usize]) {
     }
 }
 
-/// Consumer of a reliable tube: as `consume`, and it owes the writer a wake-up whenever a
-/// publish finds it waiting for room.
+/// Consumer: the shipped receive loop and sleep protocol; it owes the writer a wake-up
+/// whenever a publish finds it waiting for room (a writer that spins never waits).
 fn consume_waking(mem: Mem, lens: &'static [usize]) {
     let mut c = Consumer::new(mem.clone());
     let mut buf = [0u8; MAX_PACKET];
     let mut got = 0;
     while got < lens.len() {
-        match c.pop(&mut buf).expect("honest ring") {
-            Some(len) => {
-                assert_eq!(len, lens[got]);
-                assert!(buf[..len].iter().all(|&b| b == got as u8 + 1), "packet {got} torn");
-                got += 1;
-            }
-            None => {
-                c.publish();
-                if c.take_writer_wake() {
-                    mem.wake_writer();
-                }
-                let sleep = c.prepare_sleep();
-                if c.take_writer_wake() {
-                    mem.wake_writer();
-                }
-                if sleep {
-                    mem.sleep();
-                }
-            }
+        let mut step = |c: &mut Consumer<Mem>| c.pop(&mut buf).map(|r| r.map(|len| (len, buf[..len].to_vec())));
+        let mut seen = Vec::new();
+        let n = drain_records(&mut c, usize::MAX, |c| Ok(step(c)?.map(|(len, b)| { seen.push(b); len })), |_| {})
+            .expect("honest ring");
+        for pkt in seen {
+            assert_eq!(pkt.len(), lens[got]);
+            assert!(pkt.iter().all(|&b| b == got as u8 + 1), "packet {got} torn");
+            got += 1;
         }
-    }
-    c.publish();
-    if c.take_writer_wake() {
-        mem.wake_writer();
+        if c.take_writer_wake() {
+            mem.wake_writer();
+        }
+        if n > 0 {
+            continue;
+        }
+        let sleep = reader_sleep(&mut c);
+        if sleep.wake_writer {
+            mem.wake_writer();
+        }
+        if sleep.may_sleep {
+            mem.sleep();
+        }
     }
 }
 
