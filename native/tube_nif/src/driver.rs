@@ -46,7 +46,7 @@ const STREAMING: usize = 8;
 const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 /// The longest polling window a tube accepts, in microseconds.
-const MAX_BUSY_POLL_US: u64 = 100_000;
+const MAX_BUSY_POLL_US: u64 = tube_ring::proto::MAX_BUSY_POLL_US;
 
 /// Opaque `ErlDrvPort`.
 type DrvPort = *mut c_void;
@@ -69,7 +69,7 @@ extern "C" {
 static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
 
 /// Counters returned by the stats control (see `tube_rs_stats`).
-const STATS_N: usize = 13;
+const STATS_N: usize = tube_ring::proto::STATS.len();
 
 /// Per-port state, owned by the emulator between `start` and `stop`.
 struct PortState {
@@ -248,11 +248,12 @@ impl PortState {
     /// `{active, _}` from the owner: `mode` 0 sets no limit, 1 sets the
     /// credit to `n`, 2 adds `n` to it.
     fn set_active(&mut self, mode: u8, n: u64) -> bool {
+        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_NO_LIMIT, ACTIVE_SET};
         self.credit = match (mode, self.credit) {
-            (0, _) => None,
-            (1, _) => Some(n),
-            (2, None) => Some(n),
-            (2, Some(c)) => Some(c.saturating_add(n)),
+            (ACTIVE_NO_LIMIT, _) => None,
+            (ACTIVE_SET, _) => Some(n),
+            (ACTIVE_ADD, None) => Some(n),
+            (ACTIVE_ADD, Some(c)) => Some(c.saturating_add(n)),
             _ => return false,
         };
         if self.credit != Some(0) {
@@ -599,7 +600,7 @@ fn credit_from_command(command: &CStr) -> Option<u64> {
 /// `"tube_nif <Id> <Credit> <BusyPollUs> <Delivery>"`: 1 is reliable; 0 or
 /// absent is lossy.
 fn reliable_from_command(command: &CStr) -> bool {
-    command_word(command, 4) == Some(1)
+    command_word(command, 4) == Some(tube_ring::proto::DELIVERY_RELIABLE)
 }
 
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the

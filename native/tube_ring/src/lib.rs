@@ -23,6 +23,11 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+/// Numbers shared with the driver's C glue and the Erlang side (see the file).
+#[allow(missing_docs)]
+pub mod proto {
+    include!("proto.rs");
+}
 pub mod ring;
 pub mod sync;
 
