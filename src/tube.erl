@@ -92,7 +92,10 @@ open(Domid, Tid, Opts) ->
 accept() -> accept(#{timeout => infinity}).
 
 %% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity'), `active', `busy_poll' and `delivery' (as in open/3).
+%% default `infinity'), `active', `busy_poll' and `delivery' (as in open/3),
+%% and `tids', the inclusive range `{Min, Max}' of Tids taken (default `{0,
+%% 16#FFFEFFFF}': the Tids above are the distribution carrier's, see
+%% tube_dist).
 -spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll(),
                delivery => delivery(), tids => {tid(), tid()}}) ->
           {ok, tube()} | {error, term()}.

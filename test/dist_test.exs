@@ -32,6 +32,11 @@ defmodule DistTest do
     assert [%{tid: tid, peer: _}] = N.call(a, N, :tubes, [])
     assert tid >= 0xFFFF0000
     assert [%{tid: ^tid}] = N.call(b, N, :tubes, [])
+    # The control plane runs under the kernel since boot: starting the
+    # application does not start a second one.
+    server = N.call(a, :erlang, :whereis, [:tube_server])
+    assert {:ok, _} = N.call(a, :application, :ensure_all_started, [:tube])
+    assert N.call(a, :erlang, :whereis, [:tube_server]) == server
   end
 
   test "terms of every type and binaries of 0 B to 64 MiB go both ways unchanged" do

@@ -708,26 +708,41 @@ pub extern "C" fn tube_rs_stop_select(fd: isize) {
 pub extern "C" fn tube_rs_outputv(st: *mut c_void, iov: *const libc::iovec, n: c_int) {
     guarded(st, |state| {
         let n = usize::try_from(n).unwrap_or(0);
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(n);
-        for i in 0..n {
-            // SAFETY: the C glue passes the ErlIOVec's `vsize` iovecs, each
-            // `iov_len` readable bytes that live for this call.
-            let v = unsafe { &*iov.add(i) };
-            if v.iov_len > 0 && !v.iov_base.is_null() {
-                // SAFETY: as above.
-                parts.push(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+        // SAFETY: the C glue passes the ErlIOVec's `vsize` iovecs, each
+        // `iov_len` readable bytes that live for this call.
+        let iovs = if n == 0 || iov.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(iov, n) } };
+        let piece = |v: &libc::iovec| {
+            // SAFETY: as above.
+            (v.iov_len > 0 && !v.iov_base.is_null())
+                .then(|| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) })
+        };
+        // A distribution packet comes in a few pieces (an empty header slot,
+        // then the data): no allocation for those.
+        let mut few: [&[u8]; 8] = [&[]; 8];
+        let mut many: Vec<&[u8]> = Vec::new();
+        let mut k = 0;
+        for p in iovs.iter().filter_map(piece) {
+            if k < few.len() {
+                few[k] = p;
+            } else {
+                if many.is_empty() {
+                    many.extend_from_slice(&few);
+                }
+                many.push(p);
             }
+            k += 1;
         }
+        let parts: &[&[u8]] = if many.is_empty() { &few[..k] } else { &many };
         if state.reliable {
-            return state.send_message(&parts);
+            return state.send_message(parts);
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        match parts.as_slice() {
+        match parts {
             [one] => state.send(Some(one)),
             _ if (1..=MAX_PACKET).contains(&total) => {
                 let mut flat = [0u8; MAX_PACKET];
                 let mut at = 0;
-                for p in &parts {
+                for p in parts {
                     flat[at..at + p.len()].copy_from_slice(p);
                     at += p.len();
                 }
