@@ -1038,7 +1038,8 @@ name_path(D) -> iolist_to_binary(["/local/domain/", integer_to_list(D), "/name"]
 %% Reads the names of the domains in batches of domids, from 1 up (the
 %% daemon gives out the lowest free domid, and a domain may not list
 %% /local/domain), caching every name seen, until Node is found or a whole
-%% batch holds no domain at all.
+%% batch holds no domain at all (a domain's own directory answers `eacces'
+%% to others, a missing one `enoent').
 find_name(_Node, #st{conn = undefined}) ->
     {error, not_found};
 find_name(Node, St) ->
@@ -1050,16 +1051,21 @@ find_name(_Node, First, _St) when First > 16#7FEF ->
     {error, not_found};
 find_name(Node, First, St = #st{conn = C}) ->
     Ds = lists:seq(First, min(First + ?NAME_BATCH - 1, 16#7FEF)),
-    Names = tube_xs:batch(C, [{read, 0, name_path(D)} || D <- Ds]),
-    Found = [{D, N} || {D, {ok, N}} <- lists:zip(Ds, Names)],
-    lists:foreach(fun({D, N}) ->
+    Ops = lists:append([[{read, 0, name_path(D)}, {read, 0, domain_path(D)}] || D <- Ds]),
+    Replies = pairs(tube_xs:batch(C, Ops)),
+    lists:foreach(fun({D, {{ok, N}, _}}) ->
                           case catch binary_to_existing_atom(N) of
                               A when is_atom(A) -> ets:insert(?NAMES, {A, D});
                               _ -> ok
-                          end
-                  end, Found),
+                          end;
+                     (_) -> ok
+                  end, lists:zip(Ds, Replies)),
+    Any = lists:any(fun({_, Dir}) -> Dir =/= {error, enoent} end, Replies),
     case ets:lookup(?NAMES, Node) of
         [{_, D}] -> {ok, D};
-        [] when Found =:= [] -> {error, not_found};
+        [] when not Any -> {error, not_found};
         [] -> find_name(Node, First + ?NAME_BATCH, St)
     end.
+
+pairs([A, B | Rest]) -> [{A, B} | pairs(Rest)];
+pairs(_) -> [].
