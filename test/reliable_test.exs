@@ -145,4 +145,21 @@ defmodule ReliableTest do
     r = wait_count(peer, 1)
     assert [{5000, _}] = r.digests
   end
+
+  test "reliable framing no honest peer writes closes the tube as corrupt, after what came before" do
+    bin = TubeTest.ChaosHostile.build!()
+    :ok = Sink.start(true)
+    on_exit(fn -> if Process.whereis(:dist_sink), do: Sink.stop() end)
+    args = ["bad-framing", "--tip", :tube.domid(), "--tid", 21, "--xs", :tube_daemon.socket_path(),
+            "--timeout-ms", 10_000]
+    hostile = TubeTest.ChaosHostile.start(bin, args)
+    :ok = Sink.wait_ready()
+    {status, lines, result} = TubeTest.ChaosHostile.await(hostile, 60_000)
+    assert status == 0, "tube-hostile failed: #{inspect(lines)}"
+    assert result["tip_closed"] == "true"
+    TubeTest.Checks.wait_until(fn -> Sink.result().closed != nil end)
+    r = Sink.result()
+    assert r.closed == :corrupt
+    assert r.digests == for(i <- 0..2, do: {8, :erlang.md5("honest-#{i}")})
+  end
 end

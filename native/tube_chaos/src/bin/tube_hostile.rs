@@ -13,6 +13,8 @@
 //!
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
 //!   with honest packets in between, until the tip closes the tube;
+//! * `bad-framing`: three honest packets, then reliable framing no honest peer writes (a
+//!   message of 10 bytes announced, then a record of 64);
 //! * `bad-length`: three honest packets (`honest-0..2`), then a record claiming 4097 bytes;
 //! * `bad-indices`: three honest packets and, once they are read, a producer index the
 //!   reader must refuse (more than a ring ahead, or behind);
@@ -52,7 +54,7 @@ struct Args {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: tube-hostile ring-fuzz [--count N] [--per-tube M] [--seed S]\n       \
-         tube-hostile random-bytes|bad-length|bad-indices|xenstore-garbage|count --tip DOMID \
+         tube-hostile random-bytes|bad-length|bad-indices|bad-framing|xenstore-garbage|count --tip DOMID \
          [--tid T] [--count N] [--per-tube M] [--seed S] [--xs SOCKET] [--timeout-ms MS]"
     );
     ExitCode::from(2)
@@ -89,7 +91,7 @@ fn parse_args() -> Option<Args> {
 
 fn main() -> ExitCode {
     let Some(args) = parse_args() else { return usage() };
-    let known = ["ring-fuzz", "random-bytes", "bad-length", "bad-indices", "xenstore-garbage", "count"];
+    let known = ["ring-fuzz", "random-bytes", "bad-length", "bad-indices", "bad-framing", "xenstore-garbage", "count"];
     if !known.contains(&args.mode.as_str()) || (args.mode != "ring-fuzz" && (args.tip == u32::MAX || args.xs.as_os_str().is_empty())) {
         return usage();
     }
@@ -143,11 +145,15 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             let closed = wait_gone(&tube, Duration::from_millis(200));
             format!("corruptions={} tip_closed={closed}", s.total())
         }
-        "bad-length" | "bad-indices" => {
+        "bad-length" | "bad-indices" | "bad-framing" => {
             for i in 0..3 {
                 raw.push(&region, format!("honest-{i}").as_bytes());
             }
-            if a.mode == "bad-length" {
+            if a.mode == "bad-framing" {
+                // For a reliable reader: a message of 10 bytes announced, then a chunk of 64.
+                raw.push_flagged(&region, tube_ring::layout::REC_MSG_LEN, &10u64.to_le_bytes());
+                raw.push_flagged(&region, 0, &[0xCD; 64]);
+            } else if a.mode == "bad-length" {
                 raw.push_claiming(&region, 4097, &[0xAB; 64]);
             } else {
                 // The reader checks the index before any record: let it take the honest
