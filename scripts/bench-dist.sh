@@ -4,10 +4,11 @@
 # throughput from 4 KiB to 16 MiB, CPU per message. Prints a table and
 # writes JSON (default bench-dist.json).
 #
-#   bash scripts/bench-dist.sh [--out FILE] [--scale 0.2]
+#   bash scripts/bench-dist.sh [--out FILE] [--scale 0.2] [--dist-busy-poll US]
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
-# calls, 256 MiB per throughput size).
+# calls, 256 MiB per throughput size); --dist-busy-poll sets the tube
+# nodes' application env dist_busy_poll (default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -20,7 +20,8 @@
 -define(COOKIE, "tube_dist_bench").
 
 main(Args) ->
-    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0}),
+    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => 0}),
+    persistent_term:put({?MODULE, busy_poll}, maps:get(busy_poll, Opts)),
     Scale = maps:get(scale, Opts),
     Results = [measure(C, Scale) || C <- [tube, tcp]],
     Json = json(Results),
@@ -31,6 +32,7 @@ main(Args) ->
 
 parse(["--out", F | R], O) -> parse(R, O#{out => F});
 parse(["--scale", S | R], O) -> parse(R, O#{scale => list_to_float(S)});
+parse(["--dist-busy-poll", Us | R], O) -> parse(R, O#{busy_poll => list_to_integer(Us)});
 parse([], O) -> O.
 
 %% ---- one carrier -----------------------------------------------------------
@@ -65,7 +67,8 @@ measure(Carrier, Scale) ->
 start_node(Name, Carrier) ->
     Paths = lists:append([["-pa", P] || P <- code:get_path()]),
     Proto = case Carrier of
-                tube -> ["-proto_dist", "inet_tcp", "tube"];
+                tube -> ["-proto_dist", "inet_tcp", "tube", "-tube", "dist_busy_poll",
+                         integer_to_list(persistent_term:get({?MODULE, busy_poll}))];
                 tcp -> []
             end,
     {ok, Peer, Node} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
