@@ -48,6 +48,9 @@ const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 /// The longest polling window a tube accepts, in microseconds.
 const MAX_BUSY_POLL_US: u64 = tube_ring::proto::MAX_BUSY_POLL_US;
 
+/// Room a busy port with messages in its outbox waits for: one full record.
+const OUTBOX_ROOM: usize = MAX_PACKET + 8;
+
 /// Opaque `ErlDrvPort`.
 type DrvPort = *mut c_void;
 
@@ -360,10 +363,15 @@ impl PortState {
                 Err(SendError::Closed) => return,
                 Err(_) => return self.close(CloseReason::Corrupt),
             }
-            if self.tube.queued_bytes() == 0 && self.tube.room(RESUME_ROOM) {
+            let queued = self.tube.queued_bytes();
+            if queued == 0 && self.tube.room(RESUME_ROOM) {
                 return self.resume();
             }
-            if self.tube.prepare_wait_room(RESUME_ROOM) || !self.tube.is_open() {
+            // With messages waiting, any room the reader frees is worth
+            // filling at once (it frees a quarter ring at a time); with none,
+            // the port waits for half the ring before it takes new ones.
+            let need = if queued > 0 { OUTBOX_ROOM } else { RESUME_ROOM };
+            if self.tube.prepare_wait_room(need) || !self.tube.is_open() {
                 return;
             }
         }
