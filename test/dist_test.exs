@@ -78,6 +78,18 @@ defmodule DistTest do
     IO.puts("\n  nodedown #{ms} ms after kill -9")
   end
 
+  test "an idle connection is kept up by ticks, which move the receive counter" do
+    {a, b} = pair(ticktime: 4)
+    :ok = N.call(a, N, :watch, [b.node])
+    received = fn -> [%{received: r}] = N.call(a, N, :tubes, []); r end
+    r0 = received.()
+    # Nothing is sent: only ticks (empty messages) arrive, one per second
+    # with net_ticktime 4, and they count.
+    TubeTest.Checks.wait_until(fn -> received.() >= r0 + 6 end, 5_000)
+    assert N.call(a, N, :watched_now, []) == %{}
+    assert N.call(a, N, :carrier, [b.node]) == :tube
+  end
+
   test "a frozen peer (SIGSTOP) is dropped when net_ticktime expires" do
     {a, b} = pair(ticktime: 4)
     :ok = N.call(a, N, :watch, [b.node])
