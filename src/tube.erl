@@ -5,7 +5,9 @@
 %% `Tube ! {self(), {command, Data}}'; the owner (the process that opened or
 %% accepted it) receives each packet as `{Tube, {data, Binary}}'. Packets
 %% are 1..4096 bytes. Delivery is lossy: the sender never blocks, and a
-%% packet that does not fit in the peer's ring is dropped and counted.
+%% packet that does not fit in the peer's ring is dropped and counted. A
+%% tube opened with `delivery => reliable' instead carries messages of any
+%% size and never drops one (see open/3).
 %%
 %% Messages the owner may receive besides data:
 %% <ul>
@@ -19,13 +21,14 @@
 %% exits then also receives ``{'EXIT', Tube, normal}''.</li>
 %% </ul>
 %%
-%% Sending: {@link send/2} answers `{error, emsgsize}' for a packet of 0
-%% bytes or over 4096 and `{error, closed}' on a closed tube, as gen_udp
-%% does. The raw port interface answers neither: `port_command/2' of such a
-%% packet returns `true', sends nothing and counts it as `rejected' in
-%% {@link info/1}. Either way a full ring drops the packet and counts it as
-%% `dropped' (delivery is lossy); `port_command/2' on a closed tube raises
-%% `badarg', as for any closed port.
+%% Sending: on a lossy tube (the default), {@link send/2} answers `{error,
+%% emsgsize}' for a packet of 0 bytes or over 4096 and `{error, closed}' on a
+%% closed tube, as gen_udp does. The raw port interface answers neither:
+%% `port_command/2' of such a packet returns `true', sends nothing and counts
+%% it as `rejected' in {@link info/1}. Either way a full ring drops the packet
+%% and counts it as `dropped'; `port_command/2' on a closed tube raises
+%% `badarg', as for any closed port. A reliable tube takes messages of 0 bytes
+%% to 256 MiB and never drops (see open/3).
 %%
 %% Options are a map or a list of `{Key, Value}' (the gen_tcp habit), the
 %% same for open/3, accept/1 and setopts/2; an unknown key or a bad value
@@ -60,14 +63,16 @@
 %% overrides an earlier one.
 -type options(Map) :: Map | [{atom(), term()}].
 
--define(MAX_DOMID, 16#7FEF).
--define(MAX_TID, 16#FFFFFFFF).
--define(TUBE_CTL_STATS, 1).
--define(TUBE_CTL_ACTIVE, 3).
--define(TUBE_CTL_BUSY_POLL, 4).
--define(MAX_BUSY_POLL, 100000).
+-include("tube_proto.hrl").
+
+-define(MAX_DOMID, ?TUBE_MAX_DOMID).
+-define(MAX_TID, ?TUBE_MAX_TID).
+%% Plain accept/0,1 take Tids up to here; the rest are the distribution
+%% carrier's (tube_dist).
+-define(MAX_PLAIN_TID, (?TUBE_DIST_TID_MIN - 1)).
+-define(MAX_BUSY_POLL, ?TUBE_MAX_BUSY_POLL).
 -define(DRIVER, "tube_nif").
--define(MAX_PACKET, 4096).
+-define(MAX_PACKET, ?TUBE_MAX_PACKET).
 
 %% badarg with OTP's error_info: Cause maps argument positions (or
 %% `general') to what is wrong, for format_error/2. Raised from the
@@ -108,6 +113,15 @@ open(Domid, Tid) ->
 %% for it, as for any domid out of 1..32751 and any Tid out of
 %% 0..4294967295, unknown option or bad option value.
 %%
+%% `delivery' (default `lossy') says what a send promises. `lossy': packets
+%% of 1..4096 bytes, dropped (and counted) when the peer's ring is full.
+%% `reliable': messages of any size up to 256 MiB (empty ones too), never
+%% dropped, in order; when the peer's ring is full the port goes busy, so
+%% `port_command' suspends the sender as on a busy socket, and it resumes
+%% once the peer has drained half its ring. Both ends must use the same
+%% delivery. info/1 counts `busy' (times the port went busy), `busy_us'
+%% (time spent busy) and `queued_bytes' (waiting for room now).
+%%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
@@ -143,13 +157,14 @@ accept() -> accept(#{timeout => infinity}).
 %% `timeout' (milliseconds or `infinity', default `infinity'), `active',
 %% `busy_poll' and `delivery' (as in open/3), and `tids', the inclusive
 %% range `{Min, Max}' of Tids accepted (default all Tids but the range
-%% 16#FFFF0000..16#FFFFFFFF, which the distribution carrier reserves).
+%% 16#FFFF0000..16#FFFFFFFF, which the distribution carrier reserves:
+%% see tube_dist).
 -spec accept(options(accept_opts())) -> {ok, tube()} | {error, term()}.
 accept(Opts) ->
     case options(accept, Opts) of
         {ok, O} ->
             Timeout = maps:get(timeout, O, infinity),
-            Tids = maps:get(tids, O, {0, ?MAX_TID - 16#FFFF}),
+            Tids = maps:get(tids, O, {0, ?MAX_PLAIN_TID}),
             Port = port_opts(O),
             finish(tube_control:accept(Tids, Timeout), Port);
         Bad ->
@@ -253,9 +268,10 @@ apply_controls(Tube, Controls) ->
 
 %% @doc Sends one packet, as gen_udp:send/2 does: `ok' once it is handed
 %% to the tube, `{error, emsgsize}' if Packet is empty or over 4096 bytes
-%% (nothing is sent), `{error, closed}' if the tube is closed. Delivery is
-%% lossy: `ok' does not mean the peer's ring had room (see info/1's
-%% `dropped'). Packet is any iodata.
+%% on a lossy tube, or over 256 MiB on a reliable one (nothing is sent),
+%% `{error, closed}' if the tube is closed. On a lossy tube `ok' does not
+%% mean the peer's ring had room (see info/1's `dropped'). Packet is any
+%% iodata.
 %%
 %% The raw `port_command(Tube, Packet)' costs a little less and answers
 %% `true' for every packet: an empty or oversize one is not sent and only
@@ -264,18 +280,39 @@ apply_controls(Tube, Controls) ->
 send(Tube, Packet) when is_port(Tube) ->
     case packet_size(Packet) of
         {ok, Size} when Size >= 1, Size =< ?MAX_PACKET ->
-            try erlang:port_command(Tube, Packet) of
-                true -> ok
-            catch
-                error:badarg -> {error, closed}
+            send_checked(Tube, Packet);
+        {ok, Size} ->
+            case delivery_of(Tube) of
+                reliable when Size =< ?TUBE_MAX_MESSAGE -> send_checked(Tube, Packet);
+                closed -> {error, closed};
+                _ -> {error, emsgsize}
             end;
-        {ok, _} ->
-            {error, emsgsize};
         error ->
             ?BADARG([Tube, Packet], #{2 => "not iodata (a binary or a list of bytes and binaries)"})
     end;
 send(Tube, Packet) ->
     ?BADARG([Tube, Packet], maps:merge(#{1 => not_a_tube()}, packet_cause(Packet))).
+
+send_checked(Tube, Packet) ->
+    try erlang:port_command(Tube, Packet) of
+        true -> ok
+    catch
+        error:badarg -> {error, closed}
+    end.
+
+%% A tube's delivery, from the last word of its driver command (see
+%% finish/2), which is the port's name; only asked for a packet a lossy
+%% tube would refuse.
+delivery_of(Tube) ->
+    case erlang:port_info(Tube, name) of
+        {name, ?DRIVER ++ " " ++ Words} ->
+            case lists:last(string:lexemes(Words, " ")) of
+                W when W =:= integer_to_list(?TUBE_DELIVERY_RELIABLE) -> reliable;
+                _ -> lossy
+            end;
+        _ ->
+            closed
+    end.
 
 %% @doc Makes Pid the owner of Tube, as gen_tcp:controlling_process/2 does
 %% for a socket: only the owner may call it. Delivery is paused while
@@ -321,9 +358,11 @@ tubes() -> tube_control:tubes().
 %% ---- internals -----------------------------------------------------------
 
 %% The control plane has mapped the ring: open the port in the calling
-%% process, which makes it the owner, and attach it.
-finish({ok, Id, Tube}, {Credit, BusyPoll}) ->
-    Command = lists:concat([?DRIVER, " ", Id, " ", Credit, " ", BusyPoll]),
+%% process, which makes it the owner, and attach it. The driver's open
+%% command is `tube_nif Id Credit BusyPollUs Delivery'.
+finish({ok, Id, Tube}, #{credit := Credit, busy_poll := BusyPoll, delivery := Delivery}) ->
+    Words = [Id, Credit, BusyPoll, delivery_word(Delivery)],
+    Command = lists:flatten([?DRIVER | [[" ", integer_to_list(W)] || W <- Words]]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_control:attach(Tube, Port) of
@@ -344,39 +383,46 @@ control({busy_poll, Us}) -> {?TUBE_CTL_BUSY_POLL, <<Us:32/native>>}.
 
 %% A delivery mode as {Mode, N}: Mode 0 sets no limit, 1 sets the credit
 %% to N, 2 adds N to it.
-active_mode(true) -> {0, 0};
-active_mode(false) -> {1, 0};
-active_mode(once) -> {1, 1};
-active_mode(N) when is_integer(N), N > 0, N < 1 bsl 63 -> {2, N}.
+active_mode(true) -> {?TUBE_ACTIVE_NO_LIMIT, 0};
+active_mode(false) -> {?TUBE_ACTIVE_SET, 0};
+active_mode(once) -> {?TUBE_ACTIVE_SET, 1};
+active_mode(N) when is_integer(N), N > 0, N < 1 bsl 63 -> {?TUBE_ACTIVE_ADD, N}.
 
 %% The control for an active mode: <<Mode:8, N:64/native>>.
 active_control(A) ->
     {Mode, N} = active_mode(A),
     <<Mode, N:64/native>>.
 
-%% What the open_port command carries: the first credit and polling window.
+%% What the open_port command carries: the first credit, the polling window
+%% and the delivery.
 port_opts(Opts) ->
     BusyPoll = maps:get(busy_poll, Opts, env(busy_poll, 50, fun is_busy_poll/1)),
-    {credit_opt(Opts), BusyPoll}.
+    Delivery = maps:get(delivery, Opts, lossy),
+    #{credit => credit_opt(Opts), busy_poll => BusyPoll, delivery => Delivery}.
+
+delivery_word(lossy) -> ?TUBE_DELIVERY_LOSSY;
+delivery_word(reliable) -> ?TUBE_DELIVERY_RELIABLE.
 
 %% The first credit, in the open_port command: -1 is no limit.
 credit_opt(Opts) ->
     case active_mode(maps:get(active, Opts, true)) of
-        {0, _} -> -1;
+        {?TUBE_ACTIVE_NO_LIMIT, _} -> -1;
         {_, N} -> N
     end.
 
 counters(Tube) ->
     case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of
-        Bytes when is_list(Bytes), length(Bytes) =:= 80 ->
+        Bytes when is_list(Bytes), length(Bytes) =:= ?TUBE_STATS_N * 8 ->
             <<Sent:64/native, SentB:64/native, Recv:64/native, RecvB:64/native,
               Dropped:64/native, Rejected:64/native, Wakeups:64/native,
-              PeerPid:64/native, BusyPoll:64/native, Polling:64/native>> = list_to_binary(Bytes),
+              PeerPid:64/native, BusyPoll:64/native, Polling:64/native,
+              Busy:64/native, BusyUs:64/native, Queued:64/native>> = list_to_binary(Bytes),
             {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
                    received_bytes => RecvB, dropped => Dropped,
                    rejected => Rejected, wakeups => Wakeups,
                    peer_os_pid => case PeerPid of 0 -> undefined; P -> P end,
-                   busy_poll => BusyPoll, polling => Polling =:= 1}};
+                   busy_poll => BusyPoll, polling => Polling =:= 1,
+                   busy => Busy, busy_us => BusyUs, queued_bytes => Queued}};
         _ ->
             {error, closed}
     end.
@@ -420,7 +466,7 @@ hand_over(Tube, Pid) ->
 %% The tube's delivery mode now, as the control data that sets it again:
 %% the driver answers an active control of the one byte 255 with it.
 active_now(Tube) ->
-    case catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, <<255>>) of
+    case catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, <<?TUBE_ACTIVE_QUERY>>) of
         [_ | _] = Bytes when length(Bytes) =:= 9 -> {ok, list_to_binary(Bytes)};
         _ -> closed
     end.
@@ -544,6 +590,8 @@ fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
 
 is_domid(D) -> is_integer(D) andalso D >= 1 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
+is_tid_range({Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =< Max;
+is_tid_range(_) -> false.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
 is_active(A) -> is_boolean(A) orelse A =:= once orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
 is_node_name(Node) -> lists:member($@, atom_to_list(Node)).

@@ -16,7 +16,7 @@
 
 -include_lib("kernel/include/logger.hrl").
 
--define(TUBE_CTL_CLOSE, 2).
+-include("tube_proto.hrl").
 
 new(Key, Conn, Domid) ->
     #{key => Key, conn => Conn, domid => Domid, pending => #{}, port => undefined,

@@ -14,7 +14,8 @@
 
 -export([free/1, candidates/1, take/1, drop/1, holder/1]).
 
--define(MAX_DOMID, 16#7FEF).
+-include("tube_proto.hrl").
+-define(MAX_DOMID, ?TUBE_MAX_DOMID).
 
 %% Whether domid D is not held by another live process.
 -spec free(pos_integer()) -> boolean().

@@ -22,8 +22,9 @@
          nock_remove/3, remove_empty/3, tip_remove/4, republish_nock/4,
          publish_name/2, first_error/2, nock_writes_ok/1]).
 
--define(MAX_DOMID, 16#7FEF).
--define(MAX_TID, 16#FFFFFFFF).
+-include("tube_proto.hrl").
+-define(MAX_DOMID, ?TUBE_MAX_DOMID).
+-define(MAX_TID, ?TUBE_MAX_TID).
 
 %% ---- paths -----------------------------------------------------------------
 

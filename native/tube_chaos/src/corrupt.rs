@@ -155,6 +155,15 @@ impl RawProducer {
         region.store_u64(prod_offset(self.dir), self.prod);
     }
 
+    /// Publishes a record of a reliable tube with record flags `flags` in its header.
+    pub fn push_flagged(&mut self, region: &Region<'_>, flags: u32, body: &[u8]) {
+        region.store_u32(ring_byte(self.dir, self.prod), (body.len() as u32).to_le());
+        region.store_u32(ring_byte(self.dir, self.prod + 4), flags.to_le());
+        region.write_ring(self.dir, self.prod + HDR_BYTES as u64, body);
+        self.prod = self.prod.wrapping_add((HDR_BYTES + ((body.len() + 7) & !7)) as u64);
+        region.store_u64(prod_offset(self.dir), self.prod);
+    }
+
     /// True once the reader has consumed everything published so far.
     pub fn drained(&self, region: &Region<'_>) -> bool {
         region.load_u64(cons_offset(self.dir)) == Some(self.prod)

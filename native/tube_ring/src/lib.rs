@@ -23,6 +23,11 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+/// Numbers shared with the driver's C glue and the Erlang side (see the file).
+#[allow(missing_docs)]
+pub mod proto {
+    include!("proto.rs");
+}
 pub mod ring;
 pub mod sync;
 
@@ -35,10 +40,10 @@ mod sys;
 #[cfg(not(loom))]
 mod tube;
 
-pub use layout::{MAX_PACKET, TUBE_BYTES};
+pub use layout::{MAX_MESSAGE, MAX_PACKET, TUBE_BYTES};
 #[cfg(not(loom))]
 pub use error::{RingError, SendError};
 #[cfg(not(loom))]
 pub use offer::{connect, Connecting, Offer};
 #[cfg(not(loom))]
-pub use tube::{Stats, Tube};
+pub use tube::{Assembly, MessageBuf, Pass, Stats, Tube, RESUME_ROOM};

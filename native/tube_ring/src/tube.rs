@@ -1,13 +1,17 @@
 //! One end of an established tube: a producer on one ring, a consumer on the other, and the
 //! connected Unix socket that carries wake-ups and tells us at once when the peer is gone.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use crate::error::{RingError, SendError};
-use crate::layout::{dir_ctrl_offset, ring_offset, DirCtrl, MAX_PACKET, RING_BYTES, TUBE_BYTES};
-use crate::ring::{Consumer, Corrupt, Producer, RingMem};
+use crate::layout::{
+    dir_ctrl_offset, record_bytes, ring_offset, DirCtrl, MAX_MESSAGE, MAX_PACKET, REC_MSG_LEN, RING_BYTES,
+    TUBE_BYTES,
+};
+use crate::ring::{self, Consumer, Corrupt, Producer, RingMem};
 use crate::sys::{self, Mapping};
 
 /// Counters, readable at any time from the owning side.
@@ -23,6 +27,51 @@ pub struct Stats {
     pub recv_bytes: u64,
     /// Packets dropped because the tx ring was full.
     pub dropped: u64,
+}
+
+/// Memory a reliable message is received into (see [`Tube::recv_messages`]).
+///
+/// # Safety
+/// `as_mut_ptr` must return a pointer to at least the length `alloc` was asked for of
+/// writable bytes, which nothing else uses and which stay valid and in place while the value
+/// lives, even when the value itself is moved (heap memory, not an inline array).
+pub unsafe trait MessageBuf {
+    /// The first byte of the buffer.
+    fn as_mut_ptr(&mut self) -> *mut u8;
+}
+
+// SAFETY: a Vec's bytes live on the heap and do not move when the Vec does; `alloc` callers
+// give a Vec of the asked length (`vec![0; len]`).
+unsafe impl MessageBuf for Vec<u8> {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        <[u8]>::as_mut_ptr(self)
+    }
+}
+
+/// A reliable message being put back together from its records: kept by the caller of
+/// [`Tube::recv_messages`] between calls (a message may span many ring-fulls).
+#[derive(Debug)]
+pub struct Assembly<B> {
+    buf: B,
+    len: usize,
+    filled: usize,
+}
+
+/// Records a reliable receive takes from the ring in one step without completing a message,
+/// before it lets the caller run again.
+const ASSEMBLY_RECORDS_PER_STEP: usize = 1024;
+
+/// One message waiting for room in the tx ring of a reliable tube.
+#[derive(Debug)]
+struct Queued {
+    /// What is left to write: the whole message, or the bytes after those written.
+    data: Vec<u8>,
+    /// Bytes of `data` already in the ring.
+    pos: usize,
+    /// The length record went in (for a message framed as a length record and chunks).
+    announced: bool,
+    /// Length of the whole message, for the counters.
+    total: usize,
 }
 
 /// One direction inside a tube's mapping. Only `Tube` creates these, and it keeps the
@@ -100,6 +149,17 @@ impl RingMem for ShmDir {
     }
 }
 
+/// How a receive pass ended ([`Tube::receive_pass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The budget ran out, with packets perhaps left: run again soon, after yielding.
+    Budget,
+    /// The owner takes no more now: stop reading (and announce no sleep).
+    Stopped,
+    /// The ring is empty.
+    Empty,
+}
+
 /// Life cycle of a tube end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -117,6 +177,10 @@ pub struct Tube {
     state: State,
     stats: Stats,
     buf: Box<[u8; MAX_PACKET]>,
+    /// Messages of a reliable tube waiting for room, oldest first.
+    outbox: VecDeque<Queued>,
+    /// Bytes in `outbox` not yet in the ring.
+    queued: usize,
     peer_pid: Option<i32>,
     // Declared last: dropped after `tx`/`rx`, whose pointers point into it.
     _map: Mapping,
@@ -142,6 +206,8 @@ impl Tube {
             state: State::Open,
             stats: Stats::default(),
             buf: Box::new([0; MAX_PACKET]),
+            outbox: VecDeque::new(),
+            queued: 0,
             peer_pid,
             _map: map,
         }
@@ -236,13 +302,15 @@ impl Tube {
     /// After the peer has gone, what it sent before is still delivered; then `Err(PeerGone)`.
     pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, RingError> {
         let buf = &mut self.buf;
-        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
             let popped = rx.pop(buf)?;
             if let Some(len) = popped {
                 f(&buf[..len]);
             }
             Ok(popped)
-        })
+        });
+        self.wake_writer();
+        r
     }
 
     /// Like [`Tube::recv`], but each packet is copied once, straight from shared memory into
@@ -256,12 +324,165 @@ impl Tube {
         mut alloc: impl FnMut(usize) -> Option<(&'b mut [u8], T)>,
         mut deliver: impl FnMut(T, usize),
     ) -> Result<usize, RingError> {
-        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
             Ok(rx.pop_into(&mut alloc)?.map(|(len, token)| {
                 deliver(token, len);
                 len
             }))
-        })
+        });
+        self.wake_writer();
+        r
+    }
+
+    /// The receive of a reliable tube: delivers up to `max` whole messages, each put back
+    /// together from its records straight into memory from `alloc(len)` and handed to
+    /// `deliver(buf, len)`. A message still incomplete when the ring runs empty waits in
+    /// `asm` for the next call. `alloc` returning `None` (out of memory) leaves the record
+    /// in the ring. Framing no honest peer writes (an unknown flag, a length record inside a
+    /// message or over [`MAX_MESSAGE`], a chunk past its message's end) is `Corrupt`.
+    pub fn recv_messages<B: MessageBuf>(
+        &mut self,
+        asm: &mut Option<Assembly<B>>,
+        max: usize,
+        mut alloc: impl FnMut(usize) -> Option<B>,
+        mut deliver: impl FnMut(B, usize),
+    ) -> Result<usize, RingError> {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+            for _ in 0..ASSEMBLY_RECORDS_PER_STEP {
+                match reassemble_step(rx, asm, &mut alloc)? {
+                    Step::Done(buf, len) => {
+                        deliver(buf, len);
+                        return Ok(Some(len));
+                    }
+                    Step::Empty => return Ok(None),
+                    Step::Partial => {}
+                }
+                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
+                    rx.publish();
+                }
+            }
+            Ok(None)
+        });
+        self.wake_writer();
+        r
+    }
+
+    /// Sends one message of a reliable tube, of any size up to [`MAX_MESSAGE`] (empty too),
+    /// given as the pieces it is made of. Never blocks and never drops: what does not fit in
+    /// the ring now is copied to the outbox and goes out with [`Tube::flush`], in order.
+    /// `Ok(())` means it is in the ring or queued; check [`Tube::queued_bytes`].
+    pub fn send_message(&mut self, parts: &[&[u8]]) -> Result<(), SendError> {
+        self.send_state()?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > MAX_MESSAGE {
+            return Err(SendError::BadSize(total));
+        }
+        if !self.outbox.is_empty() {
+            self.enqueue(parts, 0, false);
+            return self.flush();
+        }
+        let (mut pos, mut announced) = (0, false);
+        let done = write_message(&mut self.tx, &mut self.buf, parts, total, &mut pos, &mut announced);
+        match done {
+            Ok(true) => {
+                self.stats.sent_pkts += 1;
+                self.stats.sent_bytes += total as u64;
+            }
+            Ok(false) => self.enqueue(parts, pos, announced),
+            Err(c) => {
+                self.state = State::Corrupt(c.0);
+                return Err(SendError::Corrupt);
+            }
+        }
+        self.publish_tx()
+    }
+
+    /// Copies what is left of a message (from `pos`) to the outbox.
+    fn enqueue(&mut self, parts: &[&[u8]], pos: usize, announced: bool) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut data = Vec::with_capacity(total - pos);
+        let mut skip = pos;
+        for p in parts {
+            let from = skip.min(p.len());
+            skip -= from;
+            data.extend_from_slice(&p[from..]);
+        }
+        self.queued += data.len();
+        self.outbox.push_back(Queued { data, pos: 0, announced, total });
+    }
+
+    /// Writes as much of the outbox as the ring takes now, in order, and wakes the peer.
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.send_state()?;
+        let mut wrote = false;
+        while let Some(q) = self.outbox.front_mut() {
+            let before = q.pos;
+            let len = q.data.len();
+            let done = write_message(&mut self.tx, &mut self.buf, &[&q.data], len, &mut q.pos, &mut q.announced);
+            self.queued -= q.pos - before;
+            wrote |= q.pos != before || q.announced;
+            match done {
+                Ok(true) => {
+                    self.stats.sent_pkts += 1;
+                    self.stats.sent_bytes += q.total as u64;
+                    self.outbox.pop_front();
+                }
+                Ok(false) => break,
+                Err(c) => {
+                    self.state = State::Corrupt(c.0);
+                    return Err(SendError::Corrupt);
+                }
+            }
+        }
+        if wrote {
+            self.publish_tx()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of reliable messages waiting in the outbox for room in the ring.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Announces that this end waits until `need` bytes (at most the ring's size) are free
+    /// in the tx ring, then re-checks. True: the peer's reader sends one wake-up on the
+    /// event fd when it next frees room. False: the room is there (or the tube is finished):
+    /// flush again instead of waiting.
+    pub fn prepare_wait_room(&mut self, need: usize) -> bool {
+        if self.state != State::Open {
+            return false;
+        }
+        match ring::writer_wait(&mut self.tx, need.min(RING_BYTES)) {
+            Ok(wait) => {
+                if wait.wake_reader {
+                    self.signal_peer();
+                }
+                wait.may_wait
+            }
+            Err(c) => {
+                self.state = State::Corrupt(c.0);
+                false
+            }
+        }
+    }
+
+    /// Free bytes in the tx ring (re-reading the consumer index).
+    pub fn room(&mut self, need: usize) -> bool {
+        self.state == State::Open && self.tx.room_for(need.min(RING_BYTES)).unwrap_or(false)
+    }
+
+    /// Sends the wake-up a publish found owed to a writer waiting for room.
+    fn wake_writer(&mut self) {
+        if self.rx.take_writer_wake() {
+            self.signal_peer();
+        }
+    }
+
+    /// One wake-up byte to the peer. A full socket buffer already holds wake-ups; a gone
+    /// peer shows as a hang-up on our side.
+    fn signal_peer(&self) {
+        let _ = sys::send_all(&self.sock, &[1]);
     }
 
     /// True if there is at least one packet to read now (or the ring is corrupt, which the
@@ -276,11 +497,50 @@ impl Tube {
         self.sock.as_raw_fd()
     }
 
+    /// The receive pass of a tube's owner, as the port driver runs it on every wake-up:
+    /// `deliver(self, max)` hands up to `max` packets to the owner (one of the `recv*`
+    /// calls) and `stop(got)` says the owner takes no more now (its credit ran out). While a
+    /// stream is flowing (a read found `streaming` or more) an empty ring is polled for
+    /// `spins` iterations before giving up, since a busy writer refills it sooner than a
+    /// wake-up would come. Returns how the pass ended and how many were delivered; on
+    /// [`Pass::Empty`] the caller either polls (with [`Tube::stay_awake`]) or runs the
+    /// sleep protocol, [`Tube::prepare_sleep`].
+    pub fn receive_pass(
+        &mut self,
+        budget: usize,
+        spins: u32,
+        streaming: usize,
+        mut deliver: impl FnMut(&mut Tube, usize) -> Result<usize, RingError>,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> Result<(Pass, usize), RingError> {
+        let mut delivered = 0;
+        loop {
+            let got = deliver(self, budget - delivered)?;
+            delivered += got;
+            if stop(got) {
+                return Ok((Pass::Stopped, delivered));
+            }
+            if delivered >= budget {
+                return Ok((Pass::Budget, delivered));
+            }
+            if got < streaming || !self.spin_for_data(spins) {
+                return Ok((Pass::Empty, delivered));
+            }
+        }
+    }
+
     /// Announces "I am about to sleep" (sets the reader-sleeping flag with a full fence), then
     /// re-checks the ring. Returns false if data arrived meanwhile or the tube is finished:
     /// the caller must call `recv` again instead of sleeping.
     pub fn prepare_sleep(&mut self) -> bool {
-        self.state == State::Open && self.rx.prepare_sleep()
+        if self.state != State::Open {
+            return false;
+        }
+        let sleep = ring::reader_sleep(&mut self.rx);
+        if sleep.wake_writer {
+            self.signal_peer();
+        }
+        sleep.may_sleep
     }
 
     /// Withdraws a sleep announced by `prepare_sleep`: the caller promises to poll with
@@ -351,42 +611,268 @@ impl Tube {
     }
 }
 
-/// The receive loop shared by [`Tube::recv`] and [`Tube::recv_into`]: `step` takes one
-/// packet out of the ring and hands it on (`Ok(None)` when there is none). Counts, gives
-/// space back in long batches, and turns a ring violation into a dead tube.
+/// The receive loop shared by [`Tube::recv`], [`Tube::recv_into`] and
+/// [`Tube::recv_messages`] ([`ring::drain_records`] with this tube's counters): turns a ring
+/// violation into a dead tube, and reports a peer that has gone once nothing is left.
 fn drain(
     rx: &mut Consumer<ShmDir>,
     stats: &mut Stats,
     state: &mut State,
     max: usize,
-    mut step: impl FnMut(&mut Consumer<ShmDir>) -> Result<Option<usize>, Corrupt>,
+    step: impl FnMut(&mut Consumer<ShmDir>) -> Result<Option<usize>, Corrupt>,
 ) -> Result<usize, RingError> {
     if let State::Corrupt(why) = *state {
         return Err(RingError::Corrupt(why));
     }
-    let mut n = 0;
-    while n < max {
-        match step(rx) {
-            Ok(Some(len)) => {
-                n += 1;
-                stats.recv_pkts += 1;
-                stats.recv_bytes += len as u64;
-                // Hand space back early in long batches so the writer need not drop.
-                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
-                    rx.publish();
-                }
-            }
-            Ok(None) => break,
-            Err(c) => {
-                *state = State::Corrupt(c.0);
-                return Err(RingError::Corrupt(c.0));
-            }
+    let counted = |len: usize| {
+        stats.recv_pkts += 1;
+        stats.recv_bytes += len as u64;
+    };
+    let n = match ring::drain_records(rx, max, step, counted) {
+        Ok(n) => n,
+        Err(c) => {
+            *state = State::Corrupt(c.0);
+            return Err(RingError::Corrupt(c.0));
         }
-    }
-    rx.publish();
+    };
     // Gone, and nothing left that a later call could still deliver.
     if n == 0 && *state == State::PeerGone && !rx.has_data() {
         return Err(RingError::PeerGone);
     }
     Ok(n)
+}
+
+/// What one record did to a reliable receive.
+enum Step<B> {
+    /// A message is complete.
+    Done(B, usize),
+    /// A record was taken; the message goes on.
+    Partial,
+    /// The ring is empty (or memory ran out: the record stays).
+    Empty,
+}
+
+/// Takes one record of a reliable tube out of the ring and puts it where it belongs.
+fn reassemble_step<M: RingMem, B: MessageBuf>(
+    rx: &mut Consumer<M>,
+    asm: &mut Option<Assembly<B>>,
+    alloc: &mut impl FnMut(usize) -> Option<B>,
+) -> Result<Step<B>, Corrupt> {
+    /// Where the record's bytes go.
+    enum Into<B> {
+        Whole(B),
+        Length,
+        Chunk,
+    }
+    let mut len_bytes = [0u8; 8];
+    let mut bad = None;
+    let len_ptr = len_bytes.as_mut_ptr();
+    let popped = rx.pop_record_into(|len, flags| match (flags, asm.as_mut()) {
+        (0, None) => {
+            let mut b = alloc(len)?;
+            // SAFETY: `MessageBuf` promises `len` writable bytes that stay in place while `b`
+            // lives; `b` travels with the slice as the token and outlives the copy.
+            let s = unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr(), len) };
+            Some((s, Into::Whole(b)))
+        }
+        (0, Some(a)) if len <= a.len - a.filled => {
+            // SAFETY: `a.buf` holds `a.len` bytes (asked of `alloc`) and `filled + len <= len`.
+            let s = unsafe { std::slice::from_raw_parts_mut(a.buf.as_mut_ptr().add(a.filled), len) };
+            Some((s, Into::Chunk))
+        }
+        (0, Some(_)) => {
+            bad = Some("record runs past its message");
+            None
+        }
+        (REC_MSG_LEN, None) if len == 8 => {
+            // SAFETY: `len_bytes` is a local array of 8 bytes that outlives the copy.
+            Some((unsafe { std::slice::from_raw_parts_mut(len_ptr, 8) }, Into::Length))
+        }
+        (REC_MSG_LEN, None) => {
+            bad = Some("length record of the wrong size");
+            None
+        }
+        (REC_MSG_LEN, Some(_)) => {
+            bad = Some("message announced inside another");
+            None
+        }
+        _ => {
+            bad = Some("unknown record flags");
+            None
+        }
+    })?;
+    if let Some(why) = bad {
+        return Err(Corrupt(why));
+    }
+    match popped {
+        None => Ok(Step::Empty),
+        Some((len, _, Into::Whole(b))) => Ok(Step::Done(b, len)),
+        Some((len, _, Into::Chunk)) => {
+            let a = asm.as_mut().expect("a chunk belongs to an assembly");
+            a.filled += len;
+            if a.filled < a.len {
+                return Ok(Step::Partial);
+            }
+            let a = asm.take().expect("checked above");
+            Ok(Step::Done(a.buf, a.len))
+        }
+        Some((_, _, Into::Length)) => {
+            let total = u64::from_le_bytes(len_bytes);
+            if total > MAX_MESSAGE as u64 {
+                return Err(Corrupt("message longer than MAX_MESSAGE"));
+            }
+            let total = total as usize;
+            // Memory for the whole message, asked once: the chunks are copied straight in.
+            // Out of memory here ends the tube: the length record is already consumed.
+            let Some(buf) = alloc(total) else { return Err(Corrupt("no memory for a message")) };
+            if total == 0 {
+                return Ok(Step::Done(buf, 0));
+            }
+            *asm = Some(Assembly { buf, len: total, filled: 0 });
+            Ok(Step::Partial)
+        }
+    }
+}
+
+/// `n` bytes of the message made of `parts`, from byte `off`: a slice of one part, or a copy
+/// into `scratch` when they straddle parts.
+fn gather<'a>(parts: &[&'a [u8]], off: usize, n: usize, scratch: &'a mut [u8; MAX_PACKET]) -> &'a [u8] {
+    debug_assert!(n <= MAX_PACKET);
+    let mut start = off;
+    let mut i = 0;
+    while i < parts.len() && start >= parts[i].len() {
+        start -= parts[i].len();
+        i += 1;
+    }
+    if i < parts.len() && start + n <= parts[i].len() {
+        return &parts[i][start..start + n];
+    }
+    let mut got = 0;
+    while got < n {
+        let take = (parts[i].len() - start).min(n - got);
+        scratch[got..got + take].copy_from_slice(&parts[i][start..start + take]);
+        got += take;
+        start = 0;
+        i += 1;
+    }
+    &scratch[..n]
+}
+
+/// Writes the records of one message (`total` bytes made of `parts`) from where `pos` and
+/// `announced` say it stands, as far as the ring has room. `Ok(true)` once all of it is in.
+/// A message of `1..=MAX_PACKET` bytes is one plain record; any other is a length record
+/// then chunks of at most `MAX_PACKET` bytes.
+fn write_message(
+    tx: &mut Producer<ShmDir>,
+    scratch: &mut [u8; MAX_PACKET],
+    parts: &[&[u8]],
+    total: usize,
+    pos: &mut usize,
+    announced: &mut bool,
+) -> Result<bool, Corrupt> {
+    if (1..=MAX_PACKET).contains(&total) && !*announced {
+        if *pos == 0 && !tx.push(gather(parts, 0, total, scratch))? {
+            return Ok(false);
+        }
+        *pos = total;
+        return Ok(true);
+    }
+    if !*announced {
+        if !tx.push_flagged(&(total as u64).to_le_bytes(), REC_MSG_LEN)? {
+            return Ok(false);
+        }
+        *announced = true;
+    }
+    while *pos < total {
+        let n = (total - *pos).min(MAX_PACKET);
+        if !tx.push(gather(parts, *pos, n, scratch))? {
+            return Ok(false);
+        }
+        *pos += n;
+    }
+    Ok(true)
+}
+
+/// Bytes a writer waiting for room asks for before it resumes: half the ring, so a
+/// producer and a consumer of bulk data hand over in long runs instead of a record at a time.
+pub const RESUME_ROOM: usize = RING_BYTES / 2;
+
+#[allow(dead_code)]
+const _RECORD_FITS: () = assert!(record_bytes(MAX_PACKET) <= RESUME_ROOM);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::UnsafeCell;
+
+    /// A small single-threaded ring on the heap.
+    struct Heap {
+        ctrl: DirCtrl,
+        data: UnsafeCell<[u8; 128]>,
+    }
+
+    impl RingMem for &Heap {
+        const SIZE: usize = 128;
+        fn ctrl(&self) -> &DirCtrl {
+            &self.ctrl
+        }
+        fn write(&self, off: usize, src: &[u8]) -> bool {
+            if off > Self::SIZE || src.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
+            unsafe { (&mut *self.data.get())[off..off + src.len()].copy_from_slice(src) };
+            true
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+            if off > Self::SIZE || dst.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: as in `write`.
+            dst.copy_from_slice(unsafe { &(&*self.data.get())[off..off + dst.len()] });
+            true
+        }
+    }
+
+    /// Writes `records` (payload, flags) and runs the reliable receive over them until it
+    /// fails, completes a message or runs dry.
+    fn receive(records: &[(&[u8], u32)]) -> Result<Vec<Vec<u8>>, Corrupt> {
+        let heap = Heap { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 128]) };
+        let (mut p, mut c) = (Producer::new(&heap), Consumer::new(&heap));
+        for (pkt, flags) in records {
+            assert_eq!(p.push_flagged(pkt, *flags), Ok(true));
+        }
+        p.publish();
+        let mut asm: Option<Assembly<Vec<u8>>> = None;
+        let mut out = Vec::new();
+        loop {
+            match reassemble_step(&mut c, &mut asm, &mut |len| Some(vec![0u8; len]))? {
+                Step::Done(m, len) => out.push(m[..len].to_vec()),
+                Step::Partial => {}
+                Step::Empty => return Ok(out),
+            }
+        }
+    }
+
+    const LEN: u32 = REC_MSG_LEN;
+
+    #[test]
+    fn messages_are_put_back_together() {
+        let ten = 10u64.to_le_bytes();
+        let zero = 0u64.to_le_bytes();
+        let got = receive(&[(b"one", 0), (&ten, LEN), (b"abcdef", 0), (b"ghij", 0), (&zero, LEN)]);
+        assert_eq!(got, Ok(vec![b"one".to_vec(), b"abcdefghij".to_vec(), Vec::new()]));
+    }
+
+    #[test]
+    fn framing_no_honest_peer_writes_is_corrupt() {
+        let ten = 10u64.to_le_bytes();
+        let huge = (MAX_MESSAGE as u64 + 1).to_le_bytes();
+        let bad = |r: &[(&[u8], u32)]| receive(r).map(|_| ()).unwrap_err().0;
+        assert_eq!(bad(&[(b"x", 2)]), "unknown record flags");
+        assert_eq!(bad(&[(b"1234", LEN)]), "length record of the wrong size");
+        assert_eq!(bad(&[(&huge, LEN)]), "message longer than MAX_MESSAGE");
+        assert_eq!(bad(&[(&ten, LEN), (b"abcdefghijk", 0)]), "record runs past its message");
+        assert_eq!(bad(&[(&ten, LEN), (b"abc", 0), (&ten, LEN)]), "message announced inside another");
+    }
 }

@@ -15,6 +15,8 @@
 //! * `random-bytes`: up to `--count` random bytes and words over the whole shared region,
 //!   with honest packets in between, until the tip closes the tube; if it has not, a producer
 //!   index no reader accepts, so the tip always closes it as corrupt;
+//! * `bad-framing`: three honest packets, then reliable framing no honest peer writes (a
+//!   message of 10 bytes announced, then a record of 64);
 //! * `bad-length`: three honest packets (`honest-0..2`), then a record of 4097 bytes, its
 //!   length claimed and its bytes published;
 //! * `bad-indices`: three honest packets and, once they are read, a producer index the
@@ -57,7 +59,7 @@ struct Args {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: tube-hostile ring-fuzz [--count N] [--per-tube M] [--seed S]\n       \
-         tube-hostile random-bytes|bad-length|bad-indices|xenstore-garbage|count --tip DOMID \
+         tube-hostile random-bytes|bad-length|bad-indices|bad-framing|xenstore-garbage|count --tip DOMID \
          --layout FILE [--tid T] [--count N] [--per-tube M] [--seed S] [--xs SOCKET] [--timeout-ms MS]"
     );
     ExitCode::from(2)
@@ -96,7 +98,7 @@ fn parse_args() -> Option<Args> {
 
 fn main() -> ExitCode {
     let Some(args) = parse_args() else { return usage() };
-    let known = ["ring-fuzz", "random-bytes", "bad-length", "bad-indices", "xenstore-garbage", "count"];
+    let known = ["ring-fuzz", "random-bytes", "bad-length", "bad-indices", "bad-framing", "xenstore-garbage", "count"];
     if !known.contains(&args.mode.as_str()) || (args.mode != "ring-fuzz" && (args.tip == u32::MAX || args.xs.as_os_str().is_empty() || args.layout.is_none())) {
         return usage();
     }
@@ -159,11 +161,15 @@ fn run(a: &Args) -> Result<String, ChaosError> {
             let closed = wait_gone(&tube, a.timeout);
             format!("corruptions={} tip_closed={closed}", s.total())
         }
-        "bad-length" | "bad-indices" => {
+        "bad-length" | "bad-indices" | "bad-framing" => {
             for i in 0..3 {
                 raw.push(&region, format!("honest-{i}").as_bytes());
             }
-            if a.mode == "bad-length" {
+            if a.mode == "bad-framing" {
+                // For a reliable reader: a message of 10 bytes announced, then a chunk of 64.
+                raw.push_flagged(&region, tube_ring::layout::REC_MSG_LEN, &10u64.to_le_bytes());
+                raw.push_flagged(&region, 0, &[0xCD; 64]);
+            } else if a.mode == "bad-length" {
                 // The producer index covers the whole claimed record: only the length
                 // check itself can refuse it.
                 raw.push_claiming(&region, 4097, &[0xAB; 4097]);
