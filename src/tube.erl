@@ -306,8 +306,9 @@ send_checked(Tube, Packet) ->
 delivery_of(Tube) ->
     case erlang:port_info(Tube, name) of
         {name, ?DRIVER ++ " " ++ Words} ->
+            Reliable = integer_to_list(?TUBE_DELIVERY_RELIABLE),
             case lists:last(string:lexemes(Words, " ")) of
-                W when W =:= integer_to_list(?TUBE_DELIVERY_RELIABLE) -> reliable;
+                Reliable -> reliable;
                 _ -> lossy
             end;
         _ ->
@@ -590,8 +591,6 @@ fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
 
 is_domid(D) -> is_integer(D) andalso D >= 1 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
-is_tid_range({Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =< Max;
-is_tid_range(_) -> false.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
 is_active(A) -> is_boolean(A) orelse A =:= once orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
 is_node_name(Node) -> lists:member($@, atom_to_list(Node)).

@@ -236,12 +236,13 @@ defmodule TubeTest.BehaviourTest do
     end
 
     test "open_timeout is the timeout of open/1,2 and of open/3 without the option", %{p: p} do
-      # Nobody accepts on the peer: a bad value is refused as any bad
-      # timeout, a good one ends the wait.
+      # Nobody accepts on the peer: a bad value is a configuration error
+      # that names the key, a good one ends the wait.
       Application.put_env(:tube, :open_timeout, :soon)
-      assert_raise ArgumentError, fn -> :tube.open(p, 69) end
-      assert_raise ArgumentError, fn -> :tube.open(p, 69, %{}) end
-      assert_raise ArgumentError, fn -> Tube.open(p) end
+      bad_env = {:bad_application_env, :tube, :open_timeout, :soon}
+      assert catch_error(:tube.open(p, 69)) == bad_env
+      assert catch_error(:tube.open(p, 69, %{})) == bad_env
+      assert catch_error(Tube.open(p)) == bad_env
       Application.put_env(:tube, :open_timeout, 50)
       assert {:error, :timeout} = :tube.open(p, 69)
       assert {:error, :timeout} = :tube.open(p, 69, %{active: false})

@@ -162,13 +162,38 @@ defmodule TubeTest.HostileTest do
     end
   end
 
-  # A random term; maps always carry a timeout option from above.
+  # A random term; maps and lists (options may be either) always carry a
+  # timeout option from above, so that no valid call blocks.
   defp random_opts do
     case random_term() do
       m when is_map(m) -> Map.put(m, :timeout, valid_or_bad_timeout())
+      l when is_list(l) -> [{:timeout, valid_or_bad_timeout()} | l]
       t -> t
     end
   end
+
+  # Options are a map or a proper list of {Key, Value}; every key must be
+  # one the call knows and every value valid. The random ones only ever
+  # carry the key :timeout validly; a later pair of a list overrides an
+  # earlier one.
+  defp valid_opts?(opts) do
+    case option_pairs(opts) do
+      nil -> false
+      pairs -> Enum.all?(pairs, fn {k, v} -> k == :timeout and valid_timeout?(v) end)
+    end
+  end
+
+  defp option_pairs(m) when is_map(m), do: Map.to_list(m)
+
+  defp option_pairs(l) when is_list(l) do
+    if proper_list_of_pairs?(l), do: l, else: nil
+  end
+
+  defp option_pairs(_), do: nil
+
+  defp proper_list_of_pairs?([]), do: true
+  defp proper_list_of_pairs?([{_, _} | t]), do: proper_list_of_pairs?(t)
+  defp proper_list_of_pairs?(_), do: false
 
   defp outcome(fun) do
     try do
@@ -184,8 +209,7 @@ defmodule TubeTest.HostileTest do
   # the peer, nobody is domain 31000; a valid timeout here is always 0).
   defp expected_open(d, tid, opts, p) do
     valid? =
-      d in [p, 31_000] and is_integer(tid) and tid in 0..0xFFFFFFFF and is_map(opts) and
-        valid_timeout?(Map.get(opts, :timeout, 5000))
+      d in [p, 31_000] and is_integer(tid) and tid in 0..0xFFFFFFFF and valid_opts?(opts)
 
     cond do
       not valid? -> :badarg
@@ -195,7 +219,7 @@ defmodule TubeTest.HostileTest do
   end
 
   defp expected_accept(a) do
-    if is_map(a) and valid_timeout?(Map.get(a, :timeout, :infinity)),
+    if valid_opts?(a),
       do: {:returned, {:error, :timeout}},
       else: :badarg
   end
