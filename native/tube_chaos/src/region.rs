@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use std::mem::offset_of;
 
-use tube_ring::layout::{dir_ctrl_offset, ring_offset, DirCtrl, RING_BYTES};
+use tube_ring::layout::{dir_ctrl_offset, ring_offset, DirCtrl, WakeFlags, RING_BYTES};
 use tube_ring::{Tube, TUBE_BYTES};
 
 use crate::ChaosError;
@@ -22,9 +22,9 @@ pub fn cons_offset(dir: usize) -> usize {
     dir_ctrl_offset(dir) + offset_of!(DirCtrl, cons)
 }
 
-/// Offset of the reader-sleeping flag of direction `dir` (`DirCtrl::sleeping`).
+/// Offset of the reader-sleeping flag of direction `dir` (`DirCtrl::wake`'s `sleeping`).
 pub fn sleeping_offset(dir: usize) -> usize {
-    dir_ctrl_offset(dir) + offset_of!(DirCtrl, sleeping)
+    dir_ctrl_offset(dir) + offset_of!(DirCtrl, wake) + offset_of!(WakeFlags, sleeping)
 }
 
 /// Offset in the region of byte `pos` (taken modulo the ring size) of the ring of `dir`.
@@ -142,7 +142,7 @@ mod tests {
         let at = |f: *const u8| f as usize - base;
         assert_eq!(prod_offset(1) - dir_ctrl_offset(1), at(&ctrl.prod.0 as *const _ as *const u8));
         assert_eq!(cons_offset(1) - dir_ctrl_offset(1), at(&ctrl.cons.0 as *const _ as *const u8));
-        assert_eq!(sleeping_offset(0) - dir_ctrl_offset(0), at(&ctrl.sleeping.0 as *const _ as *const u8));
+        assert_eq!(sleeping_offset(0) - dir_ctrl_offset(0), at(&ctrl.wake.0.sleeping as *const _ as *const u8));
         // Each on its own block, all inside the control page, before the rings.
         let offs = [prod_offset(0), cons_offset(0), sleeping_offset(0), prod_offset(1), cons_offset(1), sleeping_offset(1)];
         for w in offs.windows(2) {
