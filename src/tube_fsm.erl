@@ -20,6 +20,7 @@
 
 new(Key, Conn, Domid) ->
     #{key => Key, conn => Conn, domid => Domid, pending => #{}, port => undefined,
+      token => tube_paths:token(Key, erlang:unique_integer([positive])),
       peer_seen => false, from => undefined, deadline => infinity}.
 
 %% Sends a named batch; its reply comes back as {reply, Purpose, Results}

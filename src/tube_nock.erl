@@ -18,6 +18,8 @@
 
 -include_lib("kernel/include/logger.hrl").
 
+-define(LINGER, 1000).
+
 callback_mode() -> handle_event_function.
 
 init(Key) ->
@@ -54,7 +56,7 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
             {next_state, handed, tube_fsm:row(handed, Data1),
              [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
         Error ->
-            fail(tube_fsm:error_of(ring, Error), Data)
+            failing(ring_error(Error), Data)
     end;
 handle_event(info, {ring_done, _, _}, _State, _Data) ->
     keep_state_and_data; % a job whose caller gave up; its ring is freed by GC
@@ -70,6 +72,14 @@ handle_event(cast, abort, handed, Data) ->
     closing(Data);
 handle_event(state_timeout, abandoned, handed, Data) ->
     closing(tube_fsm:log(Data, "ring handed over but never attached", timeout));
+
+%% ---- failing -------------------------------------------------------------------------
+
+handle_event(info, {tube_event, peer_changed}, failing, Data = #{key := Key, domid := D}) ->
+    tube_registry:taken(Key),
+    {keep_state, tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
+handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
+    fail(Error, Data);
 
 %% ---- open ------------------------------------------------------------------------
 
@@ -166,6 +176,12 @@ replied(publishing, commit, #{commit := E, watch := W}, Data) ->
     fail(tube_fsm:error_of(nodes, E), unwatch(W, Data));
 replied(waiting, offer, Res, Data) ->
     offered(Res, Data);
+replied(failing, failed, Res, Data = #{error := Error}) ->
+    case Res of
+        #{evt := {ok, <<"error:", Why/binary>>}} -> fail({error, tip_error(Why)}, Data);
+        #{state := S} when S =:= {error, enoent}; S =:= {ok, <<"6">>} -> fail(Error, Data);
+        _ -> keep_state_and_data
+    end;
 replied(open, peer_state, #{state := S}, Data) ->
     case S of
         {ok, <<"5">>} -> tube_fsm:peer_gone(peer_closed, Data);
@@ -195,7 +211,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || R <- maps:values(Res), R =/= ok, element(1, R) =/= ok] of
+    case [R || R <- maps:values(Res), R =/= ok, R =/= {error, enoent}, element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -222,11 +238,11 @@ busy(Data = #{tries := N}) ->
         _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
     end.
 
-watch_op(#{key := Key, domid := D}) ->
-    {watch, {watch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}.
+watch_op(Data = #{key := Key, domid := D}) ->
+    {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.
 
 unwatch(ok, Data = #{key := Key, domid := D}) ->
-    tube_fsm:ask(unwatch, [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}], Data);
+    tube_fsm:ask(unwatch, [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}], Data);
 unwatch(_, Data) ->
     Data.
 
@@ -264,6 +280,31 @@ connect_job(Evt, TxRef, RxRef) ->
 
 fail(Reply, Data) ->
     closing(tube_fsm:reply_to(Reply, Data, key)).
+
+%% The ring could not be mapped: the tip, which may already count the tube
+%% as connected, is told with state 6 before the nodes go, and the caller
+%% is answered once the tip has let go (or said why it failed: a limit of
+%% its own), at most a moment later.
+failing(Error, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Nock = tube_paths:nock(D, Peer, Tid),
+    Data1 = tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node({nock, Peer, Tid}, D)),
+                         tube_fsm:ask(closed, [{state, {write, 0, [Nock, "/state"], tube_paths:state(closed)}}], Data)),
+    Linger = case tube_fsm:left(Data) of infinity -> ?LINGER; L -> min(L, ?LINGER) end,
+    {next_state, failing, tube_fsm:row(failing, Data1#{error => Error}), [{state_timeout, Linger, linger}]}.
+
+%% A ring error; `denied' while this node is out of file descriptors is
+%% that limit (the descriptors the tip sent could not be received).
+ring_error(Error) ->
+    case tube_fsm:error_of(ring, Error) of
+        {error, denied} ->
+            case file:open("/dev/null", [read]) of
+                {ok, F} -> file:close(F), {error, denied};
+                {error, emfile} -> {error, {limit, fds}};
+                {error, _} -> {error, denied}
+            end;
+        E ->
+            E
+    end.
 
 %% ---- after a reconnection ------------------------------------------------------------
 
@@ -310,7 +351,7 @@ closing(Data) ->
 remove(Data = #{conn := undefined}) ->
     {next_state, closing, Data};
 remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
-    Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}
+    Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}
              | tube_paths:nock_remove(D, Peer, Tid)],
     {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
 
@@ -348,8 +389,11 @@ gone(_) -> false.
 
 retry(Data = #{conn := undefined}, _What, _Why) ->
     {keep_state, Data};
+retry(Data, _What, Why) when Why =:= {error, closed}; Why =:= #{rm_nock => {error, closed}, rm_tip => {error, closed}} ->
+    %% The connection went: removal starts again on the next one.
+    {keep_state, Data, [{state_timeout, 250, retry}]};
 retry(Data = #{tries := N}, What, Why) ->
-    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
     {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
 
 done(Data = #{waiters := W}) ->

@@ -35,6 +35,7 @@
     dirty = #{},       % Key -> true: told of a change it has not read yet
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
+    seen = #{},        % tip Key -> true: its entry changed while held
     name               % node name to publish, or undefined
 }).
 
@@ -321,8 +322,9 @@ released(Key, Pid, St) ->
         [{_, Pid, _, Port}] -> del_rows(Key, Port);
         _ -> ok
     end,
+    Seen = maps:is_key(Key, St#st.seen),
     St1 = St#st{tubes = maps:remove(Key, St#st.tubes), dirty = maps:remove(Key, St#st.dirty),
-                backlog = lists:delete(Key, St#st.backlog)},
+                backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
             tell(Next, {key_free, St#st.conn, St#st.domid}),
@@ -330,14 +332,14 @@ released(Key, Pid, St) ->
                          pids = maps:put(Next, Key, St1#st.pids)},
             St2#st{tubes = maps:put(Key, Next, St2#st.tubes)};
         [] ->
-            recheck(Key, St1#st{queued = maps:remove(Key, St1#st.queued)})
+            recheck(Seen, Key, St1#st{queued = maps:remove(Key, St1#st.queued)})
     end.
 
 %% A nock may have published a new tube with the same Tid while the old tip
 %% was still closing (its events went to the old one): look again.
-recheck(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+recheck(true, Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
     start_tip(Key, {Key, C, D, recheck}, St);
-recheck(_Key, St) ->
+recheck(_Seen, _Key, St) ->
     St.
 
 start_tip(Key, Arg, St) ->
@@ -385,7 +387,7 @@ changed(Key, St = #st{dirty = Dirty}) ->
 incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
     case maps:find(Key, St#st.tubes) of
         {ok, _} ->
-            changed(Key, St);
+            changed(Key, St#st{seen = maps:put(Key, true, St#st.seen)});
         error ->
             start_tip(Key, {Key, C, D, fresh}, St)
     end;

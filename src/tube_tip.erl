@@ -75,7 +75,10 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
                                  Data#{handoff => Id}),
             {next_state, confirming, tube_fsm:row(confirming, Data1), tube_fsm:deadline_timeout(Data)};
         Error ->
-            lost(tube_fsm:error_of(ring, Error), Data)
+            case tube_fsm:error_of(ring, Error) of
+                {error, {limit, What}} -> lost({error, {limit, What}}, tell_nock(What, Data));
+                E -> lost(E, Data)
+            end
     end;
 handle_event(info, {ring_done, _, _}, _State, _Data) ->
     keep_state_and_data;
@@ -99,6 +102,8 @@ handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) -
     closing(Data);
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
+handle_event(state_timeout, refill, open, Data) ->
+    {keep_state, fill(Data, maps:get(fields, Data))};
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
     {keep_state, Data#{conn := Conn, peer_seen := false}};
 
@@ -181,6 +186,7 @@ replied(open, domain, Res, Data) ->
 replied(open, fill, Res, Data) ->
     case maps:get(tx, Res, ok) of
         {ok, Tx} -> {keep_state, tube_fsm:ask(fill_write, tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data)), Data#{tx => Tx})};
+        {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
         E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
     end;
 replied(open, fill_write, Res, Data = #{tx := Tx}) ->
@@ -200,7 +206,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, element(1, R) =/= ok] of
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, R =/= {error, enoent}, element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -229,11 +235,14 @@ release(Res, Data) ->
 %% nock, in the nock's own fields, and to its log.
 refuse(What, Res, Data) ->
     tube_fsm:log(Data, "refusing an incoming tube", {limit, What}),
+    {stop, normal, Data1} = release(Res, Data),
+    {stop, normal, tell_nock(What, Data1)}.
+
+tell_nock(What, Data) ->
     Tip = tip(Data),
     Tell = [{evt, {write, 0, [Tip, "/event-channel"], ["error:limit:", atom_to_list(What)]}},
             {state, {write, 0, [Tip, "/state"], tube_paths:state(closed)}}],
-    {stop, normal, Data1} = release(Res, Data),
-    {stop, normal, tube_fsm:ask(refused, Tell, Data1)}.
+    tube_fsm:ask(refused, Tell, Data).
 
 answer(Data) ->
     case tube_registry:ready(maps:get(key, Data), tid(Data)) of
@@ -296,8 +305,13 @@ peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
     Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}, key),
     {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
-peer_state(confirming, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     lost({error, peer_closed}, Data);
+%% The nock mapped the ring (a nock that cannot says so with state 6 and
+%% waits for us) and has already closed: the tube is the caller's, and
+%% closes at once with peer_closed, as a tube whose peer leaves does.
+peer_state(confirming, {error, enoent}, Res, Data) ->
+    peer_state(confirming, {ok, <<"4">>}, Res, Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
@@ -339,8 +353,8 @@ abort_tx(Data = #{tx := Tx}) ->
 abort_tx(Data) ->
     Data.
 
-watch_op(Data) -> {watch, {watch, nock(Data), tube_paths:token(maps:get(key, Data))}}.
-unwatch_op(Data) -> {unwatch, nock(Data), tube_paths:token(maps:get(key, Data))}.
+watch_op(Data) -> {watch, {watch, nock(Data), maps:get(token, Data)}}.
+unwatch_op(Data) -> {unwatch, nock(Data), maps:get(token, Data)}.
 
 %% ---- closing --------------------------------------------------------------------------
 
@@ -382,7 +396,7 @@ removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
 retry(Data = #{tries := N}, What, Why) ->
-    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
     {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
 
 done(Data = #{waiters := W}) ->
