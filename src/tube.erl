@@ -90,7 +90,7 @@ accept() -> accept(#{timeout => infinity}).
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     check(is_timeout(Timeout)),
-    Tids = maps:get(tids, Opts, {0, ?MAX_TID - 16#FFFF}),
+    Tids = maps:get(tids, Opts, {0, ?MAX_TID - 16#10000}),
     check(is_tids(Tids)),
     Port = port_opts(Opts),
     finish(tube_control:accept(Tids, Timeout), Port);

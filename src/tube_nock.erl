@@ -399,7 +399,6 @@ retry(Data = #{tries := N}, What, Why) ->
 done(Data = #{waiters := W}) ->
     {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
 
-terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
-    tube_registry:del_rows(Key, self(), Port),
     ok.

@@ -75,8 +75,10 @@ ready(Key, Tid) -> gen_server:call(?MODULE, {ready, Key, Tid}, infinity).
 %% the next one.
 requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadline, Tids}).
 
-%% A tube has read its peer's state since the last change it was told of.
-taken(Key) -> gen_server:cast(?MODULE, {taken, Key}).
+%% A tube is about to read its peer's state: changes from now on are told
+%% again. A call, so that the registry has cleared the flag before the read
+%% is sent: a change after the read then always reaches the tube.
+taken(Key) -> gen_server:call(?MODULE, {taken, Key}, infinity).
 
 %% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
 await_accept(Tids, Timeout) ->
@@ -187,6 +189,8 @@ handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({accept, Tids, Deadline}, From, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
+handle_call({taken, Key}, _From, St) ->
+    {reply, ok, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_call({publish_name, Node}, _From, St) ->
     St1 = publish_own_name(St#st{name = Node}),
     {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
@@ -197,8 +201,6 @@ handle_cast({requeue, From, Deadline, Tids}, St = #st{conn = undefined}) ->
     {noreply, St};
 handle_cast({requeue, From, Deadline, Tids}, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
-handle_cast({taken, Key}, St) ->
-    {noreply, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_cast({cancel_accept, Pid}, St) ->
     {Gone, Kept} = lists:partition(fun(#acc{from = {P, _}}) -> P =:= Pid end, St#st.acceptors),
     lists:foreach(fun cancel/1, Gone),
@@ -212,9 +214,9 @@ do_claim(Key, Pid, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
             {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
-        {ok, Old} ->
-            case ets:lookup(?TAB, {tube, Key}) of
-                [{_, Old, closing, _}] ->
+        {ok, _Holder} ->
+            case closing(ets:lookup(?TAB, {tube, Key})) of
+                true ->
                     erlang:monitor(process, Pid),
                     Q = maps:get(Key, St#st.queued, []),
                     {wait, St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
@@ -224,11 +226,20 @@ do_claim(Key, Pid, St) ->
             end
     end.
 
+%% Whether the tube holding a key is going: closing, or its port closed
+%% (its process is about to hear of it).
+closing([]) -> true; % its process ended; the registry hears of it next
+closing([{_, _, closing, _}]) -> true;
+closing([{_, _, failing, _}]) -> true;
+closing([{_, _, connected, Port}]) when is_port(Port) -> erlang:port_info(Port, connected) =:= undefined;
+closing(_) -> false.
+
 hold(Key, Pid, St) ->
     case maps:is_key(Pid, St#st.pids) of
         true -> ok;
         false -> erlang:monitor(process, Pid)
     end,
+    ets:insert_new(?TAB, {{tube, Key}, Pid, claimed, undefined}),
     St#st{tubes = maps:put(Key, Pid, St#st.tubes), pids = maps:put(Pid, Key, St#st.pids)}.
 
 %% ---- accept() callers ----------------------------------------------------------
@@ -328,6 +339,7 @@ released(Key, Pid, St) ->
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
             tell(Next, {key_free, St#st.conn, St#st.domid}),
+            ets:insert(?TAB, {{tube, Key}, Next, claimed, undefined}),
             St2 = St1#st{queued = maps:put(Key, Rest, St1#st.queued),
                          pids = maps:put(Next, Key, St1#st.pids)},
             St2#st{tubes = maps:put(Key, Next, St2#st.tubes)};

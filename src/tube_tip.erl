@@ -71,7 +71,8 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
     case Result of
         {ok, TubeRes} ->
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
-            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}}],
+            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
+                                             {own, {read, 0, [tip(Data), "/state"]}}],
                                  Data#{handoff => Id}),
             {next_state, confirming, tube_fsm:row(confirming, Data1), tube_fsm:deadline_timeout(Data)};
         Error ->
@@ -185,12 +186,19 @@ replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
 replied(open, fill, Res, Data) ->
     case maps:get(tx, Res, ok) of
-        {ok, Tx} -> {keep_state, tube_fsm:ask(fill_write, tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data)), Data#{tx => Tx})};
+        {ok, Tx} ->
+            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}}
+                     | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
+            {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
         {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
         E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
     end;
+%% Only into the entry of this tube: its nock is connected (4). A nock that
+%% closed and opened a new tube with the same Tid meanwhile has state 2
+%% there, and that entry is not ours to fill.
 replied(open, fill_write, Res, Data = #{tx := Tx}) ->
-    Commit = maps:get(nock_ref, Res) =/= {error, enoent},
+    Commit = maps:get(nock_ref, Res) =/= {error, enoent}
+        andalso maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)},
     {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
 replied(open, fill_end, #{'end' := ok}, _Data) ->
     keep_state_and_data;
@@ -307,10 +315,14 @@ peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
     {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
 peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     lost({error, peer_closed}, Data);
+%% Our entry was replaced: the nock closed and opened a new tube with the
+%% same Tid, which a new tip will take.
+peer_state(confirming, _S, #{own := Own}, Data) when Own =:= {ok, <<"0">>}; Own =:= {ok, <<"1">>} ->
+    lost({error, peer_closed}, Data);
 %% The nock mapped the ring (a nock that cannot says so with state 6 and
 %% waits for us) and has already closed: the tube is the caller's, and
 %% closes at once with peer_closed, as a tube whose peer leaves does.
-peer_state(confirming, {error, enoent}, Res, Data) ->
+peer_state(confirming, {error, enoent}, Res = #{own := {error, enoent}}, Data) ->
     peer_state(confirming, {ok, <<"4">>}, Res, Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
@@ -402,7 +414,7 @@ retry(Data = #{tries := N}, What, Why) ->
 done(Data = #{waiters := W}) ->
     {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
 
-terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
     %% An accept() caller handed to this tube while it ended waits for the next.
     receive
@@ -410,5 +422,4 @@ terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
     after 0 ->
         ok
     end,
-    tube_registry:del_rows(Key, self(), Port),
     ok.
