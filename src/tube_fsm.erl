@@ -12,7 +12,7 @@
 
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
          left/1, error_of/2, log/3, discard/1, reply_to/3, peer_gone/2,
-         check_domain/1, domain_checked/2, port_opts_timeout/0]).
+         check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -129,3 +129,18 @@ domain_checked(#{introduced := {ok, false}}, Data) ->
     Data;
 domain_checked(#{introduced := E}, Data) ->
     log(Data, "checking the peer's domain", E).
+
+%% Whether a failed removal may succeed if tried again: a conflict, a
+%% quota of transactions, a lost connection. Anything else (a node made
+%% unremovable by another domain) is logged as an error and left.
+transient({error, R}) -> lists:member(R, [eagain, enospc, closed, timeout, ebusy]);
+transient(M) when is_map(M) ->
+    lists:all(fun(ok) -> true;
+                 ({ok, _}) -> true;
+                 ({error, enoent}) -> true;
+                 (E) -> transient(E)
+              end, maps:values(M));
+transient(_) -> false.
+
+gave_up(#{key := Key}, What, Why) ->
+    ?LOG_ERROR("tube ~p: ~s failed for good, nodes left in Xenstore: ~p", [Key, What, Why]).

@@ -407,7 +407,13 @@ removed(removing_end, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
-retry(Data = #{tries := N}, What, Why) ->
+retry(Data, What, Why) ->
+    case tube_fsm:transient(Why) of
+        true -> retry_later(Data, What, Why);
+        false -> tube_fsm:gave_up(Data, What, Why), done(Data)
+    end.
+
+retry_later(Data = #{tries := N}, What, Why) ->
     N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
     {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
 
