@@ -64,8 +64,11 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
-%% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
-%% a ring set-up error.
+%% xenstore_down}' (the daemon is unreachable; it is being reconnected),
+%% `{error, {limit, What}}' (What is `nodes', `watches', `transactions' or
+%% `fds': a quota of this node or of the accepting one), `{error,
+%% peer_closed}', or a ring set-up error. Domid may also be an Erlang node
+%% name (`name@host') published on this host: see domid/1.
 -spec open(domid(), tid(), open_opts()) -> {ok, tube()} | {error, term()}.
 open(Node, Tid, Opts) when is_atom(Node) ->
     check(is_node_name(Node) andalso is_tid(Tid) andalso is_map(Opts)),
@@ -84,8 +87,12 @@ open(Domid, Tid, Opts) ->
 accept() -> accept(#{timeout => infinity}).
 
 %% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity'), `active' and `busy_poll' (as in open/3).
--spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll()}) ->
+%% default `infinity'), `active' and `busy_poll' (as in open/3), and `tids'
+%% (`{Min, Max}', inclusive, default `{0, 16#FFFEFFFF}': Tids from
+%% `16#FFFF0000' up are reserved for the distribution carrier and taken
+%% only when asked for). A tube is returned once its opener has mapped the
+%% ring.
+-spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll(), tids => {tid(), tid()}}) ->
           {ok, tube()} | {error, term()}.
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),

@@ -3,10 +3,13 @@
 %% removal of its nodes.
 %%
 %%   idle -> queued -> publishing -> waiting -> connecting -> handed -> open -> closing
+%%                                               connecting -> failing -> closing
 %%
 %% `queued' waits for a closing tube with the same key; `publishing'
 %% writes both directories in one transaction; `waiting' follows the tip's
-%% state until it offers a ring (3); `connecting' maps it in a ring job;
+%% state until it offers a ring (3); `connecting' maps it in a ring job
+%% and writes 4 once it is mapped; `failing' tells the tip a ring that
+%% could not be mapped (6) and waits a moment for it to let go;
 %% `handed' waits for the caller's port; `open' follows the peer for as
 %% long as the port lives; `closing' removes the nodes, again after a
 %% reconnection if need be, and ends the process. Every wait of the caller
@@ -52,7 +55,9 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
     case Result of
         {ok, TubeRes} ->
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
-            Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{handoff => Id}, key),
+            %% The ring is mapped: state 4 now, so that the tip hands the
+            %% tube to its accept() while our caller opens the port.
+            Data1 = tube_fsm:reply_to({ok, Id, self()}, announce(Data#{handoff => Id}), key),
             {next_state, handed, tube_fsm:row(handed, Data1),
              [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
         Error ->
@@ -60,12 +65,10 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
     end;
 handle_event(info, {ring_done, _, _}, _State, _Data) ->
     keep_state_and_data; % a job whose caller gave up; its ring is freed by GC
-handle_event({call, From}, {attach, Port}, handed, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+handle_event({call, From}, {attach, Port}, handed, Data) ->
     erlang:demonitor(maps:get(caller, Data), [flush]),
     Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
-    Nock = tube_paths:nock(D, Peer, Tid),
-    Data2 = tube_fsm:ask(announce, [{state, {write, 0, [Nock, "/state"], tube_paths:state(connected)}}], Data1),
-    {next_state, open, tube_fsm:row(connected, Port, Data2), [{reply, From, ok}]};
+    {next_state, open, tube_fsm:row(connected, Port, Data1), [{reply, From, ok}]};
 handle_event({call, From}, {attach, _Port}, _State, _Data) ->
     {keep_state_and_data, [{reply, From, {error, closed}}]};
 handle_event(cast, abort, handed, Data) ->
@@ -97,6 +100,8 @@ handle_event(info, {tube_event, domains_changed}, open, Data) ->
     end;
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
     {keep_state, republish(Data#{conn := Conn, peer_seen := false})};
+handle_event(state_timeout, republish, open, Data) ->
+    {keep_state, republish(Data)};
 handle_event(info, {tube_event, xs_down}, open, Data) ->
     {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
 
@@ -195,7 +200,7 @@ replied(open, peer_state, #{state := S}, Data) ->
     end;
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
-replied(open, announce, #{state := ok}, _Data) ->
+replied(State, announce, #{state := ok}, _Data) when State =:= handed; State =:= open ->
     keep_state_and_data;
 replied(open, republish, Res, Data) ->
     republished(Res, Data);
@@ -281,6 +286,10 @@ connect_job(Evt, TxRef, RxRef) ->
 fail(Reply, Data) ->
     closing(tube_fsm:reply_to(Reply, Data, key)).
 
+announce(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Nock = tube_paths:nock(D, Peer, Tid),
+    tube_fsm:ask(announce, [{state, {write, 0, [Nock, "/state"], tube_paths:state(connected)}}], Data).
+
 %% The ring could not be mapped: the tip, which may already count the tube
 %% as connected, is told with state 6 before the nodes go, and the caller
 %% is answered once the tip has let go (or said why it failed: a limit of
@@ -331,7 +340,14 @@ republished(Res = #{tip_nock := TipNock}, Data = #{tx := Tx}) ->
              end,
     Done = TipNock =/= {error, enoent} orelse Commit,
     Data1 = tube_fsm:ask(republish_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data)),
-    {keep_state, Data1#{republished := Done}};
+    %% A peer registers before it makes its data/tip: until then this
+    %% fails, and is tried again shortly (and on each @introduceDomain).
+    N = maps:get(republish_tries, Data, 0),
+    case Done orelse N >= 40 of
+        true -> {keep_state, Data1#{republished := Done, republish_tries => 0}};
+        false -> {keep_state, Data1#{republished := Done, republish_tries => N + 1},
+                  [{state_timeout, 250, republish}]}
+    end;
 republished(_Res, Data) ->
     {keep_state, Data}.
 
@@ -392,6 +408,9 @@ retry(Data = #{conn := undefined}, _What, _Why) ->
 retry(Data, _What, Why) when Why =:= {error, closed}; Why =:= #{rm_nock => {error, closed}, rm_tip => {error, closed}} ->
     %% The connection went: removal starts again on the next one.
     {keep_state, Data, [{state_timeout, 250, retry}]};
+retry(Data, _What, {error, enospc}) ->
+    %% Other tubes hold this connection's transactions: soon one is free.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
 retry(Data, What, Why) ->
     case tube_fsm:transient(Why) of
         true -> retry_later(Data, What, Why);

@@ -105,8 +105,11 @@ handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
 handle_event(state_timeout, refill, open, Data) ->
     {keep_state, fill(Data, maps:get(fields, Data))};
+%% A new connection has none of our watches: watch the nock again (which
+%% reads its state at once, and fills our fields in again if the nock
+%% published its entry again after a daemon restart).
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
-    {keep_state, Data#{conn := Conn, peer_seen := false}};
+    {keep_state, tube_fsm:ask(rewatch, [watch_op(Data)], Data#{conn := Conn, peer_seen := false})};
 
 %% ---- closing -----------------------------------------------------------------
 
@@ -182,6 +185,10 @@ replied(_State, committed, #{commit := E}, Data) ->
     cannot(tube_fsm:error_of(nodes, E), Data);
 replied(State, peer_state, Res, Data) ->
     peer_state(State, maps:get(state, Res), Res, Data);
+replied(open, rewatch, #{watch := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, rewatch, #{watch := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "watching the nock again", E)};
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
 replied(open, fill, Res, Data) ->
@@ -407,6 +414,9 @@ removed(removing_end, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
+retry(Data, _What, {error, enospc}) ->
+    %% Other tubes hold this connection's transactions: soon one is free.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
 retry(Data, What, Why) ->
     case tube_fsm:transient(Why) of
         true -> retry_later(Data, What, Why);

@@ -130,8 +130,8 @@ defmodule TubeControlPlaneTest do
     # Back with the daemon's store as it was: the removal left undone is done.
     CtrlWorld.start_daemon(w, ["--db", CtrlWorld.db(w)])
     wait_until(fn -> CtrlWorld.exists?(w, "/local/domain/#{da}/data/tip") end)
-    wait_until(fn -> PeerNode.call(a, :tube, :tubes, []) == [] end)
-    refute CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{db}/1")
+    wait_until(fn -> not CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{db}/1") end)
+    assert PeerNode.call(a, :tube, :tubes, []) == []
   end
 
   test "killing the owner of 1000 tubes removes every node, and every Tid opens again" do

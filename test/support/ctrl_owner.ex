@@ -11,10 +11,7 @@ defmodule TubeTest.CtrlOwner do
       spawn(fn ->
         results = for tid <- tids, do: :tube.open(domid, tid, %{timeout: timeout})
         send(parent, {ref, results})
-
-        receive do
-          :never -> :ok
-        end
+        hold(for {:ok, t} <- results, do: t)
       end)
 
     receive do
@@ -22,16 +19,60 @@ defmodule TubeTest.CtrlOwner do
     end
   end
 
+  # Holds the tubes; on {:check, from, ref} pings each open one (the peer
+  # echoes) and says how each ended: {working, closed_with_reason, broken}.
+  defp hold(tubes) do
+    receive do
+      {:check, from, ref} ->
+        send(from, {ref, Enum.reduce(tubes, {0, 0, 0}, &check_one/2)})
+        hold(tubes)
+    end
+  end
+
+  defp check_one(t, {w, c, b}) do
+    receive do
+      {:tube_closed, ^t, _reason} -> {w, c + 1, b}
+    after
+      0 ->
+        try do
+          Port.command(t, "ping")
+
+          receive do
+            {^t, {:data, "ping"}} -> {w + 1, c, b}
+            {:tube_closed, ^t, _reason} -> {w, c + 1, b}
+          after
+            10_000 -> {w, c, b + 1}
+          end
+        rescue
+          ArgumentError ->
+            # Closed without telling its owner: only close/1 by another process does that.
+            {w, c, b + 1}
+        end
+    end
+  end
+
+  @doc "How the tubes of an open_many/3 owner are: {working, closed_with_reason, broken}."
+  def check(pid) do
+    ref = make_ref()
+    mon = Process.monitor(pid)
+    send(pid, {:check, self(), ref})
+
+    receive do
+      {^ref, r} -> Process.demonitor(mon, [:flush]); r
+      {:DOWN, ^mon, _, _, _} -> :gone
+    end
+  end
+
   @doc "Kills the owner process of open_many/3."
   def kill(pid), do: Process.exit(pid, :kill)
 
   @doc """
-  Writes `count` values under the tip directory of domain `target` (which
-  every domain may write), as a peer retrying opens would: each write is a
+  Writes `count` values under the tip directory of domain `target`, on a
+  connection of its own, as a peer retrying opens would: each write is a
   watch event queued for `target`. The nodes are removed at the end.
   """
   def scribble_tips(target, count) do
-    {:ok, c} = :tube_registry.conn()
+    {:ok, c} = :tube_xs.open(:tube_daemon.socket_path(), 0)
     me = :tube.domid()
     base = "/local/domain/#{target}/data/tip/#{me}"
 
@@ -40,6 +81,7 @@ defmodule TubeTest.CtrlOwner do
     end
 
     :ok = :tube_xs.rm(c, base)
+    :tube_xs.close(c)
   end
 
   @doc """
