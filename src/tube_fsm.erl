@@ -86,8 +86,15 @@ error_of(_What, {error, {io, Text}} = E) ->
 error_of(_What, {error, _} = E) -> E;
 error_of(_What, Other) -> {error, Other}.
 
+%% A lost connection is not logged per tube: the registry logs it once,
+%% and every tube redoes its work on the next connection.
+log(Data, _What, {error, closed}) ->
+    Data;
 log(Data = #{key := Key}, What, Reason) ->
-    ?LOG_WARNING("tube ~p: ~s: ~p", [Key, What, Reason]),
+    case is_list(Reason) andalso lists:all(fun(R) -> R =:= {error, closed} end, Reason) of
+        true -> ok;
+        false -> ?LOG_WARNING("tube ~p: ~s: ~p", [Key, What, Reason])
+    end,
     Data.
 
 discard(Data = #{handoff := Id}) ->

@@ -99,7 +99,8 @@ handle_event(info, {tube_event, domains_changed}, open, Data) ->
         false -> {keep_state, republish(Data1)}
     end;
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
-    {keep_state, republish(Data#{conn := Conn, peer_seen := false})};
+    Data1 = tube_fsm:ask(rewatch, [watch_op(Data)], Data#{conn := Conn, peer_seen := false}),
+    {keep_state, republish(Data1#{republish_tries => 0})};
 handle_event(state_timeout, republish, open, Data) ->
     {keep_state, republish(Data)};
 handle_event(info, {tube_event, xs_down}, open, Data) ->
@@ -204,6 +205,15 @@ replied(State, announce, #{state := ok}, _Data) when State =:= handed; State =:=
     keep_state_and_data;
 replied(open, republish, Res, Data) ->
     republished(Res, Data);
+replied(open, republish_end, #{'end' := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, republish_end, #{'end' := {error, eagain}}, Data) ->
+    {keep_state, republish(Data)};
+replied(open, republish_end, #{'end' := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "republishing", E)};
+replied(open, rewatch, #{watch := W}, Data) ->
+    W =:= ok orelse W =:= {error, eexist} orelse tube_fsm:log(Data, "watching the tip again", W),
+    keep_state_and_data;
 replied(closing, Purpose, Res, Data) ->
     removed(Purpose, Res, Data);
 replied(State, Purpose, Res, Data) ->
@@ -323,14 +333,15 @@ ring_error(Error) ->
 %% again on each @introduceDomain.
 republish(Data = #{conn := undefined}) ->
     Data;
-republish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
-    Batch = [watch_op(Data), {tx, transaction_start}],
-    Data1 = tube_fsm:ask(republish, Batch, Data#{republished => false}),
-    _ = Peer, _ = Tid, _ = D,
-    Data1.
+republish(Data) ->
+    tube_fsm:ask(republish, [{tx, transaction_start}], Data#{republished => false}).
 
 republished(Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) when not is_map_key(tip_nock, Res) ->
     {keep_state, tube_fsm:ask(republish, tube_paths:republish_nock(Tx, D, Peer, Tid), Data#{tx => Tx})};
+republished(#{tx := {error, enospc}}, Data) ->
+    %% Every tube republishes at once after a reconnection: the
+    %% connection's transactions are busy, one is free soon.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), republish}]};
 republished(#{tx := E}, Data) ->
     {keep_state, tube_fsm:log(Data, "republishing: no transaction", E)};
 republished(Res = #{tip_nock := TipNock}, Data = #{tx := Tx}) ->
