@@ -50,9 +50,9 @@ domid() ->
     D.
 
 conn() ->
-    case ets:lookup(?TAB, conn) of
+    case catch ets:lookup(?TAB, conn) of
         [{conn, C}] -> {ok, C};
-        [] -> {error, xenstore_down}
+        _ -> {error, xenstore_down}
     end.
 
 %% @doc Publishes Node as this node's name at /local/domain/<domid>/name
@@ -110,12 +110,23 @@ del_rows(Key, Port) ->
     Port =/= undefined andalso ets:delete(?TAB, {port, Port}),
     ok.
 
-%% [{Key, Pid, Phase, Port}]
+%% [{Key, Pid, Phase, Port}]; none while the application is stopped.
 rows() ->
-    [{K, P, Ph, Po} || {{tube, K}, P, Ph, Po} <- ets:match_object(?TAB, {{tube, '_'}, '_', '_', '_'})].
+    try ets:match_object(?TAB, {{tube, '_'}, '_', '_', '_'}) of
+        Rows -> [{K, P, Ph, Po} || {{tube, K}, P, Ph, Po} <- Rows]
+    catch
+        error:badarg -> []
+    end.
 
 row_of_port(Port) ->
-    case ets:lookup(?TAB, {port, Port}) of
+    try ets:lookup(?TAB, {port, Port}) of
+        Found -> row_of_port(Port, Found)
+    catch
+        error:badarg -> error
+    end.
+
+row_of_port(Port, Found) ->
+    case Found of
         [{_, Key, Pid}] ->
             case ets:lookup(?TAB, {tube, Key}) of
                 [{_, Pid, Phase, Port}] -> {ok, Key, Pid, Phase};

@@ -220,4 +220,26 @@ defmodule TubeControlPlaneTest do
     # Every tube B accepted is one A opened, and A's all carry packets.
     wait_until(fn -> PeerNode.call(b, Remote, :served, []) == {opened, opened} end)
   end
+
+  test "node names: publish_name/1, domid/1, open/3 with a node name, peername/1" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    :ok = PeerNode.call(b, :tube_registry, :publish_name, [:"b@ctrl-test"])
+    :ok = PeerNode.call(b, Remote, :serve, [:echo])
+    wait_until(fn -> PeerNode.call(a, :tube, :domid, [:"b@ctrl-test"]) == {:ok, db} end)
+    assert PeerNode.call(a, :tube, :domid, [:"nobody@ctrl-test"]) == {:error, :not_found}
+    {:ok, name} = PeerNode.call(a, CtrlOwner, :open_named, [:"b@ctrl-test", 3])
+    assert {:ok, {^db, :"b@ctrl-test"}} = PeerNode.call(a, CtrlOwner, :peername, [name])
+  end
+
+  test "stopping the application tells every owner {tube_closed, T, shutdown}" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    :ok = PeerNode.call(b, Remote, :serve, [:echo])
+    owners = for tid <- 1..3, do: elem(PeerNode.call(a, Remote, :open, [db, tid, :collect, 10_000]), 1)
+    :ok = PeerNode.call(a, :application, :stop, [:tube])
+    for o <- owners, do: assert(PeerNode.call(a, Remote, :stats, [o]).closed == :shutdown)
+  end
 end

@@ -164,4 +164,12 @@ defmodule TubeTest.CtrlOwner do
       nil -> :no_answer
     end
   end
+
+  @doc "Opens Tid to the node named `node` in an owner process (Remote's); {:ok, owner_name}."
+  def open_named(node, tid) do
+    TubeTest.Remote.open(node, tid, :collect, 10_000)
+  end
+
+  @doc "tube:peername/1 of an owner's tube."
+  def peername(owner), do: :tube.peername(TubeTest.Remote.port(owner))
 end
