@@ -242,4 +242,43 @@ defmodule TubeControlPlaneTest do
     :ok = PeerNode.call(a, :application, :stop, [:tube])
     for o <- owners, do: assert(PeerNode.call(a, Remote, :stats, [o]).closed == :shutdown)
   end
+
+  test "a hostile tip entry whose ring is never mapped stalls no other tube, and accept never returns it" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+
+    # A third domain, on a raw connection, offers B a tube it will never map.
+    {:ok, h} = :tube_xs.open(w.socket, 0)
+    {:ok, dh} = :tube_xs.introduce_self(h, :auto)
+    tip = "/local/domain/#{db}/data/tip/#{dh}/1"
+    nock = "/local/domain/#{dh}/data/nock/#{db}/1"
+
+    :ok =
+      :tube_xs.transaction(h, fn tx ->
+        :ok = :tube_xs.mkdir(h, tx, nock)
+        :ok = :tube_xs.set_perms(h, tx, nock, [{:none, dh}, {:read, db}])
+        for {k, v} <- [tip: tip, state: "2"], do: :ok = :tube_xs.write(h, tx, "#{nock}/#{k}", v)
+        :ok = :tube_xs.mkdir(h, tx, tip)
+        :ok = :tube_xs.set_perms(h, tx, tip, [{:none, dh}, {:both, db}])
+
+        for {k, v} <- [nock: nock, state: "0", "tx-ring-ref": "", "rx-ring-ref": "", "event-channel": ""],
+            do: :ok = :tube_xs.write(h, tx, "#{tip}/#{k}", v)
+
+        :ok
+      end)
+
+    accepts = for _ <- 1..2, do: Task.async(fn -> PeerNode.call(b, Remote, :accept, [:collect, 15_000], 60_000) end)
+    # B offers the hostile tube a ring: it is stuck waiting for it.
+    wait_until(fn -> CtrlWorld.xs(w, ["xenstore-read", "#{tip}/state"]) |> elem(1) =~ "3" end)
+
+    assert {:ok, owner} = PeerNode.call(a, Remote, :open, [db, 2, :collect, 10_000])
+    [_] = PeerNode.call(a, Remote, :send_packets, [owner, ["through"]])
+    results = Enum.map(accepts, &Task.await(&1, 60_000))
+    assert Enum.count(results, &match?({:ok, _}, &1)) == 1
+    assert Enum.count(results, &(&1 == {:error, :timeout})) == 1
+    {:ok, name} = Enum.find(results, &match?({:ok, _}, &1))
+    assert PeerNode.call(b, Remote, :wait_received, [name, 1]).packets == ["through"]
+    :tube_xs.close(h)
+  end
 end
