@@ -11,7 +11,7 @@
 -module(tube_fsm).
 
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
-         left/1, error_of/2, log/3, discard/1, reply_to/3, peer_gone/2,
+         left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
          check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -104,10 +104,9 @@ discard(Data) ->
     Data.
 
 %% Answers the waiting caller, if any, once.
-reply_to(Reply, Data = #{from := undefined}, _Key) ->
-    _ = Reply,
+reply_to(_Reply, Data = #{from := undefined}) ->
     Data;
-reply_to(Reply, Data = #{from := From}, _Key) ->
+reply_to(Reply, Data = #{from := From}) ->
     gen_statem:reply(From, Reply),
     Data#{from := undefined}.
 

@@ -57,7 +57,7 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
             %% The ring is mapped: state 4 now, so that the tip hands the
             %% tube to its accept() while our caller opens the port.
-            Data1 = tube_fsm:reply_to({ok, Id, self()}, announce(Data#{handoff => Id}), key),
+            Data1 = tube_fsm:reply_to({ok, Id, self()}, announce(Data#{handoff => Id})),
             {next_state, handed, tube_fsm:row(handed, Data1),
              [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
         Error ->
@@ -128,7 +128,7 @@ handle_event({call, _From}, wait_closed, _State, _Data) ->
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
     fail({error, timeout}, Data);
 handle_event(cast, cancel, State, Data) when State =/= open, State =/= closing ->
-    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+    closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {'DOWN', Mon, process, _, _}, State, Data = #{caller := Mon})
   when State =/= open, State =/= closing ->
     closing(Data#{from := undefined});
@@ -294,7 +294,7 @@ connect_job(Evt, TxRef, RxRef) ->
     end.
 
 fail(Reply, Data) ->
-    closing(tube_fsm:reply_to(Reply, Data, key)).
+    closing(tube_fsm:reply_to(Reply, Data)).
 
 announce(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
     Nock = tube_paths:nock(D, Peer, Tid),

@@ -197,8 +197,8 @@ offer_read(Node) ->
      {tx_ref, {read, 0, [Node, "/tx-ring-ref"]}},
      {rx_ref, {read, 0, [Node, "/rx-ring-ref"]}}].
 
-%% The nock's own removal: both directories (it owns both), and a listing
-%% of their parents, so that the empty ones go too (remove_empty/3).
+%% The nock's own removal: both directories (it owns both). Their parents
+%% go too once empty (remove_empty/3).
 nock_remove(D, Peer, Tid) ->
     Nock = nock(D, Peer, Tid),
     Tip = tip(Peer, D, Tid),

@@ -128,14 +128,14 @@ handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
-    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+    closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {tube_event, xs_down}, open, Data) ->
     {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
 handle_event(info, {tube_event, xs_down}, State, Data) ->
     Data1 = maps:remove(tx, Data#{conn := undefined}),
     case State of
         closing -> {keep_state, Data1};
-        _ -> closing(tube_fsm:reply_to({error, xenstore_down}, Data1, key))
+        _ -> closing(tube_fsm:reply_to({error, xenstore_down}, Data1))
     end;
 handle_event(info, {'EXIT', _, normal}, _State, _Data) ->
     keep_state_and_data;
@@ -318,7 +318,7 @@ peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">
     closing(Data);
 peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
-    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}, key),
+    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}),
     {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
 peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     lost({error, peer_closed}, Data);
