@@ -12,7 +12,7 @@
 
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
          left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
-         check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3]).
+         check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3, moot/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -150,3 +150,9 @@ transient(_) -> false.
 
 gave_up(#{key := Key}, What, Why) ->
     ?LOG_ERROR("tube ~p: ~s failed for good, nodes left in Xenstore: ~p", [Key, What, Why]).
+
+%% Errors of a reply that came after its tube moved on and that need no
+%% word: a node already gone, a transaction not started for want of a free
+%% one, or one that conflicted, which nobody needs any more.
+moot({error, R}) -> R =:= enoent orelse R =:= enospc orelse R =:= eagain;
+moot(_) -> false.

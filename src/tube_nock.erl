@@ -226,7 +226,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || R <- maps:values(Res), R =/= ok, R =/= {error, enoent}, element(1, R) =/= ok] of
+    case [R || R <- maps:values(Res), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,

@@ -221,7 +221,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, R =/= {error, enoent}, element(1, R) =/= ok] of
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
