@@ -13,3 +13,10 @@ export TUBE_RACES="${TUBE_RACES:-1000}"
 export TUBE_LOAD_TUBES="${TUBE_LOAD_TUBES:-1000}"
 export TUBE_LOAD_SECONDS="${TUBE_LOAD_SECONDS:-60}"
 mix test test/faults_test.exs 2>&1
+
+# Chaos round for the control plane (test/control_plane_chaos_test.exs):
+# daemon SIGSTOP/SIGCONT and kill -9, peers paused and killed, owners of up
+# to 1000 tubes crashing, for TUBE_CHAOS_SECONDS (default 600), ending with
+# every tube accounted for and nothing left in Xenstore.
+export TUBE_CHAOS_SECONDS="${TUBE_CHAOS_SECONDS:-600}"
+mix test test/control_plane_chaos_test.exs 2>&1

@@ -125,8 +125,11 @@ open(Domid, Tid) ->
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
-%% xenstore_down}' (the daemon is unreachable; it is being reconnected), or
-%% a ring set-up error.
+%% xenstore_down}' (the daemon is unreachable; it is being reconnected),
+%% `{error, {limit, What}}' (What is `nodes', `watches', `transactions' or
+%% `fds': a quota of this node or of the accepting one), `{error,
+%% peer_closed}', or a ring set-up error. Domid may also be an Erlang node
+%% name (`name@host') published on this host: see domid/1.
 -spec open(domid() | node(), tid(), options(open_opts())) -> {ok, tube()} | {error, term()}.
 open(Node, Tid, Opts) when is_atom(Node) ->
     case {check_node(Node), check_tid(Tid), options(open, Opts)} of
@@ -158,7 +161,8 @@ accept() -> accept(#{timeout => infinity}).
 %% `busy_poll' and `delivery' (as in open/3), and `tids', the inclusive
 %% range `{Min, Max}' of Tids accepted (default all Tids but the range
 %% 16#FFFF0000..16#FFFFFFFF, which the distribution carrier reserves:
-%% see tube_dist).
+%% see tube_dist). A tube is returned once its opener has mapped the
+%% ring.
 -spec accept(options(accept_opts())) -> {ok, tube()} | {error, term()}.
 accept(Opts) ->
     case options(accept, Opts) of

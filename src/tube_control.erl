@@ -66,8 +66,11 @@ lookup(Port) ->
         _ -> {error, closed}
     end.
 
+%% Tubes being opened or open; a closed tube whose nodes are still being
+%% removed is not listed.
 tubes() ->
-    [describe(Key, Phase, Port) || {Key, _Pid, Phase, Port} <- tube_registry:rows()].
+    [describe(Key, Phase, Port) || {Key, _Pid, Phase, Port} <- tube_registry:rows(),
+                                   Phase =/= closing, Phase =/= claimed].
 
 describe({Role, Peer, Tid}, Phase, Port) ->
     #{role => Role, peer => Peer, tid => Tid, port => Port, state => Phase}.

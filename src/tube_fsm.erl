@@ -11,8 +11,8 @@
 -module(tube_fsm).
 
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
-         left/1, error_of/2, log/3, discard/1, reply_to/3, peer_gone/2,
-         check_domain/1, domain_checked/2, port_opts_timeout/0]).
+         left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
+         check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3, moot/1]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -20,6 +20,7 @@
 
 new(Key, Conn, Domid) ->
     #{key => Key, conn => Conn, domid => Domid, pending => #{}, port => undefined,
+      token => tube_paths:token(Key, erlang:unique_integer([positive])),
       peer_seen => false, from => undefined, deadline => infinity}.
 
 %% Sends a named batch; its reply comes back as {reply, Purpose, Results}
@@ -85,8 +86,15 @@ error_of(_What, {error, {io, Text}} = E) ->
 error_of(_What, {error, _} = E) -> E;
 error_of(_What, Other) -> {error, Other}.
 
+%% A lost connection is not logged per tube: the registry logs it once,
+%% and every tube redoes its work on the next connection.
+log(Data, _What, {error, closed}) ->
+    Data;
 log(Data = #{key := Key}, What, Reason) ->
-    ?LOG_WARNING("tube ~p: ~s: ~p", [Key, What, Reason]),
+    case is_list(Reason) andalso lists:all(fun(R) -> R =:= {error, closed} end, Reason) of
+        true -> ok;
+        false -> ?LOG_WARNING("tube ~p: ~s: ~p", [Key, What, Reason])
+    end,
     Data.
 
 discard(Data = #{handoff := Id}) ->
@@ -96,10 +104,9 @@ discard(Data) ->
     Data.
 
 %% Answers the waiting caller, if any, once.
-reply_to(Reply, Data = #{from := undefined}, _Key) ->
-    _ = Reply,
+reply_to(_Reply, Data = #{from := undefined}) ->
     Data;
-reply_to(Reply, Data = #{from := From}, _Key) ->
+reply_to(Reply, Data = #{from := From}) ->
     gen_statem:reply(From, Reply),
     Data#{from := undefined}.
 
@@ -128,3 +135,24 @@ domain_checked(#{introduced := {ok, false}}, Data) ->
     Data;
 domain_checked(#{introduced := E}, Data) ->
     log(Data, "checking the peer's domain", E).
+
+%% Whether a failed removal may succeed if tried again: a conflict, a
+%% quota of transactions, a lost connection. Anything else (a node made
+%% unremovable by another domain) is logged as an error and left.
+transient({error, R}) -> lists:member(R, [eagain, enospc, closed, timeout, ebusy]);
+transient(M) when is_map(M) ->
+    lists:all(fun(ok) -> true;
+                 ({ok, _}) -> true;
+                 ({error, enoent}) -> true;
+                 (E) -> transient(E)
+              end, maps:values(M));
+transient(_) -> false.
+
+gave_up(#{key := Key}, What, Why) ->
+    ?LOG_ERROR("tube ~p: ~s failed for good, nodes left in Xenstore: ~p", [Key, What, Why]).
+
+%% Errors of a reply that came after its tube moved on and that need no
+%% word: a node already gone, a transaction not started for want of a free
+%% one, or one that conflicted, which nobody needs any more.
+moot({error, R}) -> R =:= enoent orelse R =:= enospc orelse R =:= eagain;
+moot(_) -> false.

@@ -12,7 +12,7 @@
 %% between two live nodes racing for a free domid (EEXIST).
 -module(tube_lease).
 
--export([free/1, candidates/1, take/1, drop/1, holder/1]).
+-export([free/1, candidates/1, take/1, drop/1, holder/1, held/0]).
 
 -include("tube_proto.hrl").
 -define(MAX_DOMID, ?TUBE_MAX_DOMID).
@@ -61,6 +61,15 @@ drop(D) ->
     case holder(D) =:= self_id() of
         true -> _ = file:delete(file(D)), ok;
         false -> ok
+    end.
+
+%% The domids leased by nodes of this host (live or not): where to look
+%% for a node by name, as an unprivileged domain cannot list /local/domain.
+-spec held() -> [pos_integer()].
+held() ->
+    case file:list_dir(filename:dirname(file(1))) of
+        {ok, Names} -> lists:sort([D || N <- Names, D <- [catch list_to_integer(N)], is_integer(D)]);
+        {error, _} -> []
     end.
 
 -spec holder(pos_integer()) -> none | {string(), string()}.

@@ -13,40 +13,31 @@
 
 -spec domid(node()) -> {ok, tube:domid()} | {error, not_found}.
 domid(Node) ->
-    case ets:lookup(?TAB, {name, Node}) of
+    case catch ets:lookup(?TAB, {name, Node}) of
         [{_, D}] -> {ok, D};
-        [] -> lookup(Node)
+        _ -> lookup(Node)
     end.
 
 -spec node_of(tube:domid()) -> node() | undefined.
 node_of(D) ->
-    case ets:lookup(?TAB, {domain_name, D}) of
+    case catch ets:lookup(?TAB, {domain_name, D}) of
         [{_, Node}] ->
             Node;
-        [] ->
+        _ ->
             case read_names([D]) of
                 #{D := Node} -> Node;
                 _ -> undefined
             end
     end.
 
-%% Every registered domain's name, read in one batch after one listing.
+%% The names of the domains of this host's nodes, read in one batch: an
+%% unprivileged domain cannot list /local/domain, but every node leases its
+%% domid beside the daemon's socket (tube_lease), and its name is readable.
 lookup(Node) ->
-    case tube_registry:conn() of
-        {ok, C} ->
-            case tube_xs:named(C, [{list, {directory, 0, <<"/local/domain">>}}], ?LOOKUP_TIMEOUT) of
-                #{list := {ok, Ids}} ->
-                    Domids = [D || Id <- Ids, D <- [catch binary_to_integer(Id)], is_integer(D)],
-                    Names = read_names(Domids),
-                    case [D || {D, N} <- maps:to_list(Names), N =:= Node] of
-                        [D | _] -> {ok, D};
-                        [] -> {error, not_found}
-                    end;
-                _ ->
-                    {error, not_found}
-            end;
-        {error, _} ->
-            {error, not_found}
+    Names = read_names(tube_lease:held()),
+    case [D || {D, N} <- maps:to_list(Names), N =:= Node] of
+        [D | _] -> {ok, D};
+        [] -> {error, not_found}
     end.
 
 read_names(Domids) ->
@@ -69,7 +60,7 @@ read_chunk(C, Domids) ->
     end.
 
 remember(D, Node) ->
-    ets:insert(?TAB, [{{name, Node}, D}, {{domain_name, D}, Node}]),
+    catch ets:insert(?TAB, [{{name, Node}, D}, {{domain_name, D}, Node}]),
     {D, Node}.
 
 chunks([], _N) -> [];

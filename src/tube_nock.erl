@@ -3,10 +3,13 @@
 %% removal of its nodes.
 %%
 %%   idle -> queued -> publishing -> waiting -> connecting -> handed -> open -> closing
+%%                                               connecting -> failing -> closing
 %%
 %% `queued' waits for a closing tube with the same key; `publishing'
 %% writes both directories in one transaction; `waiting' follows the tip's
-%% state until it offers a ring (3); `connecting' maps it in a ring job;
+%% state until it offers a ring (3); `connecting' maps it in a ring job
+%% and writes 4 once it is mapped; `failing' tells the tip a ring that
+%% could not be mapped (6) and waits a moment for it to let go;
 %% `handed' waits for the caller's port; `open' follows the peer for as
 %% long as the port lives; `closing' removes the nodes, again after a
 %% reconnection if need be, and ends the process. Every wait of the caller
@@ -17,6 +20,8 @@
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
 
 -include_lib("kernel/include/logger.hrl").
+
+-define(LINGER, 1000).
 
 callback_mode() -> handle_event_function.
 
@@ -50,26 +55,34 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
     case Result of
         {ok, TubeRes} ->
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
-            Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{handoff => Id}, key),
+            %% The ring is mapped: state 4 now, so that the tip hands the
+            %% tube to its accept() while our caller opens the port.
+            Data1 = tube_fsm:reply_to({ok, Id, self()}, announce(Data#{handoff => Id})),
             {next_state, handed, tube_fsm:row(handed, Data1),
              [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
         Error ->
-            fail(tube_fsm:error_of(ring, Error), Data)
+            failing(ring_error(Error), Data)
     end;
 handle_event(info, {ring_done, _, _}, _State, _Data) ->
     keep_state_and_data; % a job whose caller gave up; its ring is freed by GC
-handle_event({call, From}, {attach, Port}, handed, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+handle_event({call, From}, {attach, Port}, handed, Data) ->
     erlang:demonitor(maps:get(caller, Data), [flush]),
     Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
-    Nock = tube_paths:nock(D, Peer, Tid),
-    Data2 = tube_fsm:ask(announce, [{state, {write, 0, [Nock, "/state"], tube_paths:state(connected)}}], Data1),
-    {next_state, open, tube_fsm:row(connected, Port, Data2), [{reply, From, ok}]};
+    {next_state, open, tube_fsm:row(connected, Port, Data1), [{reply, From, ok}]};
 handle_event({call, From}, {attach, _Port}, _State, _Data) ->
     {keep_state_and_data, [{reply, From, {error, closed}}]};
 handle_event(cast, abort, handed, Data) ->
     closing(Data);
 handle_event(state_timeout, abandoned, handed, Data) ->
     closing(tube_fsm:log(Data, "ring handed over but never attached", timeout));
+
+%% ---- failing -------------------------------------------------------------------------
+
+handle_event(info, {tube_event, peer_changed}, failing, Data = #{key := Key, domid := D}) ->
+    tube_registry:taken(Key),
+    {keep_state, tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
+handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
+    fail(Error, Data);
 
 %% ---- open ------------------------------------------------------------------------
 
@@ -86,7 +99,10 @@ handle_event(info, {tube_event, domains_changed}, open, Data) ->
         false -> {keep_state, republish(Data1)}
     end;
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
-    {keep_state, republish(Data#{conn := Conn, peer_seen := false})};
+    Data1 = tube_fsm:ask(rewatch, [watch_op(Data)], Data#{conn := Conn, peer_seen := false}),
+    {keep_state, republish(Data1#{republish_tries => 0})};
+handle_event(state_timeout, republish, open, Data) ->
+    {keep_state, republish(Data)};
 handle_event(info, {tube_event, xs_down}, open, Data) ->
     {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
 
@@ -112,7 +128,7 @@ handle_event({call, _From}, wait_closed, _State, _Data) ->
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
     fail({error, timeout}, Data);
 handle_event(cast, cancel, State, Data) when State =/= open, State =/= closing ->
-    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+    closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {'DOWN', Mon, process, _, _}, State, Data = #{caller := Mon})
   when State =/= open, State =/= closing ->
     closing(Data#{from := undefined});
@@ -166,6 +182,12 @@ replied(publishing, commit, #{commit := E, watch := W}, Data) ->
     fail(tube_fsm:error_of(nodes, E), unwatch(W, Data));
 replied(waiting, offer, Res, Data) ->
     offered(Res, Data);
+replied(failing, failed, Res, Data = #{error := Error}) ->
+    case Res of
+        #{evt := {ok, <<"error:", Why/binary>>}} -> fail({error, tip_error(Why)}, Data);
+        #{state := S} when S =:= {error, enoent}; S =:= {ok, <<"6">>} -> fail(Error, Data);
+        _ -> keep_state_and_data
+    end;
 replied(open, peer_state, #{state := S}, Data) ->
     case S of
         {ok, <<"5">>} -> tube_fsm:peer_gone(peer_closed, Data);
@@ -179,10 +201,19 @@ replied(open, peer_state, #{state := S}, Data) ->
     end;
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
-replied(open, announce, #{state := ok}, _Data) ->
+replied(State, announce, #{state := ok}, _Data) when State =:= handed; State =:= open ->
     keep_state_and_data;
 replied(open, republish, Res, Data) ->
     republished(Res, Data);
+replied(open, republish_end, #{'end' := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, republish_end, #{'end' := {error, eagain}}, Data) ->
+    {keep_state, republish(Data)};
+replied(open, republish_end, #{'end' := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "republishing", E)};
+replied(open, rewatch, #{watch := W}, Data) ->
+    W =:= ok orelse W =:= {error, eexist} orelse tube_fsm:log(Data, "watching the tip again", W),
+    keep_state_and_data;
 replied(closing, Purpose, Res, Data) ->
     removed(Purpose, Res, Data);
 replied(State, Purpose, Res, Data) ->
@@ -195,7 +226,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || R <- maps:values(Res), R =/= ok, element(1, R) =/= ok] of
+    case [R || R <- maps:values(Res), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -222,11 +253,11 @@ busy(Data = #{tries := N}) ->
         _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
     end.
 
-watch_op(#{key := Key, domid := D}) ->
-    {watch, {watch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}.
+watch_op(Data = #{key := Key, domid := D}) ->
+    {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.
 
 unwatch(ok, Data = #{key := Key, domid := D}) ->
-    tube_fsm:ask(unwatch, [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}], Data);
+    tube_fsm:ask(unwatch, [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}], Data);
 unwatch(_, Data) ->
     Data.
 
@@ -263,7 +294,36 @@ connect_job(Evt, TxRef, RxRef) ->
     end.
 
 fail(Reply, Data) ->
-    closing(tube_fsm:reply_to(Reply, Data, key)).
+    closing(tube_fsm:reply_to(Reply, Data)).
+
+announce(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Nock = tube_paths:nock(D, Peer, Tid),
+    tube_fsm:ask(announce, [{state, {write, 0, [Nock, "/state"], tube_paths:state(connected)}}], Data).
+
+%% The ring could not be mapped: the tip, which may already count the tube
+%% as connected, is told with state 6 before the nodes go, and the caller
+%% is answered once the tip has let go (or said why it failed: a limit of
+%% its own), at most a moment later.
+failing(Error, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Nock = tube_paths:nock(D, Peer, Tid),
+    Data1 = tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node({nock, Peer, Tid}, D)),
+                         tube_fsm:ask(closed, [{state, {write, 0, [Nock, "/state"], tube_paths:state(closed)}}], Data)),
+    Linger = case tube_fsm:left(Data) of infinity -> ?LINGER; L -> min(L, ?LINGER) end,
+    {next_state, failing, tube_fsm:row(failing, Data1#{error => Error}), [{state_timeout, Linger, linger}]}.
+
+%% A ring error; `denied' while this node is out of file descriptors is
+%% that limit (the descriptors the tip sent could not be received).
+ring_error(Error) ->
+    case tube_fsm:error_of(ring, Error) of
+        {error, denied} ->
+            case file:open("/dev/null", [read]) of
+                {ok, F} -> file:close(F), {error, denied};
+                {error, emfile} -> {error, {limit, fds}};
+                {error, _} -> {error, denied}
+            end;
+        E ->
+            E
+    end.
 
 %% ---- after a reconnection ------------------------------------------------------------
 
@@ -273,14 +333,15 @@ fail(Reply, Data) ->
 %% again on each @introduceDomain.
 republish(Data = #{conn := undefined}) ->
     Data;
-republish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
-    Batch = [watch_op(Data), {tx, transaction_start}],
-    Data1 = tube_fsm:ask(republish, Batch, Data#{republished => false}),
-    _ = Peer, _ = Tid, _ = D,
-    Data1.
+republish(Data) ->
+    tube_fsm:ask(republish, [{tx, transaction_start}], Data#{republished => false}).
 
 republished(Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) when not is_map_key(tip_nock, Res) ->
     {keep_state, tube_fsm:ask(republish, tube_paths:republish_nock(Tx, D, Peer, Tid), Data#{tx => Tx})};
+republished(#{tx := {error, enospc}}, Data) ->
+    %% Every tube republishes at once after a reconnection: the
+    %% connection's transactions are busy, one is free soon.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), republish}]};
 republished(#{tx := E}, Data) ->
     {keep_state, tube_fsm:log(Data, "republishing: no transaction", E)};
 republished(Res = #{tip_nock := TipNock}, Data = #{tx := Tx}) ->
@@ -290,7 +351,14 @@ republished(Res = #{tip_nock := TipNock}, Data = #{tx := Tx}) ->
              end,
     Done = TipNock =/= {error, enoent} orelse Commit,
     Data1 = tube_fsm:ask(republish_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data)),
-    {keep_state, Data1#{republished := Done}};
+    %% A peer registers before it makes its data/tip: until then this
+    %% fails, and is tried again shortly (and on each @introduceDomain).
+    N = maps:get(republish_tries, Data, 0),
+    case Done orelse N >= 40 of
+        true -> {keep_state, Data1#{republished := Done, republish_tries => 0}};
+        false -> {keep_state, Data1#{republished := Done, republish_tries => N + 1},
+                  [{state_timeout, 250, republish}]}
+    end;
 republished(_Res, Data) ->
     {keep_state, Data}.
 
@@ -310,7 +378,7 @@ closing(Data) ->
 remove(Data = #{conn := undefined}) ->
     {next_state, closing, Data};
 remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
-    Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), tube_paths:token(Key)}}
+    Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}
              | tube_paths:nock_remove(D, Peer, Tid)],
     {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
 
@@ -348,14 +416,25 @@ gone(_) -> false.
 
 retry(Data = #{conn := undefined}, _What, _Why) ->
     {keep_state, Data};
-retry(Data = #{tries := N}, What, Why) ->
-    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+retry(Data, _What, Why) when Why =:= {error, closed}; Why =:= #{rm_nock => {error, closed}, rm_tip => {error, closed}} ->
+    %% The connection went: removal starts again on the next one.
+    {keep_state, Data, [{state_timeout, 250, retry}]};
+retry(Data, _What, {error, enospc}) ->
+    %% Other tubes hold this connection's transactions: soon one is free.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
+retry(Data, What, Why) ->
+    case tube_fsm:transient(Why) of
+        true -> retry_later(Data, What, Why);
+        false -> tube_fsm:gave_up(Data, What, Why), done(Data)
+    end.
+
+retry_later(Data = #{tries := N}, What, Why) ->
+    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
     {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
 
 done(Data = #{waiters := W}) ->
     {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
 
-terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
-    tube_registry:del_rows(Key, self(), Port),
     ok.

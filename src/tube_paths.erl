@@ -16,7 +16,7 @@
 -module(tube_paths).
 
 -export([domain/1, tip_dir/1, nock_dir/1, name/1, nock/3, tip/3, parent/1,
-         peer_node/2, own_node/2, token/1, key_of_token/1, parse_tip_event/2,
+         peer_node/2, own_node/2, token/2, key_of_token/1, parse_tip_event/2,
          state/1, state_name/1, is_domid/1, is_tid/1]).
 -export([setup_domain/1, nock_publish/4, tip_examine/3, tip_fill/3, offer_read/1,
          nock_remove/3, remove_empty/3, tip_remove/4, republish_nock/4,
@@ -55,12 +55,16 @@ peer_node({tip, Peer, Tid}, D) -> nock(Peer, D, Tid).
 own_node({nock, Peer, Tid}, D) -> nock(D, Peer, Tid);
 own_node({tip, Peer, Tid}, D) -> tip(D, Peer, Tid).
 
-token({Role, Peer, Tid}) ->
-    iolist_to_binary([atom_to_list(Role), $/, integer_to_list(Peer), $/, integer_to_list(Tid)]).
+%% A tube's watch token: its key and a number of the process, as a closing
+%% tube and its successor with the same key may watch the same node (and
+%% Xenstore refuses a second watch with the same path and token).
+token({Role, Peer, Tid}, N) ->
+    iolist_to_binary([atom_to_list(Role), $/, integer_to_list(Peer), $/, integer_to_list(Tid),
+                      $/, integer_to_list(N)]).
 
 key_of_token(Token) ->
     case binary:split(Token, <<"/">>, [global]) of
-        [Role, P, T] when Role =:= <<"nock">>; Role =:= <<"tip">> ->
+        [Role, P, T, _N] when Role =:= <<"nock">>; Role =:= <<"tip">> ->
             case parse_ids(P, T) of
                 {ok, Peer, Tid} -> {ok, {binary_to_atom(Role), Peer, Tid}};
                 error -> error
@@ -194,8 +198,8 @@ offer_read(Node) ->
      {tx_ref, {read, 0, [Node, "/tx-ring-ref"]}},
      {rx_ref, {read, 0, [Node, "/rx-ring-ref"]}}].
 
-%% The nock's own removal: both directories (it owns both), and a listing
-%% of their parents, so that the empty ones go too (remove_empty/3).
+%% The nock's own removal: both directories (it owns both). Their parents
+%% go too once empty (remove_empty/3).
 nock_remove(D, Peer, Tid) ->
     Nock = nock(D, Peer, Tid),
     Tip = tip(Peer, D, Tid),

@@ -35,6 +35,7 @@
     dirty = #{},       % Key -> true: told of a change it has not read yet
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
+    seen = #{},        % tip Key -> true: its entry changed while held
     name               % node name to publish, or undefined
 }).
 
@@ -49,9 +50,9 @@ domid() ->
     D.
 
 conn() ->
-    case ets:lookup(?TAB, conn) of
+    case catch ets:lookup(?TAB, conn) of
         [{conn, C}] -> {ok, C};
-        [] -> {error, xenstore_down}
+        _ -> {error, xenstore_down}
     end.
 
 %% @doc Publishes Node as this node's name at `/local/domain/<domid>/name'
@@ -74,8 +75,10 @@ ready(Key, Tid) -> gen_server:call(?MODULE, {ready, Key, Tid}, infinity).
 %% the next one.
 requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadline, Tids}).
 
-%% A tube has read its peer's state since the last change it was told of.
-taken(Key) -> gen_server:cast(?MODULE, {taken, Key}).
+%% A tube is about to read its peer's state: changes from now on are told
+%% again. A call, so that the registry has cleared the flag before the read
+%% is sent: a change after the read then always reaches the tube.
+taken(Key) -> gen_server:call(?MODULE, {taken, Key}, infinity).
 
 %% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
 await_accept(Tids, Timeout) ->
@@ -107,12 +110,23 @@ del_rows(Key, Port) ->
     Port =/= undefined andalso ets:delete(?TAB, {port, Port}),
     ok.
 
-%% [{Key, Pid, Phase, Port}]
+%% [{Key, Pid, Phase, Port}]; none while the application is stopped.
 rows() ->
-    [{K, P, Ph, Po} || {{tube, K}, P, Ph, Po} <- ets:match_object(?TAB, {{tube, '_'}, '_', '_', '_'})].
+    try ets:match_object(?TAB, {{tube, '_'}, '_', '_', '_'}) of
+        Rows -> [{K, P, Ph, Po} || {{tube, K}, P, Ph, Po} <- Rows]
+    catch
+        error:badarg -> []
+    end.
 
 row_of_port(Port) ->
-    case ets:lookup(?TAB, {port, Port}) of
+    try ets:lookup(?TAB, {port, Port}) of
+        Found -> row_of_port(Port, Found)
+    catch
+        error:badarg -> error
+    end.
+
+row_of_port(Port, Found) ->
+    case Found of
         [{_, Key, Pid}] ->
             case ets:lookup(?TAB, {tube, Key}) of
                 [{_, Pid, Phase, Port}] -> {ok, Key, Pid, Phase};
@@ -186,6 +200,8 @@ handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({accept, Tids, Deadline}, From, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
+handle_call({taken, Key}, _From, St) ->
+    {reply, ok, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_call({publish_name, Node}, _From, St) ->
     St1 = publish_own_name(St#st{name = Node}),
     {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
@@ -196,8 +212,6 @@ handle_cast({requeue, From, Deadline, Tids}, St = #st{conn = undefined}) ->
     {noreply, St};
 handle_cast({requeue, From, Deadline, Tids}, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
-handle_cast({taken, Key}, St) ->
-    {noreply, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_cast({cancel_accept, Pid}, St) ->
     {Gone, Kept} = lists:partition(fun(#acc{from = {P, _}}) -> P =:= Pid end, St#st.acceptors),
     lists:foreach(fun cancel/1, Gone),
@@ -211,9 +225,9 @@ do_claim(Key, Pid, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
             {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
-        {ok, Old} ->
-            case ets:lookup(?TAB, {tube, Key}) of
-                [{_, Old, closing, _}] ->
+        {ok, _Holder} ->
+            case closing(ets:lookup(?TAB, {tube, Key})) of
+                true ->
                     erlang:monitor(process, Pid),
                     Q = maps:get(Key, St#st.queued, []),
                     {wait, St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
@@ -223,11 +237,20 @@ do_claim(Key, Pid, St) ->
             end
     end.
 
+%% Whether the tube holding a key is going: closing, or its port closed
+%% (its process is about to hear of it).
+closing([]) -> true; % its process ended; the registry hears of it next
+closing([{_, _, closing, _}]) -> true;
+closing([{_, _, failing, _}]) -> true;
+closing([{_, _, connected, Port}]) when is_port(Port) -> erlang:port_info(Port, connected) =:= undefined;
+closing(_) -> false.
+
 hold(Key, Pid, St) ->
     case maps:is_key(Pid, St#st.pids) of
         true -> ok;
         false -> erlang:monitor(process, Pid)
     end,
+    ets:insert_new(?TAB, {{tube, Key}, Pid, claimed, undefined}),
     St#st{tubes = maps:put(Key, Pid, St#st.tubes), pids = maps:put(Pid, Key, St#st.pids)}.
 
 %% ---- accept() callers ----------------------------------------------------------
@@ -321,23 +344,25 @@ released(Key, Pid, St) ->
         [{_, Pid, _, Port}] -> del_rows(Key, Port);
         _ -> ok
     end,
+    Seen = maps:is_key(Key, St#st.seen),
     St1 = St#st{tubes = maps:remove(Key, St#st.tubes), dirty = maps:remove(Key, St#st.dirty),
-                backlog = lists:delete(Key, St#st.backlog)},
+                backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
             tell(Next, {key_free, St#st.conn, St#st.domid}),
+            ets:insert(?TAB, {{tube, Key}, Next, claimed, undefined}),
             St2 = St1#st{queued = maps:put(Key, Rest, St1#st.queued),
                          pids = maps:put(Next, Key, St1#st.pids)},
             St2#st{tubes = maps:put(Key, Next, St2#st.tubes)};
         [] ->
-            recheck(Key, St1#st{queued = maps:remove(Key, St1#st.queued)})
+            recheck(Seen, Key, St1#st{queued = maps:remove(Key, St1#st.queued)})
     end.
 
 %% A nock may have published a new tube with the same Tid while the old tip
 %% was still closing (its events went to the old one): look again.
-recheck(Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+recheck(true, Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
     start_tip(Key, {Key, C, D, recheck}, St);
-recheck(_Key, St) ->
+recheck(_Seen, _Key, St) ->
     St.
 
 start_tip(Key, Arg, St) ->
@@ -385,7 +410,7 @@ changed(Key, St = #st{dirty = Dirty}) ->
 incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
     case maps:find(Key, St#st.tubes) of
         {ok, _} ->
-            changed(Key, St);
+            changed(Key, St#st{seen = maps:put(Key, true, St#st.seen)});
         error ->
             start_tip(Key, {Key, C, D, fresh}, St)
     end;

@@ -71,11 +71,15 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
     case Result of
         {ok, TubeRes} ->
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
-            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}}],
+            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
+                                             {own, {read, 0, [tip(Data), "/state"]}}],
                                  Data#{handoff => Id}),
             {next_state, confirming, tube_fsm:row(confirming, Data1), tube_fsm:deadline_timeout(Data)};
         Error ->
-            lost(tube_fsm:error_of(ring, Error), Data)
+            case tube_fsm:error_of(ring, Error) of
+                {error, {limit, What}} -> lost({error, {limit, What}}, tell_nock(What, Data));
+                E -> lost(E, Data)
+            end
     end;
 handle_event(info, {ring_done, _, _}, _State, _Data) ->
     keep_state_and_data;
@@ -99,8 +103,13 @@ handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) -
     closing(Data);
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
+handle_event(state_timeout, refill, open, Data) ->
+    {keep_state, fill(Data, maps:get(fields, Data))};
+%% A new connection has none of our watches: watch the nock again (which
+%% reads its state at once, and fills our fields in again if the nock
+%% published its entry again after a daemon restart).
 handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
-    {keep_state, Data#{conn := Conn, peer_seen := false}};
+    {keep_state, tube_fsm:ask(rewatch, [watch_op(Data)], Data#{conn := Conn, peer_seen := false})};
 
 %% ---- closing -----------------------------------------------------------------
 
@@ -119,14 +128,14 @@ handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
-    closing(tube_fsm:reply_to({error, timeout}, Data, key));
+    closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {tube_event, xs_down}, open, Data) ->
     {keep_state, maps:remove(tx, Data#{conn := undefined, peer_seen := false})};
 handle_event(info, {tube_event, xs_down}, State, Data) ->
     Data1 = maps:remove(tx, Data#{conn := undefined}),
     case State of
         closing -> {keep_state, Data1};
-        _ -> closing(tube_fsm:reply_to({error, xenstore_down}, Data1, key))
+        _ -> closing(tube_fsm:reply_to({error, xenstore_down}, Data1))
     end;
 handle_event(info, {'EXIT', _, normal}, _State, _Data) ->
     keep_state_and_data;
@@ -176,15 +185,27 @@ replied(_State, committed, #{commit := E}, Data) ->
     cannot(tube_fsm:error_of(nodes, E), Data);
 replied(State, peer_state, Res, Data) ->
     peer_state(State, maps:get(state, Res), Res, Data);
+replied(open, rewatch, #{watch := ok}, _Data) ->
+    keep_state_and_data;
+replied(open, rewatch, #{watch := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "watching the nock again", E)};
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
 replied(open, fill, Res, Data) ->
     case maps:get(tx, Res, ok) of
-        {ok, Tx} -> {keep_state, tube_fsm:ask(fill_write, tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data)), Data#{tx => Tx})};
+        {ok, Tx} ->
+            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}}
+                     | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
+            {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
+        {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
         E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
     end;
+%% Only into the entry of this tube: its nock is connected (4). A nock that
+%% closed and opened a new tube with the same Tid meanwhile has state 2
+%% there, and that entry is not ours to fill.
 replied(open, fill_write, Res, Data = #{tx := Tx}) ->
-    Commit = maps:get(nock_ref, Res) =/= {error, enoent},
+    Commit = maps:get(nock_ref, Res) =/= {error, enoent}
+        andalso maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)},
     {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
 replied(open, fill_end, #{'end' := ok}, _Data) ->
     keep_state_and_data;
@@ -200,7 +221,7 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, element(1, R) =/= ok] of
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -229,11 +250,14 @@ release(Res, Data) ->
 %% nock, in the nock's own fields, and to its log.
 refuse(What, Res, Data) ->
     tube_fsm:log(Data, "refusing an incoming tube", {limit, What}),
+    {stop, normal, Data1} = release(Res, Data),
+    {stop, normal, tell_nock(What, Data1)}.
+
+tell_nock(What, Data) ->
     Tip = tip(Data),
     Tell = [{evt, {write, 0, [Tip, "/event-channel"], ["error:limit:", atom_to_list(What)]}},
             {state, {write, 0, [Tip, "/state"], tube_paths:state(closed)}}],
-    {stop, normal, Data1} = release(Res, Data),
-    {stop, normal, tube_fsm:ask(refused, Tell, Data1)}.
+    tube_fsm:ask(refused, Tell, Data).
 
 answer(Data) ->
     case tube_registry:ready(maps:get(key, Data), tid(Data)) of
@@ -294,10 +318,19 @@ peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">
     closing(Data);
 peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
-    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}, key),
+    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}),
     {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
-peer_state(confirming, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     lost({error, peer_closed}, Data);
+%% Our entry was replaced: the nock closed and opened a new tube with the
+%% same Tid, which a new tip will take.
+peer_state(confirming, _S, #{own := Own}, Data) when Own =:= {ok, <<"0">>}; Own =:= {ok, <<"1">>} ->
+    lost({error, peer_closed}, Data);
+%% The nock mapped the ring (a nock that cannot says so with state 6 and
+%% waits for us) and has already closed: the tube is the caller's, and
+%% closes at once with peer_closed, as a tube whose peer leaves does.
+peer_state(confirming, {error, enoent}, Res = #{own := {error, enoent}}, Data) ->
+    peer_state(confirming, {ok, <<"4">>}, Res, Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
@@ -339,8 +372,8 @@ abort_tx(Data = #{tx := Tx}) ->
 abort_tx(Data) ->
     Data.
 
-watch_op(Data) -> {watch, {watch, nock(Data), tube_paths:token(maps:get(key, Data))}}.
-unwatch_op(Data) -> {unwatch, nock(Data), tube_paths:token(maps:get(key, Data))}.
+watch_op(Data) -> {watch, {watch, nock(Data), maps:get(token, Data)}}.
+unwatch_op(Data) -> {unwatch, nock(Data), maps:get(token, Data)}.
 
 %% ---- closing --------------------------------------------------------------------------
 
@@ -381,14 +414,23 @@ removed(removing_end, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
-retry(Data = #{tries := N}, What, Why) ->
-    N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+retry(Data, _What, {error, enospc}) ->
+    %% Other tubes hold this connection's transactions: soon one is free.
+    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
+retry(Data, What, Why) ->
+    case tube_fsm:transient(Why) of
+        true -> retry_later(Data, What, Why);
+        false -> tube_fsm:gave_up(Data, What, Why), done(Data)
+    end.
+
+retry_later(Data = #{tries := N}, What, Why) ->
+    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
     {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
 
 done(Data = #{waiters := W}) ->
     {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
 
-terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
+terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
     %% An accept() caller handed to this tube while it ended waits for the next.
     receive
@@ -396,5 +438,4 @@ terminate(_Reason, _State, Data = #{key := Key, port := Port}) ->
     after 0 ->
         ok
     end,
-    tube_registry:del_rows(Key, self(), Port),
     ok.

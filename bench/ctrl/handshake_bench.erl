@@ -1,0 +1,57 @@
+%% Handshake timing: N open/close cycles from this node to a peer node
+%% that keeps an accept() pending; prints p50/p90 of open/3 and of accept/1.
+-module(handshake_bench).
+-export([main/1, acceptor/1]).
+
+main([NStr]) ->
+    N = list_to_integer(NStr),
+    started(application:ensure_all_started(tube)),
+    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
+    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths, wait_boot => 30000}),
+    started(peer:call(Peer, application, ensure_all_started, [tube], 30000)),
+    D = peer:call(Peer, tube, domid, []),
+    Self = self(),
+    ok = peer:call(Peer, ?MODULE, acceptor, [Self]),
+    %% warm up
+    Runs = [cycle(D, I rem 8) || I <- lists:seq(1, N + 20)],
+    Accepted = lists:nthtail(20, peer:call(Peer, erlang, apply, [fun() -> hs_acceptor ! {times, self()}, receive {ts, T} -> T end end, []])),
+    {Opens, Starts} = lists:unzip(lists:nthtail(20, Runs)),
+    Accepts = [A - S || {A, S} <- lists:zip(lists:sublist(Accepted, length(Starts)), lists:sublist(Starts, length(Accepted)))],
+    io:format("open p50 ~.1f us p90 ~.1f us; open start to accept return p50 ~.1f us p90 ~.1f us (n=~p)~n",
+              [pct(Opens, 50), pct(Opens, 90), pct(Accepts, 50), pct(Accepts, 90), N]),
+    peer:stop(Peer),
+    halt(0).
+
+started({ok, _}) -> ok;
+started(E) -> io:format("tube did not start: ~p~n", [E]), halt(1).
+
+cycle(D, Tid) ->
+    S0 = erlang:system_time(microsecond),
+    T0 = erlang:monotonic_time(microsecond),
+    {ok, T} = tube:open(D, Tid, #{timeout => 10000}),
+    T1 = erlang:monotonic_time(microsecond),
+    _ = tube:close(T),
+    {T1 - T0, S0}.
+
+acceptor(_Parent) ->
+    Pid = spawn(fun() -> acc_loop([]) end),
+    register(hs_acceptor, Pid),
+    ok.
+
+acc_loop(Ts) ->
+    receive
+        {times, From} -> From ! {ts, lists:reverse(Ts)}, acc_loop(Ts)
+    after 0 ->
+        case tube:accept(#{timeout => 200}) of
+            {ok, T} ->
+                T1 = erlang:system_time(microsecond),
+                catch port_close(T),
+                acc_loop([T1 | Ts]);
+            {error, timeout} ->
+                acc_loop(Ts)
+        end
+    end.
+
+pct(L, P) ->
+    S = lists:sort(L),
+    lists:nth(max(1, round(length(S) * P / 100)), S) * 1.0.

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Open/accept handshake time of the control plane, side by side: the Erlang
+# sources of REF (default main) and those of the working tree, each run
+# RUNS times (default 3) with N open/close cycles (default 200) on a private
+# daemon, alternating. The native parts are the working tree's (build them
+# first: MIX_ENV=test mix compile).
+#   scripts/bench-handshake.sh [REF] [N] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ref="${1:-main}"; n="${2:-200}"; runs="${3:-3}"
+work=$(mktemp -d /tmp/tube-hs.XXXXXX)
+trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+app=$(ls -d _build/*/lib/tube | head -1)
+for v in ref tree; do
+  mkdir -p "$work/$v/tube/ebin" "$work/$v/src"
+  ln -s "$PWD/priv" "$work/$v/tube/priv"
+  cp "$app/ebin/tube.app" "$work/$v/tube/ebin/"
+done
+for f in $(git ls-tree --name-only "$ref" src/); do git show "$ref:$f" > "$work/ref/src/$(basename "$f")"; done
+cp src/*.erl "$work/tree/src/"
+for v in ref tree; do erlc -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
+mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl
+elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
+for r in $(seq 1 "$runs"); do
+  for v in ref tree; do
+    d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
+    printf '%-4s %s: ' "$v" "$([ $v = ref ] && echo "$ref" || echo 'working tree')"
+    XENSTORED_PATH="$d/xs.sock" erl -noshell -pa "$work/bench" -pa "$work/$v/tube/ebin" \
+      -pa "$elixir_ebin/elixir/ebin" -pa "$elixir_ebin/logger/ebin" \
+      -kernel logger_level error -run handshake_bench main "$n" 2>&1 | tail -${TAIL:-1}
+    [ -f "$d/xs.sock.pid" ] && kill "$(cat "$d/xs.sock.pid")" 2>/dev/null || true
+  done
+done
