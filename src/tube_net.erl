@@ -467,7 +467,10 @@ mesh(Labels, St) ->
         [] ->
             New = [{A, B} || {A, B, true} <- Results],
             Expected = [{unordered, lists:append([[{nodeup, A, B}, {nodeup, B, A}] || {A, B} <- New])}],
-            await(Expected, Mark, St);
+            case await(Expected, Mark, St) of
+                {ok, St1} -> {ok, global_sync(Running, St1)};
+                E -> E
+            end;
         Failed ->
             {error, {connect_failed, Failed}, St}
     end.
@@ -478,6 +481,12 @@ connect(A, B, St) ->
         [{_, R}] -> R;
         ok -> already  % A stopped running meanwhile: nothing to wait for
     end.
+
+%% Lets `global' on each node finish its exchange with the nodes it just
+%% met, so that names registered next are seen everywhere at once.
+global_sync(Labels, St) ->
+    [agent(L, global_sync, [], St) || L <- Labels],
+    St.
 
 %% Waits inside the server for Expected after Mark, logging events as they
 %% come.

@@ -21,7 +21,7 @@
 -behaviour(gen_server).
 
 -export([start/1, block/1, clear/0, connect/1, shape/2, register_tube/3,
-         delay/2, label/1, node_of/1, domid_of/1, label_of_domid/1, whereami/0]).
+         delay/2, global_sync/0, label/1, node_of/1, domid_of/1, label_of_domid/1, whereami/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(SHAPE, tube_net_shape).
@@ -57,6 +57,10 @@ connect(Nodes) ->
              true -> already;
              false -> net_kernel:connect_node(N)
          end} || N <- Nodes].
+
+%% @doc `global:sync/0', run here so that the controller needs no
+%% knowledge of `global'.
+global_sync() -> global:sync().
 
 %% @doc Latency (ms) and loss ratio of raw tubes towards Peer (a label).
 shape(Peer, Shape) -> gen_server:call(?MODULE, {shape, Peer, Shape}, infinity).
@@ -199,9 +203,24 @@ guard(Blocked, St) ->
 cut(Blocked, St) ->
     [erlang:disconnect_node(N) || N <- Blocked, lists:member(N, nodes(connected))],
     BlockedLabels = [label_of(N, St) || N <- Blocked],
-    [catch tube:close(Port) || {Port, Peer, _} <- maps:values(St#st.tubes),
-                               lists:member(Peer, BlockedLabels)],
+    [close_tube(Port) || {Port, Peer, _} <- maps:values(St#st.tubes),
+                         lists:member(Peer, BlockedLabels)],
     ok.
+
+%% The owner of a tube closed here learns it as it would of any other end
+%% of a tube: `{tube_closed, Tube, partitioned}'. A tube the peer closed
+%% first has told its owner `peer_closed' already.
+close_tube(Port) ->
+    Owner = erlang:port_info(Port, connected),
+    case catch tube:close(Port) of
+        ok ->
+            case Owner of
+                {connected, Pid} -> Pid ! {tube_closed, Port, partitioned};
+                _ -> ok
+            end;
+        _ ->
+            ok
+    end.
 
 peer_of(Port, St) ->
     case [P || {Pt, P, _} <- maps:values(St#st.tubes), Pt =:= Port] of

@@ -7,8 +7,9 @@
 %% <ul>
 %% <li>its opening and its closing are events of the network log
 %% (`{tube_up, Me, Peer, Tid}', `{tube_down, Me, Peer, Tid}');</li>
-%% <li>a partition closes it when its two ends fall on different sides, and
-%% until the partition heals open/3 answers `{error, partitioned}' and
+%% <li>a partition closes it when its two ends fall on different sides (its
+%% owner gets `{tube_closed, Tube, partitioned}', or `peer_closed' when the
+%% other end was cut first), and until the partition heals open/3 answers `{error, partitioned}' and
 %% accept/1 closes tubes from the other side instead of returning them;</li>
 %% <li>packets given to send/2 (not to `port_command/2') go through the
 %% latency and the loss set with `tube_net:slow/4' and `tube_net:loss/4'
