@@ -116,7 +116,9 @@ defmodule TubeNet do
 
   @doc """
   Every entry of the log, oldest first, as `{seq, time_us, event}`; the
-  time is when this node's network server took the event in. Events:
+  time is when the event happened, in microseconds since the start, read
+  where it happened (`:tube_net_log.now/0`, one clock for every node of the
+  machine); entries are in the order they reached this node. Events:
   `{:node_up, l}`, `{:node_down, l, :killed | :stopped | :exited}`,
   `{:nodeup, l, m}`, `{:nodedown, l, m}` (l's distribution saw m come and
   go), `{:refused, l, m}`, `{:partition, groups}`, `:heal`,

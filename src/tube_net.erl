@@ -236,7 +236,7 @@ init(Opts) ->
     Plan = plan(Opts, Name),
     Nodes = maps:from_list([{L, N#node{pid = start_node(Conf)}} || {L, N, Conf} <- Plan]),
     St0 = #st{name = Name, order = [L || {L, _, _} <- Plan], nodes = Nodes,
-              log = tube_net_log:new(), t0 = erlang:monotonic_time(microsecond)},
+              log = tube_net_log:new(), t0 = tube_net_log:now()},
     St1 = log(net_started, St0),
     case boot_all(St1) of
         ok ->
@@ -349,8 +349,8 @@ handle_call({expect, Expected, Timeout, Opts}, From, St) ->
 handle_cast(_, St) ->
     {noreply, St}.
 
-handle_info({tube_net_event, _From, Event}, St) ->
-    {noreply, log(Event, St)};
+handle_info({tube_net_event, _From, Event, Time}, St) ->
+    {noreply, log(Event, Time, St)};
 handle_info({expect_timeout, Ref}, St) ->
     case lists:keytake(Ref, 1, St#st.waiters) of
         {value, {Ref, From, Expected, Start, _}, Ws} ->
@@ -500,7 +500,7 @@ await_loop(Expected, Mark, Deadline, St) ->
             {ok, St};
         {more, Left} ->
             receive
-                {tube_net_event, _, Event} -> await_loop(Expected, Mark, Deadline, log(Event, St))
+                {tube_net_event, _, Event, Time} -> await_loop(Expected, Mark, Deadline, log(Event, Time, St))
             after max(Deadline - erlang:monotonic_time(millisecond), 0) ->
                 {error, {mesh_timeout, Left}, St}
             end
@@ -606,13 +606,16 @@ other(L, {A, L}) -> A.
 %% Takes the events already in the mailbox into the log.
 drain(St) ->
     receive
-        {tube_net_event, _, Event} -> drain(log(Event, St))
+        {tube_net_event, _, Event, Time} -> drain(log(Event, Time, St))
     after 0 ->
         St
     end.
 
-log(Event, St = #st{log = Log, t0 = T0}) ->
-    {_, Log1} = tube_net_log:add(Event, erlang:monotonic_time(microsecond) - T0, Log),
+log(Event, St) ->
+    log(Event, tube_net_log:now(), St).
+
+log(Event, Time, St = #st{log = Log, t0 = T0}) ->
+    {_, Log1} = tube_net_log:add(Event, Time - T0, Log),
     wake(St#st{log = Log1}).
 
 wake(St = #st{waiters = []}) ->

@@ -231,5 +231,5 @@ peer_of(Port, St) ->
 label_of(Node, St) -> maps:get(Node, St#st.labels, Node).
 
 report(Event, #st{controller = C, me = Me}) ->
-    user ! {message, C, {tube_net_event, Me, Event}},
+    user ! {message, C, {tube_net_event, Me, Event, tube_net_log:now()}},
     ok.

@@ -2,10 +2,12 @@
 %% sequences against it. Pure functions; the network's server holds the log.
 %%
 %% An entry is `{Seq, Time, Event}': `Seq' counts from 1 in the order the
-%% server learnt of the events, `Time' is the server's
-%% `erlang:monotonic_time(microsecond)' at that moment minus the time the
-%% network started. Events from one node keep the order that node saw them
-%% in; events from different nodes are ordered as they reached the server.
+%% server learnt of the events; `Time' is when the event happened, in
+%% microseconds since the network started, read where it happened (in the
+%% node that saw it, or in the server for the faults it applies) from
+%% now/0. Events from one node keep the order that node saw them in;
+%% events from different nodes are in the order they reached the server,
+%% which their times may contradict by the time a report takes to travel.
 %%
 %% A pattern is a term where the atom `'_'' matches anything, a fun of
 %% arity 1 matches the terms for which it returns `true', tuples and lists
@@ -17,7 +19,7 @@
 %% order.
 -module(tube_net_log).
 
--export([new/0, add/3, entries/1, entries_after/2, last_seq/1, match/2, matches/2]).
+-export([now/0, new/0, add/3, entries/1, entries_after/2, last_seq/1, match/2, matches/2]).
 -export_type([log/0, entry/0, expected/0]).
 
 -record(log, {seq = 0 :: non_neg_integer(), rev = [] :: [entry()]}).
@@ -25,6 +27,13 @@
 -opaque log() :: #log{}.
 -type entry() :: {pos_integer(), integer(), term()}.
 -type expected() :: [term() | {unordered, [term()]}].
+
+%% @doc The clock of the log, in microseconds: `os:perf_counter/1', which
+%% on Linux reads CLOCK_MONOTONIC, one clock for every process of the
+%% machine (`erlang:monotonic_time/1' has an offset of its own in each
+%% node), so the times of different nodes compare.
+-spec now() -> integer().
+now() -> os:perf_counter(microsecond).
 
 -spec new() -> log().
 new() -> #log{}.

@@ -243,5 +243,5 @@ signal(Sig, #d{os_pid = OsPid}) ->
 label(#d{conf = #{label := L}}) -> L.
 
 event(E, #d{conf = #{server := S, label := L}}) ->
-    S ! {tube_net_event, L, E},
+    S ! {tube_net_event, L, E, tube_net_log:now()},
     ok.
