@@ -18,7 +18,8 @@
 /* Implemented in Rust (driver.rs). `st` is the opaque state start returned. */
 extern void *tube_rs_start(ErlDrvPort port, const char *command);
 extern void tube_rs_stop(void *st);
-extern void tube_rs_send(void *st, const char *buf, size_t len);
+extern void tube_rs_outputv(void *st, const SysIOVec *iov, int n);
+extern int tube_rs_set_dist(void *st);
 extern void tube_rs_ready_input(void *st);
 extern void tube_rs_timeout(void *st);
 extern int tube_rs_stats(void *st, uint64_t *out, size_t n);
@@ -28,12 +29,13 @@ extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 
 /* Number of u64 counters a stats control returns (see tube_rs_stats). */
-#define TUBE_STATS_N 10
+#define TUBE_STATS_N 13
 /* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
 #define TUBE_CTL_STATS 1
 #define TUBE_CTL_CLOSE 2
 #define TUBE_CTL_ACTIVE 3
 #define TUBE_CTL_BUSY_POLL 4
+#define TUBE_CTL_DIST 5
 
 /* ---- helpers called from Rust ---------------------------------------- */
 
@@ -71,6 +73,26 @@ int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
     int r = driver_output_binary(port, NULL, 0, bin, 0, (ErlDrvSizeT)len);
     driver_free_binary(bin);
     return r;
+}
+
+/* Drops the driver's reference to a binary that was never delivered. */
+void tube_drv_free_binary(ErlDrvBinary *bin)
+{
+    driver_free_binary(bin);
+}
+
+/* A reliable tube whose peer's ring is full: busy makes port_command
+ * suspend its callers (and the emulator hold a distribution queue). */
+void tube_drv_set_busy(ErlDrvPort port, int on)
+{
+    set_busy_port(port, on);
+}
+
+/* Fails a distribution port without a message to its owner: the emulator
+ * takes the connection down. */
+int tube_drv_fail(ErlDrvPort port)
+{
+    return driver_failure_eof(port);
 }
 
 /* Ask for a timeout callback as soon as possible: used to go on draining a
@@ -122,30 +144,12 @@ static void tube_stop(ErlDrvData d)
     tube_rs_stop((void *)d);
 }
 
-/* port_command/2 and Port ! {Pid, {command, Data}}. A packet is the whole
- * iodata; it is flattened only when it is not one contiguous binary. */
+/* port_command/2, Port ! {Pid, {command, Data}}, and the emulator's
+ * distribution output: the whole iodata is one packet or message (Rust
+ * decides, by the tube's delivery mode). */
 static void tube_outputv(ErlDrvData d, ErlIOVec *ev)
 {
-    char flat[4096];
-    int i, nonempty = -1, pieces = 0;
-
-    if (ev->size == 0 || ev->size > sizeof(flat)) {
-        /* Out of the 1..4096 range: Rust counts it as rejected. */
-        tube_rs_send((void *)d, NULL, (size_t)ev->size);
-        return;
-    }
-    for (i = 0; i < ev->vsize; i++) {
-        if (ev->iov[i].iov_len > 0) {
-            nonempty = i;
-            pieces++;
-        }
-    }
-    if (pieces == 1) {
-        tube_rs_send((void *)d, ev->iov[nonempty].iov_base, ev->iov[nonempty].iov_len);
-        return;
-    }
-    driver_vec_to_buf(ev, flat, sizeof(flat));
-    tube_rs_send((void *)d, flat, (size_t)ev->size);
+    tube_rs_outputv((void *)d, ev->iov, ev->vsize);
 }
 
 static void tube_ready_input(ErlDrvData d, ErlDrvEvent ev)
@@ -165,6 +169,8 @@ static void tube_timeout(ErlDrvData d)
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
  * port_control(Tube, 3, <<Mode:8, N:64/native>>) -> [] sets {active, _}.
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
+ * port_control(Tube, 5, []) -> [] makes a reliable tube a distribution
+ * controller (badarg for a lossy one).
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -176,6 +182,8 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return tube_rs_set_active((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_BUSY_POLL)
         return tube_rs_set_busy_poll((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_DIST)
+        return tube_rs_set_dist((void *)d) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)
@@ -206,9 +214,9 @@ static ErlDrvEntry tube_entry = {
     "tube_nif",                    /* driver_name: must equal the .so file name */
     NULL,                          /* finish: nothing global to tear down */
     NULL,                          /* handle: reserved for the emulator */
-    tube_control,                  /* control: counters, close, {active, _}, {busy_poll, _} */
+    tube_control,                  /* control: counters, close, {active, _}, {busy_poll, _}, dist */
     tube_timeout,                  /* timeout: go on draining a busy ring */
-    tube_outputv,                  /* outputv: one packet per port_command */
+    tube_outputv,                  /* outputv: one packet or message per command */
     NULL,                          /* ready_async: no async jobs */
     NULL,                          /* flush: nothing is queued in the driver */
     NULL,                          /* call: unused */
@@ -216,7 +224,10 @@ static ErlDrvEntry tube_entry = {
     ERL_DRV_EXTENDED_MARKER,       /* extended_marker */
     ERL_DRV_EXTENDED_MAJOR_VERSION,/* major_version */
     ERL_DRV_EXTENDED_MINOR_VERSION,/* minor_version */
-    ERL_DRV_FLAG_USE_PORT_LOCKING, /* driver_flags: ports run in parallel */
+    /* driver_flags: ports run in parallel; SOFT_BUSY lets the emulator (a
+     * distribution port) and port_command(_, _, [force]) call outputv while
+     * the port is busy, which erlang:setnode/3 requires. */
+    ERL_DRV_FLAG_USE_PORT_LOCKING | ERL_DRV_FLAG_SOFT_BUSY,
     NULL,                          /* handle2: reserved for the emulator */
     NULL,                          /* process_exit: no monitors */
     tube_stop_select,              /* stop_select: release the event fd */

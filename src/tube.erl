@@ -25,17 +25,20 @@
 %% functions given arguments of the wrong type or range raise `badarg'.
 -module(tube).
 
--export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0,
+-export([open/1, open/2, open/3, accept/0, accept/1, close/1, domid/0, domid/1,
          info/1, tubes/0, setopts/2]).
 
--export_type([tube/0, domid/0, tid/0, open_opts/0, active/0, busy_poll/0, option/0]).
+-export_type([tube/0, domid/0, tid/0, open_opts/0, active/0, busy_poll/0, option/0,
+              delivery/0]).
 
 -type tube() :: port().
 -type domid() :: 0..16#7FEF.
 -type tid() :: 0..16#FFFFFFFF.
 -type active() :: boolean() | once | pos_integer().
 -type busy_poll() :: 0..100000.
--type open_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll()}.
+-type delivery() :: lossy | reliable.
+-type open_opts() :: #{timeout => timeout(), active => active(), busy_poll => busy_poll(),
+                       delivery => delivery()}.
 -type option() :: {active, active()} | {busy_poll, busy_poll()}.
 
 -define(MAX_DOMID, 16#7FEF).
@@ -61,6 +64,15 @@ open(Domid, Tid) -> open(Domid, Tid, #{}).
 %% delivery mode and `busy_poll' (default the application env `busy_poll',
 %% 50) its polling window, as in setopts/2.
 %%
+%% `delivery' (default `lossy') says what a send promises. `lossy': packets
+%% of 1..4096 bytes, dropped (and counted) when the peer's ring is full.
+%% `reliable': messages of any size up to 256 MiB (empty ones too), never
+%% dropped, in order; when the peer's ring is full the port goes busy, so
+%% `port_command' suspends the sender as on a busy socket, and it resumes
+%% once the peer has drained half its ring. Both ends must use the same
+%% delivery. info/1 counts `busy' (times the port went busy), `busy_us'
+%% (time spent busy) and `queued_bytes' (waiting for room now).
+%%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,
 %% no_domain}' (no such domain in Xenstore), `{error, self}' (Domid is this
 %% node), `{error, tid_in_use}' (a tube Tid to Domid exists), `{error,
@@ -78,14 +90,17 @@ open(Domid, Tid, Opts) ->
 accept() -> accept(#{timeout => infinity}).
 
 %% @doc As accept/0 with options: `timeout' (milliseconds or `infinity',
-%% default `infinity'), `active' and `busy_poll' (as in open/3).
--spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll()}) ->
+%% default `infinity'), `active', `busy_poll' and `delivery' (as in open/3).
+-spec accept(#{timeout => timeout(), active => active(), busy_poll => busy_poll(),
+               delivery => delivery(), tids => {tid(), tid()}}) ->
           {ok, tube()} | {error, term()}.
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     check(is_timeout(Timeout)),
     Port = port_opts(Opts),
-    finish(tube_server:accept(Timeout), Port);
+    Tids = maps:get(tids, Opts, {0, ?MAX_TID - 16#10000}),
+    check(is_tid_range(Tids)),
+    finish(tube_server:accept(Timeout, Tids), Port);
 accept(_) ->
     erlang:error(badarg).
 
@@ -102,6 +117,14 @@ close(_) ->
 %% @doc This node's domain id.
 -spec domid() -> domid().
 domid() -> tube_server:domid().
+
+%% @doc The domain of the node named Node on this host (its name published in
+%% Xenstore at `/local/domain/<domid>/name'): from a cache for a known node,
+%% else after one Xenstore lookup; `{error, not_found}' if no domain has
+%% that name.
+-spec domid(node()) -> {ok, domid()} | {error, not_found}.
+domid(Node) when is_atom(Node) -> tube_server:domid_of(Node);
+domid(_) -> erlang:error(badarg).
 
 %% @doc What is known of an open tube: its role (`nock' if this side
 %% opened it, `tip' if it accepted), peer domain, Tid, state, ring
@@ -164,9 +187,11 @@ tubes() -> tube_server:tubes().
 %% ---- internals -----------------------------------------------------------
 
 %% The control plane has mapped the ring: open the port in the calling
-%% process, which makes it the owner, and attach it.
-finish({ok, Id, Key}, {Credit, BusyPoll}) ->
-    Command = lists:concat([?DRIVER, " ", Id, " ", Credit, " ", BusyPoll]),
+%% process, which makes it the owner, and attach it. The driver's open
+%% command is `tube_nif Id Credit BusyPollUs Delivery'.
+finish({ok, Id, Key}, #{credit := Credit, busy_poll := BusyPoll, delivery := Delivery}) ->
+    Words = [Id, Credit, BusyPoll, delivery_word(Delivery)],
+    Command = lists:flatten([?DRIVER | [[" ", integer_to_list(W)] || W <- Words]]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_server:attach(Key, Port) of
@@ -199,11 +224,17 @@ active_control(A) ->
     {Mode, N} = active_mode(A),
     <<Mode, N:64/native>>.
 
-%% What the open_port command carries: the first credit and polling window.
+%% What the open_port command carries: the first credit, the polling window
+%% and the delivery.
 port_opts(Opts) ->
     BusyPoll = maps:get(busy_poll, Opts, application:get_env(tube, busy_poll, 50)),
     check(is_busy_poll(BusyPoll)),
-    {credit_opt(Opts), BusyPoll}.
+    Delivery = maps:get(delivery, Opts, lossy),
+    check(Delivery =:= lossy orelse Delivery =:= reliable),
+    #{credit => credit_opt(Opts), busy_poll => BusyPoll, delivery => Delivery}.
+
+delivery_word(lossy) -> 0;
+delivery_word(reliable) -> 1.
 
 %% The first credit, in the open_port command: -1 is no limit.
 credit_opt(Opts) ->
@@ -214,15 +245,17 @@ credit_opt(Opts) ->
 
 counters(Tube) ->
     case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of
-        Bytes when is_list(Bytes), length(Bytes) =:= 80 ->
+        Bytes when is_list(Bytes), length(Bytes) =:= 104 ->
             <<Sent:64/native, SentB:64/native, Recv:64/native, RecvB:64/native,
               Dropped:64/native, Rejected:64/native, Wakeups:64/native,
-              PeerPid:64/native, BusyPoll:64/native, Polling:64/native>> = list_to_binary(Bytes),
+              PeerPid:64/native, BusyPoll:64/native, Polling:64/native,
+              Busy:64/native, BusyUs:64/native, Queued:64/native>> = list_to_binary(Bytes),
             {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
                    received_bytes => RecvB, dropped => Dropped,
                    rejected => Rejected, wakeups => Wakeups,
                    peer_os_pid => case PeerPid of 0 -> undefined; P -> P end,
-                   busy_poll => BusyPoll, polling => Polling =:= 1}};
+                   busy_poll => BusyPoll, polling => Polling =:= 1,
+                   busy => Busy, busy_us => BusyUs, queued_bytes => Queued}};
         _ ->
             {error, closed}
     end.
@@ -234,6 +267,8 @@ timeout_opt(Opts) ->
 
 is_domid(D) -> is_integer(D) andalso D >= 0 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
+is_tid_range({Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =< Max;
+is_tid_range(_) -> false.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.

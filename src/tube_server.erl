@@ -26,8 +26,8 @@
 -module(tube_server).
 -behaviour(gen_server).
 
--export([start_link/0, open/3, accept/1, attach/2, abort/1, close/1,
-         lookup/1, domid/0, tubes/0]).
+-export([start_link/0, open/3, accept/1, accept/2, attach/2, abort/1, close/1,
+         lookup/1, domid/0, tubes/0, publish_name/1, domid_of/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -include_lib("kernel/include/logger.hrl").
@@ -61,8 +61,14 @@
     mons = #{},       % monitor ref -> {port | caller | acceptor, Key | From}
     acceptors = [],   % [{From, Mon, TimerRef, Deadline}], oldest first
     backlog = [],     % incoming tip keys waiting for an accept, oldest first
-    live_peers = sets:new()  % peers seen registered on this connection
+    live_peers = sets:new(), % peers seen registered on this connection
+    name                     % the Erlang node name published for this domain
 }).
+
+%% Node name -> domid of the nodes seen in Xenstore (read without a call).
+-define(NAMES, tube_node_names).
+%% Tids a plain accept takes: the top 65536 are the distribution carrier's.
+-define(PLAIN_TIDS, {0, 16#FFFEFFFF}).
 
 %% ---- API -----------------------------------------------------------------
 
@@ -77,7 +83,28 @@ open(Peer, Tid, Timeout) ->
     gen_server:call(?MODULE, {open, Peer, Tid, Timeout}, infinity).
 
 accept(Timeout) ->
-    gen_server:call(?MODULE, {accept, Timeout}, infinity).
+    accept(Timeout, ?PLAIN_TIDS).
+
+%% Takes only a tube whose Tid is in Tids, {Min, Max} inclusive.
+accept(Timeout, Tids) ->
+    gen_server:call(?MODULE, {accept, Timeout, Tids}, infinity).
+
+%% Publishes Node as this domain's name, at /local/domain/<domid>/name,
+%% readable by every domain (and again after a reconnection).
+publish_name(Node) when is_atom(Node) ->
+    gen_server:call(?MODULE, {publish_name, Node}).
+
+%% The domain of a node seen in Xenstore: from the cache when known, else
+%% after one read of the domains' names.
+domid_of(Node) when is_atom(Node) ->
+    case catch ets:lookup(?NAMES, Node) of
+        [{_, D}] -> {ok, D};
+        _ ->
+            case catch gen_server:call(?MODULE, {domid_of, Node}, 5000) of
+                {ok, D} -> {ok, D};
+                _ -> {error, not_found}
+            end
+    end.
 
 attach(Key, Port) -> gen_server:call(?MODULE, {attach, Key, Port}).
 
@@ -93,6 +120,7 @@ tubes() -> gen_server:call(?MODULE, tubes).
 
 init([]) ->
     process_flag(trap_exit, true),
+    _ = ets:new(?NAMES, [named_table, protected, {read_concurrency, true}]),
     Tag = erlang:unique_integer([positive]),
     case connect(#st{tag = Tag}) of
         {ok, St} -> {ok, St};
@@ -106,7 +134,7 @@ connect(St = #st{tag = Tag}) ->
                 {ok, Domid} ->
                     St1 = St#st{conn = Conn, domid = Domid},
                     case setup_domain(St1) of
-                        ok -> {ok, St1};
+                        ok -> _ = write_name(St1), {ok, St1};
                         E -> tube_xs:close(Conn), E
                     end;
                 E ->
@@ -183,8 +211,13 @@ handle_call({open, Peer, Tid, Timeout}, From, St) ->
         {reply, {error, closed}, St1} -> {reply, {error, xenstore_down}, St1};
         Other -> Other
     end;
-handle_call({accept, Timeout}, From, St) ->
-    do_accept(From, Timeout, St);
+handle_call({accept, Timeout, Tids}, From, St) ->
+    do_accept(From, Timeout, Tids, St);
+handle_call({publish_name, Node}, _From, St) ->
+    St1 = St#st{name = Node},
+    {reply, write_name(St1), St1};
+handle_call({domid_of, Node}, _From, St) ->
+    {reply, find_name(Node, St), St};
 handle_call({attach, Key, Port}, From, St) ->
     do_attach(Key, Port, From, St);
 handle_call({abort, Key}, _From, St) ->
@@ -299,20 +332,22 @@ tip_fields() ->
 
 %% ---- accept (tip side) ---------------------------------------------------
 
-do_accept(From = {Pid, _}, Timeout, St) ->
+%% An acceptor's "deadline" is {Deadline, Tids}: the Tids it takes travel
+%% with it when it is queued again.
+do_accept(From = {Pid, _}, Timeout, Tids, St) ->
     Mon = erlang:monitor(process, Pid),
     Deadline = case Timeout of
                    infinity -> infinity;
                    Ms -> erlang:monotonic_time(millisecond) + Ms
                end,
-    {noreply, enqueue_acceptor(From, Mon, Deadline, St)}.
+    {noreply, enqueue_acceptor(From, Mon, {Deadline, Tids}, St)}.
 
 %% Queues an accept() caller until Deadline (also used to put one back when
 %% the tube it was given failed before it was handed over).
-enqueue_acceptor(From, Mon, Deadline, St) ->
-    Left = case Deadline of
+enqueue_acceptor(From, Mon, Deadline = {Dl, _Tids}, St) ->
+    Left = case Dl of
                infinity -> infinity;
-               _ -> Deadline - erlang:monotonic_time(millisecond)
+               _ -> Dl - erlang:monotonic_time(millisecond)
            end,
     case Left of
         L when is_integer(L), L =< 0 ->
@@ -324,13 +359,26 @@ enqueue_acceptor(From, Mon, Deadline, St) ->
             match_accept(St1)
     end.
 
-%% Pairs waiting accept() calls with incoming tubes, oldest first.
-match_accept(St = #st{acceptors = [{From, Mon, Timer, Deadline} | As], backlog = [Key | Ks]}) ->
-    cancel_timer(Timer),
-    St1 = St#st{acceptors = As, backlog = Ks, mons = maps:remove(Mon, St#st.mons)},
-    match_accept(offer(Key, From, Mon, Deadline, tube_xs:transaction_start(St#st.conn), St1));
-match_accept(St) ->
-    St.
+%% Pairs waiting accept() calls with incoming tubes of their Tids, oldest
+%% first.
+match_accept(St = #st{acceptors = As, backlog = Ks}) ->
+    case find_pair(As, Ks) of
+        {ok, A = {From, Mon, Timer, Deadline}, Key} ->
+            cancel_timer(Timer),
+            St1 = St#st{acceptors = lists:delete(A, As), backlog = lists:delete(Key, Ks),
+                        mons = maps:remove(Mon, St#st.mons)},
+            match_accept(offer(Key, From, Mon, Deadline, tube_xs:transaction_start(St#st.conn), St1));
+        none ->
+            St
+    end.
+
+find_pair([], _Keys) ->
+    none;
+find_pair([A = {_, _, _, {_, {Min, Max}}} | As], Keys) ->
+    case [K || K = {tip, _, Tid} <- Keys, Tid >= Min, Tid =< Max] of
+        [K | _] -> {ok, A, K};
+        [] -> find_pair(As, Keys)
+    end.
 
 %% Creates the ring and publishes its refs with state 3 in one transaction
 %% (Started, already begun), then waits for the nock to map it, off this
@@ -436,11 +484,12 @@ undo_ops(Key, D, [Watched, Started]) ->
 %% (state 3), in the transaction already started.
 new_tip(Key, Tip, Started, St = #st{conn = C}) ->
     St1 = put_tube(#tube{key = Key, phase = waiting}, St),
-    case {St#st.acceptors, St#st.backlog} of
-        {[{From, Mon, Timer, Deadline} | As], []} ->
+    case {find_pair(St#st.acceptors, [Key]), St#st.backlog} of
+        {{ok, A = {From, Mon, Timer, Deadline}, _}, []} ->
             cancel_timer(Timer),
             offer(Key, From, Mon, Deadline, Started,
-                  St1#st{acceptors = As, mons = maps:remove(Mon, St1#st.mons)});
+                  St1#st{acceptors = lists:delete(A, St#st.acceptors),
+                         mons = maps:remove(Mon, St1#st.mons)});
         _ ->
             case fill_tip(C, Started, Tip, [{"/state", ?STATE_INITIALISING}]) of
                 ok ->
@@ -840,6 +889,8 @@ watch_event(Path, <<"tip">>, St = #st{conn = C, domid = D}) ->
             incoming(Path, St)
     end;
 watch_event(_Path, <<"release">>, St) ->
+    %% A released domain's name may come back with another domid.
+    ets:delete_all_objects(?NAMES),
     domains_changed(St);
 watch_event(_Path, <<"introduce">>, St) ->
     maps:foreach(fun(Key, #tube{phase = open}) -> republish_nock(Key, St);
@@ -968,3 +1019,47 @@ start_timer(Ms, Msg) -> erlang:start_timer(Ms, self(), Msg).
 
 cancel_timer(undefined) -> ok;
 cancel_timer(Ref) -> erlang:cancel_timer(Ref), ok.
+
+%% ---- node names ----------------------------------------------------------
+
+write_name(#st{name = undefined}) ->
+    ok;
+write_name(#st{conn = undefined}) ->
+    {error, xenstore_down};
+write_name(#st{conn = C, domid = D, name = Node}) ->
+    Path = name_path(D),
+    case tube_xs:write(C, Path, atom_to_binary(Node)) of
+        ok -> tube_xs:set_perms(C, Path, [{read, D}]);
+        E -> E
+    end.
+
+name_path(D) -> iolist_to_binary(["/local/domain/", integer_to_list(D), "/name"]).
+
+%% Reads the names of the domains in batches of domids, from 1 up (the
+%% daemon gives out the lowest free domid, and a domain may not list
+%% /local/domain), caching every name seen, until Node is found or a whole
+%% batch holds no domain at all.
+find_name(_Node, #st{conn = undefined}) ->
+    {error, not_found};
+find_name(Node, St) ->
+    find_name(Node, 1, St).
+
+-define(NAME_BATCH, 64).
+
+find_name(_Node, First, _St) when First > 16#7FEF ->
+    {error, not_found};
+find_name(Node, First, St = #st{conn = C}) ->
+    Ds = lists:seq(First, min(First + ?NAME_BATCH - 1, 16#7FEF)),
+    Names = tube_xs:batch(C, [{read, 0, name_path(D)} || D <- Ds]),
+    Found = [{D, N} || {D, {ok, N}} <- lists:zip(Ds, Names)],
+    lists:foreach(fun({D, N}) ->
+                          case catch binary_to_existing_atom(N) of
+                              A when is_atom(A) -> ets:insert(?NAMES, {A, D});
+                              _ -> ok
+                          end
+                  end, Found),
+    case ets:lookup(?NAMES, Node) of
+        [{_, D}] -> {ok, D};
+        [] when Found =:= [] -> {error, not_found};
+        [] -> find_name(Node, First + ?NAME_BATCH, St)
+    end.

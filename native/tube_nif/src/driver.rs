@@ -2,7 +2,12 @@
 //! owner process and the ring engine.
 //!
 //! Sending is `port_command` → `outputv` → [`Tube::send`]: never blocks, a
-//! full ring is a counted drop. Receiving is event driven: the driver selects
+//! full ring is a counted drop. A reliable tube (`delivery => reliable`)
+//! sends whole messages of any size with [`Tube::send_message`] instead:
+//! what does not fit waits in the tube's outbox, the port goes busy (so
+//! `port_command` suspends its callers), and the peer's reader wakes us on
+//! the event fd when it frees room; the port resumes once the outbox is
+//! empty and half the ring is free. Receiving is event driven: the driver selects
 //! on the tube's event fd, and on a wakeup drains a bounded batch, delivering
 //! each packet as `{Port, {data, Binary}}`. A batch that fills its budget
 //! yields and resumes from a zero timeout, so one busy tube cannot hold a
@@ -20,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tube_ring::{RingError, SendError, Tube, MAX_PACKET};
+use tube_ring::{Assembly, MessageBuf, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
 
 use crate::handoff;
 
@@ -54,6 +59,9 @@ extern "C" {
     fn tube_drv_passive(port: DrvPort) -> c_int;
     fn tube_drv_alloc_binary(len: usize, data: *mut *mut c_char) -> *mut c_void;
     fn tube_drv_deliver_binary(port: DrvPort, bin: *mut c_void, len: usize) -> c_int;
+    fn tube_drv_free_binary(bin: *mut c_void);
+    fn tube_drv_set_busy(port: DrvPort, on: c_int);
+    fn tube_drv_fail(port: DrvPort) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
@@ -61,7 +69,7 @@ extern "C" {
 static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
 
 /// Counters returned by the stats control (see `tube_rs_stats`).
-const STATS_N: usize = 10;
+const STATS_N: usize = 13;
 
 /// Per-port state, owned by the emulator between `start` and `stop`.
 struct PortState {
@@ -94,6 +102,21 @@ struct PortState {
     replies: bool,
     /// A packet arrived during the current polling window.
     heard: bool,
+    /// Whole messages of any size, never dropped (`delivery => reliable`).
+    reliable: bool,
+    /// The port carries an Erlang distribution connection: empty messages
+    /// are ticks (counted, not delivered), and closing tells no owner.
+    dist: bool,
+    /// A reliable message being put back together.
+    asm: Option<Assembly<MsgDest>>,
+    /// Small messages are copied here before `driver_output` copies them.
+    scratch: Box<[u8; SMALL_PACKET]>,
+    /// The port is busy: the outbox is not empty, or the ring has not yet
+    /// drained to `RESUME_ROOM` free bytes since it was.
+    busy: Option<Instant>,
+    /// Times the port went busy, and the time it spent busy before now.
+    busy_count: u64,
+    busy_time: Duration,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -142,10 +165,9 @@ impl PortState {
         if budget == 0 {
             return;
         }
-        let port = self.port;
         let mut delivered = 0;
         loop {
-            let got = recv_to_owner(&mut self.tube, port, budget - delivered);
+            let got = self.receive(budget - delivered);
             let got = match got {
                 Ok(n) => n,
                 Err(e) => return self.close(CloseReason::of(&e)),
@@ -259,7 +281,7 @@ impl PortState {
     fn deliver_granted(&mut self) {
         if self.close_requested.is_none() && self.tube.is_open() {
             let budget = self.budget();
-            if let Ok(got) = recv_to_owner(&mut self.tube, self.port, budget) {
+            if let Ok(got) = self.receive(budget) {
                 if self.take_credit(got) {
                     return self.go_passive();
                 }
@@ -289,8 +311,89 @@ impl PortState {
             return;
         }
         self.closing = true;
+        if self.dist {
+            // The emulator takes the connection down with the port.
+            // SAFETY: the port is live.
+            unsafe { tube_drv_fail(self.port) };
+            return;
+        }
         // SAFETY: the port is live; the reason is a NUL-terminated static.
         unsafe { tube_drv_close(self.port, reason.atom().as_ptr()) };
+    }
+
+    /// `outputv` of a reliable tube: one message made of `parts`.
+    fn send_message(&mut self, parts: &[&[u8]]) {
+        match self.tube.send_message(parts) {
+            Ok(()) => {}
+            Err(SendError::BadSize(_)) | Err(SendError::Full) => {
+                self.rejected += 1;
+                return;
+            }
+            Err(SendError::Closed) => return,
+            Err(SendError::Corrupt) => return self.close(CloseReason::Corrupt),
+        }
+        if self.tube.queued_bytes() > 0 {
+            self.go_busy();
+        }
+        if self.busy.is_some() {
+            self.pump();
+        } else {
+            self.start_polling();
+        }
+    }
+
+    fn go_busy(&mut self) {
+        if self.busy.is_none() {
+            self.busy = Some(Instant::now());
+            self.busy_count += 1;
+            // SAFETY: `self.port` is the live port of this state.
+            unsafe { tube_drv_set_busy(self.port, 1) };
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(since) = self.busy.take() {
+            self.busy_time += since.elapsed();
+            // SAFETY: `self.port` is the live port of this state.
+            unsafe { tube_drv_set_busy(self.port, 0) };
+        }
+    }
+
+    /// A busy port writes what the ring takes, and either resumes (outbox
+    /// empty, half the ring free) or waits for the peer's reader to free
+    /// room, with the wait protocol of `Producer::prepare_wait`: the flag is
+    /// set and the room re-checked, so a wake-up cannot be lost.
+    fn pump(&mut self) {
+        loop {
+            match self.tube.flush() {
+                Ok(()) => {}
+                // The hang-up arrives on the fd and closes the port.
+                Err(SendError::Closed) => return,
+                Err(_) => return self.close(CloseReason::Corrupt),
+            }
+            if self.tube.queued_bytes() == 0 && self.tube.room(RESUME_ROOM) {
+                return self.resume();
+            }
+            if self.tube.prepare_wait_room(RESUME_ROOM) || !self.tube.is_open() {
+                return;
+            }
+        }
+    }
+
+    /// Delivers up to `max` packets or messages to the owner (or, on a
+    /// distribution port, to the emulator).
+    fn receive(&mut self, max: usize) -> Result<usize, RingError> {
+        if !self.reliable {
+            return recv_to_owner(&mut self.tube, self.port, max);
+        }
+        let port = self.port;
+        let dist = self.dist;
+        let scratch = self.scratch.as_mut_ptr();
+        self.tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
+            if !(dist && len == 0) {
+                dest.deliver(port, len);
+            }
+        })
     }
 
     fn send(&mut self, pkt: Option<&[u8]>) {
@@ -320,6 +423,9 @@ impl PortState {
             self.tube.peer_pid().map_or(0, |p| p as u64),
             self.busy_poll.as_micros() as u64,
             u64::from(self.polling),
+            self.busy_count,
+            (self.busy_time + self.busy.map_or(Duration::ZERO, |t| t.elapsed())).as_micros() as u64,
+            self.tube.queued_bytes() as u64,
         ]
     }
 }
@@ -333,6 +439,73 @@ const SMALL_PACKET: usize = 64;
 enum Dest {
     Scratch,
     Binary(*mut c_void),
+}
+
+/// Where one message of a reliable tube is being put together: the port's
+/// scratch buffer (small ones, which `driver_output` copies), or a driver
+/// binary handed over without a copy.
+enum MsgDest {
+    Scratch(*mut u8),
+    Binary { bin: *mut c_void, data: *mut u8 },
+}
+
+impl MsgDest {
+    /// Memory for a message of `len` bytes; `None` when out of memory.
+    fn new(scratch: *mut u8, len: usize) -> Option<MsgDest> {
+        if len <= SMALL_PACKET {
+            return Some(MsgDest::Scratch(scratch));
+        }
+        let mut data: *mut c_char = std::ptr::null_mut();
+        // SAFETY: plain allocation through the emulator; `data` receives the
+        // binary's byte pointer.
+        let bin = unsafe { tube_drv_alloc_binary(len, &mut data) };
+        if bin.is_null() || data.is_null() {
+            return None;
+        }
+        Some(MsgDest::Binary { bin, data: data as *mut u8 })
+    }
+
+    /// Hands the message to the port's owner (or the emulator's
+    /// distribution entry) as `{Port, {data, Binary}}`.
+    fn deliver(self, port: DrvPort, len: usize) {
+        let me = std::mem::ManuallyDrop::new(self);
+        match *me {
+            // SAFETY: `port` is live; the scratch holds `len` bytes of the
+            // message; driver_output copies them.
+            MsgDest::Scratch(p) => unsafe {
+                tube_drv_deliver(port, p as *const c_char, len);
+            },
+            // SAFETY: `bin` holds the message; the helper hands it over and
+            // drops our reference, so `Drop` must not run (ManuallyDrop).
+            MsgDest::Binary { bin, .. } => unsafe {
+                tube_drv_deliver_binary(port, bin, len);
+            },
+        }
+    }
+}
+
+// SAFETY: the scratch buffer is the port's boxed `SMALL_PACKET` bytes (asked
+// only for messages that fit) and a binary's bytes are on the emulator's
+// heap: neither moves when the `MsgDest` does, and each is used by one
+// message at a time.
+unsafe impl MessageBuf for MsgDest {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        match *self {
+            MsgDest::Scratch(p) => p,
+            MsgDest::Binary { data, .. } => data,
+        }
+    }
+}
+
+impl Drop for MsgDest {
+    /// A message that is never delivered (the tube closed halfway) frees
+    /// its binary.
+    fn drop(&mut self) {
+        if let MsgDest::Binary { bin, .. } = *self {
+            // SAFETY: our only reference to a binary that was not handed over.
+            unsafe { tube_drv_free_binary(bin) };
+        }
+    }
 }
 
 /// Delivers up to `max` packets to the port's owner as `{Port, {data, Binary}}`.
@@ -405,6 +578,12 @@ fn credit_from_command(command: &CStr) -> Option<u64> {
     command_word(command, 2)
 }
 
+/// `"tube_nif <Id> <Credit> <BusyPollUs> <Delivery>"`: 1 is reliable; 0 or
+/// absent is lossy.
+fn reliable_from_command(command: &CStr) -> bool {
+    command_word(command, 4) == Some(1)
+}
+
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
 /// default when absent or out of range.
 fn busy_poll_from_command(command: &CStr) -> Duration {
@@ -436,6 +615,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
         let fd = tube.fd();
         let credit = credit_from_command(command);
         let busy_poll = busy_poll_from_command(command);
+        let reliable = reliable_from_command(command);
         let state = Box::new(PortState {
             port,
             tube,
@@ -450,6 +630,13 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             poll_until: Instant::now(),
             replies: false,
             heard: false,
+            reliable,
+            dist: false,
+            asm: None,
+            scratch: Box::new([0; SMALL_PACKET]),
+            busy: None,
+            busy_count: 0,
+            busy_time: Duration::ZERO,
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
@@ -494,20 +681,59 @@ pub extern "C" fn tube_rs_stop_select(fd: isize) {
     });
 }
 
-/// `outputv`: one packet from the owner. `buf` is null when the size is out
-/// of range, in which case only `len` is meaningful.
+/// `outputv`: one packet (lossy) or message (reliable) from the owner, or
+/// from the emulator on a distribution port, as the `n` pieces of an
+/// `ErlIOVec` (`iov`). The pieces are sent as one whole, never framed: a
+/// distribution packet arrives with no length prefix, and an empty one is a
+/// tick.
 #[no_mangle]
-pub extern "C" fn tube_rs_send(st: *mut c_void, buf: *const c_char, len: usize) {
+pub extern "C" fn tube_rs_outputv(st: *mut c_void, iov: *const libc::iovec, n: c_int) {
     guarded(st, |state| {
-        let pkt = if buf.is_null() {
-            None
-        } else {
-            // SAFETY: the C glue passes a buffer of `len` readable bytes
-            // (an iovec of the port command or its flattened copy).
-            Some(unsafe { std::slice::from_raw_parts(buf as *const u8, len) })
-        };
-        state.send(pkt);
+        let n = usize::try_from(n).unwrap_or(0);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: the C glue passes the ErlIOVec's `vsize` iovecs, each
+            // `iov_len` readable bytes that live for this call.
+            let v = unsafe { &*iov.add(i) };
+            if v.iov_len > 0 && !v.iov_base.is_null() {
+                // SAFETY: as above.
+                parts.push(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+            }
+        }
+        if state.reliable {
+            return state.send_message(&parts);
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        match parts.as_slice() {
+            [one] => state.send(Some(one)),
+            _ if (1..=MAX_PACKET).contains(&total) => {
+                let mut flat = [0u8; MAX_PACKET];
+                let mut at = 0;
+                for p in &parts {
+                    flat[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                state.send(Some(&flat[..total]));
+            }
+            _ => state.send(None),
+        }
     });
+}
+
+/// `port_control(Tube, 5, [])`: the port becomes a distribution
+/// controller (before `erlang:setnode/3`). Only a reliable tube can be one.
+#[no_mangle]
+pub extern "C" fn tube_rs_set_dist(st: *mut c_void) -> c_int {
+    let mut ok = false;
+    guarded(st, |state| {
+        ok = state.reliable;
+        state.dist |= ok;
+    });
+    if ok {
+        0
+    } else {
+        -1
+    }
 }
 
 /// `ready_input`: a wakeup or a hang-up on the event fd.
@@ -521,12 +747,19 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
             Ok(()) if state.credit == Some(0) && !state.tube.is_open() => {
                 state.close(CloseReason::PeerClosed)
             }
-            Ok(()) => state.drain(),
+            Ok(()) => {
+                if state.busy.is_some() {
+                    state.pump();
+                }
+                if !state.closing {
+                    state.drain();
+                }
+            }
             Err(e) => {
                 // Deliver what the peer left in the ring (as far as the
                 // credit allows) before closing.
                 let left = state.credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
-                let _ = recv_to_owner(&mut state.tube, state.port, left);
+                let _ = state.receive(left);
                 state.close(CloseReason::of(&e));
             }
         }
@@ -536,13 +769,21 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
 /// `timeout`: resume draining.
 #[no_mangle]
 pub extern "C" fn tube_rs_timeout(st: *mut c_void) {
-    guarded(st, PortState::drain);
+    guarded(st, |state| {
+        if state.busy.is_some() {
+            state.pump();
+        }
+        if !state.closing {
+            state.drain();
+        }
+    });
 }
 
 /// Counters for `port_control(Tube, 1, [])`, in this order: sent packets,
 /// sent bytes, received packets, received bytes, dropped (ring full),
 /// rejected (bad size), wakeups, peer OS pid (0 if unknown), the polling
-/// window in microseconds, 1 while polling.
+/// window in microseconds, 1 while polling, times the port went busy,
+/// microseconds spent busy, bytes waiting in the outbox (reliable tubes).
 #[no_mangle]
 pub extern "C" fn tube_rs_stats(st: *mut c_void, out: *mut u64, n: usize) -> c_int {
     if st.is_null() || out.is_null() || n < STATS_N {

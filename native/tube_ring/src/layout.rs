@@ -8,9 +8,17 @@
 //! offset 4096+R   data ring of direction 1                                RING_BYTES
 //! ```
 //!
-//! Each `DirCtrl` holds the producer index, the consumer index and the reader-sleeping flag,
-//! each on its own 128-byte block so the writer's and the reader's stores never share a
-//! cache line (128 rather than 64 because of the adjacent-line prefetcher).
+//! Each `DirCtrl` holds the producer index, the consumer index and the two wake-up flags
+//! (reader sleeping, writer waiting for room), each on its own 128-byte block so the writer's
+//! and the reader's index stores never share a cache line (128 rather than 64 because of the
+//! adjacent-line prefetcher). The two flags share a block: each is written only when its
+//! side is about to wait, which is off the fast path.
+//!
+//! Records are `len: u32 LE, flags: u32 LE, payload, padding to 8`. Lossy tubes write flags 0
+//! and their readers ignore them. Reliable tubes carry messages of any size: a message of
+//! `1..=MAX_PACKET` bytes is one record with flags 0; any other (empty, or longer) is a
+//! [`REC_MSG_LEN`] record whose 8-byte payload is the message length (u64 LE), followed by
+//! plain records that carry the message's bytes in order.
 
 use crate::sync::{AtomicU32, AtomicU64};
 
@@ -22,8 +30,13 @@ pub const MAX_PACKET: usize = 4096;
 pub const CTRL_BYTES: usize = 4096;
 /// Bytes of one data ring (one direction): 126 KiB, which holds 1792 packets of 64 bytes.
 pub const RING_BYTES: usize = (TUBE_BYTES - CTRL_BYTES) / 2;
-/// Record header: payload length as little-endian u32, then 4 reserved bytes.
+/// Record header: payload length as little-endian u32, then the record flags (u32 LE).
 pub const HDR_BYTES: usize = 8;
+/// Record flag of a reliable tube: this record announces a message of the length its 8-byte
+/// payload holds; the message's bytes follow in plain records.
+pub const REC_MSG_LEN: u32 = 1;
+/// Largest message a reliable tube carries (and reassembles): 256 MiB.
+pub const MAX_MESSAGE: usize = 256 << 20;
 /// Magic at offset 0 of the region: identifies a tube region and its byte order.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TUBERNG\0");
 /// Layout version at offset 8.
@@ -58,8 +71,19 @@ pub struct DirCtrl {
     pub prod: Padded<AtomicU64>,
     /// Bytes ever consumed by the consumer (free-running); `prod - cons` in `0..=ring size`.
     pub cons: Padded<AtomicU64>,
+    /// The wake-up flags of this direction.
+    pub wake: Padded<WakeFlags>,
+}
+
+/// The two "wake me" flags of one direction, set by the side about to wait and swapped back
+/// to 0 by the side that then owes it one wake-up byte.
+#[repr(C)]
+#[derive(Debug)]
+pub struct WakeFlags {
     /// 1 while the consumer is (about to be) asleep on the event channel, else 0.
-    pub sleeping: Padded<AtomicU32>,
+    pub sleeping: AtomicU32,
+    /// 1 while the producer of a reliable tube waits on the event channel for free room.
+    pub space_wanted: AtomicU32,
 }
 
 impl DirCtrl {
@@ -68,7 +92,7 @@ impl DirCtrl {
         DirCtrl {
             prod: Padded(AtomicU64::new(0)),
             cons: Padded(AtomicU64::new(0)),
-            sleeping: Padded(AtomicU32::new(0)),
+            wake: Padded(WakeFlags { sleeping: AtomicU32::new(0), space_wanted: AtomicU32::new(0) }),
         }
     }
 }
@@ -90,6 +114,9 @@ mod tests {
         assert_eq!(ring_offset(1) + RING_BYTES, TUBE_BYTES);
         assert_eq!(RING_BYTES % 8, 0);
         assert!(RING_BYTES / record_bytes(64) > 1000);
+        // The reader's flag stays where the first layout put it (offset 256 of a DirCtrl).
+        assert_eq!(core::mem::offset_of!(DirCtrl, wake), 256);
+        assert_eq!(core::mem::offset_of!(WakeFlags, sleeping), 0);
     }
 
     #[test]

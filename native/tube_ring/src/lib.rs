@@ -35,10 +35,10 @@ mod sys;
 #[cfg(not(loom))]
 mod tube;
 
-pub use layout::{MAX_PACKET, TUBE_BYTES};
+pub use layout::{MAX_MESSAGE, MAX_PACKET, TUBE_BYTES};
 #[cfg(not(loom))]
 pub use error::{RingError, SendError};
 #[cfg(not(loom))]
 pub use offer::{connect, Connecting, Offer};
 #[cfg(not(loom))]
-pub use tube::{Stats, Tube};
+pub use tube::{Assembly, MessageBuf, Stats, Tube, RESUME_ROOM};

@@ -23,8 +23,15 @@
 //! other side's store, so either the consumer sees the data and stays awake or the producer
 //! sees the flag and sends a wake-up. The producer swaps the flag to 0 before signalling, so a
 //! sleep costs at most one wake-up byte. `tests/loom_ring.rs` model-checks this.
+//!
+//! A reliable producer that finds no room waits with the mirror image of that pair:
+//! producer `store space_wanted = 1; fence(SeqCst); load cons`, consumer
+//! `store cons; fence(SeqCst); load space_wanted`. Either the producer sees the freed room and
+//! does not wait, or the consumer sees the flag, swaps it to 0 and sends one wake-up byte.
 
 use crate::layout::{record_bytes, DirCtrl, HDR_BYTES, MAX_PACKET};
+#[cfg(all(test, not(loom)))]
+use crate::layout::REC_MSG_LEN;
 use crate::sync::{fence, Ordering};
 
 /// The ring content is inconsistent (written by a faulty or hostile peer); the tube is dead.
@@ -135,17 +142,42 @@ impl<M: RingMem> Producer<M> {
     /// Writes one packet of `1..=MAX_PACKET` bytes without publishing it.
     /// `Ok(false)`: no room (the caller counts a drop).
     pub fn push(&mut self, pkt: &[u8]) -> Result<bool, Corrupt> {
-        self.push_inner(pkt, true)
+        self.push_inner(pkt, 0, true)
+    }
+
+    /// As [`Producer::push`], with record flags in the header (see `layout`).
+    pub fn push_flagged(&mut self, pkt: &[u8], flags: u32) -> Result<bool, Corrupt> {
+        self.push_inner(pkt, flags, true)
+    }
+
+    /// Whether `need` bytes are free now (re-reading the consumer index if needed).
+    pub fn room_for(&mut self, need: usize) -> Result<bool, Corrupt> {
+        self.has_room(need, true)
+    }
+
+    /// Announces that this producer is going to wait for `need` free bytes, then re-checks.
+    /// Returns true if it may wait (the consumer will send one wake-up when it next frees
+    /// room), false if the room is there already: the flag is withdrawn and the caller writes.
+    pub fn prepare_wait(&mut self, need: usize) -> Result<bool, Corrupt> {
+        self.mem.ctrl().wake.0.space_wanted.store(1, Ordering::Relaxed);
+        // SeqCst fence: orders the flag store before the load of `cons` in `has_room`; pairs
+        // with the fence in `Consumer::publish`.
+        fence(Ordering::SeqCst);
+        if self.has_room(need, true)? {
+            self.mem.ctrl().wake.0.space_wanted.store(0, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// As [`Producer::push`], but judges room by the consumer index last read, without
     /// touching the consumer's cache line. For the rest of a batch once the ring was found
     /// full: re-reading then only adds contention with the consumer that is freeing space.
     pub fn push_cached(&mut self, pkt: &[u8]) -> Result<bool, Corrupt> {
-        self.push_inner(pkt, false)
+        self.push_inner(pkt, 0, false)
     }
 
-    fn push_inner(&mut self, pkt: &[u8], may_refresh: bool) -> Result<bool, Corrupt> {
+    fn push_inner(&mut self, pkt: &[u8], flags: u32, may_refresh: bool) -> Result<bool, Corrupt> {
         if pkt.is_empty() || pkt.len() > MAX_PACKET {
             return Err(Corrupt("packet size out of range"));
         }
@@ -156,7 +188,8 @@ impl<M: RingMem> Producer<M> {
         // Headers never wrap: `prod` stays a multiple of 8 and so does SIZE.
         let pos = pos_of::<M>(self.prod);
         let body = pos_of::<M>(self.prod.wrapping_add(HDR_BYTES as u64));
-        if !(self.mem.write_header(pos, pkt.len() as u64) && write_wrapped(&self.mem, body, pkt)) {
+        let hdr = pkt.len() as u64 | (u64::from(flags) << 32);
+        if !(self.mem.write_header(pos, hdr) && write_wrapped(&self.mem, body, pkt)) {
             return Err(Corrupt("record outside the ring"));
         }
         self.prod = self.prod.wrapping_add(need as u64);
@@ -174,8 +207,8 @@ impl<M: RingMem> Producer<M> {
         fence(Ordering::SeqCst);
         // Relaxed load first so the common case (reader awake) costs no locked instruction;
         // the swap makes sure only one producer publish answers one sleep.
-        ctrl.sleeping.0.load(Ordering::Relaxed) != 0
-            && ctrl.sleeping.0.swap(0, Ordering::Relaxed) != 0
+        let sleeping = &ctrl.wake.0.sleeping;
+        sleeping.load(Ordering::Relaxed) != 0 && sleeping.swap(0, Ordering::Relaxed) != 0
     }
 }
 
@@ -189,12 +222,14 @@ pub struct Consumer<M> {
     prod_cache: u64,
     /// Consumer index last published.
     published: u64,
+    /// A publish found the producer waiting for room: the caller owes it one wake-up.
+    writer_wake: bool,
 }
 
 impl<M: RingMem> Consumer<M> {
     /// A consumer on a ring whose shared indices are both 0.
     pub fn new(mem: M) -> Self {
-        Consumer { mem, cons: 0, prod_cache: 0, published: 0 }
+        Consumer { mem, cons: 0, prod_cache: 0, published: 0, writer_wake: false }
     }
 
     /// The memory this consumer reads.
@@ -227,6 +262,15 @@ impl<M: RingMem> Consumer<M> {
         &mut self,
         dest: impl FnOnce(usize) -> Option<(&'b mut [u8], T)>,
     ) -> Result<Option<(usize, T)>, Corrupt> {
+        self.pop_record_into(|len, _flags| dest(len)).map(|r| r.map(|(len, _flags, t)| (len, t)))
+    }
+
+    /// Like [`Consumer::pop_into`], and also gives the record's flags (read once, with the
+    /// length, from the header): `dest(len, flags)`; `Ok(Some((len, flags, token)))`.
+    pub fn pop_record_into<'b, T>(
+        &mut self,
+        dest: impl FnOnce(usize, u32) -> Option<(&'b mut [u8], T)>,
+    ) -> Result<Option<(usize, u32, T)>, Corrupt> {
         if self.prod_cache == self.cons {
             self.refresh()?;
             if self.prod_cache == self.cons {
@@ -241,6 +285,7 @@ impl<M: RingMem> Consumer<M> {
         };
         // The length is read once, into a local: later scribbles cannot change what we check.
         let len = (hdr & 0xffff_ffff) as usize;
+        let flags = (hdr >> 32) as u32;
         if len == 0 || len > MAX_PACKET {
             return Err(Corrupt("record length out of range"));
         }
@@ -249,7 +294,7 @@ impl<M: RingMem> Consumer<M> {
             return Err(Corrupt("record runs past the producer index"));
         }
         let body = pos_of::<M>(self.cons.wrapping_add(HDR_BYTES as u64));
-        let Some((dst, token)) = dest(len) else { return Ok(None) };
+        let Some((dst, token)) = dest(len, flags) else { return Ok(None) };
         let Some(dst) = dst.get_mut(..len) else {
             return Err(Corrupt("destination shorter than the packet"));
         };
@@ -257,16 +302,31 @@ impl<M: RingMem> Consumer<M> {
             return Err(Corrupt("record outside the ring"));
         }
         self.cons = self.cons.wrapping_add(rec);
-        Ok(Some((len, token)))
+        Ok(Some((len, flags, token)))
     }
 
-    /// Gives the space of every popped packet back to the producer.
+    /// Gives the space of every popped packet back to the producer. If the producer waits for
+    /// room ([`Producer::prepare_wait`]), [`Consumer::take_writer_wake`] then says so.
     pub fn publish(&mut self) {
         if self.published != self.cons {
+            let ctrl = self.mem.ctrl();
             // Release: our copies out of the records happen before the producer may overwrite them.
-            self.mem.ctrl().cons.0.store(self.cons, Ordering::Release);
+            ctrl.cons.0.store(self.cons, Ordering::Release);
             self.published = self.cons;
+            // SeqCst fence: orders the store above before the load of `space_wanted` below;
+            // pairs with the fence in `Producer::prepare_wait`.
+            fence(Ordering::SeqCst);
+            let wanted = &ctrl.wake.0.space_wanted;
+            if wanted.load(Ordering::Relaxed) != 0 && wanted.swap(0, Ordering::Relaxed) != 0 {
+                self.writer_wake = true;
+            }
         }
+    }
+
+    /// True once after a publish found the producer waiting for room: the caller must send
+    /// it one wake-up.
+    pub fn take_writer_wake(&mut self) -> bool {
+        std::mem::take(&mut self.writer_wake)
     }
 
     /// Bytes popped but not yet published.
@@ -288,7 +348,7 @@ impl<M: RingMem> Consumer<M> {
     pub fn prepare_sleep(&mut self) -> bool {
         self.publish();
         let ctrl = self.mem.ctrl();
-        ctrl.sleeping.0.store(1, Ordering::Relaxed);
+        ctrl.wake.0.sleeping.store(1, Ordering::Relaxed);
         // SeqCst fence: orders the flag store before the load of `prod` in `has_data`; pairs
         // with the fence in `Producer::publish`.
         fence(Ordering::SeqCst);
@@ -300,7 +360,7 @@ impl<M: RingMem> Consumer<M> {
     /// socket and is consumed by the next `on_readable`; no ordering is needed because the
     /// caller checks the ring after this.
     pub fn stay_awake(&self) {
-        self.mem.ctrl().sleeping.0.store(0, Ordering::Relaxed);
+        self.mem.ctrl().wake.0.sleeping.store(0, Ordering::Relaxed);
     }
 }
 
@@ -416,6 +476,29 @@ mod tests {
         assert_eq!(p.push(&[2]), Ok(true));
         assert!(!p.publish());
         assert!(!c.prepare_sleep(), "data is waiting");
+    }
+
+    #[test]
+    fn a_waiting_writer_is_owed_one_wakeup() {
+        let m = heap();
+        let (mut p, mut c) = (Producer::new(&m), Consumer::new(&m));
+        let mut buf = [0u8; MAX_PACKET];
+        assert_eq!(p.push(&[1; 24]), Ok(true));
+        assert_eq!(p.push(&[2; 24]), Ok(true));
+        p.publish();
+        assert_eq!(p.prepare_wait(32), Ok(true), "ring full: wait");
+        assert_eq!(c.pop(&mut buf), Ok(Some(24)));
+        c.publish();
+        assert!(c.take_writer_wake());
+        assert!(!c.take_writer_wake(), "one wake-up per wait");
+        assert_eq!(c.pop(&mut buf), Ok(Some(24)));
+        c.publish();
+        assert!(!c.take_writer_wake(), "nobody waits any more");
+        assert_eq!(p.prepare_wait(32), Ok(false), "room is there: no wait");
+        assert_eq!(p.push_flagged(&[3; 8], REC_MSG_LEN), Ok(true));
+        p.publish();
+        let got = c.pop_record_into(|len, flags| Some((&mut buf[..len], flags)));
+        assert_eq!(got, Ok(Some((8, REC_MSG_LEN, REC_MSG_LEN))));
     }
 
     #[test]

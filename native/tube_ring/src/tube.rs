@@ -1,12 +1,16 @@
 //! One end of an established tube: a producer on one ring, a consumer on the other, and the
 //! connected Unix socket that carries wake-ups and tells us at once when the peer is gone.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use crate::error::{RingError, SendError};
-use crate::layout::{dir_ctrl_offset, ring_offset, DirCtrl, MAX_PACKET, RING_BYTES, TUBE_BYTES};
+use crate::layout::{
+    dir_ctrl_offset, record_bytes, ring_offset, DirCtrl, MAX_MESSAGE, MAX_PACKET, REC_MSG_LEN, RING_BYTES,
+    TUBE_BYTES,
+};
 use crate::ring::{Consumer, Corrupt, Producer, RingMem};
 use crate::sys::{self, Mapping};
 
@@ -23,6 +27,51 @@ pub struct Stats {
     pub recv_bytes: u64,
     /// Packets dropped because the tx ring was full.
     pub dropped: u64,
+}
+
+/// Memory a reliable message is received into (see [`Tube::recv_messages`]).
+///
+/// # Safety
+/// `as_mut_ptr` must return a pointer to at least the length `alloc` was asked for of
+/// writable bytes, which nothing else uses and which stay valid and in place while the value
+/// lives, even when the value itself is moved (heap memory, not an inline array).
+pub unsafe trait MessageBuf {
+    /// The first byte of the buffer.
+    fn as_mut_ptr(&mut self) -> *mut u8;
+}
+
+// SAFETY: a Vec's bytes live on the heap and do not move when the Vec does; `alloc` callers
+// give a Vec of the asked length (`vec![0; len]`).
+unsafe impl MessageBuf for Vec<u8> {
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        <[u8]>::as_mut_ptr(self)
+    }
+}
+
+/// A reliable message being put back together from its records: kept by the caller of
+/// [`Tube::recv_messages`] between calls (a message may span many ring-fulls).
+#[derive(Debug)]
+pub struct Assembly<B> {
+    buf: B,
+    len: usize,
+    filled: usize,
+}
+
+/// Records a reliable receive takes from the ring in one step without completing a message,
+/// before it lets the caller run again.
+const ASSEMBLY_RECORDS_PER_STEP: usize = 1024;
+
+/// One message waiting for room in the tx ring of a reliable tube.
+#[derive(Debug)]
+struct Queued {
+    /// What is left to write: the whole message, or the bytes after those written.
+    data: Vec<u8>,
+    /// Bytes of `data` already in the ring.
+    pos: usize,
+    /// The length record went in (for a message framed as a length record and chunks).
+    announced: bool,
+    /// Length of the whole message, for the counters.
+    total: usize,
 }
 
 /// One direction inside a tube's mapping. Only `Tube` creates these, and it keeps the
@@ -117,6 +166,10 @@ pub struct Tube {
     state: State,
     stats: Stats,
     buf: Box<[u8; MAX_PACKET]>,
+    /// Messages of a reliable tube waiting for room, oldest first.
+    outbox: VecDeque<Queued>,
+    /// Bytes in `outbox` not yet in the ring.
+    queued: usize,
     peer_pid: Option<i32>,
     // Declared last: dropped after `tx`/`rx`, whose pointers point into it.
     _map: Mapping,
@@ -142,6 +195,8 @@ impl Tube {
             state: State::Open,
             stats: Stats::default(),
             buf: Box::new([0; MAX_PACKET]),
+            outbox: VecDeque::new(),
+            queued: 0,
             peer_pid,
             _map: map,
         }
@@ -236,13 +291,15 @@ impl Tube {
     /// After the peer has gone, what it sent before is still delivered; then `Err(PeerGone)`.
     pub fn recv(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> Result<usize, RingError> {
         let buf = &mut self.buf;
-        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
             let popped = rx.pop(buf)?;
             if let Some(len) = popped {
                 f(&buf[..len]);
             }
             Ok(popped)
-        })
+        });
+        self.wake_writer();
+        r
     }
 
     /// Like [`Tube::recv`], but each packet is copied once, straight from shared memory into
@@ -256,12 +313,155 @@ impl Tube {
         mut alloc: impl FnMut(usize) -> Option<(&'b mut [u8], T)>,
         mut deliver: impl FnMut(T, usize),
     ) -> Result<usize, RingError> {
-        drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
             Ok(rx.pop_into(&mut alloc)?.map(|(len, token)| {
                 deliver(token, len);
                 len
             }))
-        })
+        });
+        self.wake_writer();
+        r
+    }
+
+    /// The receive of a reliable tube: delivers up to `max` whole messages, each put back
+    /// together from its records straight into memory from `alloc(len)` and handed to
+    /// `deliver(buf, len)`. A message still incomplete when the ring runs empty waits in
+    /// `asm` for the next call. `alloc` returning `None` (out of memory) leaves the record
+    /// in the ring. Framing no honest peer writes (an unknown flag, a length record inside a
+    /// message or over [`MAX_MESSAGE`], a chunk past its message's end) is `Corrupt`.
+    pub fn recv_messages<B: MessageBuf>(
+        &mut self,
+        asm: &mut Option<Assembly<B>>,
+        max: usize,
+        mut alloc: impl FnMut(usize) -> Option<B>,
+        mut deliver: impl FnMut(B, usize),
+    ) -> Result<usize, RingError> {
+        let r = drain(&mut self.rx, &mut self.stats, &mut self.state, max, |rx| {
+            for _ in 0..ASSEMBLY_RECORDS_PER_STEP {
+                match reassemble_step(rx, asm, &mut alloc)? {
+                    Step::Done(buf, len) => {
+                        deliver(buf, len);
+                        return Ok(Some(len));
+                    }
+                    Step::Empty => return Ok(None),
+                    Step::Partial => {}
+                }
+                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
+                    rx.publish();
+                }
+            }
+            Ok(None)
+        });
+        self.wake_writer();
+        r
+    }
+
+    /// Sends one message of a reliable tube, of any size up to [`MAX_MESSAGE`] (empty too),
+    /// given as the pieces it is made of. Never blocks and never drops: what does not fit in
+    /// the ring now is copied to the outbox and goes out with [`Tube::flush`], in order.
+    /// `Ok(())` means it is in the ring or queued; check [`Tube::queued_bytes`].
+    pub fn send_message(&mut self, parts: &[&[u8]]) -> Result<(), SendError> {
+        self.send_state()?;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > MAX_MESSAGE {
+            return Err(SendError::BadSize(total));
+        }
+        if !self.outbox.is_empty() {
+            self.enqueue(parts, 0, false);
+            return self.flush();
+        }
+        let (mut pos, mut announced) = (0, false);
+        let done = write_message(&mut self.tx, &mut self.buf, parts, total, &mut pos, &mut announced);
+        match done {
+            Ok(true) => {
+                self.stats.sent_pkts += 1;
+                self.stats.sent_bytes += total as u64;
+            }
+            Ok(false) => self.enqueue(parts, pos, announced),
+            Err(c) => {
+                self.state = State::Corrupt(c.0);
+                return Err(SendError::Corrupt);
+            }
+        }
+        self.publish_tx()
+    }
+
+    /// Copies what is left of a message (from `pos`) to the outbox.
+    fn enqueue(&mut self, parts: &[&[u8]], pos: usize, announced: bool) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut data = Vec::with_capacity(total - pos);
+        let mut skip = pos;
+        for p in parts {
+            let from = skip.min(p.len());
+            skip -= from;
+            data.extend_from_slice(&p[from..]);
+        }
+        self.queued += data.len();
+        self.outbox.push_back(Queued { data, pos: 0, announced, total });
+    }
+
+    /// Writes as much of the outbox as the ring takes now, in order, and wakes the peer.
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.send_state()?;
+        let mut wrote = false;
+        while let Some(q) = self.outbox.front_mut() {
+            let before = q.pos;
+            let len = q.data.len();
+            let done = write_message(&mut self.tx, &mut self.buf, &[&q.data], len, &mut q.pos, &mut q.announced);
+            self.queued -= q.pos - before;
+            wrote |= q.pos != before || q.announced;
+            match done {
+                Ok(true) => {
+                    self.stats.sent_pkts += 1;
+                    self.stats.sent_bytes += q.total as u64;
+                    self.outbox.pop_front();
+                }
+                Ok(false) => break,
+                Err(c) => {
+                    self.state = State::Corrupt(c.0);
+                    return Err(SendError::Corrupt);
+                }
+            }
+        }
+        if wrote {
+            self.publish_tx()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of reliable messages waiting in the outbox for room in the ring.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Announces that this end waits until `need` bytes (at most the ring's size) are free
+    /// in the tx ring, then re-checks. True: the peer's reader sends one wake-up on the
+    /// event fd when it next frees room. False: the room is there (or the tube is finished):
+    /// flush again instead of waiting.
+    pub fn prepare_wait_room(&mut self, need: usize) -> bool {
+        if self.state != State::Open {
+            return false;
+        }
+        match self.tx.prepare_wait(need.min(RING_BYTES)) {
+            Ok(wait) => wait,
+            Err(c) => {
+                self.state = State::Corrupt(c.0);
+                false
+            }
+        }
+    }
+
+    /// Free bytes in the tx ring (re-reading the consumer index).
+    pub fn room(&mut self, need: usize) -> bool {
+        self.state == State::Open && self.tx.room_for(need.min(RING_BYTES)).unwrap_or(false)
+    }
+
+    /// Sends the wake-up a publish found owed to a writer waiting for room.
+    fn wake_writer(&mut self) {
+        if self.rx.take_writer_wake() {
+            // A full socket buffer already holds wake-ups; a gone peer shows as a hang-up.
+            let _ = sys::send_all(&self.sock, &[1]);
+        }
     }
 
     /// True if there is at least one packet to read now (or the ring is corrupt, which the
@@ -280,7 +480,9 @@ impl Tube {
     /// re-checks the ring. Returns false if data arrived meanwhile or the tube is finished:
     /// the caller must call `recv` again instead of sleeping.
     pub fn prepare_sleep(&mut self) -> bool {
-        self.state == State::Open && self.rx.prepare_sleep()
+        let sleep = self.state == State::Open && self.rx.prepare_sleep();
+        self.wake_writer();
+        sleep
     }
 
     /// Withdraws a sleep announced by `prepare_sleep`: the caller promises to poll with
@@ -390,3 +592,161 @@ fn drain(
     }
     Ok(n)
 }
+
+/// What one record did to a reliable receive.
+enum Step<B> {
+    /// A message is complete.
+    Done(B, usize),
+    /// A record was taken; the message goes on.
+    Partial,
+    /// The ring is empty (or memory ran out: the record stays).
+    Empty,
+}
+
+/// Takes one record of a reliable tube out of the ring and puts it where it belongs.
+fn reassemble_step<M: RingMem, B: MessageBuf>(
+    rx: &mut Consumer<M>,
+    asm: &mut Option<Assembly<B>>,
+    alloc: &mut impl FnMut(usize) -> Option<B>,
+) -> Result<Step<B>, Corrupt> {
+    /// Where the record's bytes go.
+    enum Into<B> {
+        Whole(B),
+        Length,
+        Chunk,
+    }
+    let mut len_bytes = [0u8; 8];
+    let mut bad = None;
+    let len_ptr = len_bytes.as_mut_ptr();
+    let popped = rx.pop_record_into(|len, flags| match (flags, asm.as_mut()) {
+        (0, None) => {
+            let mut b = alloc(len)?;
+            // SAFETY: `MessageBuf` promises `len` writable bytes that stay in place while `b`
+            // lives; `b` travels with the slice as the token and outlives the copy.
+            let s = unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr(), len) };
+            Some((s, Into::Whole(b)))
+        }
+        (0, Some(a)) if len <= a.len - a.filled => {
+            // SAFETY: `a.buf` holds `a.len` bytes (asked of `alloc`) and `filled + len <= len`.
+            let s = unsafe { std::slice::from_raw_parts_mut(a.buf.as_mut_ptr().add(a.filled), len) };
+            Some((s, Into::Chunk))
+        }
+        (0, Some(_)) => {
+            bad = Some("record runs past its message");
+            None
+        }
+        (REC_MSG_LEN, None) if len == 8 => {
+            // SAFETY: `len_bytes` is a local array of 8 bytes that outlives the copy.
+            Some((unsafe { std::slice::from_raw_parts_mut(len_ptr, 8) }, Into::Length))
+        }
+        (REC_MSG_LEN, None) => {
+            bad = Some("length record of the wrong size");
+            None
+        }
+        (REC_MSG_LEN, Some(_)) => {
+            bad = Some("message announced inside another");
+            None
+        }
+        _ => {
+            bad = Some("unknown record flags");
+            None
+        }
+    })?;
+    if let Some(why) = bad {
+        return Err(Corrupt(why));
+    }
+    match popped {
+        None => Ok(Step::Empty),
+        Some((len, _, Into::Whole(b))) => Ok(Step::Done(b, len)),
+        Some((len, _, Into::Chunk)) => {
+            let a = asm.as_mut().expect("a chunk belongs to an assembly");
+            a.filled += len;
+            if a.filled < a.len {
+                return Ok(Step::Partial);
+            }
+            let a = asm.take().expect("checked above");
+            Ok(Step::Done(a.buf, a.len))
+        }
+        Some((_, _, Into::Length)) => {
+            let total = u64::from_le_bytes(len_bytes);
+            if total > MAX_MESSAGE as u64 {
+                return Err(Corrupt("message longer than MAX_MESSAGE"));
+            }
+            let total = total as usize;
+            // Memory for the whole message, asked once: the chunks are copied straight in.
+            // Out of memory here ends the tube: the length record is already consumed.
+            let Some(buf) = alloc(total) else { return Err(Corrupt("no memory for a message")) };
+            if total == 0 {
+                return Ok(Step::Done(buf, 0));
+            }
+            *asm = Some(Assembly { buf, len: total, filled: 0 });
+            Ok(Step::Partial)
+        }
+    }
+}
+
+/// `n` bytes of the message made of `parts`, from byte `off`: a slice of one part, or a copy
+/// into `scratch` when they straddle parts.
+fn gather<'a>(parts: &[&'a [u8]], off: usize, n: usize, scratch: &'a mut [u8; MAX_PACKET]) -> &'a [u8] {
+    debug_assert!(n <= MAX_PACKET);
+    let mut start = off;
+    let mut i = 0;
+    while i < parts.len() && start >= parts[i].len() {
+        start -= parts[i].len();
+        i += 1;
+    }
+    if i < parts.len() && start + n <= parts[i].len() {
+        return &parts[i][start..start + n];
+    }
+    let mut got = 0;
+    while got < n {
+        let take = (parts[i].len() - start).min(n - got);
+        scratch[got..got + take].copy_from_slice(&parts[i][start..start + take]);
+        got += take;
+        start = 0;
+        i += 1;
+    }
+    &scratch[..n]
+}
+
+/// Writes the records of one message (`total` bytes made of `parts`) from where `pos` and
+/// `announced` say it stands, as far as the ring has room. `Ok(true)` once all of it is in.
+/// A message of `1..=MAX_PACKET` bytes is one plain record; any other is a length record
+/// then chunks of at most `MAX_PACKET` bytes.
+fn write_message(
+    tx: &mut Producer<ShmDir>,
+    scratch: &mut [u8; MAX_PACKET],
+    parts: &[&[u8]],
+    total: usize,
+    pos: &mut usize,
+    announced: &mut bool,
+) -> Result<bool, Corrupt> {
+    if (1..=MAX_PACKET).contains(&total) && !*announced {
+        if *pos == 0 && !tx.push(gather(parts, 0, total, scratch))? {
+            return Ok(false);
+        }
+        *pos = total;
+        return Ok(true);
+    }
+    if !*announced {
+        if !tx.push_flagged(&(total as u64).to_le_bytes(), REC_MSG_LEN)? {
+            return Ok(false);
+        }
+        *announced = true;
+    }
+    while *pos < total {
+        let n = (total - *pos).min(MAX_PACKET);
+        if !tx.push(gather(parts, *pos, n, scratch))? {
+            return Ok(false);
+        }
+        *pos += n;
+    }
+    Ok(true)
+}
+
+/// Bytes a writer waiting for room asks for before it resumes: half the ring, so a
+/// producer and a consumer of bulk data hand over in long runs instead of a record at a time.
+pub const RESUME_ROOM: usize = RING_BYTES / 2;
+
+#[allow(dead_code)]
+const _RECORD_FITS: () = assert!(record_bytes(MAX_PACKET) <= RESUME_ROOM);

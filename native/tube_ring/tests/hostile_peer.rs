@@ -91,8 +91,8 @@ fn scribble(tube: &mut Tube, base: usize, seed: u64, dur: Duration) {
                     let back = rng.below(RING_BYTES as u64 + 64);
                     tx_ctrl.cons.0.store(prod.wrapping_sub(back), Ordering::Relaxed);
                 }
-                5 => rx_ctrl.sleeping.0.store(rng.next() as u32, Ordering::Relaxed),
-                6 => tx_ctrl.sleeping.0.store(rng.next() as u32, Ordering::Relaxed),
+                5 => rx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed),
+                6 => tx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed),
                 _ => {
                     let len = 1 + rng.below(4096) as usize;
                     let _ = tube.send(&vec![r as u8; len]);
