@@ -33,7 +33,10 @@ defmodule TubeNet do
   each node), `:code_paths` (added to this node's own, which the nodes
   always get), `:args` (more emulator arguments, strings),
   `:net_ticktime` (seconds), `:cookie`, `:boot_timeout` (ms, 30 000),
-  `:carrier` (`:tcp`).
+  `:carrier` (`:tube`, tube distribution between the nodes, or `:tcp`),
+  `:prevent_overlapping_partitions` (`false`: `:global` would otherwise
+  cut connections inside the groups of a partition, which reaches the nodes
+  one after the other).
 
   Code the nodes run must be compiled (in `lib/` or `test/support/`):
   modules defined inside a `.exs` file exist only in the test's own node.

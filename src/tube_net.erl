@@ -21,10 +21,10 @@
 %% The controller (the node calling start/1) needs no distribution: it
 %% drives each node over the node's standard I/O (OTP's `peer'), which a
 %% partition does not touch. Partitions are enforced inside the nodes by
-%% the distribution carrier, which asks `tube_net_guard:permit/1' before
-%% connecting to or accepting from a node: the carrier is
-%% `tube_net_tcp_dist' (`-proto_dist tube_net_tcp'), `inet_tcp_dist' with
-%% that check.
+%% the distribution carriers, which ask `tube_net_guard:permit/1' before
+%% connecting to or accepting from a node: `tube_dist' between the nodes
+%% and `tube_net_tcp_dist' (`inet_tcp_dist' with that check) for anything
+%% else (`-proto_dist tube_net_tcp tube'), or TCP alone.
 %%
 %% == Events ==
 %% The log holds `{Seq, Time, Event}' entries (see `tube_net_log'):
@@ -57,13 +57,14 @@
 -type options() :: #{nodes := pos_integer(),
                      prefix => string(),
                      domids => [pos_integer()],
-                     carrier => tcp,
+                     carrier => tube | tcp,
                      apps => [atom()],
                      code_paths => [file:filename()],
                      args => [string()],
                      net_ticktime => pos_integer(),
                      boot_timeout => pos_integer(),
-                     cookie => atom()}.
+                     cookie => atom(),
+                     prevent_overlapping_partitions => boolean()}.
 
 -define(CALL_TIMEOUT, 30000).
 -define(MESH_TIMEOUT, 30000).
@@ -92,7 +93,15 @@
 %% <li>`prefix' (default "n"): labels and short node names are prefix ++ I;</li>
 %% <li>`domids': the domids of the nodes, in order (default I, or I plus
 %% this node's own domid when that is in 1..N);</li>
-%% <li>`carrier' (default `tcp'): the distribution carrier;</li>
+%% <li>`carrier': `tube' (the default: `-proto_dist tube_net_tcp tube',
+%% tube distribution between the nodes, with TCP for any node the tube
+%% carrier cannot reach) or `tcp' (`-proto_dist tube_net_tcp' alone); both
+%% consult the guard;</li>
+%% <li>`prevent_overlapping_partitions' (default `false'): the kernel
+%% parameter of `global' in the nodes. OTP's default is `true', under which
+%% `global' takes down connections to every node that reports losing one:
+%% a partition cut from outside reaches the nodes one after the other, so
+%% `global' would also cut connections inside the groups;</li>
 %% <li>`apps' (default `[tube]'): applications started in every node, in
 %% order;</li>
 %% <li>`code_paths': directories added to the nodes' code path besides
@@ -378,13 +387,14 @@ check_opts(Opts) ->
                                            lists:all(fun(D) -> is_integer(D) andalso D >= 1 andalso D =< 16#7FEF end, Ds)
                                            andalso length(lists:usort(Ds)) =:= N
                        end},
-              {carrier, lists:member(maps:get(carrier, Opts, tcp), [tcp])},
+              {carrier, lists:member(maps:get(carrier, Opts, tube), [tube, tcp])},
               {apps, is_list(maps:get(apps, Opts, []))},
               {code_paths, is_list(maps:get(code_paths, Opts, []))},
               {args, is_list(maps:get(args, Opts, []))},
               {net_ticktime, case maps:get(net_ticktime, Opts, 60) of T when is_integer(T), T > 0 -> true; _ -> false end},
               {boot_timeout, case maps:get(boot_timeout, Opts, 1) of B when is_integer(B), B > 0 -> true; _ -> false end},
-              {cookie, is_atom(maps:get(cookie, Opts, a))}],
+              {cookie, is_atom(maps:get(cookie, Opts, a))},
+              {prevent_overlapping_partitions, is_boolean(maps:get(prevent_overlapping_partitions, Opts, false))}],
     case [K || {K, false} <- Checks] of
         [] -> ok;
         [K | _] -> {error, {badarg, K}}
@@ -403,9 +413,11 @@ plan(Opts, Name) ->
               labels => maps:from_list(lists:zip(Nodes, Labels)),
               domids => maps:from_list(lists:zip(Labels, Domids))},
     Cookie = maps:get(cookie, Opts, list_to_atom("tube_net_" ++ integer_to_list(rand:uniform(1 bsl 60)))),
-    Common = carrier_args(maps:get(carrier, Opts, tcp))
+    Common = carrier_args(maps:get(carrier, Opts, tube))
         ++ ["-setcookie", atom_to_list(Cookie)]
         ++ ticktime_args(Opts)
+        ++ ["-kernel", "prevent_overlapping_partitions",
+            atom_to_list(maps:get(prevent_overlapping_partitions, Opts, false))]
         ++ path_args(Opts)
         ++ maps:get(args, Opts, []),
     [{L, #node{label = L, node = Node, domid = D},
@@ -428,6 +440,9 @@ default_domids(N) ->
             end,
     lists:seq(First, First + N - 1).
 
+%% tube: tube connections between the nodes, TCP (guarded as well) to any
+%% node the tube carrier cannot reach.
+carrier_args(tube) -> ["-proto_dist", "tube_net_tcp", "tube"];
 carrier_args(tcp) -> ["-proto_dist", "tube_net_tcp"].
 
 ticktime_args(#{net_ticktime := T}) -> ["-kernel", "net_ticktime", integer_to_list(T)];

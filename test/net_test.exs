@@ -49,6 +49,13 @@ defmodule NetTest do
       assert TubeNet.node(net, n) == name
     end
 
+    # Distribution between the nodes goes over tubes.
+    [_, n2, n3] = names
+    {:ok, info} = TubeNet.call(net, :n2, :net_kernel, :node_info, [n3])
+    assert {:net_address, {:tube, _}, _, :tube, :local} = info[:address]
+    {:ok, info} = TubeNet.call(net, :n1, :net_kernel, :node_info, [n2])
+    assert {:net_address, _, _, :tube, _} = info[:address]
+
     # start/1 returned after every node was up and every pair connected.
     assert :ok =
              TubeNet.expect(
@@ -70,7 +77,18 @@ defmodule NetTest do
   end
 
   test "partition: both sides see nodedown, reconnection is refused until heal" do
-    net = start_net(nodes: 3)
+    partition_and_heal(start_net(nodes: 3))
+  end
+
+  test "partition over the TCP carrier: the same, with inet_tcp_dist under the guard" do
+    net = start_net(nodes: 3, carrier: :tcp)
+    [_, n2, _] = TubeNet.nodes(net)
+    {:ok, info} = TubeNet.call(net, :n1, :net_kernel, :node_info, [n2])
+    assert {:net_address, _, _, :tcp, :inet} = info[:address]
+    partition_and_heal(net)
+  end
+
+  defp partition_and_heal(net) do
     [n1, n2, n3] = TubeNet.nodes(net)
 
     assert :ok = TubeNet.partition(net, [[:n1], [:n2, :n3]])
