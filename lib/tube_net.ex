@@ -44,7 +44,12 @@ defmodule TubeNet do
   @spec start(keyword() | map()) :: {:ok, net()} | {:error, term()}
   def start(opts) do
     opts = Map.new(opts)
-    opts = if is_binary(opts[:prefix]), do: %{opts | prefix: String.to_charlist(opts.prefix)}, else: opts
+
+    opts =
+      if is_binary(opts[:prefix]),
+        do: %{opts | prefix: String.to_charlist(opts.prefix)},
+        else: opts
+
     opts = if opts[:args], do: %{opts | args: Enum.map(opts.args, &to_charlist/1)}, else: opts
     :tube_net.start(opts)
   end

@@ -300,10 +300,14 @@ handle_call({restart, Ref}, _From, St) ->
             St1 = drain(St),
             case tube_net_node:boot(Pid, blocked(L, St1)) of
                 {ok, _} ->
-                    ok = sync_node(L, St1),
-                    case mesh([L], St1) of
-                        {ok, St2} -> {reply, ok, St2};
-                        {error, R, St2} -> {reply, {error, R}, St2}
+                    case sync_node(L, St1) of
+                        ok ->
+                            case mesh([L], St1) of
+                                {ok, St2} -> {reply, ok, St2};
+                                {error, R, St2} -> {reply, {error, R}, St2}
+                            end;
+                        E ->
+                            {reply, E, St1}
                     end;
                 E ->
                     {reply, E, St1}
@@ -523,10 +527,14 @@ await_loop(Expected, Mark, Deadline, St) ->
 
 %% The guard and shaping in force, given to a node that comes back.
 sync_node(L, St) ->
-    ok = agent(L, block, [blocked(L, St)], St),
-    [agent(L, shape, [other(L, Pair), Shape], St)
-     || {Pair, Shape} <- maps:to_list(St#st.shapes), in_pair(L, Pair)],
-    ok.
+    case agent(L, block, [blocked(L, St)], St) of
+        ok ->
+            [agent(L, shape, [other(L, Pair), Shape], St)
+             || {Pair, Shape} <- maps:to_list(St#st.shapes), in_pair(L, Pair)],
+            ok;
+        E ->
+            E
+    end.
 
 shutdown(St = #st{nodes = Nodes}) ->
     Reqs = [gen_statem:send_request(N#node.pid, stop) || N <- maps:values(Nodes)],
@@ -578,8 +586,14 @@ running(St) ->
 %% gets what is in force when it comes back (sync_node/2).
 agent(L, F, A, St) ->
     case tube_net_node:peer((node_rec(L, St))#node.pid) of
-        {ok, Peer} -> peer:call(Peer, tube_net_agent, F, A, ?CALL_TIMEOUT);
-        {error, _} -> ok
+        {ok, Peer} ->
+            %% A node dying under the call is noticed by its own state
+            %% machine (node_down); the server carries on.
+            try peer:call(Peer, tube_net_agent, F, A, ?CALL_TIMEOUT)
+            catch _:Reason -> {error, {agent, L, Reason}}
+            end;
+        {error, _} ->
+            ok
     end.
 
 groups(Groups, St) when is_list(Groups) ->

@@ -29,7 +29,9 @@ defmodule NetTest do
 
   defp sees(net, n), do: net |> TubeNet.call(n, :erlang, :nodes, []) |> Enum.sort()
 
-  defp down_pairs(as, bs), do: for(a <- as, b <- bs, e <- [{:nodedown, a, b}, {:nodedown, b, a}], do: e)
+  defp down_pairs(as, bs),
+    do: for(a <- as, b <- bs, e <- [{:nodedown, a, b}, {:nodedown, b, a}], do: e)
+
   defp up_pairs(as, bs), do: for(a <- as, b <- bs, e <- [{:nodeup, a, b}, {:nodeup, b, a}], do: e)
 
   test "start: predictable names and domids, a full mesh, and stop leaves nothing behind" do
@@ -42,7 +44,9 @@ defmodule NetTest do
     domids = for n <- [:n1, :n2, :n3], do: TubeNet.domid(net, n)
     [d1 | _] = domids
     assert domids == [d1, d1 + 1, d1 + 2]
-    for n <- [:n1, :n2, :n3], do: assert(TubeNet.call(net, n, :tube, :domid, []) == TubeNet.domid(net, n))
+
+    for n <- [:n1, :n2, :n3],
+        do: assert(TubeNet.call(net, n, :tube, :domid, []) == TubeNet.domid(net, n))
 
     for {n, name} <- Enum.zip([:n1, :n2, :n3], names) do
       assert sees(net, n) == names -- [name]
@@ -60,8 +64,11 @@ defmodule NetTest do
     assert :ok =
              TubeNet.expect(
                net,
-               [:net_started, {:unordered, for(n <- [:n1, :n2, :n3], do: {:node_up, n})},
-                {:unordered, up_pairs([:n1], [:n2, :n3]) ++ up_pairs([:n2], [:n3])}],
+               [
+                 :net_started,
+                 {:unordered, for(n <- [:n1, :n2, :n3], do: {:node_up, n})},
+                 {:unordered, up_pairs([:n1], [:n2, :n3]) ++ up_pairs([:n2], [:n3])}
+               ],
                0,
                %{from: 0}
              )
@@ -106,7 +113,13 @@ defmodule NetTest do
     refute TubeNet.call(net, :n1, :net_kernel, :connect_node, [n2])
     refute TubeNet.call(net, :n3, :net_kernel, :connect_node, [n1])
     assert :pang = TubeNet.call(net, :n2, :net_adm, :ping, [n1])
-    assert :ok = TubeNet.expect(net, [{:unordered, [{:refused, :n1, :n2}, {:refused, :n3, :n1}]}], 10_000)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [{:unordered, [{:refused, :n1, :n2}, {:refused, :n3, :n1}]}],
+               10_000
+             )
 
     # The accepting side refuses too: n2 forgets the partition, n1 still
     # turns it away in the handshake.
@@ -173,7 +186,10 @@ defmodule NetTest do
     assert :ok =
              TubeNet.expect(
                net,
-               [{:unordered, [{:node_down, :n2, :killed}, {:nodedown, :n1, :n2}, {:nodedown, :n3, :n2}]}],
+               [
+                 {:unordered,
+                  [{:node_down, :n2, :killed}, {:nodedown, :n1, :n2}, {:nodedown, :n3, :n2}]}
+               ],
                10_000
              )
 
@@ -182,7 +198,14 @@ defmodule NetTest do
 
     assert :ok = TubeNet.restart(net, :n2)
     refute os_pid!(net, :n2) == pid
-    assert :ok = TubeNet.expect(net, [{:node_up, :n2}, {:unordered, up_pairs([:n2], [:n1, :n3])}], 10_000)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [{:node_up, :n2}, {:unordered, up_pairs([:n2], [:n1, :n3])}],
+               10_000
+             )
+
     assert TubeNet.call(net, :n2, :erlang, :node, []) == n2
     assert TubeNet.call(net, :n2, :tube, :domid, []) == d2
     assert TubeNet.call(net, :n1, :erpc, :call, [n2, :erlang, :node, []]) == n2
@@ -192,7 +215,14 @@ defmodule NetTest do
   defp tube_between(net, tid) do
     {:ok, acceptor} = TubeNet.call(net, :n2, NetOwner, :accept, [])
     {:ok, opener} = TubeNet.call(net, :n1, NetOwner, :open, [:n2, tid])
-    assert :ok = TubeNet.expect(net, [{:unordered, [{:tube_up, :n1, :n2, tid}, {:tube_up, :n2, :n1, tid}]}], 10_000)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [{:unordered, [{:tube_up, :n1, :n2, tid}, {:tube_up, :n2, :n1, tid}]}],
+               10_000
+             )
+
     {opener, acceptor}
   end
 
@@ -208,11 +238,15 @@ defmodule NetTest do
     assert :ok =
              TubeNet.expect(
                net,
-               [{:partition, :_}, {:unordered, [{:tube_down, :n1, :n2, 7}, {:tube_down, :n2, :n1, 7}]}],
+               [
+                 {:partition, :_},
+                 {:unordered, [{:tube_down, :n1, :n2, 7}, {:tube_down, :n2, :n1, 7}]}
+               ],
                10_000
              )
 
-    assert {:error, :partitioned} = TubeNet.call(net, :n1, :tube_net_link, :open, [:n2, 8, %{timeout: 1_000}])
+    assert {:error, :partitioned} =
+             TubeNet.call(net, :n1, :tube_net_link, :open, [:n2, 8, %{timeout: 1_000}])
 
     :ok = TubeNet.heal(net)
     {o2, a2} = tube_between(net, 8)
@@ -228,11 +262,18 @@ defmodule NetTest do
     assert :ok = TubeNet.slow(net, :n1, :n2, 300)
     assert :ok = TubeNet.expect(net, [{:slow, :n1, :n2, 300}], 0)
     t0 = System.monotonic_time(:millisecond)
-    assert Enum.all?(TubeNet.call(net, :n1, NetOwner, :send_packets, [opener, packets]), &(&1 == :ok))
+
+    assert Enum.all?(
+             TubeNet.call(net, :n1, NetOwner, :send_packets, [opener, packets]),
+             &(&1 == :ok)
+           )
+
     assert %{packets: ^packets} = TubeNet.call(net, :n2, NetOwner, :wait, [acceptor, 20])
     # A lower bound only: a loaded machine makes it later, never sooner.
     assert System.monotonic_time(:millisecond) - t0 >= 300
-    assert %{info: %{net_delayed: 20, sent: 20}} = TubeNet.call(net, :n1, NetOwner, :state_of, [opener])
+
+    assert %{info: %{net_delayed: 20, sent: 20}} =
+             TubeNet.call(net, :n1, NetOwner, :state_of, [opener])
 
     # Both directions, and 0 removes it.
     :ok = TubeNet.slow(net, :n2, :n1, 0)
@@ -273,7 +314,13 @@ defmodule NetTest do
   defp wait_until_last(net, owner, last, s) do
     if List.last(s.packets) == last,
       do: s,
-      else: wait_until_last(net, owner, last, TubeNet.call(net, :n2, NetOwner, :wait, [owner, s.count + 1]))
+      else:
+        wait_until_last(
+          net,
+          owner,
+          last,
+          TubeNet.call(net, :n2, NetOwner, :wait, [owner, s.count + 1])
+        )
   end
 
   test "expect: order, unordered groups, wildcards, predicates, and a timeout that says what is missing" do
@@ -282,8 +329,19 @@ defmodule NetTest do
     :ok = TubeNet.slow(net, :n1, :n2, 5)
     :ok = TubeNet.loss(net, :n1, :n2, 0.25)
 
-    assert :ok = TubeNet.expect(net, [{:slow, :_, :_, 5}, {:loss, :n1, :n2, fn r -> r > 0.2 end}], 0, %{from: seq})
-    assert :ok = TubeNet.expect(net, [{:unordered, [{:loss, :_, :_, :_}, {:slow, :_, :_, :_}]}], 0, %{from: seq})
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [{:slow, :_, :_, 5}, {:loss, :n1, :n2, fn r -> r > 0.2 end}],
+               0,
+               %{from: seq}
+             )
+
+    assert :ok =
+             TubeNet.expect(net, [{:unordered, [{:loss, :_, :_, :_}, {:slow, :_, :_, :_}]}], 0, %{
+               from: seq
+             })
+
     assert {:error, {:timeout, [{:slow, :_, :_, :_}], [_, _]}} =
              TubeNet.expect(net, [{:loss, :_, :_, :_}, {:slow, :_, :_, :_}], 50, %{from: seq})
 
@@ -329,8 +387,10 @@ defmodule GlobalServiceTest do
     {:ok, net} = TubeNet.start(nodes: 3)
     on_exit(fn -> if Process.alive?(net), do: TubeNet.stop(net) end)
 
+    # Agent.start(Function, :identity, [0], name: ...) in the given node.
     start_counter = fn node ->
-      TubeNet.call(net, node, Agent, :start, [Function, :identity, [0], [name: {:global, :counter}]])
+      args = [Function, :identity, [0], [name: {:global, :counter}]]
+      TubeNet.call(net, node, Agent, :start, args)
     end
 
     whereis = fn node -> TubeNet.call(net, node, :global, :whereis_name, [:counter]) end

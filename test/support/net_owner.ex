@@ -87,7 +87,11 @@ defmodule TubeTest.NetOwner do
 
     receive do
       {^port, {:data, data}} ->
-        st |> Map.update!(:packets, &[data | &1]) |> Map.update!(:count, &(&1 + 1)) |> wake() |> loop()
+        st
+        |> Map.update!(:packets, &[data | &1])
+        |> Map.update!(:count, &(&1 + 1))
+        |> wake()
+        |> loop()
 
       {:tube_closed, ^port, reason} ->
         loop(wake(%{st | closed: reason}))
