@@ -1,16 +1,10 @@
 defmodule NetTest do
   # Test networks (tube_net): nodes, faults and the event log, each fault
   # checked by its effect and by the events it leaves.
-  use ExUnit.Case, async: false
+  use TubeTest.NetCase, async: false
 
   alias TubeTest.NetOwner
   import TubeTest.Checks
-
-  defp start_net(opts) do
-    {:ok, net} = TubeNet.start(opts)
-    on_exit(fn -> if Process.alive?(net), do: TubeNet.stop(net) end)
-    net
-  end
 
   defp os_pid!(net, n) do
     {:ok, pid} = TubeNet.os_pid(net, n)
@@ -34,6 +28,7 @@ defmodule NetTest do
 
   defp up_pairs(as, bs), do: for(a <- as, b <- bs, e <- [{:nodeup, a, b}, {:nodeup, b, a}], do: e)
 
+  @tag net: false
   test "start: predictable names and domids, a full mesh, and stop leaves nothing behind" do
     {:ok, net} = TubeNet.start(nodes: 3)
     {:ok, host} = :inet.gethostname()
@@ -83,12 +78,13 @@ defmodule NetTest do
     for d <- domids, do: wait_until(fn -> not exists?("/local/domain/#{d}") end)
   end
 
-  test "partition: both sides see nodedown, reconnection is refused until heal" do
-    partition_and_heal(start_net(nodes: 3))
+  @tag net: [nodes: 3]
+  test "partition: both sides see nodedown, reconnection is refused until heal", %{net: net} do
+    partition_and_heal(net)
   end
 
-  test "partition over the TCP carrier: the same, with inet_tcp_dist under the guard" do
-    net = start_net(nodes: 3, carrier: :tcp)
+  @tag net: [nodes: 3, carrier: :tcp]
+  test "partition over the TCP carrier: the same, with inet_tcp_dist under the guard", %{net: net} do
     [_, n2, _] = TubeNet.nodes(net)
     {:ok, info} = TubeNet.call(net, :n1, :net_kernel, :node_info, [n2])
     assert {:net_address, _, _, :tcp, :inet} = info[:address]
@@ -134,8 +130,8 @@ defmodule NetTest do
     assert sees(net, :n2) == [n1, n3]
   end
 
-  test "partition: a node restarted during a partition stays on its side until heal" do
-    net = start_net(nodes: 2)
+  @tag net: [nodes: 2]
+  test "partition: a node restarted during a partition stays on its side until heal", %{net: net} do
     [n1, n2] = TubeNet.nodes(net)
     :ok = TubeNet.partition(net, [[:n1], [:n2]])
     :ok = TubeNet.kill(net, :n2)
@@ -148,8 +144,9 @@ defmodule NetTest do
     assert sees(net, :n1) == [n2]
   end
 
-  test "pause and resume: SIGSTOP freezes the node, its peers time it out, SIGCONT brings it back" do
-    net = start_net(nodes: 3, net_ticktime: 4)
+  @tag net: [nodes: 3, net_ticktime: 4]
+  test "pause and resume: SIGSTOP freezes the node, its peers time it out, SIGCONT brings it back",
+       %{net: net} do
     [n1, n2, _n3] = TubeNet.nodes(net)
     pid = os_pid!(net, :n1)
 
@@ -172,8 +169,10 @@ defmodule NetTest do
     wait_until(fn -> TubeNet.call(net, :n1, :net_adm, :ping, [n2]) == :pong end)
   end
 
-  test "kill and restart: kill -9 ends the OS process, restart brings the same node back" do
-    net = start_net(nodes: 3)
+  @tag net: [nodes: 3]
+  test "kill and restart: kill -9 ends the OS process, restart brings the same node back", %{
+    net: net
+  } do
     [n1, n2, n3] = TubeNet.nodes(net)
     d2 = TubeNet.domid(net, :n2)
     pid = os_pid!(net, :n2)
@@ -226,8 +225,8 @@ defmodule NetTest do
     {opener, acceptor}
   end
 
-  test "raw tubes: a partition closes them and refuses new ones until heal" do
-    net = start_net(nodes: 2)
+  @tag net: [nodes: 2]
+  test "raw tubes: a partition closes them and refuses new ones until heal", %{net: net} do
     {opener, acceptor} = tube_between(net, 7)
 
     :ok = TubeNet.partition(net, [[:n1], [:n2]])
@@ -254,8 +253,8 @@ defmodule NetTest do
     assert %{packets: ["after heal"]} = TubeNet.call(net, :n2, NetOwner, :wait, [a2, 1])
   end
 
-  test "slow: packets sent through tube_net_link wait the latency, in order" do
-    net = start_net(nodes: 2)
+  @tag net: [nodes: 2]
+  test "slow: packets sent through tube_net_link wait the latency, in order", %{net: net} do
     {opener, acceptor} = tube_between(net, 3)
     packets = for i <- 1..20, do: "p#{i}"
 
@@ -282,8 +281,10 @@ defmodule NetTest do
     assert %{info: %{net_delayed: 0}} = TubeNet.call(net, :n2, NetOwner, :state_of, [acceptor])
   end
 
-  test "loss: packets sent through tube_net_link are dropped at the ratio and counted" do
-    net = start_net(nodes: 2)
+  @tag net: [nodes: 2]
+  test "loss: packets sent through tube_net_link are dropped at the ratio and counted", %{
+    net: net
+  } do
     {opener, acceptor} = tube_between(net, 4)
     send = fn packets -> TubeNet.call(net, :n1, NetOwner, :send_packets, [opener, packets]) end
 
@@ -323,8 +324,9 @@ defmodule NetTest do
         )
   end
 
-  test "expect: order, unordered groups, wildcards, predicates, and a timeout that says what is missing" do
-    net = start_net(nodes: 2)
+  @tag net: [nodes: 2]
+  test "expect: order, unordered groups, wildcards, predicates, and a timeout that says what is missing",
+       %{net: net} do
     seq = TubeNet.mark(net)
     :ok = TubeNet.slow(net, :n1, :n2, 5)
     :ok = TubeNet.loss(net, :n1, :n2, 0.25)
@@ -355,10 +357,9 @@ defmodule NetTest do
     assert :ok = Task.await(waiter, 35_000)
   end
 
-  test "bad input gets a clear answer" do
+  test "bad input gets a clear answer", %{net: net} do
     assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: 0)
     assert {:error, {:badarg, :domids}} = TubeNet.start(nodes: 2, domids: [5, 5])
-    net = start_net(nodes: 2)
     assert {:error, {:badarg, :overlapping_groups}} = TubeNet.partition(net, [[:n1], [:n1, :n2]])
     assert {:error, {:badarg, {:unknown_node, :n9}}} = TubeNet.partition(net, [[:n9]])
     assert {:error, {:unknown_node, :n9}} = TubeNet.pause(net, :n9)
@@ -369,6 +370,7 @@ defmodule NetTest do
     assert {:error, :unknown_peer} = TubeNet.call(net, :n1, :tube_net_link, :open, [:n9, 1, %{}])
   end
 
+  @tag net: false
   test "the README's example is this file's GlobalServiceTest, word for word" do
     readme = File.read!("README.md")
     [_, section] = String.split(readme, "## Test networks", parts: 2)
