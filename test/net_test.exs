@@ -130,6 +130,35 @@ defmodule NetTest do
     assert sees(net, :n2) == [n1, n3]
   end
 
+  @tag net: false
+  test "start: code paths, applications and domids as asked" do
+    dir = Path.join(System.tmp_dir!(), "tube-net-paths-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf(dir) end)
+    src = Path.join(dir, "net_paths_probe.erl")
+
+    File.write!(
+      src,
+      "-module(net_paths_probe).\n-export([hello/0]).\nhello() -> {hello, node()}.\n"
+    )
+
+    {:ok, _} = :compile.file(to_charlist(src), outdir: to_charlist(dir))
+
+    {:ok, net} =
+      TubeNet.start(nodes: 2, domids: [41, 43], apps: [:tube, :sasl], code_paths: [dir])
+
+    on_exit(fn -> if Process.alive?(net), do: TubeNet.stop(net) end)
+    [n1, _] = TubeNet.nodes(net)
+    assert TubeNet.call(net, :n1, :net_paths_probe, :hello, []) == {:hello, n1}
+
+    assert {:sasl, _, _} =
+             List.keyfind(TubeNet.call(net, :n2, :application, :which_applications, []), :sasl, 0)
+
+    assert [41, 43] == for(n <- [:n1, :n2], do: TubeNet.call(net, n, :tube, :domid, []))
+    assert [41, 43] == for(n <- [:n1, :n2], do: TubeNet.domid(net, n))
+    :ok = TubeNet.stop(net)
+  end
+
   @tag net: [nodes: 2]
   test "partition: a node restarted during a partition stays on its side until heal", %{net: net} do
     [n1, n2] = TubeNet.nodes(net)
