@@ -132,7 +132,7 @@ defmodule TubeNet do
   go), `{:refused, l, m}`, `{:partition, groups}`, `:heal`,
   `{:paused, l}`, `{:resumed, l}`, `{:slow, a, b, ms}`,
   `{:loss, a, b, ratio}`, `{:tube_up, l, m, tid}`,
-  `{:tube_down, l, m, tid}`, `:net_started`, `:net_stopped`.
+  `{:tube_down, l, m, tid}`, and `:net_started` first.
   """
   @spec events(net()) :: [{pos_integer(), integer(), term()}]
   defdelegate events(net), to: :tube_net

@@ -39,7 +39,7 @@
 %% applied;</li>
 %% <li>`{tube_up, L, M, Tid}', `{tube_down, L, M, Tid}': raw tubes opened
 %% through `tube_net_link', seen from L's side;</li>
-%% <li>`net_started', `net_stopped'.</li>
+%% <li>`net_started', first.</li>
 %% </ul>
 -module(tube_net).
 -behaviour(gen_server).
