@@ -106,7 +106,7 @@ accept(_Listen) ->
 %% @private Keeps one accept of a distribution Tid pending; each tube is
 %% handed to net_kernel, which starts its handshake process.
 accept_loop(Kernel) ->
-    Opts = #{tids => ?DIST_TIDS, delivery => reliable, active => false,
+    Opts = #{tids => ?DIST_TIDS, delivery => reliable, active => false, busy_poll => busy_poll(),
              timeout => infinity},
     case catch tube:accept(Opts) of
         {ok, Port} ->
@@ -197,7 +197,8 @@ do_setup(Kernel, Node, Type, MyNode, SetupTime) ->
         {ok, Domid} ->
             dist_util:reset_timer(Timer),
             Tid = element(1, ?DIST_TIDS) + erlang:unique_integer([positive]) rem 16#10000,
-            Opts = #{delivery => reliable, active => false, timeout => SetupTime},
+            Opts = #{delivery => reliable, active => false, timeout => SetupTime,
+                     busy_poll => busy_poll()},
             case tube:open(Domid, Tid, Opts) of
                 {ok, Port} ->
                     Address = #net_address{address = {tube, Domid}, host = host_of(Node),
@@ -322,3 +323,11 @@ split_node(Node) when is_atom(Node) ->
     end;
 split_node(_) ->
     error.
+
+%% The polling window of distribution tubes: the application env
+%% `dist_busy_poll' (microseconds), default 0.
+busy_poll() ->
+    case application:get_env(tube, dist_busy_poll, 0) of
+        Us when is_integer(Us), Us >= 0, Us =< 100000 -> Us;
+        _ -> 0
+    end.

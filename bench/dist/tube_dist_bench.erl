@@ -1,0 +1,213 @@
+%% Erlang distribution over tubes against inet_tcp_dist, in one run.
+%%
+%% For each carrier two BEAM OS processes are started (OTP's peer, driven
+%% over standard I/O): `-proto_dist inet_tcp tube' for tube_dist, nothing
+%% for inet_tcp_dist. Node A then measures, against node B:
+%%   - small messages per second (a 64-byte binary, and a small tuple), sent
+%%     one way to a counter that acknowledges the last one;
+%%   - gen_server:call round trips, p50 and p99;
+%%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries;
+%%   - CPU per small message on both nodes (statistics(runtime) of each VM).
+%% Results go to a JSON file and a table on standard output.
+%%
+%% Run through scripts/bench-dist.sh.
+-module(tube_dist_bench).
+
+-export([main/1]).
+%% Run inside the nodes.
+-export([counter/0, echo_init/0, small_rate/3, call_rtt/2, throughput/3, runtime/0]).
+
+-define(COOKIE, "tube_dist_bench").
+
+main(Args) ->
+    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0}),
+    Scale = maps:get(scale, Opts),
+    Results = [measure(C, Scale) || C <- [tube, tcp]],
+    Json = json(Results),
+    ok = file:write_file(maps:get(out, Opts), Json),
+    table(Results),
+    io:format("~nJSON: ~s~n", [maps:get(out, Opts)]),
+    halt(0).
+
+parse(["--out", F | R], O) -> parse(R, O#{out => F});
+parse(["--scale", S | R], O) -> parse(R, O#{scale => list_to_float(S)});
+parse([], O) -> O.
+
+%% ---- one carrier -----------------------------------------------------------
+
+measure(Carrier, Scale) ->
+    Id = integer_to_list(erlang:unique_integer([positive])),
+    A = start_node("bench_a_" ++ Id, Carrier),
+    B = start_node("bench_b_" ++ Id, Carrier),
+    try
+        {_, NodeB} = B,
+        pong = call(A, net_adm, ping, [NodeB]),
+        Proto = proto(call(A, net_kernel, node_info, [NodeB])),
+        io:format("~p: connected over ~p~n", [Carrier, Proto]),
+        _ = call(B, ?MODULE, echo_init, []),
+        N = round(300000 * Scale),
+        {Rate64, CpuA, CpuB} = with_cpu(A, B, fun() ->
+            call(A, ?MODULE, small_rate, [NodeB, binary, N]) end),
+        RateTuple = call(A, ?MODULE, small_rate, [NodeB, tuple, N]),
+        Rtt = call(A, ?MODULE, call_rtt, [NodeB, round(20000 * Scale)]),
+        Thr = [{Size, call(A, ?MODULE, throughput, [NodeB, Size, max(8, round(Scale * (256 bsl 20) / Size))])}
+               || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
+        #{carrier => Carrier, protocol => Proto,
+          small_64b_per_s => Rate64, small_tuple_per_s => RateTuple,
+          call_p50_us => maps:get(p50, Rtt), call_p99_us => maps:get(p99, Rtt),
+          cpu_us_per_msg_a => CpuA * 1000 / N, cpu_us_per_msg_b => CpuB * 1000 / N,
+          throughput_mb_s => maps:from_list(Thr)}
+    after
+        stop_node(A),
+        stop_node(B)
+    end.
+
+start_node(Name, Carrier) ->
+    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
+    Proto = case Carrier of
+                tube -> ["-proto_dist", "inet_tcp", "tube"];
+                tcp -> []
+            end,
+    {ok, Peer, Node} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
+                                    args => Paths ++ Proto ++ ["-setcookie", ?COOKIE],
+                                    wait_boot => 60000}),
+    {Peer, Node}.
+
+stop_node({Peer, _}) -> catch peer:stop(Peer).
+
+call({Peer, _}, M, F, A) -> peer:call(Peer, M, F, A, 600000).
+
+proto({ok, Info}) ->
+    element(4, proplists:get_value(address, Info)).
+
+with_cpu(A, B, Fun) ->
+    {A0, B0} = {call(A, ?MODULE, runtime, []), call(B, ?MODULE, runtime, [])},
+    R = Fun(),
+    {A1, B1} = {call(A, ?MODULE, runtime, []), call(B, ?MODULE, runtime, [])},
+    {R, A1 - A0, B1 - B0}.
+
+%% ---- inside the nodes ------------------------------------------------------
+
+%% CPU time of the whole VM (all threads), in milliseconds.
+runtime() ->
+    {T, _} = statistics(runtime),
+    T.
+
+%% Counts messages; {count, From, N} answers once N have arrived.
+counter() ->
+    counter(0).
+counter(N) ->
+    receive
+        {count, From, Want} when N >= Want -> From ! {counted, N}, counter(0);
+        {count, _, _} = Ask -> counter_wait(N, Ask);
+        _ -> counter(N + 1)
+    end.
+counter_wait(N, {count, From, Want}) when N >= Want ->
+    From ! {counted, N}, counter(0);
+counter_wait(N, Ask) ->
+    receive _ -> counter_wait(N + 1, Ask) end.
+
+%% A registered echo gen_server for the call round trips, and a counter.
+echo_init() ->
+    Counter = spawn(fun counter/0),
+    register(bench_counter, Counter),
+    {ok, _} = gen_server:start({local, bench_echo}, bench_echo_server(), [], []),
+    ok.
+
+bench_echo_server() -> tube_dist_bench_echo.
+
+%% N small messages one way; messages per second.
+small_rate(Node, Kind, N) ->
+    Msg = case Kind of
+              binary -> binary:copy(<<7>>, 64);
+              tuple -> {small, 42, self()}
+          end,
+    Dest = {bench_counter, Node},
+    T0 = erlang:monotonic_time(),
+    send_n(Dest, Msg, N),
+    Dest ! {count, self(), N},
+    receive {counted, _} -> ok end,
+    N / seconds(T0).
+
+send_n(_Dest, _Msg, 0) -> ok;
+send_n(Dest, Msg, N) -> Dest ! Msg, send_n(Dest, Msg, N - 1).
+
+%% N gen_server:call round trips; p50 and p99 in microseconds.
+call_rtt(Node, N) ->
+    Dest = {bench_echo, Node},
+    _ = [gen_server:call(Dest, ping) || _ <- lists:seq(1, 1000)],
+    Ts = [begin
+              T0 = erlang:monotonic_time(),
+              pong = gen_server:call(Dest, ping),
+              erlang:monotonic_time() - T0
+          end || _ <- lists:seq(1, N)],
+    S = list_to_tuple(lists:sort(Ts)),
+    P = fun(Q) -> us(element(max(1, round(Q * N)), S)) end,
+    #{p50 => P(0.5), p99 => P(0.99)}.
+
+%% N binaries of Size bytes one way; MB/s (10^6 bytes).
+throughput(Node, Size, N) ->
+    Bin = binary:copy(<<3>>, Size),
+    Dest = {bench_counter, Node},
+    T0 = erlang:monotonic_time(),
+    send_n(Dest, Bin, N),
+    Dest ! {count, self(), N},
+    receive {counted, _} -> ok end,
+    Size * N / 1.0e6 / seconds(T0).
+
+seconds(T0) ->
+    erlang:convert_time_unit(erlang:monotonic_time() - T0, native, nanosecond) / 1.0e9.
+
+us(Native) -> erlang:convert_time_unit(Native, native, nanosecond) / 1000.
+
+%% ---- output ----------------------------------------------------------------
+
+table(Results) ->
+    [T, C] = Results,
+    Row = fun(Label, Key) ->
+                  io:format("~-34s ~14s ~14s ~8s~n",
+                            [Label, fmt(get(Key, T)), fmt(get(Key, C)), ratio(Key, get(Key, T), get(Key, C))])
+          end,
+    io:format("~n~-34s ~14s ~14s ~8s~n", ["", "tube_dist", "inet_tcp_dist", "ratio"]),
+    Row("64 B binary, msgs/s", small_64b_per_s),
+    Row("small tuple, msgs/s", small_tuple_per_s),
+    Row("gen_server:call p50, us", call_p50_us),
+    Row("gen_server:call p99, us", call_p99_us),
+    Row("CPU per 64 B msg, sender, us", cpu_us_per_msg_a),
+    Row("CPU per 64 B msg, receiver, us", cpu_us_per_msg_b),
+    [Row(io_lib:format("throughput ~s, MB/s", [size_label(S)]), {throughput_mb_s, S})
+     || S <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
+    ok.
+
+get({K1, K2}, M) -> maps:get(K2, maps:get(K1, M));
+get(K, M) -> maps:get(K, M).
+
+%% How many times better tube is (for times and CPU: lower is better).
+ratio(Key, T, C) when is_number(T), is_number(C), T > 0, C > 0 ->
+    R = case lists:member(Key, [call_p50_us, call_p99_us, cpu_us_per_msg_a, cpu_us_per_msg_b]) of
+            true -> C / T;
+            false -> T / C
+        end,
+    io_lib:format("~.2fx", [R]);
+ratio(_, _, _) -> "-".
+
+fmt(X) when is_float(X), X >= 1000 -> integer_to_list(round(X));
+fmt(X) when is_float(X) -> io_lib:format("~.2f", [X]);
+fmt(X) -> io_lib:format("~p", [X]).
+
+size_label(S) when S >= 1 bsl 20 -> integer_to_list(S bsr 20) ++ " MiB";
+size_label(S) -> integer_to_list(S bsr 10) ++ " KiB".
+
+json(Results) ->
+    ["[", lists:join(",\n ", [json_map(R) || R <- Results]), "]\n"].
+
+json_map(M) ->
+    ["{", lists:join(", ", [[json_key(K), ": ", json_val(V)] || {K, V} <- lists:sort(maps:to_list(M))]), "}"].
+
+json_key(K) when is_atom(K) -> ["\"", atom_to_list(K), "\""];
+json_key(K) when is_integer(K) -> ["\"", integer_to_list(K), "\""].
+
+json_val(V) when is_map(V) -> json_map(V);
+json_val(V) when is_atom(V) -> ["\"", atom_to_list(V), "\""];
+json_val(V) when is_integer(V) -> integer_to_list(V);
+json_val(V) when is_float(V) -> float_to_list(V, [{decimals, 3}]).
