@@ -54,7 +54,7 @@ defmodule TubeNet do
     :tube_net.start(opts)
   end
 
-  @doc "Stops every node and waits until their OS processes are gone."
+  @doc "Stops every node (a paused one with kill -9) and waits until their OS processes are gone; `:ok` for a network already stopped too."
   @spec stop(net()) :: :ok
   defdelegate stop(net), to: :tube_net
 

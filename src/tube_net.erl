@@ -124,10 +124,15 @@ start(Opts) when is_map(Opts) ->
 start(_) ->
     erlang:error(badarg).
 
-%% @doc Stops every node and waits until their OS processes are gone; the
-%% nodes' Xenstore domains go with their connections.
+%% @doc Stops every node (a paused one with kill -9) and waits until their
+%% OS processes are gone; the nodes' Xenstore domains go with their
+%% connections. `ok' for a network already stopped too.
 -spec stop(net()) -> ok.
-stop(Net) -> gen_server:call(Net, stop, infinity).
+stop(Net) ->
+    try gen_server:call(Net, stop, infinity)
+    catch exit:{noproc, _} -> ok;
+          exit:{normal, _} -> ok
+    end.
 
 %% @doc The Erlang node names, in label order.
 -spec nodes(net()) -> [node()].

@@ -196,6 +196,13 @@ defmodule NetTest do
     assert :ok = TubeNet.expect(net, [{:resumed, :n1}], 10_000)
     assert TubeNet.call(net, :n1, :erlang, :node, []) == n1
     wait_until(fn -> TubeNet.call(net, :n1, :net_adm, :ping, [n2]) == :pong end)
+
+    # A paused node is stopped too, and a stopped network stops again quietly.
+    paused = os_pid!(net, :n3)
+    :ok = TubeNet.pause(net, :n3)
+    assert :ok = TubeNet.stop(net)
+    assert gone?(paused) and gone?(pid)
+    assert :ok = TubeNet.stop(net)
   end
 
   @tag net: [nodes: 3]
