@@ -130,7 +130,8 @@ defmodule TubeNet do
   `{:node_up, l}`, `{:node_down, l, :killed | :stopped | :exited}`,
   `{:nodeup, l, m}`, `{:nodedown, l, m}` (l's distribution saw m come and
   go), `{:refused, l, m}`, `{:partition, groups}`, `:heal`,
-  `{:paused, l}`, `{:resumed, l}`, `{:slow, a, b, ms}`,
+  `{:paused, l}`, `{:resumed, l}`, `{:killed, l}` (the signal sent;
+  `:node_down` follows once the process is gone), `{:slow, a, b, ms}`,
   `{:loss, a, b, ratio}`, `{:tube_up, l, m, tid}`,
   `{:tube_down, l, m, tid}`, and `:net_started` first.
   """

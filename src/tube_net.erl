@@ -35,6 +35,7 @@
 %% connect, disconnect (M is a label, or a node name outside the net);
 %% `{refused, L, M}': L's carrier refused to connect to M;</li>
 %% <li>`{partition, Groups}', `heal', `{paused, L}', `{resumed, L}',
+%% `{killed, L}' (kill -9 sent; `node_down' follows once it is gone),
 %% `{slow, A, B, Ms}', `{loss, A, B, Ratio}': faults, logged when they are
 %% applied;</li>
 %% <li>`{tube_up, L, M, Tid}', `{tube_down, L, M, Tid}': raw tubes opened

@@ -6,9 +6,11 @@
 %%   down --boot--> running --pause--> paused --resume--> running
 %%   running | paused --kill | stop | the process dies--> down
 %%
-%% Each change of state is reported to the network's server as an event
-%% (`{node_up, L}', `{paused, L}', `{resumed, L}', `{node_down, L,
-%% Reason}', Reason `killed', `stopped' or `exited').
+%% Each change of state is reported to the network's server as an event:
+%% `{paused, L}', `{resumed, L}' and `{killed, L}' just before the signal
+%% is sent (so that they come before the events their effects cause),
+%% `{node_up, L}' once the node runs, `{node_down, L, Reason}' once its
+%% process is gone, Reason `killed', `stopped' or `exited'.
 -module(tube_net_node).
 -behaviour(gen_statem).
 
@@ -81,8 +83,8 @@ down(EventType, Event, D) ->
 %% --- running ------------------------------------------------------------
 
 running({call, From}, pause, D) ->
-    signal("STOP", D),
     event({paused, label(D)}, D),
+    signal("STOP", D),
     {next_state, paused, D, [{reply, From, ok}]};
 running({call, From}, peer, #d{peer = P}) ->
     {keep_state_and_data, [{reply, From, {ok, P}}]};
@@ -95,8 +97,8 @@ running(EventType, Event, D) ->
 %% --- paused -------------------------------------------------------------
 
 paused({call, From}, resume, D) ->
-    signal("CONT", D),
     event({resumed, label(D)}, D),
+    signal("CONT", D),
     {next_state, running, D, [{reply, From, ok}]};
 paused({call, From}, stop, D) ->
     signal("KILL", D),
@@ -107,6 +109,7 @@ paused(EventType, Event, D) ->
 %% --- in every state -----------------------------------------------------
 
 common({call, From}, kill, State, D) when State =/= down ->
+    event({killed, label(D)}, D),
     signal("KILL", D),
     {next_state, down, gone(killed, D), [{reply, From, ok}]};
 common({call, From}, os_pid, State, #d{os_pid = P}) when State =/= down ->
@@ -211,7 +214,7 @@ wait_os_exit(OsPid) ->
     wait_os_exit(OsPid, ?EXIT_WAIT div 10).
 
 wait_os_exit(OsPid, 0) ->
-    _ = os:cmd("kill -KILL " ++ OsPid ++ " 2>/dev/null"),
+    kill_process("KILL", OsPid),
     ok;
 wait_os_exit(OsPid, N) ->
     case alive(OsPid) of
@@ -237,8 +240,26 @@ alive(OsPid) ->
 signal(_Sig, #d{os_pid = undefined}) ->
     ok;
 signal(Sig, #d{os_pid = OsPid}) ->
-    _ = os:cmd("kill -" ++ Sig ++ " " ++ OsPid ++ " 2>/dev/null"),
-    ok.
+    kill_process(Sig, OsPid).
+
+%% kill(1) run directly, without a shell in between; returns once it has
+%% sent the signal. A process already gone is not an error here.
+kill_process(Sig, OsPid) ->
+    case os:find_executable("kill") of
+        false ->
+            _ = os:cmd("kill -" ++ Sig ++ " " ++ OsPid ++ " 2>/dev/null"),
+            ok;
+        Kill ->
+            Port = open_port({spawn_executable, Kill},
+                             [{args, ["-" ++ Sig, OsPid]}, exit_status, stderr_to_stdout]),
+            kill_wait(Port)
+    end.
+
+kill_wait(Port) ->
+    receive
+        {Port, {exit_status, _}} -> ok;
+        {Port, {data, _}} -> kill_wait(Port)
+    end.
 
 label(#d{conf = #{label := L}}) -> L.
 

@@ -165,7 +165,14 @@ defmodule NetTest do
     :ok = TubeNet.partition(net, [[:n1], [:n2]])
     :ok = TubeNet.kill(net, :n2)
     :ok = TubeNet.restart(net, :n2)
-    assert :ok = TubeNet.expect(net, [{:node_down, :n2, :killed}, {:node_up, :n2}], 10_000)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [{:killed, :n2}, {:node_down, :n2, :killed}, {:node_up, :n2}],
+               10_000
+             )
+
     assert sees(net, :n2) == []
     refute TubeNet.call(net, :n2, :net_kernel, :connect_node, [n1])
     :ok = TubeNet.heal(net)
@@ -222,6 +229,7 @@ defmodule NetTest do
              TubeNet.expect(
                net,
                [
+                 {:killed, :n2},
                  {:unordered,
                   [{:node_down, :n2, :killed}, {:nodedown, :n1, :n2}, {:nodedown, :n3, :n2}]}
                ],
