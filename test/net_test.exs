@@ -401,6 +401,33 @@ defmodule NetTest do
     assert :ok = Task.await(waiter, 35_000)
   end
 
+  @tag net: false
+  test "the log's matcher: subsequences, groups, wildcards, predicates and maps" do
+    log =
+      Enum.reduce([{:a, 1}, {:b, 2}, {:c, %{x: 1, y: 2}}, {:b, 3}], :tube_net_log.new(), fn e,
+                                                                                            l ->
+        {_, l} = :tube_net_log.add(e, 0, l)
+        l
+      end)
+
+    entries = :tube_net_log.entries(log)
+    assert [{1, 0, {:a, 1}} | _] = entries
+    assert {:ok, 4} = :tube_net_log.match([{:a, :_}, {:b, 3}], entries)
+    assert {:ok, 2} = :tube_net_log.match([{:a, :_}, {:b, :_}], entries)
+    assert {:more, [{:a, :_}]} = :tube_net_log.match([{:b, :_}, {:a, :_}], entries)
+    # One entry takes one pattern of a group: two {:b, _} need two entries.
+    assert {:ok, 4} = :tube_net_log.match([{:unordered, [{:b, :_}, {:b, :_}]}], entries)
+
+    assert {:more, [{:unordered, [{:b, :_}]}]} =
+             :tube_net_log.match([{:unordered, [{:b, :_}, {:b, :_}, {:b, :_}]}], entries)
+
+    assert {:ok, 3} = :tube_net_log.match([{:c, %{y: 2}}], entries)
+    assert {:more, _} = :tube_net_log.match([{:c, %{z: 2}}], entries)
+    assert {:ok, 4} = :tube_net_log.match([{:b, fn n -> n > 2 end}], entries)
+    assert [{4, 0, {:b, 3}}] = :tube_net_log.entries_after(3, log)
+    assert {:ok, 0} = :tube_net_log.match([], entries)
+  end
+
   test "bad input gets a clear answer", %{net: net} do
     assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: 0)
     assert {:error, {:badarg, :domids}} = TubeNet.start(nodes: 2, domids: [5, 5])
