@@ -28,14 +28,9 @@ extern int tube_rs_set_active(void *st, const char *buf, size_t len);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 
-/* Number of u64 counters a stats control returns (see tube_rs_stats). */
-#define TUBE_STATS_N 13
-/* port_control command numbers, mirrored in src/tube.erl and tube_server.erl. */
-#define TUBE_CTL_STATS 1
-#define TUBE_CTL_CLOSE 2
-#define TUBE_CTL_ACTIVE 3
-#define TUBE_CTL_BUSY_POLL 4
-#define TUBE_CTL_DIST 5
+/* TUBE_STATS_N (u64 counters of a stats control) and the port_control
+ * command numbers TUBE_CTL_*: generated from native/tube_ring/src/proto.rs. */
+#include "tube_proto.h"
 
 /* ---- helpers called from Rust ---------------------------------------- */
 

@@ -5,7 +5,9 @@
 %% `Tube ! {self(), {command, Data}}'; the owner (the process that opened or
 %% accepted it) receives each packet as `{Tube, {data, Binary}}'. Packets
 %% are 1..4096 bytes. Delivery is lossy: the sender never blocks, and a
-%% packet that does not fit in the peer's ring is dropped and counted.
+%% packet that does not fit in the peer's ring is dropped and counted. A
+%% tube opened with `delivery => reliable' instead carries messages of any
+%% size and never drops one (see open/3).
 %%
 %% Messages the owner may receive besides data:
 %% <ul>

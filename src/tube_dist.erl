@@ -35,9 +35,8 @@
 
 -define(FAMILY, local).
 -define(PROTOCOL, tube).
--define(DIST_TIDS, {16#FFFF0000, 16#FFFFFFFF}).
--define(TUBE_CTL_STATS, 1).
--define(TUBE_CTL_DIST, 5).
+-include("tube_proto.hrl").
+-define(DIST_TIDS, {?TUBE_DIST_TID_MIN, ?TUBE_DIST_TID_MAX}).
 %% Before retrying an accept that failed (Xenstore restarting, say).
 -define(ACCEPT_RETRY_MS, 250).
 
@@ -285,7 +284,7 @@ tick(Port) ->
 %% connection, for the ticker.
 getstat(Port) ->
     case catch erlang:port_control(Port, ?TUBE_CTL_STATS, []) of
-        Bytes when is_list(Bytes), length(Bytes) >= 104 ->
+        Bytes when is_list(Bytes), length(Bytes) =:= ?TUBE_STATS_N * 8 ->
             <<Sent:64/native, _SentB:64/native, Recv:64/native, _:56/binary,
               _Busy:64/native, _BusyUs:64/native, Queued:64/native, _/binary>> =
                 list_to_binary(Bytes),

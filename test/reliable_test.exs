@@ -111,7 +111,9 @@ defmodule ReliableTest do
     end)
     TubeTest.Checks.wait_until(fn -> match?({:ok, %{queued_bytes: q}} when q > 0, :tube.info(t)) end, 100_000)
     PeerNode.kill9(os_pid)
-    assert_receive {:tube_closed, ^t, :peer_closed}, 10_000
+    # The ring's hang-up (peer_closed) and the release of the peer's domain
+    # in Xenstore (peer_down) race to tell; either closes the busy tube.
+    assert_receive {:tube_closed, ^t, reason} when reason in [:peer_closed, :peer_down], 10_000
   end
 
   test "kill -9 of the writer closes the reader", %{peer: peer} do
@@ -129,7 +131,7 @@ defmodule ReliableTest do
     :ok = PeerNode.call(peer, Sink, :spawn_writer, [my_domid, 15])
     assert_receive {:reader, _t}, 30_000
     PeerNode.kill9(os_pid)
-    assert_receive {:reader_closed, :peer_closed}, 10_000
+    assert_receive {:reader_closed, reason} when reason in [:peer_closed, :peer_down], 10_000
     _ = reader
   end
 

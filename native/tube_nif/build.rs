@@ -1,8 +1,15 @@
 //! Compiles the erl_driver glue in `c_src/` against the emulator's own
 //! `erl_driver.h`, found through `TUBE_ERTS_INCLUDE` or by asking `erl`.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The shared numbers: the one definition, in tube_ring.
+#[allow(dead_code)]
+mod proto {
+    include!("../tube_ring/src/proto.rs");
+}
 
 fn erts_include() -> PathBuf {
     if let Ok(dir) = std::env::var("TUBE_ERTS_INCLUDE") {
@@ -23,14 +30,118 @@ fn erts_include() -> PathBuf {
     }
 }
 
+/// `include/tube_proto.hrl`, the shared numbers for Erlang.
+fn erlang_header() -> String {
+    use proto::*;
+    let mut h = String::from(
+        "%% The numbers the tube driver and the Erlang side share, generated from\n\
+         %% native/tube_ring/src/proto.rs by native/tube_nif/build.rs: do not edit.\n",
+    );
+    let defs: &[(&str, u64)] = &[
+        ("TUBE_CTL_STATS", CTL_STATS.into()),
+        ("TUBE_CTL_CLOSE", CTL_CLOSE.into()),
+        ("TUBE_CTL_ACTIVE", CTL_ACTIVE.into()),
+        ("TUBE_CTL_BUSY_POLL", CTL_BUSY_POLL.into()),
+        ("TUBE_CTL_DIST", CTL_DIST.into()),
+        ("TUBE_STATS_N", STATS.len() as u64),
+        ("TUBE_ACTIVE_NO_LIMIT", ACTIVE_NO_LIMIT.into()),
+        ("TUBE_ACTIVE_SET", ACTIVE_SET.into()),
+        ("TUBE_ACTIVE_ADD", ACTIVE_ADD.into()),
+        ("TUBE_DELIVERY_LOSSY", DELIVERY_LOSSY),
+        ("TUBE_DELIVERY_RELIABLE", DELIVERY_RELIABLE),
+        ("TUBE_MAX_DOMID", MAX_DOMID.into()),
+        ("TUBE_MAX_TID", MAX_TID.into()),
+        ("TUBE_DIST_TID_MIN", DIST_TID_MIN.into()),
+        ("TUBE_DIST_TID_MAX", DIST_TID_MAX.into()),
+        ("TUBE_MAX_BUSY_POLL", MAX_BUSY_POLL_US),
+    ];
+    for (name, v) in defs {
+        let _ = writeln!(h, "-define({name}, {v}).");
+    }
+    let names: Vec<&str> = STATS.to_vec();
+    let _ = writeln!(h, "%% The counters of TUBE_CTL_STATS, in order.");
+    let _ = writeln!(h, "-define(TUBE_STATS, [{}]).", names.join(", "));
+    h
+}
+
+/// `tube_proto.h`, the shared numbers for the C glue.
+fn c_header() -> String {
+    use proto::*;
+    let mut h = String::from("/* Generated from native/tube_ring/src/proto.rs by build.rs. */\n");
+    for (name, v) in [
+        ("TUBE_CTL_STATS", CTL_STATS),
+        ("TUBE_CTL_CLOSE", CTL_CLOSE),
+        ("TUBE_CTL_ACTIVE", CTL_ACTIVE),
+        ("TUBE_CTL_BUSY_POLL", CTL_BUSY_POLL),
+        ("TUBE_CTL_DIST", CTL_DIST),
+        ("TUBE_STATS_N", STATS.len() as u32),
+    ] {
+        let _ = writeln!(h, "#define {name} {v}");
+    }
+    h
+}
+
+/// Writes `text` to `path` unless it already holds it (an unchanged file keeps its time,
+/// so mix does not recompile what includes it).
+fn write_if_changed(path: &Path, text: &str) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("create include/");
+        }
+        std::fs::write(path, text).expect("write generated header");
+    }
+}
+
+/// The value of `-define(Name, Value).` in an Erlang source, if it defines it.
+fn erl_define(src: &str, name: &str) -> Option<u64> {
+    let pat = format!("-define({name},");
+    let rest = src.lines().find_map(|l| l.trim().strip_prefix(pat.as_str()))?;
+    let v = rest.trim().trim_end_matches(").").trim();
+    match v.strip_prefix("16#") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+/// Erlang modules that still define shared numbers themselves must agree with proto.rs:
+/// a mismatch stops the build here instead of misleading the driver at run time.
+fn check_erlang_defines(src_dir: &Path) {
+    use proto::*;
+    let expect: &[(&str, &str, u64)] = &[
+        ("tube.erl", "TUBE_CTL_STATS", CTL_STATS.into()),
+        ("tube.erl", "TUBE_CTL_ACTIVE", CTL_ACTIVE.into()),
+        ("tube.erl", "TUBE_CTL_BUSY_POLL", CTL_BUSY_POLL.into()),
+        ("tube.erl", "MAX_DOMID", MAX_DOMID.into()),
+        ("tube.erl", "MAX_TID", MAX_TID.into()),
+        ("tube.erl", "MAX_BUSY_POLL", MAX_BUSY_POLL_US),
+        ("tube_server.erl", "TUBE_CTL_CLOSE", CTL_CLOSE.into()),
+    ];
+    for (file, name, want) in expect {
+        let path = src_dir.join(file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        let Ok(src) = std::fs::read_to_string(&path) else { continue };
+        if let Some(got) = erl_define(&src, name) {
+            assert_eq!(got, *want, "src/{file} defines {name} as {got}; native/tube_ring/src/proto.rs says {want}");
+        }
+    }
+}
+
 fn main() {
     let include = erts_include();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let proto_rs = root.join("native/tube_ring/src/proto.rs");
+    println!("cargo:rerun-if-changed={}", proto_rs.display());
+    write_if_changed(&root.join("include/tube_proto.hrl"), &erlang_header());
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    write_if_changed(&out.join("tube_proto.h"), &c_header());
+    check_erlang_defines(&root.join("src"));
     let c_src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../c_src");
     println!("cargo:rerun-if-env-changed=TUBE_ERTS_INCLUDE");
     println!("cargo:rerun-if-changed={}", c_src.join("tube_drv.c").display());
     cc::Build::new()
         .file(c_src.join("tube_drv.c"))
         .include(&include)
+        .include(&out)
         .flag_if_supported("-Wall")
         .flag_if_supported("-Wextra")
         .compile("tube_drv");

@@ -101,11 +101,16 @@ fn victim_step(victim: &mut Tube, rng: &mut Rng, payload: &[u8], delivered: &mut
         Err(e) => return Err(unexpected("send", &e)),
     }
     let mut bad_len = None;
-    let got = victim.recv(64, |p| {
+    // The driver's receive pass, with a packet check for its delivery.
+    let check = |p: &[u8]| {
         if p.is_empty() || p.len() > MAX_PACKET {
             bad_len = Some(p.len());
         }
-    });
+    };
+    let mut check = check;
+    let got = victim
+        .receive_pass(64, 16, 8, |t, max| t.recv(max, &mut check), |_| false)
+        .map(|(_, n)| n);
     if let Some(n) = bad_len {
         return Err(ChaosError::Protocol(format!("a packet of {n} bytes was delivered")));
     }

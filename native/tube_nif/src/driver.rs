@@ -25,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tube_ring::{Assembly, MessageBuf, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
+use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
 
 use crate::handoff;
 
@@ -46,7 +46,7 @@ const STREAMING: usize = 8;
 const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 
 /// The longest polling window a tube accepts, in microseconds.
-const MAX_BUSY_POLL_US: u64 = 100_000;
+const MAX_BUSY_POLL_US: u64 = tube_ring::proto::MAX_BUSY_POLL_US;
 
 /// Opaque `ErlDrvPort`.
 type DrvPort = *mut c_void;
@@ -69,7 +69,7 @@ extern "C" {
 static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
 
 /// Counters returned by the stats control (see `tube_rs_stats`).
-const STATS_N: usize = 13;
+const STATS_N: usize = tube_ring::proto::STATS.len();
 
 /// Per-port state, owned by the emulator between `start` and `stop`.
 struct PortState {
@@ -107,10 +107,8 @@ struct PortState {
     /// The port carries an Erlang distribution connection: empty messages
     /// are ticks (counted, not delivered), and closing tells no owner.
     dist: bool,
-    /// A reliable message being put back together.
-    asm: Option<Assembly<MsgDest>>,
-    /// Small messages are copied here before `driver_output` copies them.
-    scratch: Box<[u8; SMALL_PACKET]>,
+    /// Where received packets go.
+    inbox: Inbox,
     /// The port is busy: the outbox is not empty, or the ring has not yet
     /// drained to `RESUME_ROOM` free bytes since it was.
     busy: Option<Instant>,
@@ -165,24 +163,20 @@ impl PortState {
         if budget == 0 {
             return;
         }
-        let mut delivered = 0;
-        loop {
-            let got = self.receive(budget - delivered);
-            let got = match got {
-                Ok(n) => n,
-                Err(e) => return self.close(CloseReason::of(&e)),
-            };
-            delivered += got;
-            if self.take_credit(got) {
-                return self.go_passive();
-            }
-            if delivered >= budget {
-                return self.resume_later();
-            }
-            if got < STREAMING || !self.tube.spin_for_data(SPINS) {
-                break;
-            }
-        }
+        let PortState { tube, inbox, credit, .. } = self;
+        let pass = tube.receive_pass(
+            budget,
+            SPINS,
+            STREAMING,
+            |tube, max| inbox.receive(tube, max),
+            |got| take_credit(credit, got),
+        );
+        let delivered = match pass {
+            Ok((Pass::Stopped, _)) => return self.go_passive(),
+            Ok((Pass::Budget, _)) => return self.resume_later(),
+            Ok((Pass::Empty, n)) => n,
+            Err(e) => return self.close(CloseReason::of(&e)),
+        };
         if self.keep_polling(delivered) {
             return self.resume_later();
         }
@@ -239,13 +233,7 @@ impl PortState {
 
     /// Counts `n` delivered packets against the credit; true when it ran out.
     fn take_credit(&mut self, n: usize) -> bool {
-        match &mut self.credit {
-            None => false,
-            Some(c) => {
-                *c = c.saturating_sub(n as u64);
-                *c == 0
-            }
-        }
+        take_credit(&mut self.credit, n)
     }
 
     /// Credit exhausted: tell the owner with `{tube_passive, Port}` and stop
@@ -260,11 +248,12 @@ impl PortState {
     /// `{active, _}` from the owner: `mode` 0 sets no limit, 1 sets the
     /// credit to `n`, 2 adds `n` to it.
     fn set_active(&mut self, mode: u8, n: u64) -> bool {
+        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_NO_LIMIT, ACTIVE_SET};
         self.credit = match (mode, self.credit) {
-            (0, _) => None,
-            (1, _) => Some(n),
-            (2, None) => Some(n),
-            (2, Some(c)) => Some(c.saturating_add(n)),
+            (ACTIVE_NO_LIMIT, _) => None,
+            (ACTIVE_SET, _) => Some(n),
+            (ACTIVE_ADD, None) => Some(n),
+            (ACTIVE_ADD, Some(c)) => Some(c.saturating_add(n)),
             _ => return false,
         };
         if self.credit != Some(0) {
@@ -383,17 +372,7 @@ impl PortState {
     /// Delivers up to `max` packets or messages to the owner (or, on a
     /// distribution port, to the emulator).
     fn receive(&mut self, max: usize) -> Result<usize, RingError> {
-        if !self.reliable {
-            return recv_to_owner(&mut self.tube, self.port, max);
-        }
-        let port = self.port;
-        let dist = self.dist;
-        let scratch = self.scratch.as_mut_ptr();
-        self.tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
-            if !(dist && len == 0) {
-                dest.deliver(port, len);
-            }
-        })
+        self.inbox.receive(&mut self.tube, max)
     }
 
     fn send(&mut self, pkt: Option<&[u8]>) {
@@ -508,6 +487,46 @@ impl Drop for MsgDest {
     }
 }
 
+/// Counts `n` delivered packets against a credit; true when it ran out.
+fn take_credit(credit: &mut Option<u64>, n: usize) -> bool {
+    match credit {
+        None => false,
+        Some(c) => {
+            *c = c.saturating_sub(n as u64);
+            *c == 0
+        }
+    }
+}
+
+/// What receiving needs besides the tube: where packets go and how.
+struct Inbox {
+    port: DrvPort,
+    reliable: bool,
+    /// Empty messages are distribution ticks: counted, not delivered.
+    dist: bool,
+    /// A reliable message being put back together.
+    asm: Option<Assembly<MsgDest>>,
+    /// Small messages are copied here before `driver_output` copies them.
+    scratch: Box<[u8; SMALL_PACKET]>,
+}
+
+impl Inbox {
+    /// Delivers up to `max` packets or messages to the owner (or, on a
+    /// distribution port, to the emulator).
+    fn receive(&mut self, tube: &mut Tube, max: usize) -> Result<usize, RingError> {
+        if !self.reliable {
+            return recv_to_owner(tube, self.port, max);
+        }
+        let (port, dist) = (self.port, self.dist);
+        let scratch = self.scratch.as_mut_ptr();
+        tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
+            if !(dist && len == 0) {
+                dest.deliver(port, len);
+            }
+        })
+    }
+}
+
 /// Delivers up to `max` packets to the port's owner as `{Port, {data, Binary}}`.
 fn recv_to_owner(tube: &mut Tube, port: DrvPort, max: usize) -> Result<usize, RingError> {
     let mut scratch = [0u8; SMALL_PACKET];
@@ -581,7 +600,7 @@ fn credit_from_command(command: &CStr) -> Option<u64> {
 /// `"tube_nif <Id> <Credit> <BusyPollUs> <Delivery>"`: 1 is reliable; 0 or
 /// absent is lossy.
 fn reliable_from_command(command: &CStr) -> bool {
-    command_word(command, 4) == Some(1)
+    command_word(command, 4) == Some(tube_ring::proto::DELIVERY_RELIABLE)
 }
 
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
@@ -632,8 +651,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             heard: false,
             reliable,
             dist: false,
-            asm: None,
-            scratch: Box::new([0; SMALL_PACKET]),
+            inbox: Inbox { port, reliable, dist: false, asm: None, scratch: Box::new([0; SMALL_PACKET]) },
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,
@@ -728,6 +746,7 @@ pub extern "C" fn tube_rs_set_dist(st: *mut c_void) -> c_int {
     guarded(st, |state| {
         ok = state.reliable;
         state.dist |= ok;
+        state.inbox.dist |= ok;
     });
     if ok {
         0

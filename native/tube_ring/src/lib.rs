@@ -23,6 +23,11 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+/// Numbers shared with the driver's C glue and the Erlang side (see the file).
+#[allow(missing_docs)]
+pub mod proto {
+    include!("proto.rs");
+}
 pub mod ring;
 pub mod sync;
 
@@ -41,4 +46,4 @@ pub use error::{RingError, SendError};
 #[cfg(not(loom))]
 pub use offer::{connect, Connecting, Offer};
 #[cfg(not(loom))]
-pub use tube::{Assembly, MessageBuf, Stats, Tube, RESUME_ROOM};
+pub use tube::{Assembly, MessageBuf, Pass, Stats, Tube, RESUME_ROOM};

@@ -364,6 +364,70 @@ impl<M: RingMem> Consumer<M> {
     }
 }
 
+/// The receive loop every reader runs (the port driver through `Tube::recv*`, the loom
+/// model, the fuzzer): `step` takes one packet (or message) out of the ring and hands it on,
+/// `Ok(None)` when there is none; `counted(len)` is called for each. Up to `max` are taken;
+/// space goes back to the producer every quarter ring in a long batch (so a lossy writer need
+/// not drop and a reliable one need not wait) and at the end.
+pub fn drain_records<M: RingMem>(
+    rx: &mut Consumer<M>,
+    max: usize,
+    mut step: impl FnMut(&mut Consumer<M>) -> Result<Option<usize>, Corrupt>,
+    mut counted: impl FnMut(usize),
+) -> Result<usize, Corrupt> {
+    let mut n = 0;
+    while n < max {
+        match step(rx)? {
+            Some(len) => {
+                n += 1;
+                counted(len);
+                if rx.unpublished() >= (M::SIZE / 4) as u64 {
+                    rx.publish();
+                }
+            }
+            None => break,
+        }
+    }
+    rx.publish();
+    Ok(n)
+}
+
+/// What the reader's sleep protocol decided ([`reader_sleep`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sleep {
+    /// The reader may wait for a wake-up: the producer will send one for its next packet.
+    /// False: data arrived meanwhile, drain again.
+    pub may_sleep: bool,
+    /// The publish before sleeping found the producer waiting for room: send it one wake-up.
+    pub wake_writer: bool,
+}
+
+/// The reader's sleep protocol, run when a drain found the ring empty: give space back,
+/// announce the sleep with the fence, re-check the ring.
+pub fn reader_sleep<M: RingMem>(rx: &mut Consumer<M>) -> Sleep {
+    let may_sleep = rx.prepare_sleep();
+    Sleep { may_sleep, wake_writer: rx.take_writer_wake() }
+}
+
+/// What a reliable writer's wait protocol decided ([`writer_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// The writer may wait for a wake-up: the reader will send one when it next frees room.
+    /// False: the room is there, write again.
+    pub may_wait: bool,
+    /// Publishing what the writer wrote found the reader asleep: send it one wake-up.
+    pub wake_reader: bool,
+}
+
+/// A reliable writer's wait protocol, run when the ring has no room for `need` bytes: make
+/// what it wrote visible (the reader may be asleep on it), announce the wait with the fence,
+/// re-check the room.
+pub fn writer_wait<M: RingMem>(tx: &mut Producer<M>, need: usize) -> Result<Wait, Corrupt> {
+    let wake_reader = tx.publish();
+    let may_wait = tx.prepare_wait(need)?;
+    Ok(Wait { may_wait, wake_reader })
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use crate::layout::{
     dir_ctrl_offset, record_bytes, ring_offset, DirCtrl, MAX_MESSAGE, MAX_PACKET, REC_MSG_LEN, RING_BYTES,
     TUBE_BYTES,
 };
-use crate::ring::{Consumer, Corrupt, Producer, RingMem};
+use crate::ring::{self, Consumer, Corrupt, Producer, RingMem};
 use crate::sys::{self, Mapping};
 
 /// Counters, readable at any time from the owning side.
@@ -147,6 +147,17 @@ impl RingMem for ShmDir {
         // though the peer may change it.
         Some(u64::from_le(unsafe { self.data.as_ptr().add(off).cast::<u64>().read_volatile() }))
     }
+}
+
+/// How a receive pass ended ([`Tube::receive_pass`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The budget ran out, with packets perhaps left: run again soon, after yielding.
+    Budget,
+    /// The owner takes no more now: stop reading (and announce no sleep).
+    Stopped,
+    /// The ring is empty.
+    Empty,
 }
 
 /// Life cycle of a tube end.
@@ -442,8 +453,13 @@ impl Tube {
         if self.state != State::Open {
             return false;
         }
-        match self.tx.prepare_wait(need.min(RING_BYTES)) {
-            Ok(wait) => wait,
+        match ring::writer_wait(&mut self.tx, need.min(RING_BYTES)) {
+            Ok(wait) => {
+                if wait.wake_reader {
+                    self.signal_peer();
+                }
+                wait.may_wait
+            }
             Err(c) => {
                 self.state = State::Corrupt(c.0);
                 false
@@ -459,9 +475,14 @@ impl Tube {
     /// Sends the wake-up a publish found owed to a writer waiting for room.
     fn wake_writer(&mut self) {
         if self.rx.take_writer_wake() {
-            // A full socket buffer already holds wake-ups; a gone peer shows as a hang-up.
-            let _ = sys::send_all(&self.sock, &[1]);
+            self.signal_peer();
         }
+    }
+
+    /// One wake-up byte to the peer. A full socket buffer already holds wake-ups; a gone
+    /// peer shows as a hang-up on our side.
+    fn signal_peer(&self) {
+        let _ = sys::send_all(&self.sock, &[1]);
     }
 
     /// True if there is at least one packet to read now (or the ring is corrupt, which the
@@ -476,13 +497,50 @@ impl Tube {
         self.sock.as_raw_fd()
     }
 
+    /// The receive pass of a tube's owner, as the port driver runs it on every wake-up:
+    /// `deliver(self, max)` hands up to `max` packets to the owner (one of the `recv*`
+    /// calls) and `stop(got)` says the owner takes no more now (its credit ran out). While a
+    /// stream is flowing (a read found `streaming` or more) an empty ring is polled for
+    /// `spins` iterations before giving up, since a busy writer refills it sooner than a
+    /// wake-up would come. Returns how the pass ended and how many were delivered; on
+    /// [`Pass::Empty`] the caller either polls (with [`Tube::stay_awake`]) or runs the
+    /// sleep protocol, [`Tube::prepare_sleep`].
+    pub fn receive_pass(
+        &mut self,
+        budget: usize,
+        spins: u32,
+        streaming: usize,
+        mut deliver: impl FnMut(&mut Tube, usize) -> Result<usize, RingError>,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> Result<(Pass, usize), RingError> {
+        let mut delivered = 0;
+        loop {
+            let got = deliver(self, budget - delivered)?;
+            delivered += got;
+            if stop(got) {
+                return Ok((Pass::Stopped, delivered));
+            }
+            if delivered >= budget {
+                return Ok((Pass::Budget, delivered));
+            }
+            if got < streaming || !self.spin_for_data(spins) {
+                return Ok((Pass::Empty, delivered));
+            }
+        }
+    }
+
     /// Announces "I am about to sleep" (sets the reader-sleeping flag with a full fence), then
     /// re-checks the ring. Returns false if data arrived meanwhile or the tube is finished:
     /// the caller must call `recv` again instead of sleeping.
     pub fn prepare_sleep(&mut self) -> bool {
-        let sleep = self.state == State::Open && self.rx.prepare_sleep();
-        self.wake_writer();
-        sleep
+        if self.state != State::Open {
+            return false;
+        }
+        let sleep = ring::reader_sleep(&mut self.rx);
+        if sleep.wake_writer {
+            self.signal_peer();
+        }
+        sleep.may_sleep
     }
 
     /// Withdraws a sleep announced by `prepare_sleep`: the caller promises to poll with
@@ -553,39 +611,30 @@ impl Tube {
     }
 }
 
-/// The receive loop shared by [`Tube::recv`] and [`Tube::recv_into`]: `step` takes one
-/// packet out of the ring and hands it on (`Ok(None)` when there is none). Counts, gives
-/// space back in long batches, and turns a ring violation into a dead tube.
+/// The receive loop shared by [`Tube::recv`], [`Tube::recv_into`] and
+/// [`Tube::recv_messages`] ([`ring::drain_records`] with this tube's counters): turns a ring
+/// violation into a dead tube, and reports a peer that has gone once nothing is left.
 fn drain(
     rx: &mut Consumer<ShmDir>,
     stats: &mut Stats,
     state: &mut State,
     max: usize,
-    mut step: impl FnMut(&mut Consumer<ShmDir>) -> Result<Option<usize>, Corrupt>,
+    step: impl FnMut(&mut Consumer<ShmDir>) -> Result<Option<usize>, Corrupt>,
 ) -> Result<usize, RingError> {
     if let State::Corrupt(why) = *state {
         return Err(RingError::Corrupt(why));
     }
-    let mut n = 0;
-    while n < max {
-        match step(rx) {
-            Ok(Some(len)) => {
-                n += 1;
-                stats.recv_pkts += 1;
-                stats.recv_bytes += len as u64;
-                // Hand space back early in long batches so the writer need not drop.
-                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
-                    rx.publish();
-                }
-            }
-            Ok(None) => break,
-            Err(c) => {
-                *state = State::Corrupt(c.0);
-                return Err(RingError::Corrupt(c.0));
-            }
+    let counted = |len: usize| {
+        stats.recv_pkts += 1;
+        stats.recv_bytes += len as u64;
+    };
+    let n = match ring::drain_records(rx, max, step, counted) {
+        Ok(n) => n,
+        Err(c) => {
+            *state = State::Corrupt(c.0);
+            return Err(RingError::Corrupt(c.0));
         }
-    }
-    rx.publish();
+    };
     // Gone, and nothing left that a later call could still deliver.
     if n == 0 && *state == State::PeerGone && !rx.has_data() {
         return Err(RingError::PeerGone);
@@ -750,3 +799,80 @@ pub const RESUME_ROOM: usize = RING_BYTES / 2;
 
 #[allow(dead_code)]
 const _RECORD_FITS: () = assert!(record_bytes(MAX_PACKET) <= RESUME_ROOM);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::UnsafeCell;
+
+    /// A small single-threaded ring on the heap.
+    struct Heap {
+        ctrl: DirCtrl,
+        data: UnsafeCell<[u8; 128]>,
+    }
+
+    impl RingMem for &Heap {
+        const SIZE: usize = 128;
+        fn ctrl(&self) -> &DirCtrl {
+            &self.ctrl
+        }
+        fn write(&self, off: usize, src: &[u8]) -> bool {
+            if off > Self::SIZE || src.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
+            unsafe { (&mut *self.data.get())[off..off + src.len()].copy_from_slice(src) };
+            true
+        }
+        fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+            if off > Self::SIZE || dst.len() > Self::SIZE - off {
+                return false;
+            }
+            // SAFETY: as in `write`.
+            dst.copy_from_slice(unsafe { &(&*self.data.get())[off..off + dst.len()] });
+            true
+        }
+    }
+
+    /// Writes `records` (payload, flags) and runs the reliable receive over them until it
+    /// fails, completes a message or runs dry.
+    fn receive(records: &[(&[u8], u32)]) -> Result<Vec<Vec<u8>>, Corrupt> {
+        let heap = Heap { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 128]) };
+        let (mut p, mut c) = (Producer::new(&heap), Consumer::new(&heap));
+        for (pkt, flags) in records {
+            assert_eq!(p.push_flagged(pkt, *flags), Ok(true));
+        }
+        p.publish();
+        let mut asm: Option<Assembly<Vec<u8>>> = None;
+        let mut out = Vec::new();
+        loop {
+            match reassemble_step(&mut c, &mut asm, &mut |len| Some(vec![0u8; len]))? {
+                Step::Done(m, len) => out.push(m[..len].to_vec()),
+                Step::Partial => {}
+                Step::Empty => return Ok(out),
+            }
+        }
+    }
+
+    const LEN: u32 = REC_MSG_LEN;
+
+    #[test]
+    fn messages_are_put_back_together() {
+        let ten = 10u64.to_le_bytes();
+        let zero = 0u64.to_le_bytes();
+        let got = receive(&[(b"one", 0), (&ten, LEN), (b"abcdef", 0), (b"ghij", 0), (&zero, LEN)]);
+        assert_eq!(got, Ok(vec![b"one".to_vec(), b"abcdefghij".to_vec(), Vec::new()]));
+    }
+
+    #[test]
+    fn framing_no_honest_peer_writes_is_corrupt() {
+        let ten = 10u64.to_le_bytes();
+        let huge = (MAX_MESSAGE as u64 + 1).to_le_bytes();
+        let bad = |r: &[(&[u8], u32)]| receive(r).map(|_| ()).unwrap_err().0;
+        assert_eq!(bad(&[(b"x", 2)]), "unknown record flags");
+        assert_eq!(bad(&[(b"1234", LEN)]), "length record of the wrong size");
+        assert_eq!(bad(&[(&huge, LEN)]), "message longer than MAX_MESSAGE");
+        assert_eq!(bad(&[(&ten, LEN), (b"abcdefghijk", 0)]), "record runs past its message");
+        assert_eq!(bad(&[(&ten, LEN), (b"abc", 0), (&ten, LEN)]), "message announced inside another");
+    }
+}

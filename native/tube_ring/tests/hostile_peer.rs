@@ -91,8 +91,19 @@ fn scribble(tube: &mut Tube, base: usize, seed: u64, dur: Duration) {
                     let back = rng.below(RING_BYTES as u64 + 64);
                     tx_ctrl.cons.0.store(prod.wrapping_sub(back), Ordering::Relaxed);
                 }
-                5 => rx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed),
-                6 => tx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed),
+                5 => {
+                    rx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed);
+                    rx_ctrl.wake.0.space_wanted.store(rng.next() as u32, Ordering::Relaxed);
+                }
+                6 => {
+                    tx_ctrl.wake.0.sleeping.store(rng.next() as u32, Ordering::Relaxed);
+                    tx_ctrl.wake.0.space_wanted.store(rng.next() as u32, Ordering::Relaxed);
+                    // A record header with random flags: reliable framing no honest peer writes.
+                    let cons = rx_ctrl.cons.0.load(Ordering::Relaxed);
+                    let pos = (cons % RING_BYTES as u64) as usize & !7;
+                    let flags = (base + ring_offset(1) + pos + 4) as *const AtomicU32;
+                    (*flags).store(rng.below(4) as u32, Ordering::Relaxed);
+                }
                 _ => {
                     let len = 1 + rng.below(4096) as usize;
                     let _ = tube.send(&vec![r as u8; len]);
@@ -119,6 +130,24 @@ fn hammer(tube: &mut Tube, child: &mut std::process::Child) -> bool {
         }
         let _ = tube.send_many([&pkt[..1], &pkt[..]]);
         match tube.recv(64, |p| assert!(!p.is_empty() && p.len() <= 4096)) {
+            Ok(_) | Err(RingError::PeerGone) => {}
+            Err(RingError::Corrupt(_)) => corrupt = true,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        // The reliable paths too: messages of any size into an outbox, and reassembly of
+        // whatever the scribbler left (memory asked for is capped, as a driver's would be).
+        if tube.queued_bytes() < (1 << 20) {
+            match tube.send_message(&[&pkt, &pkt]) {
+                Ok(()) | Err(SendError::Closed) => {}
+                Err(SendError::Corrupt) => corrupt = true,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        let _ = tube.prepare_wait_room(4096);
+        let _ = tube.flush();
+        let mut asm = None;
+        let alloc = |len: usize| (len <= 1 << 20).then(|| vec![0u8; len]);
+        match tube.recv_messages(&mut asm, 16, alloc, |m, len| assert!(m.len() >= len)) {
             Ok(_) | Err(RingError::PeerGone) => {}
             Err(RingError::Corrupt(_)) => corrupt = true,
             Err(e) => panic!("unexpected {e}"),

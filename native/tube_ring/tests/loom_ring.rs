@@ -11,8 +11,8 @@ use loom::cell::UnsafeCell;
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
-use tube_ring::layout::DirCtrl;
-use tube_ring::ring::{Consumer, Producer, RingMem};
+use tube_ring::layout::{record_bytes, DirCtrl};
+use tube_ring::ring::{drain_records, reader_sleep, writer_wait, Consumer, Producer, RingMem};
 use tube_ring::MAX_PACKET;
 
 /// Ring bytes in the model: small enough to fill and wrap with a few packets.
@@ -23,9 +23,12 @@ struct Shared {
     /// The data ring, one loom cell per 8-byte word (records are 8-aligned, so a word never
     /// belongs to two records).
     words: Vec<UnsafeCell<[u8; 8]>>,
-    /// Wake-up bytes in flight on the event channel.
+    /// Wake-up bytes in flight on the event channel, to the reader.
     wakeups: Mutex<u32>,
     readable: Condvar,
+    /// Wake-up bytes in flight to the writer (room freed).
+    writer_wakeups: Mutex<u32>,
+    writable: Condvar,
 }
 
 #[derive(Clone)]
@@ -38,6 +41,8 @@ impl Mem {
             words: (0..MODEL_RING / 8).map(|_| UnsafeCell::new([0; 8])).collect(),
             wakeups: Mutex::new(0),
             readable: Condvar::new(),
+            writer_wakeups: Mutex::new(0),
+            writable: Condvar::new(),
         }))
     }
 
@@ -62,6 +67,19 @@ impl Mem {
         let mut w = self.0.wakeups.lock().unwrap();
         while *w == 0 {
             w = self.0.readable.wait(w).unwrap();
+        }
+        *w -= 1;
+    }
+
+    fn wake_writer(&self) {
+        *self.0.writer_wakeups.lock().unwrap() += 1;
+        self.0.writable.notify_one();
+    }
+
+    fn writer_sleep(&self) {
+        let mut w = self.0.writer_wakeups.lock().unwrap();
+        while *w == 0 {
+            w = self.0.writable.wait(w).unwrap();
         }
         *w -= 1;
     }
@@ -112,26 +130,10 @@ fn produce(mem: Mem, lens: &'static [usize]) {
     }
 }
 
-/// Consumer side: drains, checks every packet, and sleeps with the real protocol.
+/// Consumer side: drains with the receive loop the tube ships (`drain_records`), checks
+/// every packet, and sleeps with the shipped sleep protocol (`reader_sleep`).
 fn consume(mem: Mem, lens: &'static [usize]) {
-    let mut c = Consumer::new(mem.clone());
-    let mut buf = [0u8; MAX_PACKET];
-    let mut got = 0;
-    while got < lens.len() {
-        match c.pop(&mut buf).expect("honest ring") {
-            Some(len) => {
-                assert_eq!(len, lens[got]);
-                assert!(buf[..len].iter().all(|&b| b == got as u8 + 1), "packet {got} torn");
-                got += 1;
-            }
-            None => {
-                c.publish();
-                if c.prepare_sleep() {
-                    mem.sleep();
-                }
-            }
-        }
-    }
+    consume_waking(mem, lens);
 }
 
 fn model(lens: &'static [usize]) {
@@ -146,6 +148,81 @@ fn model(lens: &'static [usize]) {
         consume(mem, lens);
         t.join().unwrap();
     });
+}
+
+/// Producer of a reliable tube: when the ring is full it does not spin but waits on its own
+/// channel with the shipped wait protocol (`writer_wait`), so a lost "room freed" wake-up
+/// leaves it waiting forever, which loom reports.
+fn produce_waiting(mem: Mem, lens: &'static [usize]) {
+    let mut p = Producer::new(mem.clone());
+    for (i, &len) in lens.iter().enumerate() {
+        let pkt = vec![i as u8 + 1; len];
+        while !p.push(&pkt).expect("honest ring") {
+            let wait = writer_wait(&mut p, record_bytes(len)).expect("honest ring");
+            if wait.wake_reader {
+                mem.wake();
+            }
+            if wait.may_wait {
+                mem.writer_sleep();
+            }
+        }
+        if p.publish() {
+            mem.wake();
+        }
+    }
+}
+
+/// Consumer: the shipped receive loop and sleep protocol; it owes the writer a wake-up
+/// whenever a publish finds it waiting for room (a writer that spins never waits).
+fn consume_waking(mem: Mem, lens: &'static [usize]) {
+    let mut c = Consumer::new(mem.clone());
+    let mut buf = [0u8; MAX_PACKET];
+    let mut got = 0;
+    while got < lens.len() {
+        let mut step = |c: &mut Consumer<Mem>| c.pop(&mut buf).map(|r| r.map(|len| (len, buf[..len].to_vec())));
+        let mut seen = Vec::new();
+        let n = drain_records(&mut c, usize::MAX, |c| Ok(step(c)?.map(|(len, b)| { seen.push(b); len })), |_| {})
+            .expect("honest ring");
+        for pkt in seen {
+            assert_eq!(pkt.len(), lens[got]);
+            assert!(pkt.iter().all(|&b| b == got as u8 + 1), "packet {got} torn");
+            got += 1;
+        }
+        if c.take_writer_wake() {
+            mem.wake_writer();
+        }
+        if n > 0 {
+            continue;
+        }
+        let sleep = reader_sleep(&mut c);
+        if sleep.wake_writer {
+            mem.wake_writer();
+        }
+        if sleep.may_sleep {
+            mem.sleep();
+        }
+    }
+}
+
+fn model_waiting(lens: &'static [usize]) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(3);
+    }
+    b.check(move || {
+        let mem = Mem::new();
+        let m = mem.clone();
+        let t = thread::spawn(move || produce_waiting(m, lens));
+        consume_waking(mem, lens);
+        t.join().unwrap();
+    });
+}
+
+/// A writer that must wait for room twice (records of 32, 32 and 24 bytes through a ring
+/// of 48) is always woken when the reader frees it: no lost "room freed" wake-up.
+#[test]
+fn no_lost_writer_wakeup() {
+    model_waiting(&[20, 20, 12]);
 }
 
 /// Two small packets: the wake-up protocol alone (no full ring).

@@ -62,12 +62,13 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
     }
 }
 
-/// Receives at least one packet, sleeping on the fd between attempts (the real reader
-/// protocol). `Err(Timeout)` if nothing comes within `timeout`: a lost wake-up shows as this.
+/// Receives at least one packet, sleeping on the fd between attempts: the receive pass and
+/// the sleep protocol the port driver runs (`Tube::receive_pass`, `Tube::prepare_sleep`).
+/// `Err(Timeout)` if nothing comes within `timeout`: a lost wake-up shows as this.
 pub fn recv_wait(tube: &mut Tube, max: usize, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize, RingError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = tube.recv(max, &mut f)?;
+        let (_, n) = tube.receive_pass(max, 0, usize::MAX, |t, m| t.recv(m, &mut f), |_| false)?;
         if n > 0 {
             return Ok(n);
         }
