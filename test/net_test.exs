@@ -156,6 +156,16 @@ defmodule NetTest do
 
     assert [41, 43] == for(n <- [:n1, :n2], do: TubeNet.call(net, n, :tube, :domid, []))
     assert [41, 43] == for(n <- [:n1, :n2], do: TubeNet.domid(net, n))
+
+    # A second network beside it, with its own prefix and domids.
+    {:ok, other} = TubeNet.start(nodes: 2, prefix: "m", domids: [51, 52])
+    on_exit(fn -> if Process.alive?(other), do: TubeNet.stop(other) end)
+    [m1, m2] = TubeNet.nodes(other)
+    assert TubeNet.labels(other) == [:m1, :m2]
+    assert TubeNet.call(other, :m1, :erlang, :nodes, []) == [m2]
+    assert TubeNet.call(net, :n1, :erlang, :nodes, []) == [TubeNet.node(net, :n2)]
+    assert TubeNet.call(other, :m2, :erlang, :node, []) == m2 and m1 != n1
+    :ok = TubeNet.stop(other)
     :ok = TubeNet.stop(net)
   end
 
