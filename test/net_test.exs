@@ -263,6 +263,22 @@ defmodule NetTest do
     assert TubeNet.call(net, :n2, :tube, :domid, []) == d2
     assert TubeNet.call(net, :n1, :erpc, :call, [n2, :erlang, :node, []]) == n2
     assert sees(net, :n2) == [n1, n3]
+
+    # A node that ends by itself is seen going too.
+    # (The call cannot return: its node is gone before it can answer.)
+    catch_exit(TubeNet.call(net, :n3, :erlang, :halt, [0]))
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [
+                 {:unordered,
+                  [{:node_down, :n3, :exited}, {:nodedown, :n1, :n3}, {:nodedown, :n2, :n3}]}
+               ],
+               10_000
+             )
+
+    assert {:error, :down} = TubeNet.call(net, :n3, :erlang, :node, [])
   end
 
   defp tube_between(net, tid) do
