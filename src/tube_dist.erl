@@ -137,8 +137,10 @@ do_accept(Kernel, AcceptPid, Port, MyNode, Allowed, SetupTime) ->
     receive
         {AcceptPid, controller} ->
             Timer = dist_util:start_timer(SetupTime),
+            %% The guard narrows the allowed nodes, so that the handshake
+            %% refuses one it does not permit by name.
             HSData = (hs_data(Kernel, Port, MyNode, Timer))#hs_data{
-                       allowed = Allowed,
+                       allowed = tube_net_guard:allowed(Allowed),
                        f_address = fun(P, Node) -> peer_address(P, Node) end},
             dist_util:handshake_other_started(HSData)
     end.
@@ -175,9 +177,17 @@ is_node_name(Node) when is_atom(Node) ->
 is_node_name(_) ->
     false.
 
+%% A node the test network's guard does not permit (tube_net_guard) gets
+%% a set-up process that fails at once: net_kernel takes it as an
+%% unreachable node.
 setup(Node, Type, MyNode, _LongOrShortNames, SetupTime) ->
-    spawn_opt(?MODULE, do_setup, [self(), Node, Type, MyNode, SetupTime],
-              dist_util:net_ticker_spawn_options()).
+    case tube_net_guard:permit(Node) of
+        true ->
+            spawn_opt(?MODULE, do_setup, [self(), Node, Type, MyNode, SetupTime],
+                      dist_util:net_ticker_spawn_options());
+        false ->
+            spawn_opt(fun() -> tube_net_guard:refused(Node), exit({refused, Node}) end, [link])
+    end.
 
 %% @private
 do_setup(Kernel, Node, Type, MyNode, SetupTime) ->
