@@ -76,7 +76,9 @@ listen(Name, Host) ->
     Node = list_to_atom(lists:concat([Name, "@", Host])),
     persistent_term:put({?MODULE, host}, Host),
     case catch tube_registry:publish_name(Node) of
-        ok ->
+        Published when Published =:= ok; Published =:= {error, xenstore_down} ->
+            %% Down: the name is kept and published when the link comes
+            %% up (at boot, once the kernel has started the file server).
             Creation = rand:uniform(16#FFFFFFF0) + 3,
             {ok, {{tube_listen, Node}, address(Host), Creation}};
         Error ->

@@ -22,6 +22,8 @@
 
 -define(TAB, ?MODULE).
 -define(RECONNECT_MS, 250).
+%% How often a control plane started at boot looks for the file server.
+-define(BOOT_WAIT_MS, 5).
 
 -record(acc, {from, deadline, tids, timer, mon}).
 
@@ -46,8 +48,11 @@ start_link() ->
 
 %% This node's domid, also while Xenstore is down.
 domid() ->
-    [{domid, D}] = ets:lookup(?TAB, domid),
-    D.
+    case ets:lookup(?TAB, domid) of
+        [{domid, D}] -> D;
+        %% Only before the first link of a control plane started at boot.
+        [] -> exit(xenstore_down)
+    end.
 
 conn() ->
     case catch ets:lookup(?TAB, conn) of
@@ -141,6 +146,21 @@ row_of_port(Port, Found) ->
 init([]) ->
     process_flag(trap_exit, true),
     ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
+    case whereis(file_server_2) of
+        undefined ->
+            %% Started by the kernel for the distribution carrier, before
+            %% the file server the link needs (tube_dist:childspecs/0): the
+            %% link comes up once the kernel has started it, and callers
+            %% see `xenstore_down' until then.
+            self() ! reconnect,
+            {ok, #st{}};
+        _ ->
+            connect_now()
+    end.
+
+%% The first link, waited for: once the application has started, domid/0
+%% answers.
+connect_now() ->
     Link = tube_link:start_link(self(), undefined),
     receive
         {link_up, Link, Conn, D} ->
@@ -167,9 +187,9 @@ publish_own_name(St) ->
 
 link_up(Conn, D, St) ->
     ?LOG_NOTICE("tube: Xenstore connection back, domain ~p", [D]),
-    ets:insert(?TAB, {conn, Conn}),
+    ets:insert(?TAB, [{domid, D}, {conn, Conn}]),
     broadcast({xs_up, Conn}, St),
-    publish_own_name(St#st{conn = Conn, dirty = #{}}).
+    publish_own_name(St#st{conn = Conn, domid = D, dirty = #{}}).
 
 link_down(Reason, St = #st{conn = Conn}) ->
     Conn =/= undefined andalso
@@ -311,7 +331,15 @@ handle_info({'EXIT', Link, Reason}, St = #st{link = Link}) ->
 handle_info({'EXIT', _Pid, _Reason}, St) ->
     {noreply, St};
 handle_info(reconnect, St = #st{link = undefined}) ->
-    {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}};
+    case whereis(file_server_2) of
+        undefined ->
+            %% Still in the kernel's boot (see init/1): the link starts the
+            %% daemon and keeps a lease on disk, which needs the file server.
+            erlang:send_after(?BOOT_WAIT_MS, self(), reconnect),
+            {noreply, St};
+        _ ->
+            {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}}
+    end;
 handle_info(reconnect, St) ->
     {noreply, St};
 handle_info({timeout, _, {accept_timeout, From}}, St) ->

@@ -150,8 +150,11 @@ defmodule ReliableTest do
     bin = TubeTest.ChaosHostile.build!()
     :ok = Sink.start(true)
     on_exit(fn -> if Process.whereis(:dist_sink), do: Sink.stop() end)
+    layout = Path.join(Path.dirname(System.fetch_env!("XENSTORED_PATH")), "nock-layout-reliable")
+    TubeTest.ChaosHostile.record_layout!(:tube_daemon.socket_path(), layout)
+    on_exit(fn -> File.rm(layout) end)
     args = ["bad-framing", "--tip", :tube.domid(), "--tid", 21, "--xs", :tube_daemon.socket_path(),
-            "--timeout-ms", 10_000]
+            "--layout", layout, "--timeout-ms", 10_000]
     hostile = TubeTest.ChaosHostile.start(bin, args)
     :ok = Sink.wait_ready()
     {status, lines, result} = TubeTest.ChaosHostile.await(hostile, 60_000)
