@@ -58,7 +58,7 @@ connect(Tag) ->
 %% written), `{tubestored_failed, Path, Status, Output}' (the daemon
 %% exited with an error) or `{tubestored_timeout, Path, Output}'.
 start(Path) ->
-    Exe = filename:absname(filename:join(tube_nif:lib_dir(), "tubestored")),
+    Exe = absname(filename:join(tube_nif:lib_dir(), "tubestored")),
     Sock = unicode:characters_to_list(Path),
     Result = case {check_exe(Exe), check_socket_dir(filename:dirname(Sock))} of
                  {ok, ok} -> run(Exe, Sock);
@@ -71,6 +71,14 @@ start(Path) ->
     end,
     Result.
 
+%% Files go through prim_file and raw files, not the file server, which a
+%% control plane started at boot for the distribution carrier runs before.
+absname(Name) ->
+    case filename:pathtype(Name) of
+        absolute -> Name;
+        _ -> {ok, Cwd} = prim_file:get_cwd(), filename:join(Cwd, Name)
+    end.
+
 run(Exe, Sock) ->
     Args = ["--daemon", "--quiet", "--socket", Sock, "--pidfile", Sock ++ ".pid"] ++ db_args(),
     try open_port({spawn_executable, Exe}, [{args, Args}, exit_status, stderr_to_stdout, binary]) of
@@ -80,7 +88,7 @@ run(Exe, Sock) ->
     end.
 
 check_exe(Exe) ->
-    case file:read_file_info(Exe) of
+    case prim_file:read_file_info(Exe) of
         {ok, #file_info{type = regular, mode = Mode}} when Mode band 8#111 =/= 0 -> ok;
         {ok, #file_info{type = regular}} -> {error, {daemon_binary, Exe, eacces}};
         {ok, #file_info{}} -> {error, {daemon_binary, Exe, eisdir}};
@@ -92,7 +100,7 @@ check_exe(Exe) ->
 %% by creating a file there, since permission bits alone do not say (root,
 %% read-only mounts).
 check_socket_dir(Dir) ->
-    case file:read_file_info(Dir) of
+    case prim_file:read_file_info(Dir) of
         {ok, #file_info{type = directory}} ->
             probe(Dir);
         {ok, #file_info{}} ->
@@ -112,13 +120,13 @@ parent_result(Dir, {error, {socket_dir, _Parent, Posix}}) -> {error, {socket_dir
 
 probe(Dir) ->
     Probe = filename:join(Dir, ".tube-probe-" ++ os:getpid()),
-    case file:open(Probe, [write, exclusive]) of
+    case file:open(Probe, [raw, write, exclusive]) of
         {ok, F} ->
             ok = file:close(F),
-            _ = file:delete(Probe),
+            _ = prim_file:delete(Probe),
             ok;
         {error, eexist} ->
-            _ = file:delete(Probe),
+            _ = prim_file:delete(Probe),
             ok;
         {error, Posix} ->
             {error, {socket_dir, Dir, Posix}}

@@ -10,6 +10,9 @@
 %% process is gone is free, and a node asking for a domid (or `auto')
 %% skips the domids held by other live processes. The daemon still decides
 %% between two live nodes racing for a free domid (EEXIST).
+%% Files are read and written through prim_file, not the file server:
+%% a control plane started at boot for the distribution carrier runs before
+%% the kernel starts the file server.
 -module(tube_lease).
 
 -export([free/1, candidates/1, take/1, drop/1, holder/1, held/0]).
@@ -45,21 +48,28 @@ take(D) ->
     {Pid, Start} = self_id(),
     File = file(D),
     Tmp = File ++ ".tmp." ++ Pid,
-    case filelib:ensure_dir(File) of
+    case ensure_dir(filename:dirname(File)) of
         ok ->
-            case file:write_file(Tmp, [Pid, " ", Start, "\n"]) of
-                ok -> file:rename(Tmp, File);
+            case prim_file:write_file(Tmp, [Pid, " ", Start, "\n"]) of
+                ok -> prim_file:rename(Tmp, File);
                 E -> E
             end;
         E ->
             E
     end.
 
+ensure_dir(Dir) ->
+    case prim_file:make_dir(Dir) of
+        ok -> ok;
+        {error, eexist} -> ok;
+        E -> E
+    end.
+
 %% Gives D up, if this process holds it.
 -spec drop(pos_integer()) -> ok.
 drop(D) ->
     case holder(D) =:= self_id() of
-        true -> _ = file:delete(file(D)), ok;
+        true -> _ = prim_file:delete(file(D)), ok;
         false -> ok
     end.
 
@@ -67,14 +77,14 @@ drop(D) ->
 %% for a node by name, as an unprivileged domain cannot list /local/domain.
 -spec held() -> [pos_integer()].
 held() ->
-    case file:list_dir(filename:dirname(file(1))) of
+    case prim_file:list_dir(filename:dirname(file(1))) of
         {ok, Names} -> lists:sort([D || N <- Names, D <- [catch list_to_integer(N)], is_integer(D)]);
         {error, _} -> []
     end.
 
 -spec holder(pos_integer()) -> none | {string(), string()}.
 holder(D) ->
-    case file:read_file(file(D)) of
+    case prim_file:read_file(file(D)) of
         {ok, Bin} ->
             case string:lexemes(binary_to_list(Bin), " \n") of
                 [Pid, Start] -> {Pid, Start};
@@ -95,7 +105,7 @@ alive(Pid, Start) -> start_time(Pid) =:= Start.
 
 %% Field 22 of /proc/<pid>/stat, after the parenthesised command name.
 start_time(Pid) ->
-    case file:read_file("/proc/" ++ Pid ++ "/stat") of
+    case prim_file:read_file("/proc/" ++ Pid ++ "/stat") of
         {ok, Stat} ->
             [_, After] = string:split(binary_to_list(Stat), ")", trailing),
             case string:lexemes(After, " ") of

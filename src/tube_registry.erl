@@ -22,8 +22,6 @@
 
 -define(TAB, ?MODULE).
 -define(RECONNECT_MS, 250).
-%% How often a control plane started at boot looks for the file server.
--define(BOOT_WAIT_MS, 5).
 
 -record(acc, {from, deadline, tids, timer, mon}).
 
@@ -146,20 +144,10 @@ row_of_port(Port, Found) ->
 init([]) ->
     process_flag(trap_exit, true),
     ets:new(?TAB, [named_table, public, set, {read_concurrency, true}]),
-    case whereis(file_server_2) of
-        undefined ->
-            %% Started by the kernel for the distribution carrier, before
-            %% the file server the link needs (tube_dist:childspecs/0): the
-            %% link comes up once the kernel has started it, and callers
-            %% see `xenstore_down' until then.
-            self() ! reconnect,
-            {ok, #st{}};
-        _ ->
-            connect_now()
-    end.
+    connect_now().
 
-%% The first link, waited for: once the application has started, domid/0
-%% answers.
+%% The first link, waited for: once the application has started (or the
+%% kernel, for the distribution carrier), domid/0 answers.
 connect_now() ->
     Link = tube_link:start_link(self(), undefined),
     receive
@@ -331,15 +319,7 @@ handle_info({'EXIT', Link, Reason}, St = #st{link = Link}) ->
 handle_info({'EXIT', _Pid, _Reason}, St) ->
     {noreply, St};
 handle_info(reconnect, St = #st{link = undefined}) ->
-    case whereis(file_server_2) of
-        undefined ->
-            %% Still in the kernel's boot (see init/1): the link starts the
-            %% daemon and keeps a lease on disk, which needs the file server.
-            erlang:send_after(?BOOT_WAIT_MS, self(), reconnect),
-            {noreply, St};
-        _ ->
-            {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}}
-    end;
+    {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}};
 handle_info(reconnect, St) ->
     {noreply, St};
 handle_info({timeout, _, {accept_timeout, From}}, St) ->
