@@ -401,7 +401,10 @@ active_control(A) ->
 %% What the open_port command carries: the first credit, the polling window
 %% and the delivery.
 port_opts(Opts) ->
-    BusyPoll = maps:get(busy_poll, Opts, env(busy_poll, 50, fun is_busy_poll/1)),
+    BusyPoll = case Opts of
+                   #{busy_poll := Us} -> Us;
+                   _ -> env(busy_poll, 50, fun is_busy_poll/1)
+               end,
     Delivery = maps:get(delivery, Opts, lossy),
     #{credit => credit_opt(Opts), busy_poll => BusyPoll, delivery => Delivery}.
 
@@ -433,10 +436,13 @@ counters(Tube) ->
     end.
 
 timeout_opt(Opts) ->
-    maps:get(timeout, Opts, env(open_timeout, 5000, fun is_timeout/1)).
+    case Opts of
+        #{timeout := T} -> T;
+        _ -> env(open_timeout, 5000, fun is_timeout/1)
+    end.
 
-%% A default from the application env; a bad one is a configuration
-%% error, named as such.
+%% A default from the application env, read only when the option is not
+%% given; a bad one is a configuration error, named as such.
 env(Key, Default, Valid) ->
     V = application:get_env(tube, Key, Default),
     case Valid(V) of
