@@ -8,7 +8,7 @@
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
 # calls, 256 MiB per throughput size); --dist-busy-poll sets the tube
-# nodes' application env dist_busy_poll (default 0).
+# nodes' application env dist_busy_poll (default: the library's, 50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

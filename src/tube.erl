@@ -304,14 +304,14 @@ send_checked(Tube, Packet) ->
         error:badarg -> {error, closed}
     end.
 
-%% A tube's delivery, from the last word of its driver command (see
-%% finish/2), which is the port's name; only asked for a packet a lossy
-%% tube would refuse.
+%% A tube's delivery, from the fourth word of its driver command after the
+%% driver's name (see finish/2), which is the port's name; only asked for
+%% a packet a lossy tube would refuse.
 delivery_of(Tube) ->
     case erlang:port_info(Tube, name) of
         {name, ?DRIVER ++ " " ++ Words} ->
             Reliable = integer_to_list(?TUBE_DELIVERY_RELIABLE),
-            case lists:last(string:lexemes(Words, " ")) of
+            case lists:nth(4, string:lexemes(Words, " ")) of
                 Reliable -> reliable;
                 _ -> lossy
             end;
@@ -364,10 +364,13 @@ tubes() -> tube_control:tubes().
 
 %% The control plane has mapped the ring: open the port in the calling
 %% process, which makes it the owner, and attach it. The driver's open
-%% command is `tube_nif Id Credit BusyPollUs Delivery'.
-finish({ok, Id, Tube}, #{credit := Credit, busy_poll := BusyPoll, delivery := Delivery}) ->
+%% command is `tube_nif Id Credit BusyPollUs Delivery peer=Domid tid=Tid':
+%% the driver reads the numbers, and the whole command is the port's name,
+%% so that observer and erlang:port_info/2 show whom a tube links to.
+finish({ok, Id, Tube, {_Role, Peer, Tid}}, #{credit := Credit, busy_poll := BusyPoll, delivery := Delivery}) ->
     Words = [Id, Credit, BusyPoll, delivery_word(Delivery)],
-    Command = lists:flatten([?DRIVER | [[" ", integer_to_list(W)] || W <- Words]]),
+    Command = lists:flatten([?DRIVER, [[" ", integer_to_list(W)] || W <- Words],
+                             " peer=", integer_to_list(Peer), " tid=", integer_to_list(Tid)]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_control:attach(Tube, Port) of

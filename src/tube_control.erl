@@ -10,7 +10,7 @@
 
 -define(CLOSE_WAIT, 2000).
 
-%% {ok, HandoffId, TubePid} once the ring is mapped; the caller opens the
+%% {ok, HandoffId, TubePid, {Role, Peer, Tid}} once the ring is mapped; the caller opens the
 %% port and attaches it.
 open(Peer, Tid, Timeout) ->
     Deadline = case Timeout of

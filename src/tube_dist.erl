@@ -39,6 +39,7 @@
 -define(DIST_TIDS, {?TUBE_DIST_TID_MIN, ?TUBE_DIST_TID_MAX}).
 %% Before retrying an accept that failed (Xenstore restarting, say).
 -define(ACCEPT_RETRY_MS, 250).
+-define(DEFAULT_BUSY_POLL, 50).
 
 %% ---- boot ------------------------------------------------------------------
 
@@ -326,9 +327,11 @@ split_node(_) ->
     error.
 
 %% The polling window of distribution tubes: the application env
-%% `dist_busy_poll' (microseconds), default 0.
+%% `dist_busy_poll' (microseconds, 0..100000), default 50, as for other
+%% tubes: a call's reply is found by the scheduler that sent the request
+%% instead of through the event fd and a sleeping scheduler.
 busy_poll() ->
-    case application:get_env(tube, dist_busy_poll, 0) of
-        Us when is_integer(Us), Us >= 0, Us =< 100000 -> Us;
-        _ -> 0
+    case application:get_env(tube, dist_busy_poll, ?DEFAULT_BUSY_POLL) of
+        Us when is_integer(Us), Us >= 0, Us =< ?TUBE_MAX_BUSY_POLL -> Us;
+        _ -> ?DEFAULT_BUSY_POLL
     end.

@@ -57,7 +57,7 @@ handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) -
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
             %% The ring is mapped: state 4 now, so that the tip hands the
             %% tube to its accept() while our caller opens the port.
-            Data1 = tube_fsm:reply_to({ok, Id, self()}, announce(Data#{handoff => Id})),
+            Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, announce(Data#{handoff => Id})),
             {next_state, handed, tube_fsm:row(handed, Data1),
              [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
         Error ->

@@ -318,7 +318,7 @@ peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">
     closing(Data);
 peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
-    Data1 = tube_fsm:reply_to({ok, Id, self()}, Data#{caller => erlang:monitor(process, Caller)}),
+    Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, Data#{caller => erlang:monitor(process, Caller)}),
     {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
 peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     lost({error, peer_closed}, Data);

@@ -231,6 +231,9 @@ defmodule TubeControlPlaneTest do
     assert PeerNode.call(a, :tube, :domid, [:"nobody@ctrl-test"]) == {:error, :not_found}
     {:ok, name} = PeerNode.call(a, CtrlOwner, :open_named, [:"b@ctrl-test", 3])
     assert {:ok, {^db, :"b@ctrl-test"}} = PeerNode.call(a, CtrlOwner, :peername, [name])
+    # The port's name says whom it links to, for observer and port_info/2.
+    {:name, port_name} = PeerNode.call(a, CtrlOwner, :port_name, [name])
+    assert String.ends_with?(List.to_string(port_name), " peer=#{db} tid=3")
   end
 
   test "stopping the application tells every owner {tube_closed, T, shutdown}" do

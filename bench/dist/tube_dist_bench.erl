@@ -20,7 +20,7 @@
 -define(COOKIE, "tube_dist_bench").
 
 main(Args) ->
-    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => 0}),
+    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => default}),
     persistent_term:put({?MODULE, busy_poll}, maps:get(busy_poll, Opts)),
     Scale = maps:get(scale, Opts),
     Results = [measure(C, Scale) || C <- [tube, tcp]],
@@ -67,8 +67,7 @@ measure(Carrier, Scale) ->
 start_node(Name, Carrier) ->
     Paths = lists:append([["-pa", P] || P <- code:get_path()]),
     Proto = case Carrier of
-                tube -> ["-proto_dist", "inet_tcp", "tube", "-tube", "dist_busy_poll",
-                         integer_to_list(persistent_term:get({?MODULE, busy_poll}))];
+                tube -> ["-proto_dist", "inet_tcp", "tube" | busy_poll_args()];
                 tcp -> []
             end,
     {ok, Peer, Node} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
@@ -77,6 +76,13 @@ start_node(Name, Carrier) ->
     {Peer, Node}.
 
 stop_node({Peer, _}) -> catch peer:stop(Peer).
+
+%% The tube nodes' dist_busy_poll: the library's default unless given.
+busy_poll_args() ->
+    case persistent_term:get({?MODULE, busy_poll}) of
+        default -> [];
+        Us -> ["-tube", "dist_busy_poll", integer_to_list(Us)]
+    end.
 
 call({Peer, _}, M, F, A) -> peer:call(Peer, M, F, A, 600000).
 

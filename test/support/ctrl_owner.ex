@@ -172,4 +172,7 @@ defmodule TubeTest.CtrlOwner do
 
   @doc "tube:peername/1 of an owner's tube."
   def peername(owner), do: :tube.peername(TubeTest.Remote.port(owner))
+
+  @doc "The name of the owner's port, as observer shows it."
+  def port_name(owner), do: :erlang.port_info(TubeTest.Remote.port(owner), :name)
 end
