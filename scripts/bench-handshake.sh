@@ -18,7 +18,7 @@ for v in ref tree; do
 done
 for f in $(git ls-tree --name-only "$ref" src/); do git show "$ref:$f" > "$work/ref/src/$(basename "$f")"; done
 cp src/*.erl "$work/tree/src/"
-for v in ref tree; do erlc -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
+for v in ref tree; do erlc -I include -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
 mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl
 elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
 for r in $(seq 1 "$runs"); do
