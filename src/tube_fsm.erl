@@ -10,6 +10,7 @@
 %% transaction started for a caller who gave up is still ended.
 -module(tube_fsm).
 
+-export([retry_removal/3, removal_done/1]).
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
          left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
          check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3, moot/1]).
@@ -156,3 +157,26 @@ gave_up(#{key := Key}, What, Why) ->
 %% one, or one that conflicted, which nobody needs any more.
 moot({error, R}) -> R =:= enoent orelse R =:= enospc orelse R =:= eagain;
 moot(_) -> false.
+
+%% ---- removal, shared by both roles ---------------------------------------------
+
+%% A removal step that failed, in a tube's closing state: tried again soon
+%% (`enospc': other tubes hold this connection's transactions), later with
+%% a growing pause (an error a retry may mend, logged every tenth try), or
+%% given up, logged as an error, when no retry can mend it.
+retry_removal(Data, _What, {error, enospc}) ->
+    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
+retry_removal(Data = #{tries := N}, What, Why) ->
+    case transient(Why) of
+        true ->
+            N > 0 andalso N rem 10 =:= 0 andalso
+                log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
+            {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]};
+        false ->
+            gave_up(Data, What, Why),
+            removal_done(Data)
+    end.
+
+%% The tube's nodes are gone: it stops, answering whoever waits for that.
+removal_done(Data = #{waiters := W}) ->
+    {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.

@@ -419,21 +419,11 @@ retry(Data = #{conn := undefined}, _What, _Why) ->
 retry(Data, _What, Why) when Why =:= {error, closed}; Why =:= #{rm_nock => {error, closed}, rm_tip => {error, closed}} ->
     %% The connection went: removal starts again on the next one.
     {keep_state, Data, [{state_timeout, 250, retry}]};
-retry(Data, _What, {error, enospc}) ->
-    %% Other tubes hold this connection's transactions: soon one is free.
-    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
 retry(Data, What, Why) ->
-    case tube_fsm:transient(Why) of
-        true -> retry_later(Data, What, Why);
-        false -> tube_fsm:gave_up(Data, What, Why), done(Data)
-    end.
+    tube_fsm:retry_removal(Data, What, Why).
 
-retry_later(Data = #{tries := N}, What, Why) ->
-    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
-    {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
-
-done(Data = #{waiters := W}) ->
-    {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
+done(Data) ->
+    tube_fsm:removal_done(Data).
 
 terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),

@@ -414,21 +414,11 @@ removed(removing_end, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
-retry(Data, _What, {error, enospc}) ->
-    %% Other tubes hold this connection's transactions: soon one is free.
-    {keep_state, Data, [{state_timeout, rand:uniform(50), retry}]};
 retry(Data, What, Why) ->
-    case tube_fsm:transient(Why) of
-        true -> retry_later(Data, What, Why);
-        false -> tube_fsm:gave_up(Data, What, Why), done(Data)
-    end.
+    tube_fsm:retry_removal(Data, What, Why).
 
-retry_later(Data = #{tries := N}, What, Why) ->
-    N > 0 andalso N rem 10 =:= 0 andalso tube_fsm:log(Data, io_lib:format("~s failed (attempt ~p), retrying", [What, N + 1]), Why),
-    {keep_state, Data#{tries := N + 1}, [{state_timeout, min(2000, 10 * (N + 1)), retry}]}.
-
-done(Data = #{waiters := W}) ->
-    {stop_and_reply, normal, [{reply, F, ok} || F <- W], Data}.
+done(Data) ->
+    tube_fsm:removal_done(Data).
 
 terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
