@@ -192,18 +192,23 @@ replied(open, domain, Res, Data) ->
 replied(open, fill, Res, Data) ->
     case maps:get(tx, Res, ok) of
         {ok, Tx} ->
-            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}}
+            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}},
+                     {own_evt, {read, Tx, [tip(Data), "/event-channel"]}}
                      | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
             {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
         {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
         E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
     end;
-%% Only into the entry of this tube: its nock is connected (4). A nock that
-%% closed and opened a new tube with the same Tid meanwhile has state 2
-%% there, and that entry is not ours to fill.
-replied(open, fill_write, Res, Data = #{tx := Tx}) ->
+%% Only into the entry of this tube: it still holds our event channel, or
+%% its nock is connected (4; after a daemon restart the nock publishes the
+%% entry again, empty). A nock that closed and opened a new tube with the
+%% same Tid meanwhile has emptied the event channel and has state 2, and
+%% that entry is not ours to fill. The nock's 4 is not waited for: the
+%% ring handshake already said it mapped the ring.
+replied(open, fill_write, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
     Commit = maps:get(nock_ref, Res) =/= {error, enoent}
-        andalso maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)},
+        andalso (maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)}
+                 orelse maps:get(own_evt, Res) =:= {ok, Evt}),
     {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
 replied(open, fill_end, #{'end' := ok}, _Data) ->
     keep_state_and_data;
