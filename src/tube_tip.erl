@@ -3,15 +3,16 @@
 %% under our data/tip to the removal of that entry.
 %%
 %%   examining -> answering -> backlog -> offering -> connecting
-%%             -> confirming -> handed -> open -> closing
+%%             -> handed -> open -> closing
 %%
 %% `examining' checks the entry (it names the nock of the domain its path
 %% names, which owns it, and nobody answered it); `answering' writes state
 %% 1, or goes straight to offering when an accept() waits; `backlog' waits
 %% for an accept(); `offering' creates the ring and publishes its refs with
-%% state 3; `connecting' waits in a ring job for the nock to map it;
-%% `confirming' waits for the nock's state 4, so that accept() never
-%% returns a tube whose other end failed; `handed' waits for the caller's
+%% state 3; `connecting' waits in a ring job until the nock has mapped it
+%% (the nock says so on the event channel, so accept() never returns a
+%% tube whose other end failed, and without a round trip to the store);
+%% `handed' waits for the caller's
 %% port; `open' follows the peer; `closing' removes the entry if it still
 %% holds our ring. A tube that cannot be taken for a limit of this node
 %% tells the nock (state 6, event-channel "error:limit:<what>").
@@ -58,23 +59,20 @@ handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) -
     tube_registry:requeue(From, Deadline, Tids),
     keep_state_and_data;
 handle_event(info, {tube_event, peer_changed}, State, Data)
-  when State =:= backlog; State =:= confirming; State =:= open ->
+  when State =:= backlog; State =:= open ->
     tube_registry:taken(maps:get(key, Data)),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
                                            {own, {read, 0, [tip(Data), "/state"]}}], Data)};
 handle_event(state_timeout, retry, State, Data) when State =:= answering; State =:= offering ->
     start_tx(State, Data);
 
-%% ---- connecting, confirming, handed -----------------------------------------------
+%% ---- connecting, handed -------------------------------------------------------------
 
 handle_event(info, {ring_done, Ref, Result}, connecting, Data = #{job := Ref}) ->
     case Result of
         {ok, TubeRes} ->
             {ok, Id} = tube_nif:ring_handoff(TubeRes),
-            Data1 = tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
-                                             {own, {read, 0, [tip(Data), "/state"]}}],
-                                 Data#{handoff => Id}),
-            {next_state, confirming, tube_fsm:row(confirming, Data1), tube_fsm:deadline_timeout(Data)};
+            hand(Data#{handoff => Id});
         Error ->
             case tube_fsm:error_of(ring, Error) of
                 {error, {limit, What}} -> lost({error, {limit, What}}, tell_nock(What, Data));
@@ -194,18 +192,23 @@ replied(open, domain, Res, Data) ->
 replied(open, fill, Res, Data) ->
     case maps:get(tx, Res, ok) of
         {ok, Tx} ->
-            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}}
+            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}},
+                     {own_evt, {read, Tx, [tip(Data), "/event-channel"]}}
                      | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
             {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
         {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
         E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
     end;
-%% Only into the entry of this tube: its nock is connected (4). A nock that
-%% closed and opened a new tube with the same Tid meanwhile has state 2
-%% there, and that entry is not ours to fill.
-replied(open, fill_write, Res, Data = #{tx := Tx}) ->
+%% Only into the entry of this tube: it still holds our event channel, or
+%% its nock is connected (4; after a daemon restart the nock publishes the
+%% entry again, empty). A nock that closed and opened a new tube with the
+%% same Tid meanwhile has emptied the event channel and has state 2, and
+%% that entry is not ours to fill. The nock's 4 is not waited for: the
+%% ring handshake already said it mapped the ring.
+replied(open, fill_write, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
     Commit = maps:get(nock_ref, Res) =/= {error, enoent}
-        andalso maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)},
+        andalso (maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)}
+                 orelse maps:get(own_evt, Res) =:= {ok, Evt}),
     {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
 replied(open, fill_end, #{'end' := ok}, _Data) ->
     keep_state_and_data;
@@ -312,25 +315,17 @@ publish_offer(Data = #{tx := Tx}) ->
             end
     end.
 
+%% The nock has mapped the ring: the tube is the accept() caller's. A nock
+%% that has closed meanwhile is seen by the port as a peer that leaves.
+hand(Data = #{handoff := Id}) ->
+    Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
+    Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, Data#{caller => erlang:monitor(process, Caller)}),
+    {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]}.
+
 %% ---- following the nock ---------------------------------------------------------------
 
 peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     closing(Data);
-peer_state(confirming, {ok, <<"4">>}, _Res, Data = #{handoff := Id}) ->
-    Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
-    Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, Data#{caller => erlang:monitor(process, Caller)}),
-    {next_state, handed, tube_fsm:row(handed, Data1), [{state_timeout, tube_fsm:port_opts_timeout(), abandoned}]};
-peer_state(confirming, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
-    lost({error, peer_closed}, Data);
-%% Our entry was replaced: the nock closed and opened a new tube with the
-%% same Tid, which a new tip will take.
-peer_state(confirming, _S, #{own := Own}, Data) when Own =:= {ok, <<"0">>}; Own =:= {ok, <<"1">>} ->
-    lost({error, peer_closed}, Data);
-%% The nock mapped the ring (a nock that cannot says so with state 6 and
-%% waits for us) and has already closed: the tube is the caller's, and
-%% closes at once with peer_closed, as a tube whose peer leaves does.
-peer_state(confirming, {error, enoent}, Res = #{own := {error, enoent}}, Data) ->
-    peer_state(confirming, {ok, <<"4">>}, Res, Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;

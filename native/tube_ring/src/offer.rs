@@ -5,10 +5,13 @@
 //! it publishes (through Xenstore) carry a 128-bit random grant. The connector connects,
 //! sends the grant, and receives the memfd over SCM_RIGHTS. The offerer drops connections
 //! that present a wrong grant or come from another uid, and keeps waiting. The accepted
-//! connection then serves as the tube's event channel.
+//! connection then serves as the tube's event channel. The offer is accepted only once the
+//! connector says it has mapped the memory, so an accepted tube always has a live peer: a
+//! connector that cannot map it (out of descriptors, say) just closes the connection.
 //!
 //! Wire format of the handshake: connector -> offerer: the 16 grant bytes; offerer ->
-//! connector: one byte `b'K'` carrying the memfd.
+//! connector: one byte `b'K'` carrying the memfd; connector -> offerer: one byte `b'M'` once
+//! the memfd is mapped and its header checked. Wake-ups follow on the same connection.
 //!
 //! String formats: event channel `@tube-<32 hex>` (`@` marks the abstract namespace);
 //! ring refs `<dir>:<32 hex grant>`, dir 0 = offerer transmits, dir 1 = offerer receives.
@@ -28,6 +31,8 @@ const GRANT_BYTES: usize = 16;
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
 /// The byte that accompanies the memfd.
 const ACK: u8 = b'K';
+/// The byte the connector sends once it has mapped the memfd.
+const MAPPED: u8 = b'M';
 
 /// Offering side ("tip" in the Xenstore handshake): owns the shared memory and the
 /// listening socket until a peer with the right grant connects.
@@ -123,14 +128,16 @@ impl Offer {
         format!("1:{}", hex(&self.grant))
     }
 
-    /// Waits (up to `timeout`) for the peer to connect and present the grant, then hands it
-    /// the memfd. Connections with a wrong grant or another uid are dropped and waiting
-    /// continues. Blocking: run it off the BEAM schedulers.
+    /// Waits (up to `timeout`) for the peer to connect and present the grant, hands it the
+    /// memfd, and waits for its word that the memory is mapped. Connections with a wrong
+    /// grant or another uid are dropped and waiting continues; a peer that took the memfd
+    /// and closed without mapping it is `PeerGone`. Blocking: run it off the BEAM schedulers.
     pub fn accept(self, timeout: Duration) -> Result<Tube, RingError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(conn) = sys::accept(&self.listener)? {
                 if let Some(pid) = self.admit(&conn, deadline)? {
+                    mapped(&conn, deadline)?;
                     // The listener closes here, removing the name; the memfd closes too: the
                     // mapping keeps the memory alive.
                     return Ok(Tube::new(self.map, conn, 0, Some(pid)));
@@ -161,6 +168,20 @@ impl Offer {
             Ok(()) => Ok(Some(cred.pid)),
             Err(_) => Ok(None),
         }
+    }
+}
+
+/// Waits for the connector's word that it mapped the memory.
+fn mapped(conn: &OwnedFd, deadline: Instant) -> Result<(), RingError> {
+    let mut b = [0u8; 1];
+    match sys::read_exact_until(conn, &mut b, deadline) {
+        Ok(()) if b[0] == MAPPED => Ok(()),
+        Ok(()) => Err(RingError::Corrupt("unexpected byte in place of the mapped word")),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+            Err(RingError::PeerGone)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(RingError::Timeout),
+        Err(e) => Err(RingError::Io(e)),
     }
 }
 
@@ -247,6 +268,7 @@ impl Connecting {
         sys::check_memfd(&memfd, TUBE_BYTES).map_err(RingError::Corrupt)?;
         let map = Mapping::new(&memfd, TUBE_BYTES)?;
         check_header(&map)?;
+        sys::send_all(&self.sock, &[MAPPED])?;
         Ok(Tube::new(map, self.sock, 1, Some(self.peer_pid)))
     }
 }
@@ -277,6 +299,37 @@ mod tests {
         let mut tip = t.join().unwrap();
         tip.send(b"x").unwrap();
         assert_eq!(nock.recv(10, |p| assert_eq!(p, b"x")).unwrap(), 1);
+    }
+
+    /// A connector that receives the memfd but never maps it (closes instead) leaves the
+    /// offer unaccepted: the offerer never gets a tube without a peer.
+    #[test]
+    fn offer_is_accepted_only_once_mapped() {
+        let offer = Offer::new().unwrap();
+        let name = parse_channel(&offer.event_channel()).unwrap().to_owned();
+        let grant = offer.grant;
+        let t = std::thread::spawn(move || offer.accept(Duration::from_secs(10)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sock = sys::connect_abstract(name.as_bytes(), deadline).unwrap();
+        sys::send_all(&sock, &grant).unwrap();
+        assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
+        drop(sock);
+        assert!(matches!(t.join().unwrap(), Err(RingError::PeerGone)));
+    }
+
+    /// Until the connector's word comes, the offer waits, up to its timeout.
+    #[test]
+    fn offer_without_the_mapped_word_times_out() {
+        let offer = Offer::new().unwrap();
+        let name = parse_channel(&offer.event_channel()).unwrap().to_owned();
+        let grant = offer.grant;
+        let t = std::thread::spawn(move || offer.accept(Duration::from_millis(300)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sock = sys::connect_abstract(name.as_bytes(), deadline).unwrap();
+        sys::send_all(&sock, &grant).unwrap();
+        assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
+        assert!(matches!(t.join().unwrap(), Err(RingError::Timeout)));
+        drop(sock);
     }
 
     #[test]
