@@ -9,8 +9,7 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 use tube_xs::wire::MsgType;
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -41,32 +40,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The daemon binary, killed (SIGKILL) when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(sock: &Path, db: &Path) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_tubestored"))
-        .args(["--quiet", "--socket"])
-        .arg(sock)
-        .arg("--db")
-        .arg(db)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    d
+fn spawn(sock: &Path, db: &Path) -> KilledOnDrop {
+    KilledOnDrop(spawn_db_daemon(sock, db))
 }
 
 fn value(i: usize) -> String {

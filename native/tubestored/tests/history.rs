@@ -7,35 +7,12 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 use tube_xs::wire::MsgType;
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(sock: &Path, db: &Path) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_tubestored"))
-        .args(["--quiet", "--socket"])
-        .arg(sock)
-        .arg("--db")
-        .arg(db)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    d
+fn spawn(sock: &Path, db: &Path) -> KilledOnDrop {
+    KilledOnDrop(spawn_db_daemon(sock, db))
 }
 
 fn run(args: &[&str], sock: &Path) -> Output {

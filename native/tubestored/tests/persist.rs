@@ -4,25 +4,12 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tube_xs::wire::MsgType;
 
 fn spawn_daemon(sock: &Path, db: &Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_tubestored"))
-        .args(["--quiet", "--socket"])
-        .arg(sock)
-        .arg("--db")
-        .arg(db)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child
+    spawn_db_daemon(sock, db)
 }
 
 #[test]

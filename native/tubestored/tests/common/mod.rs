@@ -91,6 +91,34 @@ pub fn start_with(tag: &str, mut opts: Options) -> Daemon {
     Daemon { handle: Some(Server::bind(opts).unwrap().spawn().unwrap()), _dir: dir }
 }
 
+/// The daemon binary on socket `sock` with database `db`, once it answers on the socket.
+pub fn spawn_db_daemon(sock: &Path, db: &Path) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tubestored"))
+        .args(["--quiet", "--socket"])
+        .arg(sock)
+        .arg("--db")
+        .arg(db)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// A daemon binary killed (SIGKILL) and reaped when dropped, also when the test panics.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A raw client: sends requests, reads replies and events, every read bounded by a timeout.
 pub struct Raw {
     pub s: UnixStream,
