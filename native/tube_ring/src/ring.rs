@@ -428,19 +428,27 @@ pub fn writer_wait<M: RingMem>(tx: &mut Producer<M>, need: usize) -> Result<Wait
     Ok(Wait { may_wait, wake_reader })
 }
 
+/// Ring memory on the heap for the unit tests of this crate.
 #[cfg(all(test, not(loom)))]
-mod tests {
-    use super::*;
+pub(crate) mod heap {
+    use super::RingMem;
+    use crate::layout::DirCtrl;
     use std::cell::UnsafeCell;
 
-    /// A small single-threaded ring on the heap.
-    struct HeapMem {
-        ctrl: DirCtrl,
-        data: UnsafeCell<[u8; 64]>,
+    /// A small single-threaded ring of `N` data bytes on the heap.
+    pub(crate) struct HeapMem<const N: usize> {
+        pub(crate) ctrl: DirCtrl,
+        data: UnsafeCell<[u8; N]>,
     }
 
-    impl RingMem for &HeapMem {
-        const SIZE: usize = 64;
+    impl<const N: usize> HeapMem<N> {
+        pub(crate) fn new() -> Self {
+            HeapMem { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; N]) }
+        }
+    }
+
+    impl<const N: usize> RingMem for &HeapMem<N> {
+        const SIZE: usize = N;
         fn ctrl(&self) -> &DirCtrl {
             &self.ctrl
         }
@@ -461,9 +469,15 @@ mod tests {
             true
         }
     }
+}
 
-    fn heap() -> HeapMem {
-        HeapMem { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 64]) }
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::heap::HeapMem;
+    use super::*;
+
+    fn heap() -> HeapMem<64> {
+        HeapMem::new()
     }
 
     #[test]

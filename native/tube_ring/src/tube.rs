@@ -803,41 +803,12 @@ const _RECORD_FITS: () = assert!(record_bytes(MAX_PACKET) <= RESUME_ROOM);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::UnsafeCell;
-
-    /// A small single-threaded ring on the heap.
-    struct Heap {
-        ctrl: DirCtrl,
-        data: UnsafeCell<[u8; 128]>,
-    }
-
-    impl RingMem for &Heap {
-        const SIZE: usize = 128;
-        fn ctrl(&self) -> &DirCtrl {
-            &self.ctrl
-        }
-        fn write(&self, off: usize, src: &[u8]) -> bool {
-            if off > Self::SIZE || src.len() > Self::SIZE - off {
-                return false;
-            }
-            // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
-            unsafe { (&mut *self.data.get())[off..off + src.len()].copy_from_slice(src) };
-            true
-        }
-        fn read(&self, off: usize, dst: &mut [u8]) -> bool {
-            if off > Self::SIZE || dst.len() > Self::SIZE - off {
-                return false;
-            }
-            // SAFETY: as in `write`.
-            dst.copy_from_slice(unsafe { &(&*self.data.get())[off..off + dst.len()] });
-            true
-        }
-    }
+    use crate::ring::heap::HeapMem;
 
     /// Writes `records` (payload, flags) and runs the reliable receive over them until it
     /// fails, completes a message or runs dry.
     fn receive(records: &[(&[u8], u32)]) -> Result<Vec<Vec<u8>>, Corrupt> {
-        let heap = Heap { ctrl: DirCtrl::new(), data: UnsafeCell::new([0; 128]) };
+        let heap = HeapMem::<128>::new();
         let (mut p, mut c) = (Producer::new(&heap), Consumer::new(&heap));
         for (pkt, flags) in records {
             assert_eq!(p.push_flagged(pkt, *flags), Ok(true));
