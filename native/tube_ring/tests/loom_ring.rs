@@ -130,13 +130,9 @@ fn produce(mem: Mem, lens: &'static [usize]) {
     }
 }
 
-/// Consumer side: drains with the receive loop the tube ships (`drain_records`), checks
-/// every packet, and sleeps with the shipped sleep protocol (`reader_sleep`).
-fn consume(mem: Mem, lens: &'static [usize]) {
-    consume_waking(mem, lens);
-}
-
-fn model(lens: &'static [usize]) {
+/// Every interleaving (within the preemption bound) of `producer` sending `lens` and the
+/// consumer (`consume_waking`) receiving them.
+fn model_with(producer: fn(Mem, &'static [usize]), lens: &'static [usize]) {
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(3);
@@ -144,10 +140,15 @@ fn model(lens: &'static [usize]) {
     b.check(move || {
         let mem = Mem::new();
         let m = mem.clone();
-        let t = thread::spawn(move || produce(m, lens));
-        consume(mem, lens);
+        let t = thread::spawn(move || producer(m, lens));
+        consume_waking(mem, lens);
         t.join().unwrap();
     });
+}
+
+/// A producer that spins while the ring is full.
+fn model(lens: &'static [usize]) {
+    model_with(produce, lens);
 }
 
 /// Producer of a reliable tube: when the ring is full it does not spin but waits on its own
@@ -172,7 +173,8 @@ fn produce_waiting(mem: Mem, lens: &'static [usize]) {
     }
 }
 
-/// Consumer: the shipped receive loop and sleep protocol; it owes the writer a wake-up
+/// Consumer: drains with the receive loop the tube ships (`drain_records`), checks every
+/// packet, and sleeps with the shipped sleep protocol (`reader_sleep`); it owes the writer a wake-up
 /// whenever a publish finds it waiting for room (a writer that spins never waits).
 fn consume_waking(mem: Mem, lens: &'static [usize]) {
     let mut c = Consumer::new(mem.clone());
@@ -204,18 +206,9 @@ fn consume_waking(mem: Mem, lens: &'static [usize]) {
     }
 }
 
+/// A producer that waits on its channel for room (`produce_waiting`).
 fn model_waiting(lens: &'static [usize]) {
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(3);
-    }
-    b.check(move || {
-        let mem = Mem::new();
-        let m = mem.clone();
-        let t = thread::spawn(move || produce_waiting(m, lens));
-        consume_waking(mem, lens);
-        t.join().unwrap();
-    });
+    model_with(produce_waiting, lens);
 }
 
 /// A writer that must wait for room twice (records of 32, 32 and 24 bytes through a ring
