@@ -28,6 +28,8 @@ extern int tube_rs_set_active(void *st, const char *buf, size_t len);
 extern int tube_rs_get_active(void *st, unsigned char *out, size_t n);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
+extern int tube_rs_set_deliver(void *st, const char *buf, size_t len);
+extern int tube_rs_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
 
 /* TUBE_STATS_N (u64 counters of a stats control), the port_control
  * command numbers TUBE_CTL_* and TUBE_ACTIVE_QUERY (the one data byte of an
@@ -126,6 +128,76 @@ int tube_drv_close(ErlDrvPort port, const char *reason)
     return driver_failure_eof(port);
 }
 
+/* ---- batch delivery ({deliver, batch}) ------------------------------------ */
+
+/* Packets up to this size become heap binaries (copied, as driver_output does
+ * for them); larger ones are sub-binaries of the batch's driver binary. */
+#define TUBE_BATCH_HEAP_BIN 64
+
+/* The atom data_batch, made once: atoms live as long as the emulator. */
+static ErlDrvTermData tube_am_data_batch(void)
+{
+    static ErlDrvTermData am;
+    ErlDrvTermData a = __atomic_load_n(&am, __ATOMIC_RELAXED);
+    if (a == 0) {
+        a = driver_mk_atom("data_batch");
+        __atomic_store_n(&am, a, __ATOMIC_RELAXED);
+    }
+    return a;
+}
+
+/* One batch to the port owner as {Port, {data_batch, [Bin1, ..., BinN]}}:
+ * packet i is the bytes [offs[i], offs[i] + lens[i]) of `bin`, `used` bytes
+ * of which are filled. `spec` has room for 4 * n + 12 terms. A batch that
+ * fills less than half of `bin` shrinks it first, so the sub-binaries that
+ * keep it alive hold at most twice what they show.
+ * Returns 1 if the message references `bin` (then the caller must not
+ * reuse it), 0 if every packet was copied (the caller may fill it again),
+ * and in both cases the caller still holds its own reference. -1: no
+ * message was sent. */
+int tube_drv_deliver_batch(ErlDrvPort port, ErlDrvBinary **binp, size_t used,
+                           const uint32_t *offs, const uint32_t *lens, size_t n,
+                           ErlDrvTermData *spec)
+{
+    ErlDrvBinary *bin = *binp;
+    ErlDrvTermData port_term = driver_mk_port(port);
+    size_t i, k = 0;
+    int shared = 0;
+    for (i = 0; i < n; i++)
+        shared |= lens[i] > TUBE_BATCH_HEAP_BIN;
+    if (shared && used < (size_t)bin->orig_size / 2) {
+        ErlDrvBinary *smaller = driver_realloc_binary(bin, (ErlDrvSizeT)used);
+        if (smaller != NULL)
+            *binp = bin = smaller;
+    }
+    spec[k++] = ERL_DRV_PORT;
+    spec[k++] = port_term;
+    spec[k++] = ERL_DRV_ATOM;
+    spec[k++] = tube_am_data_batch();
+    for (i = 0; i < n; i++) {
+        if (lens[i] <= TUBE_BATCH_HEAP_BIN) {
+            spec[k++] = ERL_DRV_BUF2BINARY;
+            spec[k++] = (ErlDrvTermData)(bin->orig_bytes + offs[i]);
+            spec[k++] = (ErlDrvTermData)lens[i];
+        } else {
+            spec[k++] = ERL_DRV_BINARY;
+            spec[k++] = (ErlDrvTermData)bin;
+            spec[k++] = (ErlDrvTermData)lens[i];
+            spec[k++] = (ErlDrvTermData)offs[i];
+        }
+    }
+    spec[k++] = ERL_DRV_NIL;
+    spec[k++] = ERL_DRV_LIST;
+    spec[k++] = (ErlDrvTermData)(n + 1);
+    spec[k++] = ERL_DRV_TUPLE;
+    spec[k++] = 2;
+    spec[k++] = ERL_DRV_TUPLE;
+    spec[k++] = 2;
+    if (erl_drv_output_term(port_term, spec, (int)k) <= 0)
+        return -1;
+    return shared;
+}
+
 /* ---- callbacks ---------------------------------------------------------- */
 
 static ErlDrvData tube_start(ErlDrvPort port, char *command)
@@ -169,6 +241,9 @@ static void tube_timeout(ErlDrvData d)
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * port_control(Tube, 5, []) -> [] makes a reliable tube a distribution
  * controller (badarg for a lossy one).
+ * port_control(Tube, 6, <<Mode:8>>) -> [] sets {deliver, _} (0 packet, 1 batch).
+ * port_control(Tube, 7, Framed) -> <<Status:8, Sent:32/native>> sends a batch
+ * of packets framed <<Len:16, Bytes/binary>> (see send_batch in src/tube.erl).
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -195,6 +270,21 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return tube_rs_set_busy_poll((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_DIST)
         return tube_rs_set_dist((void *)d) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_DELIVER)
+        return tube_rs_set_deliver((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_SEND_BATCH) {
+        unsigned char answer[5];
+        if (tube_rs_send_batch((void *)d, buf, (size_t)len, answer, sizeof(answer)) != 0)
+            return -1;
+        if (rlen < sizeof(answer)) {
+            char *out = driver_alloc(sizeof(answer));
+            if (out == NULL)
+                return -1;
+            *rbuf = out;
+        }
+        memcpy(*rbuf, answer, sizeof(answer));
+        return (ErlDrvSSizeT)sizeof(answer);
+    }
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

@@ -19,5 +19,11 @@
 -define(TUBE_DIST_TID_MIN, 4294901760).
 -define(TUBE_DIST_TID_MAX, 4294967295).
 -define(TUBE_MAX_BUSY_POLL, 100000).
+-define(TUBE_CTL_DELIVER, 6).
+-define(TUBE_CTL_SEND_BATCH, 7).
+-define(TUBE_DELIVER_PACKET, 0).
+-define(TUBE_DELIVER_BATCH, 1).
+-define(TUBE_SEND_BATCH_OK, 0).
+-define(TUBE_SEND_BATCH_CLOSED, 1).
 %% The counters of TUBE_CTL_STATS, in order.
 -define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes]).

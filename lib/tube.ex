@@ -43,7 +43,8 @@ defmodule Tube do
   (default: the `:open_timeout` application env, 5000), `:active` (the
   first delivery mode), `:busy_poll` (the polling window in
   microseconds, default the `:busy_poll` application env, 50), see
-  `setopts/2`, and `:delivery` (`:lossy`, the default, or `:reliable`).
+  `setopts/2`, `:delivery` (`:lossy`, the default, or `:reliable`) and
+  `:deliver` (`:packet`, the default, or `:batch`; see `setopts/2`).
   Options may be a map or a keyword list; an unknown key raises
   `ArgumentError` naming it. Domain 0 (Xen's control domain) is never a
   node: `ArgumentError`.
@@ -62,8 +63,8 @@ defmodule Tube do
 
   @doc """
   Waits for a tube from any domain; options (a map or a keyword list)
-  `:timeout` (default `:infinity`), `:active`, `:busy_poll` and
-  `:delivery` (as in `open/3`), and `:tids`, the inclusive range
+  `:timeout` (default `:infinity`), `:active`, `:busy_poll`, `:delivery`
+  and `:deliver` (as in `open/3`), and `:tids`, the inclusive range
   `{min, max}` of Tids accepted.
   """
   @spec accept(map() | keyword()) :: {:ok, t()} | {:error, term()}
@@ -99,6 +100,12 @@ defmodule Tube do
   and a sleeping scheduler. A window without a packet ends polling until
   packets arrive again; one-way streams and idle tubes never poll. 0 turns
   it off.
+
+  `{:deliver, :batch}` (lossy tubes only) delivers many packets per
+  message, `{tube, {:data_batch, [packet]}}`, in the order they were sent,
+  each packet a binary of its own; `{:deliver, :packet}` (the default) goes
+  back to one `{tube, {:data, packet}}` per packet, with nothing lost or
+  reordered at the switch. Credits (`{:active, n}`) count packets in both.
   """
   @spec setopts(t(), keyword() | map()) ::
           :ok | {:error, :closed}
@@ -114,6 +121,17 @@ defmodule Tube do
   """
   @spec send(t(), iodata()) :: :ok | {:error, :emsgsize | :closed}
   def send(tube, packet), do: :tube.send(tube, packet)
+
+  @doc """
+  Sends many packets in one call, in order, each element one packet (iodata
+  of 1..4096 bytes): `{:ok, sent}` says the first `sent` went into the
+  peer's ring; the ring was full for the next one, which and all after it
+  were dropped and counted (`:dropped` in `info/1`). `{:error, :closed}` on
+  a closed tube. A bad packet raises `ArgumentError` naming its position,
+  and nothing is sent. See `:tube.send_batch/2`.
+  """
+  @spec send_batch(t(), [iodata()]) :: {:ok, non_neg_integer()} | {:error, :closed}
+  def send_batch(tube, packets), do: :tube.send_batch(tube, packets)
 
   @doc """
   Makes `pid` the owner of `tube`, as `:gen_tcp.controlling_process/2`

@@ -57,6 +57,12 @@ fn erlang_header() -> String {
         ("TUBE_DIST_TID_MIN", DIST_TID_MIN.into()),
         ("TUBE_DIST_TID_MAX", DIST_TID_MAX.into()),
         ("TUBE_MAX_BUSY_POLL", MAX_BUSY_POLL_US),
+        ("TUBE_CTL_DELIVER", CTL_DELIVER.into()),
+        ("TUBE_CTL_SEND_BATCH", CTL_SEND_BATCH.into()),
+        ("TUBE_DELIVER_PACKET", DELIVER_PACKET.into()),
+        ("TUBE_DELIVER_BATCH", DELIVER_BATCH.into()),
+        ("TUBE_SEND_BATCH_OK", SEND_BATCH_OK.into()),
+        ("TUBE_SEND_BATCH_CLOSED", SEND_BATCH_CLOSED.into()),
     ];
     for (name, v) in defs {
         let _ = writeln!(h, "-define({name}, {v}).");
@@ -79,6 +85,8 @@ fn c_header() -> String {
         ("TUBE_CTL_DIST", CTL_DIST),
         ("TUBE_STATS_N", STATS.len() as u32),
         ("TUBE_ACTIVE_QUERY", ACTIVE_QUERY.into()),
+        ("TUBE_CTL_DELIVER", CTL_DELIVER),
+        ("TUBE_CTL_SEND_BATCH", CTL_SEND_BATCH),
     ] {
         let _ = writeln!(h, "#define {name} {v}");
     }

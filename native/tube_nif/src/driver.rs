@@ -29,6 +29,8 @@ use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACK
 
 use crate::handoff;
 
+mod batch;
+
 /// Packets delivered per callback before yielding to the scheduler.
 const BATCH: usize = 256;
 
@@ -244,7 +246,8 @@ impl PortState {
 
     /// Packets one callback may deliver: a batch, or less if the credit is.
     fn budget(&self) -> usize {
-        self.credit.map_or(BATCH, |c| BATCH.min(usize::try_from(c).unwrap_or(BATCH)))
+        let batch = if self.inbox.batch.is_some() { batch::BUDGET } else { BATCH };
+        self.credit.map_or(batch, |c| batch.min(usize::try_from(c).unwrap_or(batch)))
     }
 
     /// Counts `n` delivered packets against the credit; true when it ran out.
@@ -550,6 +553,8 @@ struct Inbox {
     asm: Option<Assembly<MsgDest>>,
     /// Small messages are copied here before `driver_output` copies them.
     scratch: Box<[u8; SMALL_PACKET]>,
+    /// `{deliver, batch}`: many packets per message (lossy tubes only).
+    batch: Option<batch::Batcher>,
 }
 
 impl Inbox {
@@ -557,6 +562,9 @@ impl Inbox {
     /// distribution port, to the emulator).
     fn receive(&mut self, tube: &mut Tube, max: usize) -> Result<usize, RingError> {
         if !self.reliable {
+            if let Some(b) = self.batch.as_mut() {
+                return b.receive(tube, self.port, max);
+            }
             return recv_to_owner(tube, self.port, max);
         }
         let (port, dist) = (self.port, self.dist);
@@ -693,7 +701,14 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             heard: false,
             reliable,
             dist: false,
-            inbox: Inbox { port, reliable, dist: false, asm: None, scratch: Box::new([0; SMALL_PACKET]) },
+            inbox: Inbox {
+                port,
+                reliable,
+                dist: false,
+                asm: None,
+                scratch: Box::new([0; SMALL_PACKET]),
+                batch: batch::from_command(command).filter(|_| !reliable),
+            },
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,

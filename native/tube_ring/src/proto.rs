@@ -14,6 +14,11 @@ pub const CTL_ACTIVE: u32 = 3;
 pub const CTL_BUSY_POLL: u32 = 4;
 /// `port_control` command: the port becomes a distribution controller.
 pub const CTL_DIST: u32 = 5;
+/// `port_control` command: `{deliver, _}`, one byte, `DELIVER_PACKET` or `DELIVER_BATCH`.
+pub const CTL_DELIVER: u32 = 6;
+/// `port_control` command: `send_batch/2`, packets framed `<<Len:16, Bytes:Len/binary>>`;
+/// the answer is `<<Status:8, Sent:32/native>>` (`SEND_BATCH_*`).
+pub const CTL_SEND_BATCH: u32 = 7;
 
 /// The counters of `CTL_STATS`, in order (the names `tube:info/1` gives them).
 pub const STATS: [&str; 13] = [
@@ -51,6 +56,16 @@ pub const MAX_MESSAGE: u64 = 256 << 20;
 pub const DELIVERY_LOSSY: u64 = 0;
 /// Delivery word of the open command: reliable messages.
 pub const DELIVERY_RELIABLE: u64 = 1;
+
+/// `{deliver, packet}`: one `{Tube, {data, Bin}}` message per packet (the default).
+pub const DELIVER_PACKET: u8 = 0;
+/// `{deliver, batch}`: `{Tube, {data_batch, [Bin]}}`, many packets per message, in order.
+pub const DELIVER_BATCH: u8 = 1;
+/// Status of a `CTL_SEND_BATCH` answer: the first `Sent` packets are in the ring, the rest
+/// were dropped (ring full) and counted.
+pub const SEND_BATCH_OK: u8 = 0;
+/// Status of a `CTL_SEND_BATCH` answer: the peer has gone; nothing more is sent.
+pub const SEND_BATCH_CLOSED: u8 = 1;
 
 /// Largest domain id a node may have.
 pub const MAX_DOMID: u32 = 0x7FEF;

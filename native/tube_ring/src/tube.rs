@@ -296,6 +296,34 @@ impl Tube {
         }
     }
 
+    /// Sends packets in their order, publishing the producer index once, up to the first one
+    /// that finds the ring full: that one and every one after it are dropped and counted, so
+    /// `Ok(n)` says exactly which went in (the first `n`). Every size is checked before any
+    /// packet is written: one out of `1..=MAX_PACKET` is `Err(BadSize)` and nothing is sent.
+    /// `Err(Closed)` after packets went in means the peer has gone.
+    pub fn send_prefix(&mut self, pkts: &[&[u8]]) -> Result<usize, SendError> {
+        self.send_state()?;
+        if let Some(bad) = pkts.iter().find(|p| p.is_empty() || p.len() > MAX_PACKET) {
+            return Err(SendError::BadSize(bad.len()));
+        }
+        let mut sent = 0;
+        for pkt in pkts {
+            match self.push(pkt, true) {
+                Ok(()) => sent += 1,
+                Err(SendError::Full) => {
+                    // `push` counted this one; the rest go the same way, unwritten.
+                    self.stats.dropped += (pkts.len() - sent - 1) as u64;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if sent > 0 {
+            self.publish_tx()?;
+        }
+        Ok(sent)
+    }
+
     /// Drains up to `max` packets, calling `f` for each. Every packet is copied out of shared
     /// memory into a private buffer before `f` sees it, so the peer cannot change it under `f`.
     /// Returns how many were delivered. A corrupt ring gives `Err(Corrupt)` and ends the tube.
