@@ -362,15 +362,18 @@ send_framed(Tube, Packets, Framed) ->
             end
     end.
 
-%% Packets framed for the driver, <<Len:16, Packet/binary>> each; throws
-%% {bad_packet, Why} naming the first bad one.
+%% Packets framed for the driver, <<Len:16, Packet/binary>> each, the
+%% length as two bytes of the iolist (no binary to build per packet);
+%% throws {bad_packet, Why} naming the first bad one.
 frame_batch([P | Rest], I) when is_binary(P) ->
-    [<<(batch_size(byte_size(P), I)):16>>, P | frame_batch(Rest, I + 1)];
+    S = batch_size(byte_size(P), I),
+    [S bsr 8, S band 16#FF, P | frame_batch(Rest, I + 1)];
 frame_batch([P | Rest], I) ->
     Size = try iolist_size(P)
            catch error:badarg -> throw({bad_packet, fmt("packet ~b is not iodata", [I])})
            end,
-    [<<(batch_size(Size, I)):16>>, P | frame_batch(Rest, I + 1)];
+    S = batch_size(Size, I),
+    [S bsr 8, S band 16#FF, P | frame_batch(Rest, I + 1)];
 frame_batch([], _I) ->
     [];
 frame_batch(_, _I) ->

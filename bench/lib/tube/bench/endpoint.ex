@@ -7,6 +7,8 @@ defmodule Tube.Bench.Endpoint do
   #
   # Kinds and what arrives in the mailbox:
   #   :tube -> {Port, {:data, Bin}}       (port_command per packet)
+  #   :tube_batch -> {Port, {:data_batch, [Bin]}}  (deliver: :batch; the
+  #                   sender calls :tube.send_batch/2 with @batch packets)
   #   :dist -> Bin                        (Pid ! Bin)
   #   :unix -> {:tcp, Socket, Bin}        (gen_tcp, {:local, Path}, {packet, 2})
   #   :udp  -> {:udp, Socket, Ip, Port, Bin}  (gen_udp on 127.0.0.1)
@@ -22,6 +24,15 @@ defmodule Tube.Bench.Endpoint do
   @sockbuf 4 * 1024 * 1024
   # Packets between two clock reads in the send and count loops.
   @check 32
+  # Packets per :tube.send_batch/2 call of a :tube_batch sender: 256, or
+  # fewer so that a call holds at most 64 KiB, half the peer's ring (what a
+  # call brings beyond a full ring only drops, and costs a copy on the way).
+  @batch 256
+  @batch_bytes 64 * 1024
+  # A batch tube's credit is about this many bytes of packets: a credit
+  # counts packets, and a message holds up to 1024 of them.
+  @batch_credit_bytes 1024 * 1024
+  @batch_credit_range 64..16_384
 
   # ---- controller side ------------------------------------------------------
 
@@ -80,20 +91,24 @@ defmodule Tube.Bench.Endpoint do
     end
   end
 
-  defp handle({:tube_accept, timeout}, st) do
+  defp handle({:tube_accept, timeout}, st), do: handle({:tube_accept, timeout, :tube}, st)
+
+  defp handle({:tube_accept, timeout, kind}, st) do
     t0 = now()
 
-    case guard(fn -> :tube.accept(%{timeout: timeout}) end) do
-      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: :tube, handle: port}}
+    case guard(fn -> :tube.accept(Map.put(tube_opts(kind), :timeout, timeout)) end) do
+      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: kind, handle: port}}
       e -> {e, st}
     end
   end
 
-  defp handle({:tube_open, domid, tid, timeout}, st) do
+  defp handle({:tube_open, domid, tid, timeout}, st), do: handle({:tube_open, domid, tid, timeout, :tube}, st)
+
+  defp handle({:tube_open, domid, tid, timeout, kind}, st) do
     t0 = now()
 
-    case guard(fn -> :tube.open(domid, tid, %{timeout: timeout}) end) do
-      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: :tube, handle: port}}
+    case guard(fn -> :tube.open(domid, tid, Map.put(tube_opts(kind), :timeout, timeout)) end) do
+      {:ok, port} -> {{:ok, now() - t0}, %{st | kind: kind, handle: port}}
       e -> {e, st}
     end
   end
@@ -145,7 +160,7 @@ defmodule Tube.Bench.Endpoint do
     arm(st, credit)
     r = count_run(t0, t1, hard)
     # Back to plain delivery for what this endpoint does next (ping, echo).
-    if st.kind == :tube, do: _ = :tube.setopts(st.handle, active: true)
+    if st.kind in [:tube, :tube_batch], do: _ = :tube.setopts(st.handle, active: true)
     {r, st}
   end
 
@@ -158,12 +173,12 @@ defmodule Tube.Bench.Endpoint do
     {echo_loop(st), st}
   end
 
-  defp handle(:info, %{kind: :tube, handle: port} = st), do: {:tube.info(port), st}
+  defp handle(:info, %{kind: kind, handle: port} = st) when kind in [:tube, :tube_batch], do: {:tube.info(port), st}
   defp handle(:info, st), do: {:none, st}
 
   defp handle(:stop, st) do
     case st do
-      %{kind: :tube, handle: p} -> :tube.close(p)
+      %{kind: kind, handle: p} when kind in [:tube, :tube_batch] -> :tube.close(p)
       %{kind: :unix, handle: s} -> :gen_tcp.close(s)
       %{kind: :udp, handle: s} -> :gen_udp.close(s)
       _ -> :ok
@@ -191,9 +206,13 @@ defmodule Tube.Bench.Endpoint do
   Unix socket fell as low as a third of its rate in full runs.
   """
   def credit(:tube, size), do: div(@credit_bytes, size) |> max(@credit_range.first) |> min(@credit_range.last)
+
+  def credit(:tube_batch, size),
+    do: div(@batch_credit_bytes, size) |> max(@batch_credit_range.first) |> min(@batch_credit_range.last)
+
   def credit(_kind, _size), do: @active
 
-  defp arm(%{kind: :tube, handle: p}, n), do: :ok = :tube.setopts(p, active: n)
+  defp arm(%{kind: kind, handle: p}, n) when kind in [:tube, :tube_batch], do: :ok = :tube.setopts(p, active: n)
   defp arm(%{kind: :unix, handle: s}, n), do: :ok = :inet.setopts(s, active: n)
   defp arm(%{kind: :udp, handle: s}, n), do: :ok = :inet.setopts(s, active: n)
   defp arm(_st, _n), do: :ok
@@ -211,10 +230,26 @@ defmodule Tube.Bench.Endpoint do
 
   # ---- send loop --------------------------------------------------------------
 
+  defp tube_opts(:tube), do: %{}
+  defp tube_opts(:tube_batch), do: %{deliver: :batch}
+
+  # A batch sender hands @batch packets to each call; the list is built once.
+  defp send_loop(:tube_batch, port, _peer, pkt, deadline, n) do
+    k = min(@batch, div(@batch_bytes, byte_size(pkt)))
+    batch_loop(port, List.duplicate(pkt, k), k, deadline, n)
+  end
+
   defp send_loop(kind, h, peer, pkt, deadline, n) do
     send_burst(kind, h, peer, pkt, @check)
     n = n + @check
     if now() < deadline, do: send_loop(kind, h, peer, pkt, deadline, n), else: n
+  end
+
+  defp batch_loop(port, pkts, k, deadline, n) do
+    # {ok, Sent}: the rest of the call found the ring full, a drop.
+    {:ok, _} = :tube.send_batch(port, pkts)
+    n = n + k
+    if now() < deadline, do: batch_loop(port, pkts, k, deadline, n), else: n
   end
 
   defp send_burst(_kind, _h, _peer, _pkt, 0), do: :ok
@@ -240,7 +275,7 @@ defmodule Tube.Bench.Endpoint do
     send_burst(:udp, s, peer, pkt, k - 1)
   end
 
-  defp send_one(%{kind: :tube, handle: port}, pkt), do: :erlang.port_command(port, pkt)
+  defp send_one(%{kind: kind, handle: port}, pkt) when kind in [:tube, :tube_batch], do: :erlang.port_command(port, pkt)
   defp send_one(%{kind: :dist, peer: pid}, pkt), do: send(pid, pkt)
   defp send_one(%{kind: :unix, handle: s}, pkt), do: :gen_tcp.send(s, pkt)
   defp send_one(%{kind: :udp, handle: s, peer: {ip, port}}, pkt), do: :gen_udp.send(s, ip, port, pkt)
@@ -273,6 +308,7 @@ defmodule Tube.Bench.Endpoint do
   defp cloop(n, b, k, left, marks, hard) do
     receive do
       {_port, {:data, d}} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
+      {_port, {:data_batch, l}} -> bump_batch(n, b, l, left, marks, hard)
       {:tcp, _, d} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
       {:udp, _, _, _, d} -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
       d when is_binary(d) -> bump(n + 1, b + byte_size(d), k, left, marks, hard)
@@ -293,6 +329,10 @@ defmodule Tube.Bench.Endpoint do
 
   defp bump(n, b, k, left, marks, hard), do: cloop(n, b, k - 1, left, marks, hard)
 
+  # A batch: every packet is counted (and its size read), then one clock read.
+  defp bump_batch(n, b, [d | rest], left, marks, hard), do: bump_batch(n + 1, b + byte_size(d), rest, left, marks, hard)
+  defp bump_batch(n, b, [], left, marks, hard), do: bump(n, b, 0, left, marks, hard)
+
   defp drain_ms(0), do: 300
   defp drain_ms(_left), do: :infinity
 
@@ -308,6 +348,7 @@ defmodule Tube.Bench.Endpoint do
 
     receive do
       {_port, {:data, _}} -> :ok
+      {_port, {:data_batch, _}} -> :ok
       {:tcp, _, _} -> :ok
       {:udp, _, _, _, _} -> :ok
       d when is_binary(d) -> :ok
@@ -335,6 +376,7 @@ defmodule Tube.Bench.Endpoint do
   defp echo_loop(st) do
     receive do
       {_port, {:data, d}} -> send_one(st, d) && echo_loop(st)
+      {_port, {:data_batch, l}} -> Enum.each(l, &send_one(st, &1)) && echo_loop(st)
       {:tcp, _, d} -> send_one(st, d) && echo_loop(st)
       {:udp, _, _, _, d} -> send_one(st, d) && echo_loop(st)
       d when is_binary(d) -> send_one(st, d) && echo_loop(st)

@@ -8,7 +8,7 @@ defmodule Tube.Bench.Link do
 
   defstruct [:kind, :a, :b]
 
-  @transports [:tube, :dist, :unix, :udp]
+  @transports [:tube, :tube_batch, :dist, :unix, :udp]
 
   @doc "The transports compared, in table order."
   def transports, do: @transports
@@ -20,6 +20,9 @@ defmodule Tube.Bench.Link do
   def open(kind, cluster, tid \\ 0)
 
   def open(:tube, c, tid), do: open_tube(c, tid, 20)
+
+  # Both ends in batch mode ({deliver, batch}); the sender uses send_batch/2.
+  def open(:tube_batch, c, tid), do: open_tube(c, tid, 20, :tube_batch)
 
   def open(:dist, c, _tid) do
     b = E.spawn_on(c.node, c.off_heap)
@@ -52,23 +55,23 @@ defmodule Tube.Bench.Link do
 
   # The Xenstore connection may be re-established under load
   # ({error, xenstore_down}): wait for it rather than fail the run.
-  defp open_tube(c, tid, tries) do
+  defp open_tube(c, tid, tries, kind \\ :tube) do
     b = E.spawn_on(c.node, c.off_heap)
     a = E.spawn_on(node(), c.off_heap)
-    ref = E.cast(b, {:tube_accept, 10_000})
-    opened = E.call(a, {:tube_open, c.peer_domid, tid, 10_000}, 20_000)
+    ref = E.cast(b, {:tube_accept, 10_000, kind})
+    opened = E.call(a, {:tube_open, c.peer_domid, tid, 10_000, kind}, 20_000)
     accepted = E.await(ref, 20_000)
 
     case {opened, accepted} do
       {{:ok, open_ns}, {:ok, _}} ->
-        {%__MODULE__{kind: :tube, a: a, b: b}, open_ns}
+        {%__MODULE__{kind: kind, a: a, b: b}, open_ns}
 
       _ ->
         Process.exit(a, :kill)
         Process.exit(b, :kill)
 
         if opened == {:error, :xenstore_down} and tries > 0,
-          do: Process.sleep(250) && open_tube(c, tid, tries - 1),
+          do: Process.sleep(250) && open_tube(c, tid, tries - 1, kind),
           else: {:error, {opened, accepted}}
     end
   end

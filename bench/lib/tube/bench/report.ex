@@ -5,7 +5,7 @@ defmodule Tube.Bench.Report do
 
   import Tube.Bench.Suite, only: [fmt: 1]
 
-  @names %{tube: "tube", dist: "Erlang dist", unix: "Unix gen_tcp", udp: "UDP loopback"}
+  @names %{tube: "tube", tube_batch: "tube batch", dist: "Erlang dist", unix: "Unix gen_tcp", udp: "UDP loopback"}
 
   @doc "The side-by-side tables as text."
   def table(res) do

@@ -43,6 +43,8 @@ defmodule Tube.Bench.Suite do
     best = Enum.sort_by(runs, & &1.rx_pps) |> Enum.at(div(length(runs), 2))
     log.("#{link.kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
            ", receiving node #{fmt(best.rx_cpu_ns_per_pkt)} CPU ns/packet" <>
+           ", sending node #{fmt(best.tx_cpu_ns_per_pkt)} per packet sent" <>
+           ", receiver's wake-ups per 1000 packets #{fmt(best.rx_wakeups_per_kpkt)}" <>
            " (runs: #{Enum.map_join(runs, " ", &fmt(&1.rx_pps / 1.0e6))})")
     Map.put(best, :runs, Enum.map(runs, & &1.rx_pps))
   end
@@ -50,11 +52,28 @@ defmodule Tube.Bench.Suite do
   # One throughput run, with the CPU time the receiving node (the peer)
   # spent per packet it received: a figure that CPU contention from other
   # work on the machine moves far less than the packet rate.
+  # The sending node (this one) is costed per packet it tried to send.
   defp costed_run(link, c, size, s) do
+    w0 = wakeups(link)
     cpu0 = Measure.cpu_ns(c.peer_os_pid)
+    tx0 = Measure.cpu_ns(c.os_pid)
     r = Measure.throughput([link], c.node, size, s.warmup_ms, s.window_ms)
     cpu = Measure.cpu_ns(c.peer_os_pid) - cpu0
-    Map.put(r, :rx_cpu_ns_per_pkt, if(r.received > 0, do: cpu / r.received, else: nil))
+    tx = Measure.cpu_ns(c.os_pid) - tx0
+    w = wakeups(link)
+
+    r
+    |> Map.put(:rx_cpu_ns_per_pkt, if(r.received > 0, do: cpu / r.received, else: nil))
+    |> Map.put(:tx_cpu_ns_per_pkt, if(r.sent > 0, do: tx / r.sent, else: nil))
+    |> Map.put(:rx_wakeups_per_kpkt, if(w && w0 && r.received > 0, do: 1000 * (w - w0) / r.received, else: nil))
+  end
+
+  # Event-fd wake-ups of a tube's receiving end so far (nil for other transports).
+  defp wakeups(link) do
+    case Tube.Bench.Endpoint.call(link.b, :info) do
+      {:ok, %{wakeups: w}} -> w
+      _ -> nil
+    end
   end
 
   # ---- scale ------------------------------------------------------------------
