@@ -267,7 +267,7 @@ defmodule TubeApiTest do
             {fn -> :tube.accept(tids: {0, 4_294_967_296}) end, "1st", "bad value {0,4294967296} for tids"},
             {fn -> :tube.accept(timeout: -1) end, "1st", "bad value -1 for timeout"},
             {fn -> :tube.accept(:bad) end, "1st", "not a map or a list"},
-            {fn -> :tube.setopts(t, tmeout: 1) end, "2nd", "unknown option tmeout (known: active, busy_poll)"},
+            {fn -> :tube.setopts(t, tmeout: 1) end, "2nd", "unknown option tmeout (known: active, busy_poll, deliver)"},
             {fn -> :tube.setopts(t, %{delivery: :reliable}) end, "2nd", "unknown option delivery"},
             {fn -> :tube.setopts(t, active: 0) end, "2nd", "bad value 0 for active"},
             {fn -> :tube.setopts(t, busy_poll: 100_001) end, "2nd", "bad value 100001 for busy_poll"},
