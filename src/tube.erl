@@ -11,6 +11,9 @@
 %%
 %% Messages the owner may receive besides data:
 %% <ul>
+%% <li>`{Tube, {data_batch, [Binary]}}' instead of `{Tube, {data, Binary}}',
+%% many packets per message in their order, on a tube in `{deliver,
+%% batch}' mode (see setopts/2 and send_batch/2).</li>
 %% <li>`{tube_passive, Tube}', when a tube in `{active, N}' or `{active,
 %% once}' mode has delivered its last allowed packet (see setopts/2).</li>
 %% <li>`{tube_closed, Tube, Reason}', sent once just before the port closes
@@ -324,9 +327,13 @@ send(Tube, Packet) ->
 %% are kept. They go into the peer's ring together, and the peer is woken
 %% at most once for all of them, which costs a fraction of one send/2 per
 %% packet. Returns `{ok, Sent}': the first Sent packets are in the ring;
-%% the ring was full for packet Sent + 1, which and every packet after it
+%% packet Sent + 1 found the ring full, and it and every packet after it
 %% were dropped and counted (info/1's `dropped'). `{error, closed}' if the
-%% tube is closed or its peer has gone.
+%% tube is closed or its peer has gone. It works on any lossy tube,
+%% whatever the receiver's `deliver'. The packets are copied once into one
+%% buffer on the way (`port_control'), so for large packets (1500 bytes
+%% and more) one `port_command' per packet costs the sender as little or
+%% less; the gain is for small ones.
 %%
 %% Raises badarg, and sends nothing, if Packets is not a proper list or
 %% one of its packets is empty, over 4096 bytes or not iodata (the error
