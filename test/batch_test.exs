@@ -12,6 +12,10 @@ defmodule TubeTest.BatchTest do
 
   alias TubeTest.{PeerNode, Remote}
 
+  # TUBE_CTL_DELIVER and TUBE_CTL_SEND_BATCH of include/tube_proto.hrl.
+  @ctl_deliver 6
+  @ctl_send_batch 7
+
   setup do
     {peer, domid, os_pid} = PeerNode.start()
     on_exit(fn -> PeerNode.stop(peer) end)
@@ -89,7 +93,6 @@ defmodule TubeTest.BatchTest do
     {now, later} = Enum.split(pkts, rem(k * 37, 200) + 1)
     went = peer_send(peer, port, now)
     rest = Enum.drop(now, length(went)) ++ later
-    if went == [], do: Process.sleep(1)
     went ++ send_all(peer, port, rest, k + 1)
   end
 
@@ -173,6 +176,17 @@ defmodule TubeTest.BatchTest do
     end
 
     assert_raise ArgumentError, ~r/not a tube/, fn -> :tube.send_batch(self(), ["a"]) end
+
+    # The driver checks the framing itself, for a caller that skips send_batch/2: a frame
+    # of 0 bytes, over 4096, or cut short is badarg and nothing of the call is sent.
+    for framed <- [<<0, 0>>, <<0, 1, "a", 0, 0>>, <<16, 1>> <> big, <<0, 5, "ab">>, <<0>>, <<0, 1, "a", 7>>] do
+      assert_raise ArgumentError, fn -> :erlang.port_control(t, @ctl_send_batch, framed) end
+    end
+
+    for mode <- [<<>>, <<2>>, <<255>>, <<1, 1>>] do
+      assert_raise ArgumentError, fn -> :erlang.port_control(t, @ctl_deliver, mode) end
+    end
+
     {:ok, info} = :tube.info(t)
     assert info.sent == 0 and info.rejected == 0
     # iodata packets, an empty batch.
