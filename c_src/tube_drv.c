@@ -28,6 +28,7 @@ extern int tube_rs_set_active(void *st, const char *buf, size_t len);
 extern int tube_rs_get_active(void *st, unsigned char *out, size_t n);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
+extern int tube_rs_rx_grant(void *st);
 
 /* TUBE_STATS_N (u64 counters of a stats control), the port_control
  * command numbers TUBE_CTL_* and TUBE_ACTIVE_QUERY (the one data byte of an
@@ -111,6 +112,26 @@ int tube_drv_passive(ErlDrvPort port)
     return erl_drv_output_term(port_term, spec, sizeof(spec) / sizeof(spec[0]));
 }
 
+/* The process making the port_control call under way (the receive
+ * governor, for a bounded tube's grant). */
+ErlDrvTermData tube_drv_caller(ErlDrvPort port)
+{
+    return driver_caller(port);
+}
+
+/* A bounded tube has used half its window: {tube_rx_low, Port} to the
+ * receive governor `to`. */
+int tube_drv_rx_low(ErlDrvPort port, ErlDrvTermData to)
+{
+    ErlDrvTermData port_term = driver_mk_port(port);
+    ErlDrvTermData spec[] = {
+        ERL_DRV_ATOM, driver_mk_atom("tube_rx_low"),
+        ERL_DRV_PORT, port_term,
+        ERL_DRV_TUPLE, 2,
+    };
+    return erl_drv_send_term(port_term, to, spec, sizeof(spec) / sizeof(spec[0]));
+}
+
 /* Tell the owner why the tube is going away, then close the port:
  * {tube_closed, Port, Reason} where Reason is an atom. */
 int tube_drv_close(ErlDrvPort port, const char *reason)
@@ -169,6 +190,8 @@ static void tube_timeout(ErlDrvData d)
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * port_control(Tube, 5, []) -> [] makes a reliable tube a distribution
  * controller (badarg for a lossy one).
+ * port_control(Tube, 6, []) -> [] grants a bounded tube a new window (from
+ * the receive governor; ignored by a tube in another mode).
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -195,6 +218,8 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return tube_rs_set_busy_poll((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_DIST)
         return tube_rs_set_dist((void *)d) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_RX_GRANT)
+        return tube_rs_rx_grant((void *)d) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

@@ -57,6 +57,12 @@ fn erlang_header() -> String {
         ("TUBE_DIST_TID_MIN", DIST_TID_MIN.into()),
         ("TUBE_DIST_TID_MAX", DIST_TID_MAX.into()),
         ("TUBE_MAX_BUSY_POLL", MAX_BUSY_POLL_US),
+        ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT.into()),
+        ("TUBE_ACTIVE_BOUNDED", ACTIVE_BOUNDED.into()),
+        ("TUBE_RX_WINDOW", RX_WINDOW),
+        ("TUBE_RX_HIGH_WATER", RX_HIGH_WATER),
+        ("TUBE_RX_LOW_WATER", RX_LOW_WATER),
+        ("TUBE_RX_POLL_MS", RX_POLL_MS),
     ];
     for (name, v) in defs {
         let _ = writeln!(h, "-define({name}, {v}).");
@@ -79,6 +85,7 @@ fn c_header() -> String {
         ("TUBE_CTL_DIST", CTL_DIST),
         ("TUBE_STATS_N", STATS.len() as u32),
         ("TUBE_ACTIVE_QUERY", ACTIVE_QUERY.into()),
+        ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT),
     ] {
         let _ = writeln!(h, "#define {name} {v}");
     }

@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
 
 use crate::handoff;
+use crate::rx_bound::{self, RxBound};
 
 /// Packets delivered per callback before yielding to the scheduler.
 const BATCH: usize = 256;
@@ -118,6 +119,8 @@ struct PortState {
     /// Times the port went busy, and the time it spent busy before now.
     busy_count: u64,
     busy_time: Duration,
+    /// The default, bounded mode (see rx_bound.rs), which also runs on `credit`.
+    bound: RxBound,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -175,6 +178,7 @@ impl PortState {
             |tube, max| inbox.receive(tube, max),
             |got| take_credit(credit, got),
         );
+        self.bound.delivered(self.port, self.credit);
         let delivered = match pass {
             Ok((Pass::Stopped, _)) => return self.go_passive(),
             Ok((Pass::Budget, _)) => return self.resume_later(),
@@ -257,6 +261,9 @@ impl PortState {
     /// not wake us either).
     fn go_passive(&mut self) {
         self.polling = false;
+        if self.bound.is_on() {
+            return self.bound.hold();
+        }
         // SAFETY: `self.port` is the live port of this state.
         unsafe { tube_drv_passive(self.port) };
     }
@@ -264,8 +271,17 @@ impl PortState {
     /// `{active, _}` from the owner: `mode` 0 sets no limit, 1 sets the
     /// credit to `n`, 2 adds `n` to it.
     fn set_active(&mut self, mode: u8, n: u64) -> bool {
-        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_NO_LIMIT, ACTIVE_SET};
+        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_BOUNDED, ACTIVE_NO_LIMIT, ACTIVE_SET};
+        if mode == ACTIVE_BOUNDED {
+            // No packet until the governor has looked at the owner's mailbox.
+            self.credit = self.bound.enter();
+            self.bound.delivered(self.port, self.credit);
+            return true;
+        }
+        let was_bounded = self.bound.is_on();
+        self.bound.leave();
         self.credit = match (mode, self.credit) {
+            (ACTIVE_ADD, _) if was_bounded => Some(n),
             (ACTIVE_NO_LIMIT, _) => None,
             (ACTIVE_SET, _) => Some(n),
             (ACTIVE_ADD, None) => Some(n),
@@ -287,6 +303,7 @@ impl PortState {
         if self.close_requested.is_none() && self.tube.is_open() {
             let budget = self.budget();
             if let Ok(got) = self.receive(budget) {
+                self.bound.delivered(self.port, self.credit);
                 if self.take_credit(got) {
                     return self.go_passive();
                 }
@@ -435,6 +452,8 @@ impl PortState {
             self.busy_count,
             (self.busy_time + self.busy.map_or(Duration::ZERO, |t| t.elapsed())).as_micros() as u64,
             self.tube.queued_bytes() as u64,
+            self.bound.counters()[0],
+            self.bound.counters()[1],
         ]
     }
 }
@@ -674,7 +693,8 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             return std::ptr::null_mut();
         };
         let fd = tube.fd();
-        let credit = credit_from_command(command);
+        let mut bound = RxBound::from_command(rx_bound::command_word(command, 2));
+        let credit = if bound.is_on() { bound.enter() } else { credit_from_command(command) };
         let busy_poll = busy_poll_from_command(command);
         let reliable = reliable_from_command(command);
         let state = Box::new(PortState {
@@ -697,6 +717,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,
+            bound,
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
@@ -820,6 +841,12 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
         match state.tube.on_readable() {
             // Passive, and the peer has gone: what is left in the ring will
             // not be asked for; the hang-up would keep the fd readable.
+            // Bounded, and the peer has gone: what is left in the ring (one
+            // ring at most) is delivered before the tube closes.
+            Ok(()) if state.bound.is_on() && !state.tube.is_open() => {
+                state.credit = None;
+                state.drain();
+            }
             Ok(()) if state.credit == Some(0) && !state.tube.is_open() => {
                 state.close(CloseReason::PeerClosed)
             }
@@ -834,7 +861,8 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
             Err(e) => {
                 // Deliver what the peer left in the ring (as far as the
                 // credit allows) before closing.
-                let left = state.credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
+                let credit = if state.bound.is_on() { None } else { state.credit };
+                let left = credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
                 let _ = state.receive(left);
                 state.close(CloseReason::of(&e));
             }
@@ -948,7 +976,11 @@ pub extern "C" fn tube_rs_get_active(st: *mut c_void, out: *mut u8, n: usize) ->
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: see `guarded`; reading only.
         let state = unsafe { &*(st as *const PortState) };
-        let (mode, credit) = state.credit.map_or((0u8, 0u64), |c| (1, c));
+        let (mode, credit) = match state.credit {
+            _ if state.bound.is_on() => (tube_ring::proto::ACTIVE_BOUNDED, 0),
+            None => (0u8, 0u64),
+            Some(c) => (1, c),
+        };
         let mut bytes = [0u8; 9];
         bytes[0] = mode;
         bytes[1..9].copy_from_slice(&credit.to_ne_bytes());
@@ -970,4 +1002,17 @@ pub extern "C" fn tube_rs_set_busy_poll(st: *mut c_void, buf: *const c_char, len
         let us = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         state.set_busy_poll(u64::from(us))
     })
+}
+
+/// `port_control(Tube, 6, [])` from the receive governor: a new window for
+/// a bounded tube (see rx_bound.rs). A tube in another mode ignores it.
+#[no_mangle]
+pub extern "C" fn tube_rs_rx_grant(st: *mut c_void) -> c_int {
+    guarded(st, |state| {
+        if let Some(window) = state.bound.grant(state.port) {
+            state.credit = Some(window);
+            state.deliver_granted();
+        }
+    });
+    0
 }

@@ -1,0 +1,209 @@
+defmodule TubeReceiveTest do
+  # The default receive mode of a lossy tube, `bounded`: every packet as it
+  # arrives while the owner keeps up, and while it does not, the excess
+  # drops in the ring (counted by the sender) instead of piling up in the
+  # owner's mailbox. The receiver is on this node, the sender in a peer
+  # node (another OS process).
+  use ExUnit.Case, async: false
+
+  alias TubeTest.{PeerNode, Remote}
+
+  # From include/tube_proto.hrl (native/tube_ring/src/proto.rs).
+  @window 1024
+  @high_water 8192
+  # The most packets a bounded tube can have in its owner's mailbox.
+  @max_queued @high_water + @window
+  # What one queued 4096-byte packet may cost the node at most: the
+  # binary, its reference in the message and the message's tuple, with room
+  # for allocator overhead.
+  @per_packet 4096 + 512
+  # Everything else this node may allocate meanwhile (the flood's own
+  # control traffic, the test's processes, allocator carriers).
+  @slack 32 * 1024 * 1024
+
+  setup do
+    {peer, domid, _os_pid} = PeerNode.start()
+    on_exit(fn -> PeerNode.stop(peer) end)
+    %{peer: peer, peer_domid: domid}
+  end
+
+  # Accepts tube `tid` in the peer (its owner sends on request) and opens it
+  # from a process of this node that runs `owner`; returns {tube, owner pid,
+  # name of the peer's owner}.
+  defp open_from(owner, peer, p, tid, opts \\ %{}) do
+    task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:count, 10_000]) end)
+    parent = self()
+
+    pid =
+      spawn_link(fn ->
+        {:ok, t} = :tube.open(p, tid, Map.put(opts, :timeout, 10_000))
+        send(parent, {:opened, self(), t})
+        owner.(t)
+      end)
+
+    assert_receive {:opened, ^pid, t}, 15_000
+    {:ok, name} = Task.await(task, 15_000)
+    {t, pid, name}
+  end
+
+  # An owner that reads nothing until told to, then counts what it
+  # receives and answers how many it has.
+  defp sleeper(t) do
+    receive do
+      {:drain, from} -> drain(t, 0, from)
+    end
+  end
+
+  defp drain(t, n, from) do
+    receive do
+      {^t, {:data, _}} -> drain(t, n + 1, from)
+      {:count, from} -> send(from, {:count, n}) && drain(t, n, from)
+    end
+  end
+
+  defp queue_len(pid), do: elem(Process.info(pid, :message_queue_len), 1)
+
+  # Waits until `fun` returns a truthy value (checked every 10 ms).
+  defp wait_for(fun, what, ms \\ 60_000) do
+    deadline = System.monotonic_time(:millisecond) + ms
+    wait_loop(fun, what, deadline)
+  end
+
+  defp wait_loop(fun, what, deadline) do
+    case fun.() do
+      v when v not in [nil, false] ->
+        v
+
+      _ ->
+        if System.monotonic_time(:millisecond) > deadline, do: flunk("never happened: #{what}")
+
+        receive do
+        after
+          10 -> wait_loop(fun, what, deadline)
+        end
+    end
+  end
+
+  defp node_memory do
+    :erlang.garbage_collect()
+    :erlang.memory(:total)
+  end
+
+  # The peer's owner sends `batches` x `n` packets of `size` bytes.
+  defp flood(peer, name, batches, n, size) do
+    for _ <- 1..batches, do: :ok = PeerNode.call(peer, Remote, :send_seq, [name, n, size], 60_000)
+    :ok
+  end
+
+  test "a receiver that does not read: its mailbox and its node's memory stay bounded, the excess drops in the ring and is counted",
+       %{peer: peer, peer_domid: p} do
+    base = node_memory()
+    {t, owner, name} = open_from(&sleeper/1, peer, p, 60, %{active: true})
+
+    # 4096-byte packets: a thousand times what a mailbox may hold, in
+    # flights of 20,000 (each one far over the bound on its own).
+    flood(peer, name, 5, 20_000, 4096)
+
+    # The mailbox reaches the high-water mark, and the tube is held there.
+    wait_for(fn -> queue_len(owner) >= @high_water end, "the mailbox reaches the high-water mark")
+    assert queue_len(owner) <= @max_queued
+    wait_for(fn -> match?({:ok, %{rx_held: h}} when h >= 1, :tube.info(t)) end, "the tube is held")
+    assert queue_len(owner) <= @max_queued
+
+    # More flood while held: nothing more reaches the mailbox.
+    flood(peer, name, 5, 20_000, 4096)
+    offered = 200_000
+    q2 = queue_len(owner)
+    assert q2 <= @max_queued
+    grown = node_memory() - base
+    bound = @max_queued * @per_packet + @slack
+
+    assert grown < bound,
+           "node memory grew by #{grown} bytes, over the bound of #{bound} (#{q2} packets queued)"
+
+    # The excess dropped in the ring, counted on the sender's side: what
+    # it put in the ring and what it dropped are all it was given.
+    info = PeerNode.call(peer, Remote, :stats, [name]).info
+    assert info.dropped > 0
+    assert info.sent + info.dropped == offered
+    assert info.sent < offered - @max_queued
+    {:ok, mine} = :tube.info(t)
+    assert mine.rx_held >= 1 and mine.received <= info.sent
+
+    # Once the owner reads, delivery resumes: what the ring held, then new
+    # packets, reach it.
+    send(owner, {:drain, self()})
+    flood(peer, name, 1, 100, 64)
+    sent = PeerNode.call(peer, Remote, :stats, [name]).info.sent
+
+    wait_for(
+      fn ->
+        send(owner, {:count, self()})
+        assert_receive {:count, n}, 10_000
+        n == sent
+      end,
+      "every packet the ring took reaches the owner once it reads"
+    )
+
+    :ok = :tube.close(t)
+  end
+
+  test "a receiver that keeps up gets every packet, in order, through many windows",
+       %{peer: peer, peer_domid: p} do
+    parent = self()
+    {t, owner, name} = open_from(fn t -> relay(t, parent) end, peer, p, 61)
+    assert {:ok, %{}} = :tube.info(t)
+
+    # The sender never runs ahead of the receiver by more than one flight,
+    # which the ring holds: nothing may drop, and the flights add up to
+    # many windows of the governor.
+    flights = 60
+    per_flight = 1_000
+
+    for f <- 0..(flights - 1) do
+      first = f * per_flight
+      :ok = PeerNode.call(peer, Remote, :send_seq, [name, first, per_flight, 64])
+
+      for i <- first..(first + per_flight - 1) do
+        assert_receive {:pkt, <<^i::32, _::binary>>}, 10_000
+      end
+    end
+
+    info = PeerNode.call(peer, Remote, :stats, [name]).info
+    assert info.dropped == 0
+    assert info.sent == flights * per_flight
+    assert {:ok, %{received: received}} = :tube.info(t)
+    assert received == flights * per_flight
+    assert flights * per_flight > 10 * @window
+    refute_received {:pkt, _}
+    send(owner, :stop)
+    :ok = :tube.close(t)
+  end
+
+  # The owner forwards each packet to the test process as it reads it.
+  defp relay(t, to) do
+    receive do
+      {^t, {:data, d}} -> send(to, {:pkt, d}) && relay(t, to)
+      :stop -> :ok
+    end
+  end
+
+  test "{active, true} stays available, and a tube goes back to the default with {active, :bounded}",
+       %{peer: peer, peer_domid: p} do
+    parent = self()
+    {t, owner, name} = open_from(fn t -> relay(t, parent) end, peer, p, 62, %{active: true})
+    mode = fn -> :erlang.port_control(t, 3, <<255>>) |> :erlang.list_to_binary() end
+    assert mode.() == <<0, 0::64-native>>
+    :ok = PeerNode.call(peer, Remote, :send_seq, [name, 0, 10, 64])
+    for i <- 0..9, do: assert_receive({:pkt, <<^i::32, _::binary>>}, 10_000)
+
+    :ok = :tube.setopts(t, active: :bounded)
+    assert mode.() == <<3, 0::64-native>>
+    :ok = PeerNode.call(peer, Remote, :send_seq, [name, 10, 10, 64])
+    for i <- 10..19, do: assert_receive({:pkt, <<^i::32, _::binary>>}, 10_000)
+
+    assert_raise ArgumentError, fn -> :tube.setopts(t, active: :unbounded) end
+    send(owner, :stop)
+    :ok = :tube.close(t)
+  end
+end
