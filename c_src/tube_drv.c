@@ -28,7 +28,8 @@ extern int tube_rs_set_active(void *st, const char *buf, size_t len);
 extern int tube_rs_get_active(void *st, unsigned char *out, size_t n);
 extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
-extern int tube_rs_rx_grant(void *st);
+extern int tube_rs_rx_grant(void *st, const char *buf, size_t len);
+extern int tube_rs_rx_count(void *st, uint64_t *out);
 
 /* TUBE_STATS_N (u64 counters of a stats control), the port_control
  * command numbers TUBE_CTL_* and TUBE_ACTIVE_QUERY (the one data byte of an
@@ -190,8 +191,10 @@ static void tube_timeout(ErlDrvData d)
  * port_control(Tube, 4, <<Us:32/native>>) -> [] sets {busy_poll, Us}.
  * port_control(Tube, 5, []) -> [] makes a reliable tube a distribution
  * controller (badarg for a lossy one).
- * port_control(Tube, 6, []) -> [] grants a bounded tube a new window (from
- * the receive governor; ignored by a tube in another mode).
+ * port_control(Tube, 6, []) -> <<Count:64/native>>, packets delivered so
+ * far; port_control(Tube, 6, <<Count:64/native>>) -> [] grants a bounded
+ * tube a new window, less what it delivered since Count (from the receive
+ * governor; ignored by a tube in another mode).
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -218,8 +221,21 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return tube_rs_set_busy_poll((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command == TUBE_CTL_DIST)
         return tube_rs_set_dist((void *)d) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_RX_GRANT && len == 0) {
+        uint64_t count;
+        if (tube_rs_rx_count((void *)d, &count) != 0)
+            return -1;
+        if (rlen < sizeof(count)) {
+            char *out = driver_alloc(sizeof(count));
+            if (out == NULL)
+                return -1;
+            *rbuf = out;
+        }
+        memcpy(*rbuf, &count, sizeof(count));
+        return (ErlDrvSSizeT)sizeof(count);
+    }
     if (command == TUBE_CTL_RX_GRANT)
-        return tube_rs_rx_grant((void *)d) == 0 ? 0 : -1;
+        return tube_rs_rx_grant((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

@@ -14,10 +14,11 @@
 %% below ?TUBE_RX_LOW_WATER (the gap between the two marks keeps a tube at
 %% the edge from flapping between held and granted).
 %%
-%% The bound is the driver's: a window is only granted after a look, so
-%% however late this process runs, a bounded tube's packets in a mailbox
-%% never exceed ?TUBE_RX_HIGH_WATER + ?TUBE_RX_WINDOW. A late look only
-%% pauses delivery. Started (or restarted) with no state, it looks at
+%% The bound is the driver's: a window is only granted after a look, and
+%% it is a window less what the tube delivered after the count read just
+%% before the look, so however late this process runs, a bounded tube's
+%% packets in a mailbox never exceed ?TUBE_RX_HIGH_WATER + ?TUBE_RX_WINDOW.
+%% A late look only pauses delivery. Started (or restarted) with no state, it looks at
 %% every bounded tube on the node, so none stays held by a governor that
 %% has gone.
 -module(tube_rx_governor).
@@ -75,9 +76,10 @@ handle_info(_Msg, State) ->
 %% Grants the tube a window if its owner's mailbox is below Mark, holds it
 %% otherwise; a closed tube, or one whose owner is gone, is forgotten.
 look(Port, Mark, #state{held = Held} = State) ->
+    Count = delivered(Port),
     case queue_len(Port) of
-        {_Owner, Len} when Len < Mark ->
-            grant(Port),
+        {_Owner, Len} when Len < Mark, is_integer(Count) ->
+            grant(Port, Count),
             State#state{held = maps:remove(Port, Held)};
         {Owner, _} ->
             poll_later(State#state{held = Held#{Port => Owner}});
@@ -97,9 +99,21 @@ queue_len(Port) ->
             gone
     end.
 
+%% Packets the tube has delivered, read before the look at the mailbox:
+%% the grant that follows subtracts what was delivered after it, which the
+%% look may not have seen.
+delivered(Port) ->
+    case catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, []) of
+        [_ | _] = Bytes when length(Bytes) =:= 8 ->
+            <<Count:64/native>> = list_to_binary(Bytes),
+            Count;
+        _ ->
+            closed
+    end.
+
 %% A tube in another mode ignores the grant; a closed one raises badarg.
-grant(Port) ->
-    _ = (catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, [])),
+grant(Port, Count) ->
+    _ = (catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, <<Count:64/native>>)),
     ok.
 
 poll_later(#state{poll = true} = State) ->

@@ -1004,15 +1004,42 @@ pub extern "C" fn tube_rs_set_busy_poll(st: *mut c_void, buf: *const c_char, len
     })
 }
 
-/// `port_control(Tube, 6, [])` from the receive governor: a new window for
-/// a bounded tube (see rx_bound.rs). A tube in another mode ignores it.
+/// `port_control(Tube, 6, [])`: packets delivered so far, which the
+/// receive governor reads before it looks at the owner's mailbox.
 #[no_mangle]
-pub extern "C" fn tube_rs_rx_grant(st: *mut c_void) -> c_int {
-    guarded(st, |state| {
-        if let Some(window) = state.bound.grant(state.port) {
+pub extern "C" fn tube_rs_rx_count(st: *mut c_void, out: *mut u64) -> c_int {
+    if st.is_null() || out.is_null() {
+        return -1;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see `guarded`; reading only.
+        let state = unsafe { &*(st as *const PortState) };
+        // SAFETY: the caller passes room for one u64.
+        unsafe { *out = state.tube.stats().recv_pkts };
+    }));
+    if r.is_ok() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `port_control(Tube, 6, <<Count:64/native>>)` from the receive governor:
+/// a new window for a bounded tube, less what it delivered since `Count`
+/// (see rx_bound.rs). A tube in another mode ignores it.
+#[no_mangle]
+pub extern "C" fn tube_rs_rx_grant(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
+    set_from_control(st, buf, len, 8, |state, bytes| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(bytes);
+        let since = state.tube.stats().recv_pkts.saturating_sub(u64::from_ne_bytes(n));
+        if let Some(window) = state.bound.grant(state.port, since) {
             state.credit = Some(window);
-            state.deliver_granted();
+            state.bound.delivered(state.port, state.credit);
+            if window > 0 {
+                state.deliver_granted();
+            }
         }
-    });
-    0
+        true
+    })
 }

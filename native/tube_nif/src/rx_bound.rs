@@ -17,8 +17,11 @@
 //!
 //! The bound does not depend on the governor being prompt: the driver stops
 //! by itself at the end of a window, and a window is granted only after a
-//! look at a mailbox below the high-water mark, so a bounded tube's packets
-//! in its owner's mailbox never exceed `RX_HIGH_WATER + RX_WINDOW`. A late
+//! look at a mailbox below the high-water mark. The governor reads the
+//! tube's delivered count before it looks, and the grant is a window less
+//! what was delivered after that count, so no more than `RX_WINDOW` packets
+//! follow any look that saw fewer than `RX_HIGH_WATER`: a bounded tube's
+//! packets in its owner's mailbox never exceed `RX_HIGH_WATER + RX_WINDOW`. A late
 //! governor only costs a pause of delivery, never memory. A tube whose peer
 //! has gone delivers what is left in its ring (at most one ring) before it
 //! closes, as `{active, true}` does.
@@ -108,11 +111,14 @@ impl RxBound {
         }
     }
 
-    /// `CTL_RX_GRANT` from the governor: the caller becomes the governor
-    /// and the tube's credit a new window. `None` when the tube is not in
-    /// the bounded mode (the owner has chosen another since): nothing
-    /// changes.
-    pub fn grant(&mut self, port: DrvPort) -> Option<u64> {
+    /// `CTL_RX_GRANT` from the governor, which read the delivered count,
+    /// then looked at the mailbox: the caller becomes the governor and the
+    /// tube's credit a window less the `since` packets delivered after that
+    /// count (the look may have missed them), so that no more than a window
+    /// follows a look. `None` when the tube is not in the bounded mode (the
+    /// owner has chosen another since): nothing changes. A window left
+    /// empty asks for the next look at once.
+    pub fn grant(&mut self, port: DrvPort, since: u64) -> Option<u64> {
         if !self.on {
             return None;
         }
@@ -120,8 +126,11 @@ impl RxBound {
         // driver_caller names the process making the call.
         self.governor = unsafe { tube_drv_caller(port) };
         self.asked = false;
-        self.end_hold();
-        Some(RX_WINDOW)
+        let window = RX_WINDOW.saturating_sub(since);
+        if window > 0 {
+            self.end_hold();
+        }
+        Some(window)
     }
 
     fn end_hold(&mut self) {

@@ -15,8 +15,10 @@ pub const CTL_BUSY_POLL: u32 = 4;
 /// `port_control` command: the port becomes a distribution controller.
 pub const CTL_DIST: u32 = 5;
 /// `port_control` command from the node's receive governor (src/tube_rx_governor.erl) to a
-/// tube in the default, bounded mode: the owner is not behind, deliver another `RX_WINDOW`
-/// packets; the driver sends the caller `{tube_rx_low, Port}` when half of them are gone.
+/// tube in the default, bounded mode: with no data, the packets delivered so far
+/// (`<<Count:64/native>>`); with `<<Count:64/native>>`, the owner was not behind when that
+/// count was read: deliver a window of `RX_WINDOW` packets less those delivered since. The
+/// driver sends the caller `{tube_rx_low, Port}` when half a window is gone.
 pub const CTL_RX_GRANT: u32 = 6;
 
 /// The counters of `CTL_STATS`, in order (the names `tube:info/1` gives them).
