@@ -303,8 +303,9 @@ impl PortState {
         if self.close_requested.is_none() && self.tube.is_open() {
             let budget = self.budget();
             if let Ok(got) = self.receive(budget) {
+                let ran_out = self.take_credit(got);
                 self.bound.delivered(self.port, self.credit);
-                if self.take_credit(got) {
+                if ran_out {
                     return self.go_passive();
                 }
             }
@@ -839,14 +840,14 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
     guarded(st, |state| {
         state.wakeups += 1;
         match state.tube.on_readable() {
-            // Passive, and the peer has gone: what is left in the ring will
-            // not be asked for; the hang-up would keep the fd readable.
             // Bounded, and the peer has gone: what is left in the ring (one
             // ring at most) is delivered before the tube closes.
             Ok(()) if state.bound.is_on() && !state.tube.is_open() => {
                 state.credit = None;
                 state.drain();
             }
+            // Passive, and the peer has gone: what is left in the ring will
+            // not be asked for; the hang-up would keep the fd readable.
             Ok(()) if state.credit == Some(0) && !state.tube.is_open() => {
                 state.close(CloseReason::PeerClosed)
             }
