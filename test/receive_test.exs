@@ -111,7 +111,7 @@ defmodule TubeReceiveTest do
     # scripts/soak.sh): nothing more reaches the mailbox, and the node's
     # memory stays under the bound after every flight.
     bound = @max_queued * @per_packet + @slack
-    flights = held_flights(peer, name, owner, base, bound)
+    {flights, q_max, grown_max} = held_flights(peer, name, owner, base, bound)
     offered = (filling + flights) * 20_000
 
     # The excess dropped in the ring, counted on the sender's side: what
@@ -122,6 +122,12 @@ defmodule TubeReceiveTest do
     assert info.sent < offered - @max_queued
     {:ok, mine} = :tube.info(t)
     assert mine.rx_held >= 1 and mine.received <= info.sent
+
+    IO.puts(
+      "\n  receive bound: #{offered} packets of 4096 B offered to a receiver that reads nothing, " <>
+        "#{info.sent} entered the ring, #{info.dropped} dropped; mailbox at most #{q_max} packets, " <>
+        "node memory grown by at most #{div(grown_max, 1024 * 1024)} MiB (bound #{div(bound, 1024 * 1024)} MiB)"
+    )
 
     # Once the owner reads, delivery resumes: what the ring held, then new
     # packets, reach it.
@@ -153,26 +159,27 @@ defmodule TubeReceiveTest do
 
   defp held?(t), do: match?({:ok, %{rx_held: h}} when h >= 1, :tube.info(t))
 
+  # Returns {flights, largest mailbox seen, most node memory grown}.
   defp held_flights(peer, name, owner, base, bound) do
+    flight = fn -> held_flight(peer, name, owner, base, bound) end
+
     case System.get_env("TUBE_RX_FLOOD_SECONDS") do
       nil ->
-        for _ <- 1..5, do: held_flight(peer, name, owner, base, bound)
-        5
+        Enum.reduce(1..5, {0, 0, 0}, fn _, acc -> add_flight(acc, flight.()) end)
 
       s ->
         until = System.monotonic_time(:millisecond) + String.to_integer(s) * 1000
-        flights_until(until, 0, fn -> held_flight(peer, name, owner, base, bound) end)
+        flights_until(until, {0, 0, 0}, flight)
     end
   end
 
-  defp flights_until(until, n, flight) do
-    if System.monotonic_time(:millisecond) < until do
-      flight.()
-      flights_until(until, n + 1, flight)
-    else
-      n
-    end
+  defp flights_until(until, acc, flight) do
+    if System.monotonic_time(:millisecond) < until,
+      do: flights_until(until, add_flight(acc, flight.()), flight),
+      else: acc
   end
+
+  defp add_flight({n, q_max, grown_max}, {q, grown}), do: {n + 1, max(q, q_max), max(grown, grown_max)}
 
   defp held_flight(peer, name, owner, base, bound) do
     flood(peer, name, 1, 20_000, 4096)
@@ -180,6 +187,7 @@ defmodule TubeReceiveTest do
     assert q <= @max_queued
     grown = node_memory() - base
     assert grown < bound, "node memory grew by #{grown} bytes, over the bound of #{bound} (#{q} packets queued)"
+    {q, grown}
   end
 
   test "a receiver that keeps up gets every packet, in order, through many windows",
