@@ -104,8 +104,9 @@ open(Domid, Tid) ->
 %% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
 %% default the application env `open_timeout', 5000) bounds the wait for
 %% the peer to accept; `active' (default `bounded' for a lossy tube,
-%% `true' for a reliable one) is the tube's first delivery mode and `busy_poll' (default the application env `busy_poll',
-%% 50) its polling window, as in setopts/2; `delivery' is `lossy' (the
+%% `true' for a reliable one) is the tube's first delivery mode and
+%% `busy_poll' (default the application env `busy_poll', 50) its polling
+%% window, as in setopts/2; `delivery' is `lossy' (the
 %% default) or `reliable'. Options may also be given as a list of `{Key,
 %% Value}'.
 %%
@@ -231,16 +232,15 @@ info(Tube) ->
 %% @doc Sets how packets are delivered, as `{active, _}' does for sockets:
 %% `bounded' (the default of a lossy tube) delivers every packet as it
 %% arrives while the owner keeps up, and holds delivery while the owner's
-%% mailbox holds 8192 messages or more, until it
-%% holds fewer than 4096: meanwhile packets wait in the ring
-%% and, once it is full, the peer's sends drop there and are counted (the
-%% peer's `dropped'), and this end counts how often and how long delivery
-%% was held (`rx_held', `rx_held_us' in info/1). The owner re-arms nothing:
-%% a node process, `tube_rx_governor', looks at the mailbox once per 512
-%% packets delivered, so that a tube never puts more than 8192 + 1024
-%% packets in a mailbox (see the README); `true' delivers every packet as
-%% it arrives, with no bound; `false' stops
-%% delivering; `once' delivers one packet; `N' adds N packets to what may be
+%% mailbox holds 8192 messages or more, until it holds fewer than 4096:
+%% meanwhile packets wait in the ring and, once it is full, the peer's
+%% sends drop there and are counted (the peer's `dropped'), and this end
+%% counts how often and how long delivery was held (`rx_held',
+%% `rx_held_us' in info/1). The owner re-arms nothing: a node process,
+%% `tube_rx_governor', looks at the mailbox once per 512 packets
+%% delivered, so that a tube never puts more than 8192 + 1024 packets in a
+%% mailbox (see the README). `true' delivers every packet as it arrives,
+%% with no bound; `false' stops delivering; `once' delivers one packet; `N' adds N packets to what may be
 %% delivered. When a tube in `once' or `N' mode has delivered its last
 %% allowed packet, the owner gets `{tube_passive, Tube}'. While a tube
 %% delivers nothing, packets wait in its ring, and once the ring is full the
