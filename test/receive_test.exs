@@ -190,6 +190,32 @@ defmodule TubeReceiveTest do
     {q, grown}
   end
 
+  test "a held tube whose peer closes delivers what its ring holds, then tube_closed",
+       %{peer: peer, peer_domid: p} do
+    parent = self()
+
+    owner = fn t ->
+      receive do
+        :drain -> send(parent, {:got, drain_until_closed(t, 0)})
+      end
+    end
+
+    {t, owner, name} = open_from(owner, peer, p, 63)
+    flights_until_held(peer, name, t, owner, 0)
+    sent = PeerNode.call(peer, Remote, :stats, [name]).info.sent
+    :ok = PeerNode.call(peer, Remote, :close, [name])
+    send(owner, :drain)
+    assert_receive {:got, {n, :peer_closed}}, 60_000
+    assert n == sent
+  end
+
+  defp drain_until_closed(t, n) do
+    receive do
+      {^t, {:data, _}} -> drain_until_closed(t, n + 1)
+      {:tube_closed, ^t, reason} -> {n, reason}
+    end
+  end
+
   test "a receiver that keeps up gets every packet, in order, through many windows",
        %{peer: peer, peer_domid: p} do
     parent = self()
