@@ -30,6 +30,8 @@ extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 extern int tube_rs_set_deliver(void *st, const char *buf, size_t len);
 extern int tube_rs_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
+extern int tube_rs_rx_grant(void *st, const char *buf, size_t len);
+extern int tube_rs_rx_count(void *st, uint64_t *out);
 
 /* TUBE_STATS_N (u64 counters of a stats control), the port_control
  * command numbers TUBE_CTL_* and TUBE_ACTIVE_QUERY (the one data byte of an
@@ -111,6 +113,26 @@ int tube_drv_passive(ErlDrvPort port)
         ERL_DRV_TUPLE, 2,
     };
     return erl_drv_output_term(port_term, spec, sizeof(spec) / sizeof(spec[0]));
+}
+
+/* The process making the port_control call under way (the receive
+ * governor, for a bounded tube's grant). */
+ErlDrvTermData tube_drv_caller(ErlDrvPort port)
+{
+    return driver_caller(port);
+}
+
+/* A bounded tube has used half its window: {tube_rx_low, Port} to the
+ * receive governor `to`. */
+int tube_drv_rx_low(ErlDrvPort port, ErlDrvTermData to)
+{
+    ErlDrvTermData port_term = driver_mk_port(port);
+    ErlDrvTermData spec[] = {
+        ERL_DRV_ATOM, driver_mk_atom("tube_rx_low"),
+        ERL_DRV_PORT, port_term,
+        ERL_DRV_TUPLE, 2,
+    };
+    return erl_drv_send_term(port_term, to, spec, sizeof(spec) / sizeof(spec[0]));
 }
 
 /* Tell the owner why the tube is going away, then close the port:
@@ -232,7 +254,7 @@ static void tube_timeout(ErlDrvData d)
     tube_rs_timeout((void *)d);
 }
 
-/* port_control(Tube, 1, []) -> 10 native-endian u64 counters as a list of
+/* port_control(Tube, 1, []) -> TUBE_STATS_N native-endian u64 counters as a list of
  * bytes; see tube_rs_stats for their order.
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
  * {tube_closed, Tube, Reason}; Reason is peer_closed or peer_down.
@@ -244,6 +266,10 @@ static void tube_timeout(ErlDrvData d)
  * port_control(Tube, 6, <<Mode:8>>) -> [] sets {deliver, _} (0 packet, 1 batch).
  * port_control(Tube, 7, Framed) -> <<Status:8, Sent:32/native>> sends a batch
  * of packets framed <<Len:16, Bytes/binary>> (see send_batch in src/tube.erl).
+ * port_control(Tube, 8, []) -> <<Count:64/native>>, packets delivered so
+ * far; port_control(Tube, 8, <<Count:64/native>>) -> [] grants a bounded
+ * tube a new window, less what it delivered since Count (from the receive
+ * governor; ignored by a tube in another mode).
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -285,6 +311,21 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         memcpy(*rbuf, answer, sizeof(answer));
         return (ErlDrvSSizeT)sizeof(answer);
     }
+    if (command == TUBE_CTL_RX_GRANT && len == 0) {
+        uint64_t count;
+        if (tube_rs_rx_count((void *)d, &count) != 0)
+            return -1;
+        if (rlen < sizeof(count)) {
+            char *out = driver_alloc(sizeof(count));
+            if (out == NULL)
+                return -1;
+            *rbuf = out;
+        }
+        memcpy(*rbuf, &count, sizeof(count));
+        return (ErlDrvSSizeT)sizeof(count);
+    }
+    if (command == TUBE_CTL_RX_GRANT)
+        return tube_rs_rx_grant((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

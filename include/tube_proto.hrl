@@ -5,7 +5,7 @@
 -define(TUBE_CTL_ACTIVE, 3).
 -define(TUBE_CTL_BUSY_POLL, 4).
 -define(TUBE_CTL_DIST, 5).
--define(TUBE_STATS_N, 13).
+-define(TUBE_STATS_N, 15).
 -define(TUBE_ACTIVE_NO_LIMIT, 0).
 -define(TUBE_ACTIVE_SET, 1).
 -define(TUBE_ACTIVE_ADD, 2).
@@ -25,5 +25,11 @@
 -define(TUBE_DELIVER_BATCH, 1).
 -define(TUBE_SEND_BATCH_OK, 0).
 -define(TUBE_SEND_BATCH_CLOSED, 1).
+-define(TUBE_CTL_RX_GRANT, 8).
+-define(TUBE_ACTIVE_BOUNDED, 3).
+-define(TUBE_RX_WINDOW, 1024).
+-define(TUBE_RX_HIGH_WATER, 8192).
+-define(TUBE_RX_LOW_WATER, 4096).
+-define(TUBE_RX_POLL_MS, 1).
 %% The counters of TUBE_CTL_STATS, in order.
--define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes]).
+-define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes, rx_held, rx_held_us]).

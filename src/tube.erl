@@ -56,7 +56,7 @@
 -type tube() :: port().
 -type domid() :: 0..16#7FEF.
 -type tid() :: 0..16#FFFFFFFF.
--type active() :: boolean() | once | pos_integer().
+-type active() :: bounded | boolean() | once | pos_integer().
 -type busy_poll() :: 0..100000.
 -type delivery() :: lossy | reliable.
 %% How packets reach the owner: one message per packet, or many (see setopts/2).
@@ -110,12 +110,13 @@ open(Domid, Tid) ->
 
 %% @doc As open/2 with options: `timeout' (milliseconds or `infinity',
 %% default the application env `open_timeout', 5000) bounds the wait for
-%% the peer to accept; `active' (default `true') is the tube's first
-%% delivery mode and `busy_poll' (default the application env `busy_poll',
-%% 50) its polling window, as in setopts/2; `delivery' is `lossy' (the
-%% default) or `reliable'; `deliver' (`packet', the default, or `batch', for
-%% lossy tubes only) is how received packets reach the owner, as in
-%% setopts/2. Options may also be given as a list of `{Key, Value}'.
+%% the peer to accept; `active' (default `bounded' for a lossy tube,
+%% `true' for a reliable one) is the tube's first delivery mode and
+%% `busy_poll' (default the application env `busy_poll', 50) its polling
+%% window, as in setopts/2; `delivery' is `lossy' (the default) or
+%% `reliable'; `deliver' (`packet', the default, or `batch', for lossy tubes
+%% only) is how received packets reach the owner, as in setopts/2. Options
+%% may also be given as a list of `{Key, Value}'.
 %%
 %% Domid 0 is Xen's control domain, never a node: open/1,2,3 raise badarg
 %% for it, as for any domid out of 1..32751 and any Tid out of
@@ -237,8 +238,17 @@ info(Tube) ->
     ?BADARG([Tube], #{1 => not_a_tube()}).
 
 %% @doc Sets how packets are delivered, as `{active, _}' does for sockets:
-%% `true' (the default) delivers every packet as it arrives; `false' stops
-%% delivering; `once' delivers one packet; `N' adds N packets to what may be
+%% `bounded' (the default of a lossy tube) delivers every packet as it
+%% arrives while the owner keeps up, and holds delivery while the owner's
+%% mailbox holds 8192 messages or more, until it holds fewer than 4096:
+%% meanwhile packets wait in the ring and, once it is full, the peer's
+%% sends drop there and are counted (the peer's `dropped'), and this end
+%% counts how often and how long delivery was held (`rx_held',
+%% `rx_held_us' in info/1). The owner re-arms nothing: a node process,
+%% `tube_rx_governor', looks at the mailbox once per 512 packets
+%% delivered, so that a tube never puts more than 8192 + 1024 packets in a
+%% mailbox (see the README). `true' delivers every packet as it arrives,
+%% with no bound; `false' stops delivering; `once' delivers one packet; `N' adds N packets to what may be
 %% delivered. When a tube in `once' or `N' mode has delivered its last
 %% allowed packet, the owner gets `{tube_passive, Tube}'. While a tube
 %% delivers nothing, packets wait in its ring, and once the ring is full the
@@ -279,13 +289,26 @@ setopts(Tube, Opts) ->
                 true ->
                     case lists:member({deliver, batch}, List) andalso delivery_of(Tube) =:= reliable of
                         true -> ?BADARG([Tube, Opts], #{2 => batch_on_reliable()});
-                        false -> apply_controls(Tube, [control(O) || O <- List])
+                        false -> setopts_checked(Tube, List)
                     end;
                 closed -> {error, closed};
                 false -> ?BADARG([Tube, Opts], #{1 => not_a_tube()})
             end;
         {P, O} ->
             ?BADARG([Tube, Opts], causes([P, O]))
+    end.
+
+%% A tube set to `bounded' delivers nothing until the receive governor
+%% has looked at the owner's mailbox: tell it.
+setopts_checked(Tube, List) ->
+    case apply_controls(Tube, [control(O) || O <- List]) of
+        ok ->
+            case lists:keyfind(active, 1, lists:reverse(List)) of
+                {active, bounded} -> tube_rx_governor:govern(Tube);
+                _ -> ok
+            end;
+        E ->
+            E
     end.
 
 apply_controls(Tube, Controls) ->
@@ -463,13 +486,13 @@ tubes() -> tube_control:tubes().
 %% so that observer and erlang:port_info/2 show whom a tube links to.
 finish({ok, Id, Tube, {_Role, Peer, Tid}}, #{credit := Credit, busy_poll := BusyPoll, delivery := Delivery} = PortOpts) ->
     Words = [Id, Credit, BusyPoll, delivery_word(Delivery)],
-    Command = lists:flatten([?DRIVER, [[" ", integer_to_list(W)] || W <- Words],
+    Command = lists:flatten([?DRIVER, [[" ", command_word(W)] || W <- Words],
                              " peer=", integer_to_list(Peer), " tid=", integer_to_list(Tid),
                              deliver_command(PortOpts)]),
     case catch erlang:open_port({spawn_driver, Command}, [binary]) of
         Port when is_port(Port) ->
             case tube_control:attach(Tube, Port) of
-                ok -> {ok, Port};
+                ok -> govern_bounded(Credit, Port), {ok, Port};
                 E -> catch erlang:port_close(Port), E
             end;
         {'EXIT', Reason} ->
@@ -479,6 +502,9 @@ finish({ok, Id, Tube, {_Role, Peer, Tid}}, #{credit := Credit, busy_poll := Busy
     end;
 finish(Error, _PortOpts) ->
     Error.
+
+command_word(bounded) -> "bounded";
+command_word(N) -> integer_to_list(N).
 
 %% One setopts/2 option (already checked) as {Control, Data}.
 control({active, A}) -> {?TUBE_CTL_ACTIVE, active_control(A)};
@@ -490,6 +516,7 @@ deliver_word(batch) -> ?TUBE_DELIVER_BATCH.
 
 %% A delivery mode as {Mode, N}: Mode 0 sets no limit, 1 sets the credit
 %% to N, 2 adds N to it.
+active_mode(bounded) -> {?TUBE_ACTIVE_BOUNDED, 0};
 active_mode(true) -> {?TUBE_ACTIVE_NO_LIMIT, 0};
 active_mode(false) -> {?TUBE_ACTIVE_SET, 0};
 active_mode(once) -> {?TUBE_ACTIVE_SET, 1};
@@ -519,12 +546,23 @@ deliver_command(_) -> "".
 delivery_word(lossy) -> ?TUBE_DELIVERY_LOSSY;
 delivery_word(reliable) -> ?TUBE_DELIVERY_RELIABLE.
 
-%% The first credit, in the open_port command: -1 is no limit.
+%% The first credit, in the open_port command: -1 is no limit, `bounded'
+%% the default mode of a lossy tube (see setopts/2). A reliable tube never
+%% drops, so it has no ring to let the excess drop in: its default stays
+%% `true'.
 credit_opt(Opts) ->
-    case active_mode(maps:get(active, Opts, true)) of
+    Default = case maps:get(delivery, Opts, lossy) of
+                  lossy -> bounded;
+                  reliable -> true
+              end,
+    case active_mode(maps:get(active, Opts, Default)) of
+        {?TUBE_ACTIVE_BOUNDED, _} -> bounded;
         {?TUBE_ACTIVE_NO_LIMIT, _} -> -1;
         {_, N} -> N
     end.
+
+govern_bounded(bounded, Port) -> tube_rx_governor:govern(Port);
+govern_bounded(_Credit, _Port) -> ok.
 
 counters(Tube) ->
     case catch erlang:port_control(Tube, ?TUBE_CTL_STATS, []) of
@@ -532,13 +570,15 @@ counters(Tube) ->
             <<Sent:64/native, SentB:64/native, Recv:64/native, RecvB:64/native,
               Dropped:64/native, Rejected:64/native, Wakeups:64/native,
               PeerPid:64/native, BusyPoll:64/native, Polling:64/native,
-              Busy:64/native, BusyUs:64/native, Queued:64/native>> = list_to_binary(Bytes),
+              Busy:64/native, BusyUs:64/native, Queued:64/native,
+              RxHeld:64/native, RxHeldUs:64/native>> = list_to_binary(Bytes),
             {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
                    received_bytes => RecvB, dropped => Dropped,
                    rejected => Rejected, wakeups => Wakeups,
                    peer_os_pid => case PeerPid of 0 -> undefined; P -> P end,
                    busy_poll => BusyPoll, polling => Polling =:= 1,
-                   busy => Busy, busy_us => BusyUs, queued_bytes => Queued}};
+                   busy => Busy, busy_us => BusyUs, queued_bytes => Queued,
+                   rx_held => RxHeld, rx_held_us => RxHeldUs}};
         _ ->
             {error, closed}
     end.
@@ -573,6 +613,7 @@ hand_over(Tube, Pid) ->
                 true ->
                     unlink(Tube),
                     _ = (catch erlang:port_control(Tube, ?TUBE_CTL_ACTIVE, Mode)),
+                    govern_bounded(mode_credit(Mode), Tube),
                     ok
             catch
                 error:badarg when Closing -> ok;
@@ -581,6 +622,9 @@ hand_over(Tube, Pid) ->
         closed ->
             {error, closed}
     end.
+
+mode_credit(<<?TUBE_ACTIVE_BOUNDED, _/binary>>) -> bounded;
+mode_credit(_) -> other.
 
 %% The tube's delivery mode now, as the control data that sets it again:
 %% the driver answers an active control of the one byte 255 with it.
@@ -618,7 +662,7 @@ valid_option(tids, {Min, Max}) -> is_tid(Min) andalso is_tid(Max) andalso Min =<
 valid_option(tids, _) -> false.
 
 expected(timeout) -> "milliseconds (0..4294967295) or infinity";
-expected(active) -> "true, false, once or a positive integer";
+expected(active) -> "bounded, true, false, once or a positive integer";
 expected(busy_poll) -> "microseconds, 0..100000";
 expected(delivery) -> "lossy or reliable";
 expected(deliver) -> "packet or batch";
@@ -717,7 +761,7 @@ fmt(Format, Args) -> lists:flatten(io_lib:format(Format, Args)).
 is_domid(D) -> is_integer(D) andalso D >= 1 andalso D =< ?MAX_DOMID.
 is_tid(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TID.
 is_busy_poll(Us) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL.
-is_active(A) -> is_boolean(A) orelse A =:= once orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
+is_active(A) -> is_boolean(A) orelse A =:= once orelse A =:= bounded orelse (is_integer(A) andalso A > 0 andalso A < 1 bsl 63).
 is_node_name(Node) -> lists:member($@, atom_to_list(Node)).
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< 16#FFFFFFFF.

@@ -25,6 +25,11 @@ init(control_plane) ->
     Registry = #{id => tube_registry,
                  start => {tube_registry, start_link, []},
                  shutdown => 5000},
-    {ok, {#{strategy => one_for_all, intensity => 5, period => 10}, [Tubes, Registry]}};
+    %% The receive governor starts first and stops last: the tubes it
+    %% grants windows to live under the other two.
+    Governor = #{id => tube_rx_governor,
+                 start => {tube_rx_governor, start_link, []},
+                 shutdown => 1000},
+    {ok, {#{strategy => one_for_all, intensity => 5, period => 10}, [Governor, Tubes, Registry]}};
 init(empty) ->
     {ok, {#{strategy => one_for_one}, []}}.

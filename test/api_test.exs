@@ -164,7 +164,7 @@ defmodule TubeApiTest do
       assert length(Enum.uniq(seqs)) == length(seqs)
       # Every packet that entered the ring reached one owner or the other.
       assert length(seqs) == sent
-      assert mode == <<0, 0::64-native>>, "back to {active, true}"
+      assert mode == <<3, 0::64-native>>, "back to the default, bounded"
     end
 
     test "only the owner hands a tube over; closed tubes and bad arguments",

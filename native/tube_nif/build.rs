@@ -63,6 +63,12 @@ fn erlang_header() -> String {
         ("TUBE_DELIVER_BATCH", DELIVER_BATCH.into()),
         ("TUBE_SEND_BATCH_OK", SEND_BATCH_OK.into()),
         ("TUBE_SEND_BATCH_CLOSED", SEND_BATCH_CLOSED.into()),
+        ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT.into()),
+        ("TUBE_ACTIVE_BOUNDED", ACTIVE_BOUNDED.into()),
+        ("TUBE_RX_WINDOW", RX_WINDOW),
+        ("TUBE_RX_HIGH_WATER", RX_HIGH_WATER),
+        ("TUBE_RX_LOW_WATER", RX_LOW_WATER),
+        ("TUBE_RX_POLL_MS", RX_POLL_MS),
     ];
     for (name, v) in defs {
         let _ = writeln!(h, "-define({name}, {v}).");
@@ -87,6 +93,7 @@ fn c_header() -> String {
         ("TUBE_ACTIVE_QUERY", ACTIVE_QUERY.into()),
         ("TUBE_CTL_DELIVER", CTL_DELIVER),
         ("TUBE_CTL_SEND_BATCH", CTL_SEND_BATCH),
+        ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT),
     ] {
         let _ = writeln!(h, "#define {name} {v}");
     }

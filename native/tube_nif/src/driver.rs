@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
 
 use crate::handoff;
+use crate::rx_bound::{self, RxBound};
 
 mod batch;
 
@@ -120,6 +121,8 @@ struct PortState {
     /// Times the port went busy, and the time it spent busy before now.
     busy_count: u64,
     busy_time: Duration,
+    /// The default, bounded mode (see rx_bound.rs), which also runs on `credit`.
+    bound: RxBound,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -177,6 +180,7 @@ impl PortState {
             |tube, max| inbox.receive(tube, max),
             |got| take_credit(credit, got),
         );
+        self.bound.delivered(self.port, self.credit);
         let delivered = match pass {
             Ok((Pass::Stopped, _)) => return self.go_passive(),
             Ok((Pass::Budget, _)) => return self.resume_later(),
@@ -260,6 +264,9 @@ impl PortState {
     /// not wake us either).
     fn go_passive(&mut self) {
         self.polling = false;
+        if self.bound.is_on() {
+            return self.bound.hold();
+        }
         // SAFETY: `self.port` is the live port of this state.
         unsafe { tube_drv_passive(self.port) };
     }
@@ -267,8 +274,17 @@ impl PortState {
     /// `{active, _}` from the owner: `mode` 0 sets no limit, 1 sets the
     /// credit to `n`, 2 adds `n` to it.
     fn set_active(&mut self, mode: u8, n: u64) -> bool {
-        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_NO_LIMIT, ACTIVE_SET};
+        use tube_ring::proto::{ACTIVE_ADD, ACTIVE_BOUNDED, ACTIVE_NO_LIMIT, ACTIVE_SET};
+        if mode == ACTIVE_BOUNDED {
+            // No packet until the governor has looked at the owner's mailbox.
+            self.credit = self.bound.enter();
+            self.bound.delivered(self.port, self.credit);
+            return true;
+        }
+        let was_bounded = self.bound.is_on();
+        self.bound.leave();
         self.credit = match (mode, self.credit) {
+            (ACTIVE_ADD, _) if was_bounded => Some(n),
             (ACTIVE_NO_LIMIT, _) => None,
             (ACTIVE_SET, _) => Some(n),
             (ACTIVE_ADD, None) => Some(n),
@@ -290,7 +306,9 @@ impl PortState {
         if self.close_requested.is_none() && self.tube.is_open() {
             let budget = self.budget();
             if let Ok(got) = self.receive(budget) {
-                if self.take_credit(got) {
+                let ran_out = self.take_credit(got);
+                self.bound.delivered(self.port, self.credit);
+                if ran_out {
                     return self.go_passive();
                 }
             }
@@ -438,6 +456,8 @@ impl PortState {
             self.busy_count,
             (self.busy_time + self.busy.map_or(Duration::ZERO, |t| t.elapsed())).as_micros() as u64,
             self.tube.queued_bytes() as u64,
+            self.bound.counters()[0],
+            self.bound.counters()[1],
         ]
     }
 }
@@ -682,7 +702,8 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             return std::ptr::null_mut();
         };
         let fd = tube.fd();
-        let credit = credit_from_command(command);
+        let mut bound = RxBound::from_command(rx_bound::command_word(command, 2));
+        let credit = if bound.is_on() { bound.enter() } else { credit_from_command(command) };
         let busy_poll = busy_poll_from_command(command);
         let reliable = reliable_from_command(command);
         let state = Box::new(PortState {
@@ -712,6 +733,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,
+            bound,
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
@@ -833,6 +855,12 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
     guarded(st, |state| {
         state.wakeups += 1;
         match state.tube.on_readable() {
+            // Bounded, and the peer has gone: what is left in the ring (one
+            // ring at most) is delivered before the tube closes.
+            Ok(()) if state.bound.is_on() && !state.tube.is_open() => {
+                state.credit = None;
+                state.drain();
+            }
             // Passive, and the peer has gone: what is left in the ring will
             // not be asked for; the hang-up would keep the fd readable.
             Ok(()) if state.credit == Some(0) && !state.tube.is_open() => {
@@ -849,7 +877,8 @@ pub extern "C" fn tube_rs_ready_input(st: *mut c_void) {
             Err(e) => {
                 // Deliver what the peer left in the ring (as far as the
                 // credit allows) before closing.
-                let left = state.credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
+                let credit = if state.bound.is_on() { None } else { state.credit };
+                let left = credit.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(usize::MAX));
                 let _ = state.receive(left);
                 state.close(CloseReason::of(&e));
             }
@@ -963,7 +992,11 @@ pub extern "C" fn tube_rs_get_active(st: *mut c_void, out: *mut u8, n: usize) ->
     let r = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: see `guarded`; reading only.
         let state = unsafe { &*(st as *const PortState) };
-        let (mode, credit) = state.credit.map_or((0u8, 0u64), |c| (1, c));
+        let (mode, credit) = match state.credit {
+            _ if state.bound.is_on() => (tube_ring::proto::ACTIVE_BOUNDED, 0),
+            None => (0u8, 0u64),
+            Some(c) => (1, c),
+        };
         let mut bytes = [0u8; 9];
         bytes[0] = mode;
         bytes[1..9].copy_from_slice(&credit.to_ne_bytes());
@@ -984,5 +1017,45 @@ pub extern "C" fn tube_rs_set_busy_poll(st: *mut c_void, buf: *const c_char, len
     set_from_control(st, buf, len, 4, |state, bytes| {
         let us = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         state.set_busy_poll(u64::from(us))
+    })
+}
+
+/// `port_control(Tube, 6, [])`: packets delivered so far, which the
+/// receive governor reads before it looks at the owner's mailbox.
+#[no_mangle]
+pub extern "C" fn tube_rs_rx_count(st: *mut c_void, out: *mut u64) -> c_int {
+    if st.is_null() || out.is_null() {
+        return -1;
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see `guarded`; reading only.
+        let state = unsafe { &*(st as *const PortState) };
+        // SAFETY: the caller passes room for one u64.
+        unsafe { *out = state.tube.stats().recv_pkts };
+    }));
+    if r.is_ok() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// `port_control(Tube, 6, <<Count:64/native>>)` from the receive governor:
+/// a new window for a bounded tube, less what it delivered since `Count`
+/// (see rx_bound.rs). A tube in another mode ignores it.
+#[no_mangle]
+pub extern "C" fn tube_rs_rx_grant(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
+    set_from_control(st, buf, len, 8, |state, bytes| {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(bytes);
+        let since = state.tube.stats().recv_pkts.saturating_sub(u64::from_ne_bytes(n));
+        if let Some(window) = state.bound.grant(state.port, since) {
+            state.credit = Some(window);
+            state.bound.delivered(state.port, state.credit);
+            if window > 0 {
+                state.deliver_granted();
+            }
+        }
+        true
     })
 }

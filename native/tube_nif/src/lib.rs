@@ -13,6 +13,7 @@
 mod driver;
 mod handoff;
 mod ring_nif;
+mod rx_bound;
 mod xs_nif;
 
 use std::ffi::c_void;

@@ -19,9 +19,15 @@ pub const CTL_DELIVER: u32 = 6;
 /// `port_control` command: `send_batch/2`, packets framed `<<Len:16, Bytes:Len/binary>>`;
 /// the answer is `<<Status:8, Sent:32/native>>` (`SEND_BATCH_*`).
 pub const CTL_SEND_BATCH: u32 = 7;
+/// `port_control` command from the node's receive governor (src/tube_rx_governor.erl) to a
+/// tube in the default, bounded mode: with no data, the packets delivered so far
+/// (`<<Count:64/native>>`); with `<<Count:64/native>>`, the owner was not behind when that
+/// count was read: deliver a window of `RX_WINDOW` packets less those delivered since. The
+/// driver sends the caller `{tube_rx_low, Port}` when half a window is gone.
+pub const CTL_RX_GRANT: u32 = 8;
 
 /// The counters of `CTL_STATS`, in order (the names `tube:info/1` gives them).
-pub const STATS: [&str; 13] = [
+pub const STATS: [&str; 15] = [
     "sent",
     "sent_bytes",
     "received",
@@ -35,6 +41,8 @@ pub const STATS: [&str; 13] = [
     "busy",
     "busy_us",
     "queued_bytes",
+    "rx_held",
+    "rx_held_us",
 ];
 
 /// Active modes of `CTL_ACTIVE`: no limit, set the credit to N, add N to it.
@@ -46,6 +54,23 @@ pub const ACTIVE_ADD: u8 = 2;
 /// The one data byte of a `CTL_ACTIVE` that asks for the mode instead of setting it (a set
 /// request is 9 bytes); the answer is `<<Mode:8, N:64/native>>`.
 pub const ACTIVE_QUERY: u8 = 255;
+/// Active mode of `CTL_ACTIVE` (and of the answer to `ACTIVE_QUERY`): the default, every
+/// packet as it arrives while the owner keeps up, in windows of `RX_WINDOW` packets that the
+/// receive governor grants only while the owner's mailbox is below `RX_HIGH_WATER`.
+pub const ACTIVE_BOUNDED: u8 = 3;
+/// Packets a bounded tube delivers per grant of the receive governor.
+pub const RX_WINDOW: u64 = 1024;
+/// Messages in the owner's mailbox at which the governor stops granting: delivery waits in
+/// the ring (and the peer's sends drop there) while the owner is this far behind.
+pub const RX_HIGH_WATER: u64 = 8192;
+/// Messages in the owner's mailbox below which a held tube is granted again. An owner that
+/// reads but is slower than its peer sends is held and granted in turn; the governor looks
+/// at it once per `RX_POLL_MS` (the timer's grain, 1-2 ms), so the low mark is what a fast
+/// owner (about 2-4 million packets a second) takes that long to read: it then never waits
+/// for a look with an empty mailbox.
+pub const RX_LOW_WATER: u64 = 4096;
+/// Milliseconds between two looks of the governor at the mailbox of an owner it holds.
+pub const RX_POLL_MS: u64 = 1;
 
 /// Largest packet of a lossy tube: packets are `1..=MAX_PACKET` bytes.
 pub const MAX_PACKET: u64 = 4096;

@@ -30,6 +30,14 @@ defmodule Mix.Tasks.Tube.Bench do
   `--no-transports` skips the transport part; `--handshakes N` sets how many
   open/close cycles give the one-tube handshake figures (default 20).
 
+      mix tube.bench --rx-modes --rounds 5   # the receive-mode table alone
+
+  `--rx-modes` measures, instead of the tables above, one tube received in
+  its default mode, `{active, true}` and fixed credits side by side, in
+  `--rounds` interleaved rounds (default 3), and prints medians with the
+  smallest and largest figure of each cell and the default's share of the
+  best credit mode (see `Tube.Bench.RxModes`).
+
   Every receiving process (for every transport alike) runs with
   `message_queue_data: :off_heap` unless `--on-heap` is given: with the
   default on-heap queue, a sender on another scheduler and the receiver
@@ -41,11 +49,11 @@ defmodule Mix.Tasks.Tube.Bench do
   """
   use Mix.Task
 
-  alias Tube.Bench.{Cluster, Report, Suite}
+  alias Tube.Bench.{Cluster, Report, RxModes, Suite}
 
   @impl true
   def run(args) do
-    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean, levels: :string, sizes: :string, window: :integer, transports: :boolean, handshakes: :integer])
+    {opts, _, _} = OptionParser.parse(args, strict: [quick: :boolean, out: :string, only: :string, scale: :boolean, on_heap: :boolean, levels: :string, sizes: :string, window: :integer, transports: :boolean, handshakes: :integer, rx_modes: :boolean, rounds: :integer])
     Mix.Task.run("compile")
     Mix.Task.run("loadpaths")
     quick? = Keyword.get(opts, :quick, false)
@@ -56,14 +64,39 @@ defmodule Mix.Tasks.Tube.Bench do
     IO.puts(:stderr, "tube bench#{if quick?, do: " (quick)", else: ""}: starting two nodes")
     cluster = Cluster.start(settings.off_heap)
 
-    res =
-      try do
-        Suite.run(cluster, settings, log)
-      after
-        Cluster.stop(cluster)
-      end
+    if opts[:rx_modes] do
+      settings = Map.put(settings, :rx_rounds, Keyword.get(opts, :rounds, 3))
 
-    write(res, settings, quick?, out)
+      res =
+        try do
+          RxModes.run(cluster, settings, log)
+        after
+          Cluster.stop(cluster)
+        end
+
+      write_rx_modes(res, settings, out)
+    else
+      res =
+        try do
+          Suite.run(cluster, settings, log)
+        after
+          Cluster.stop(cluster)
+        end
+
+      write(res, settings, quick?, out)
+    end
+  end
+
+  defp write_rx_modes(res, settings, out) do
+    stamp = Calendar.strftime(DateTime.utc_now(), "%Y%m%d-%H%M%S")
+    machine = machine()
+    IO.puts(RxModes.table(res))
+    IO.puts("\nmachine: #{machine.cpu}, #{machine.cores} cores, Linux #{machine.kernel}, OTP #{machine.otp}")
+    File.mkdir_p!(out)
+    json = Path.join(out, "rx-modes-#{stamp}.json")
+    doc = %{command: "mix tube.bench --rx-modes", date: stamp, machine: machine, settings: settings, results: res}
+    File.write!(json, Report.json(doc) <> "\n")
+    IO.puts("wrote #{json}")
   end
 
   # --only tube,dist limits the transports; --no-scale skips the scale part.

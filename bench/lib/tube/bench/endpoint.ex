@@ -151,16 +151,20 @@ defmodule Tube.Bench.Endpoint do
     {%{attempted: n, ns: now() - t0}, st}
   end
 
-  defp handle({:count, size, t0, t1, hard}, st) do
-    # Every receiver takes packets in bounded credits, as the sockets do
-    # with {active, N}: a tube then lets its ring drop what the receiver
-    # cannot take instead of queueing it in the mailbox.
-    credit = credit(st.kind, size)
-    Process.put(:credit, credit)
-    arm(st, credit)
+  defp handle({:count, size, t0, t1, hard}, st), do: handle({:count, size, t0, t1, hard, :credit}, st)
+
+  # `mode`: how the receiver takes packets. `:credit` (the transports
+  # table): every receiver takes bounded credits, as the sockets do with
+  # {active, N}: a tube then lets its ring drop what the receiver cannot
+  # take instead of queueing it in the mailbox. For a tube alone (the
+  # receive-mode table): `:default` (the tube's default delivery, no
+  # re-arming), `{:active, true}` (every packet, no bound) or `{:active, n}`
+  # (a fixed credit of n).
+  defp handle({:count, size, t0, t1, hard, mode}, st) do
+    arm_mode(st, mode, size)
     r = count_run(t0, t1, hard)
-    # Back to plain delivery for what this endpoint does next (ping, echo).
-    if st.kind in [:tube, :tube_batch], do: _ = :tube.setopts(st.handle, active: true)
+    # Back to the default delivery for what this endpoint does next (ping, echo).
+    if st.kind in [:tube, :tube_batch], do: tube_default(st.handle)
     {r, st}
   end
 
@@ -211,6 +215,24 @@ defmodule Tube.Bench.Endpoint do
     do: div(@batch_credit_bytes, size) |> max(@batch_credit_range.first) |> min(@batch_credit_range.last)
 
   def credit(_kind, _size), do: @active
+
+  defp arm_mode(st, :credit, size), do: arm_credit(st, credit(st.kind, size))
+  defp arm_mode(%{kind: :tube, handle: p}, :default, _size), do: tube_default(p)
+  defp arm_mode(%{kind: :tube, handle: p}, {:active, true}, _size), do: :ok = :tube.setopts(p, active: true)
+  defp arm_mode(%{kind: :tube} = st, {:active, n}, _size) when is_integer(n), do: arm_credit(st, n)
+
+  defp arm_credit(st, n) do
+    Process.put(:credit, n)
+    arm(st, n)
+  end
+
+  # The tube's default delivery (`active: :bounded`); a tube library
+  # without it delivered `active: true` by default.
+  defp tube_default(p) do
+    :ok = :tube.setopts(p, active: :bounded)
+  rescue
+    ArgumentError -> :ok = :tube.setopts(p, active: true)
+  end
 
   defp arm(%{kind: kind, handle: p}, n) when kind in [:tube, :tube_batch], do: :ok = :tube.setopts(p, active: n)
   defp arm(%{kind: :unix, handle: s}, n), do: :ok = :inet.setopts(s, active: n)

@@ -11,14 +11,15 @@ defmodule Tube.Bench.Measure do
   @doc """
   Every link's `a` sends `size`-byte packets as fast as it can while its `b`
   counts what arrives in a window of `window_ms` after `warmup_ms`.
-  Returns the sums over all links.
+  Returns the sums over all links. `mode` is how the receivers take
+  packets (see `Tube.Bench.Endpoint`'s count).
   """
-  def throughput(links, peer_node, size, warmup_ms, window_ms) do
+  def throughput(links, peer_node, size, warmup_ms, window_ms, mode \\ :credit) do
     now_b = :erpc.call(peer_node, :erlang, :monotonic_time, [:nanosecond])
     t0 = now_b + (@lead_ms + warmup_ms) * 1_000_000
     t1 = t0 + window_ms * 1_000_000
     hard = t1 + 10_000_000_000
-    counts = Enum.map(links, fn l -> E.cast(l.b, {:count, size, t0, t1, hard}) end)
+    counts = Enum.map(links, fn l -> E.cast(l.b, {:count, size, t0, t1, hard, mode}) end)
     send_ms = @lead_ms + warmup_ms + window_ms + 100
     sends = Enum.map(links, fn l -> E.cast(l.a, {:send_for, size, send_ms}) end)
     sent = Enum.map(sends, &E.await(&1, 120_000))
