@@ -17,7 +17,8 @@
 %% by itself. Reason is `peer_closed' (the peer closed its end or its
 %% process died), `peer_down' (the peer's domain was released in
 %% Xenstore), `corrupt' (the shared ring broke the protocol),
-%% `io_error' or `internal_error'. As for any port, an owner that traps
+%% `delivery_mismatch' (one end is reliable, the other lossy; both ends
+%% close with it), `io_error' or `internal_error'. As for any port, an owner that traps
 %% exits then also receives ``{'EXIT', Tube, normal}''.</li>
 %% </ul>
 %%

@@ -25,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
+use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET};
 
 use crate::handoff;
 
@@ -113,7 +113,7 @@ struct PortState {
     /// Where received packets go.
     inbox: Inbox,
     /// The port is busy: the outbox is not empty, or the ring has not yet
-    /// drained to `RESUME_ROOM` free bytes since it was.
+    /// drained to `Tube::resume_room` free bytes since it was.
     busy: Option<Instant>,
     /// Times the port went busy, and the time it spent busy before now.
     busy_count: u64,
@@ -129,6 +129,7 @@ enum CloseReason {
     Corrupt,
     IoError,
     InternalError,
+    DeliveryMismatch,
 }
 
 impl CloseReason {
@@ -139,6 +140,7 @@ impl CloseReason {
             CloseReason::Corrupt => c"corrupt",
             CloseReason::IoError => c"io_error",
             CloseReason::InternalError => c"internal_error",
+            CloseReason::DeliveryMismatch => c"delivery_mismatch",
         }
     }
 
@@ -146,6 +148,7 @@ impl CloseReason {
         match e {
             RingError::PeerGone => CloseReason::PeerClosed,
             RingError::Corrupt(_) => CloseReason::Corrupt,
+            RingError::DeliveryMismatch => CloseReason::DeliveryMismatch,
             _ => CloseReason::IoError,
         }
     }
@@ -377,13 +380,13 @@ impl PortState {
                 Err(_) => return self.close(CloseReason::Corrupt),
             }
             let queued = self.tube.queued_bytes();
-            if queued == 0 && self.tube.room(RESUME_ROOM) {
+            if queued == 0 && self.tube.room(self.tube.resume_room()) {
                 return self.resume();
             }
             // With messages waiting, any room the reader frees is worth
             // filling at once (it frees a quarter ring at a time); with none,
             // the port waits for half the ring before it takes new ones.
-            let need = if queued > 0 { OUTBOX_ROOM } else { RESUME_ROOM };
+            let need = if queued > 0 { OUTBOX_ROOM } else { self.tube.resume_room() };
             if self.tube.prepare_wait_room(need) || !self.tube.is_open() {
                 return;
             }
@@ -647,6 +650,11 @@ fn reliable_from_command(command: &CStr) -> bool {
 
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
 /// default when absent or out of range.
+fn delivery_word(reliable: bool) -> u32 {
+    use tube_ring::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
+    (if reliable { DELIVERY_RELIABLE } else { DELIVERY_LOSSY }) as u32
+}
+
 fn busy_poll_from_command(command: &CStr) -> Duration {
     match command_word(command, 3) {
         Some(us) if us <= MAX_BUSY_POLL_US => Duration::from_micros(us),
@@ -670,9 +678,11 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
         }
         // SAFETY: the emulator passes the NUL-terminated open_port command.
         let command = unsafe { CStr::from_ptr(command) };
-        let Some(tube) = claim_from_command(command) else {
+        let Some(mut tube) = claim_from_command(command) else {
             return std::ptr::null_mut();
         };
+        // A mismatch closes the port from the first timeout below, with its reason.
+        let _ = tube.declare_delivery(delivery_word(reliable_from_command(command)));
         let fd = tube.fd();
         let credit = credit_from_command(command);
         let busy_poll = busy_poll_from_command(command);

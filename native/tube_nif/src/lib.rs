@@ -30,6 +30,7 @@ pub mod atoms {
         corrupt,
         bad_ref,
         denied,
+        delivery_mismatch,
         tube_xs,
         watch,
         enomem,

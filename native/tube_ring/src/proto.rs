@@ -60,5 +60,7 @@ pub const MAX_TID: u32 = 0xFFFF_FFFF;
 pub const DIST_TID_MIN: u32 = 0xFFFF_0000;
 /// See `DIST_TID_MIN`.
 pub const DIST_TID_MAX: u32 = 0xFFFF_FFFF;
+/// Bytes of each ring of a tube with a distribution Tid (a lossy tube's are 126 KiB).
+pub const DIST_RING_BYTES: u64 = 4 << 20;
 /// Longest polling window, in microseconds.
 pub const MAX_BUSY_POLL_US: u64 = 100_000;
