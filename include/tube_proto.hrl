@@ -19,6 +19,7 @@
 -define(TUBE_DIST_TID_MIN, 4294901760).
 -define(TUBE_DIST_TID_MAX, 4294967295).
 -define(TUBE_DIST_RING_BYTES, 4194304).
+-define(TUBE_CLOSE_LINGER_MS, 5000).
 -define(TUBE_MAX_BUSY_POLL, 100000).
 %% The counters of TUBE_CTL_STATS, in order.
 -define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes]).

@@ -57,6 +57,7 @@ fn erlang_header() -> String {
         ("TUBE_DIST_TID_MIN", DIST_TID_MIN.into()),
         ("TUBE_DIST_TID_MAX", DIST_TID_MAX.into()),
         ("TUBE_DIST_RING_BYTES", DIST_RING_BYTES),
+        ("TUBE_CLOSE_LINGER_MS", CLOSE_LINGER_MS),
         ("TUBE_MAX_BUSY_POLL", MAX_BUSY_POLL_US),
     ];
     for (name, v) in defs {

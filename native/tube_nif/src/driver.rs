@@ -65,11 +65,13 @@ extern "C" {
     fn tube_drv_free_binary(bin: *mut c_void);
     fn tube_drv_set_busy(port: DrvPort, on: c_int);
     fn tube_drv_fail(port: DrvPort) -> c_int;
+    fn tube_drv_set_timer(port: DrvPort, ms: std::ffi::c_ulong) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
-/// `stop_select` for their fd (closing it earlier races with the poll set).
-static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
+/// `stop_select` for their fd (closing it earlier races with the poll set);
+/// with whether they may linger to deliver their outbox (`linger`).
+static RETIRED: Mutex<Option<HashMap<RawFd, (Tube, bool)>>> = Mutex::new(None);
 
 /// Counters returned by the stats control (see `tube_rs_stats`).
 const STATS_N: usize = tube_ring::proto::STATS.len();
@@ -87,6 +89,9 @@ struct PortState {
     closing: bool,
     /// A close asked for by the control plane, carried out from a timeout.
     close_requested: Option<CloseReason>,
+    /// Until when a requested close of a reliable tube waits for the ring's
+    /// hang-up (`close_waits`).
+    close_after: Option<Instant>,
     /// Packets the owner still takes before the tube goes passive (`{active,
     /// N}`); `None` is `{active, true}`, the default. While it is zero the
     /// driver neither reads the ring nor asks to be woken: the ring fills up
@@ -163,8 +168,10 @@ impl PortState {
     /// at once, so the owner runs without delay.
     fn drain(&mut self) {
         if let Some(reason) = self.close_requested {
-            let reason = self.requested_reason(reason);
-            return self.close(reason);
+            if !self.close_waits() {
+                let reason = self.requested_reason(reason);
+                return self.close(reason);
+            }
         }
         let budget = self.budget();
         if budget == 0 {
@@ -191,6 +198,28 @@ impl PortState {
             // A packet arrived while we were announcing sleep.
             self.resume_later();
         }
+    }
+
+    /// A close the control plane asked for (the peer's state in Xenstore)
+    /// waits, on a reliable tube, for the ring's hang-up, which comes once
+    /// the peer has put in the ring what it sent before its close
+    /// (`linger`): at most `linger::LINGER` and a second, then it closes.
+    /// True while it waits, with a timer set for the rest of the wait.
+    fn close_waits(&mut self) -> bool {
+        if !self.reliable || self.dist || !self.tube.is_open() {
+            return false;
+        }
+        let until = *self
+            .close_after
+            .get_or_insert_with(|| Instant::now() + crate::linger::LINGER + Duration::from_secs(1));
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = std::ffi::c_ulong::try_from(left.as_millis() + 1).unwrap_or(std::ffi::c_ulong::MAX);
+        // SAFETY: `self.port` is the live port of this state.
+        unsafe { tube_drv_set_timer(self.port, ms) };
+        true
     }
 
     /// The reason for a close the control plane asked for: a peer whose end of the event
@@ -695,6 +724,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             wakeups: 0,
             closing: false,
             close_requested: None,
+            close_after: None,
             credit,
             busy_poll,
             polling: false,
@@ -734,20 +764,24 @@ pub extern "C" fn tube_rs_stop(st: *mut c_void) {
         // SAFETY: `st` came from Box::into_raw in tube_rs_start and the
         // emulator calls stop exactly once, after every other callback.
         let state = unsafe { Box::from_raw(st as *mut PortState) };
-        let PortState { port, tube, fd, .. } = *state;
-        RETIRED.lock().get_or_insert_with(HashMap::new).insert(fd, tube);
+        let PortState { port, tube, fd, reliable, dist, .. } = *state;
+        // A distribution connection that ends needs nothing more delivered.
+        RETIRED.lock().get_or_insert_with(HashMap::new).insert(fd, (tube, reliable && !dist));
         // SAFETY: deselecting the fd of this port; the emulator then calls
         // stop_select (possibly right away), which drops the retired tube.
         unsafe { tube_drv_select(port, fd as isize, 0) };
     }));
 }
 
-/// `stop_select`: the emulator no longer polls `fd`; close the tube.
+/// `stop_select`: the emulator no longer polls `fd`; close the tube (a
+/// reliable one once its outbox is delivered, see `linger`).
 #[no_mangle]
 pub extern "C" fn tube_rs_stop_select(fd: isize) {
     let _ = catch_unwind(|| {
-        let tube = RETIRED.lock().as_mut().and_then(|m| m.remove(&(fd as RawFd)));
-        drop(tube);
+        let retired = RETIRED.lock().as_mut().and_then(|m| m.remove(&(fd as RawFd)));
+        if let Some((tube, may_linger)) = retired {
+            crate::linger::finish(tube, may_linger);
+        }
     });
 }
 

@@ -12,6 +12,7 @@
 
 mod driver;
 mod handoff;
+mod linger;
 mod ring_nif;
 mod xs_nif;
 

@@ -62,5 +62,8 @@ pub const DIST_TID_MIN: u32 = 0xFFFF_0000;
 pub const DIST_TID_MAX: u32 = 0xFFFF_FFFF;
 /// Bytes of each ring of a tube with a distribution Tid (a lossy tube's are 126 KiB).
 pub const DIST_RING_BYTES: u64 = 4 << 20;
+/// Longest a closed reliable tube goes on delivering what its owner sent before the close
+/// (the messages still waiting for room in the peer's ring), in milliseconds.
+pub const CLOSE_LINGER_MS: u64 = 5000;
 /// Longest polling window, in microseconds.
 pub const MAX_BUSY_POLL_US: u64 = 100_000;
