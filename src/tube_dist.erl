@@ -61,9 +61,22 @@ start_control_plane() ->
     %% The application's environment (its defaults and sys.config) is read
     %% by the control plane: load it, without starting it.
     _ = application:load(tube),
+    ok = run_pending_on_load(),
     case tube_nif:load_driver() of
         ok -> tube_sup:start_link();
         E -> E
+    end.
+
+%% A release's boot script loads every module before the kernel starts,
+%% and init runs their on_load functions (tube_nif's loads the NIF library)
+%% only when the kernel starts its safe supervisor, after distribution: until
+%% then tube_nif cannot be called. The handlers are run here instead, for the
+%% modules loaded so far; the code server they may ask is running. A node
+%% started without a boot script loads tube_nif on first call, as usual.
+run_pending_on_load() ->
+    case erlang:module_loaded(tube_nif) of
+        true -> ok;
+        false -> init:run_on_load_handlers()
     end.
 
 %% ---- listening -------------------------------------------------------------

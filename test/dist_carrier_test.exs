@@ -134,3 +134,80 @@ defmodule DistCarrierTest.Handshake do
     end
   end
 end
+
+defmodule DistCarrierTest.Release do
+  # A Mix release with tube distribution turned on in rel/vm.args.eex: two
+  # of its nodes on this host connect over a tube. The release boots from a
+  # boot script (embedded mode), where every module is loaded before the
+  # kernel starts distribution.
+  use ExUnit.Case, async: false
+
+  @root Path.expand("..", __DIR__)
+  @moduletag timeout: 600_000
+
+  setup do
+    dir = Path.join(System.tmp_dir!(), "tube-release-#{System.unique_integer([:positive])}")
+    File.mkdir_p!(Path.join(dir, "lib"))
+    File.mkdir_p!(Path.join(dir, "rel"))
+    File.write!(Path.join(dir, "mix.exs"), """
+    defmodule RelApp.MixProject do
+      use Mix.Project
+      def project do
+        [app: :rel_app, version: "0.1.0", elixir: "~> 1.14",
+         deps: [{:tube, path: #{inspect(@root)}}]]
+      end
+      def application, do: [extra_applications: [:logger]]
+    end
+    """)
+    File.write!(Path.join(dir, "lib/rel_app.ex"), "defmodule RelApp do\nend\n")
+    File.write!(Path.join(dir, "rel/vm.args.eex"), "-proto_dist inet_tcp tube\n")
+    xs = Path.join(dir, "xenstored.sock")
+
+    on_exit(fn ->
+      for n <- ["rel_a", "rel_b"], do: release(dir, xs, n, ["stop"])
+      case File.read(xs <> ".pid") do
+        {:ok, pid} -> System.cmd("kill", [String.trim(pid)], stderr_to_stdout: true)
+        _ -> :ok
+      end
+      File.rm_rf!(dir)
+    end)
+
+    %{dir: dir, xs: xs}
+  end
+
+  defp env(xs, extra \\ []) do
+    [{"MIX_ENV", "prod"}, {"XENSTORED_PATH", xs}, {"MIX_EXS", nil}, {"MIX_BUILD_PATH", nil},
+     {"MIX_DEPS_PATH", nil}] ++ extra
+  end
+
+  defp release(dir, xs, node, args) do
+    bin = Path.join(dir, "_build/prod/rel/rel_app/bin/rel_app")
+    extra = [{"RELEASE_NODE", node}, {"RELEASE_DISTRIBUTION", "sname"}, {"RELEASE_COOKIE", "tube_release"}]
+    System.cmd(bin, args, cd: dir, env: env(xs, extra), stderr_to_stdout: true)
+  end
+
+  # Evaluates `code` in `node` through the release's rpc command, once the
+  # node answers (it boots in the background).
+  defp rpc(dir, xs, node, code, tries \\ 600) do
+    case release(dir, xs, node, ["rpc", code]) do
+      {out, 0} -> String.trim(out)
+      {out, _} when tries == 0 -> flunk("#{node} did not answer: #{out}")
+      _ -> Process.sleep(100) && rpc(dir, xs, node, code, tries - 1)
+    end
+  end
+
+  test "two nodes of a Mix release with -proto_dist inet_tcp tube in vm.args connect over a tube",
+       %{dir: dir, xs: xs} do
+    {out, status} = System.cmd("mix", ["release", "--overwrite"], cd: dir, env: env(xs), stderr_to_stdout: true)
+    assert status == 0, "mix release failed:\n#{out}"
+    assert File.read!(Path.join(dir, "_build/prod/rel/rel_app/releases/0.1.0/vm.args")) =~ "-proto_dist inet_tcp tube"
+
+    for n <- ["rel_a", "rel_b"], do: assert({_, 0} = release(dir, xs, n, ["daemon"]))
+    {:ok, host} = :inet.gethostname()
+    b = "rel_b@#{host}"
+    _ = rpc(dir, xs, "rel_b", "node()")
+    code = "{:ok, i} = :net_kernel.node_info(:\"#{b}\"); IO.inspect({elem(i[:address], 3), i[:state]})"
+    assert rpc(dir, xs, "rel_a", "IO.inspect(Node.ping(:\"#{b}\"))") == ":pong"
+    assert rpc(dir, xs, "rel_a", code) == "{:tube, :up}"
+  end
+end
