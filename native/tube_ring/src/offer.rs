@@ -428,6 +428,11 @@ mod tests {
         sys::poll_fd(fd, libc::POLLIN, Duration::from_secs(10)).unwrap();
         assert!(matches!(a.on_readable(), Err(RingError::DeliveryMismatch)));
         assert!(matches!(a.recv(10, |_| {}), Err(RingError::DeliveryMismatch)));
+
+        // A word no honest peer writes is a corrupt ring, not a mismatch.
+        let (mut a, b) = pair();
+        b.delivery_slot(false).store(77, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(a.declare_delivery(DELIVERY_LOSSY as u32), Err(RingError::Corrupt(_))));
     }
 
     #[test]

@@ -197,6 +197,9 @@ pub struct Tube {
     ring_bytes: usize,
     /// The delivery word's slot of this end and of the peer's in the control page.
     delivery_slots: (NonNull<u8>, NonNull<u8>),
+    /// What this end wrote in its slot (0: nothing yet); kept here because the peer could
+    /// overwrite the shared copy.
+    delivery: u32,
     // Declared last: dropped after `tx`/`rx`, whose pointers point into it.
     _map: Mapping,
 }
@@ -228,6 +231,7 @@ impl Tube {
             peer_pid,
             ring_bytes: ring,
             delivery_slots: (slot(tx_dir), slot(1 - tx_dir)),
+            delivery: 0,
             _map: map,
         }
     }
@@ -609,11 +613,8 @@ impl Tube {
     }
 
     fn peer_gone(&mut self) -> Result<(), RingError> {
-        if self.peer_delivery_differs() {
-            // The peer closed because it saw our word differ from its own: say why.
-            self.state = State::Mismatch;
-            return Err(RingError::DeliveryMismatch);
-        }
+        // The peer may have closed because it saw our word differ from its own: say why.
+        self.check_peer_delivery()?;
         self.state = State::PeerGone;
         if self.rx.has_data() {
             return Ok(());
@@ -633,7 +634,7 @@ impl Tube {
     }
 
     /// The slot of `end` (this end's or the peer's) as an atomic.
-    fn delivery_slot(&self, peer: bool) -> &AtomicU32 {
+    pub(crate) fn delivery_slot(&self, peer: bool) -> &AtomicU32 {
         let p = if peer { self.delivery_slots.1 } else { self.delivery_slots.0 };
         // SAFETY: the slot is 4-aligned (offset 16 or 20 of the page-aligned mapping) and lies
         // inside `_map`, which lives as long as `self`; every bit pattern is a valid u32, and
@@ -647,23 +648,31 @@ impl Tube {
     /// loads the other's, so at least one of the two sees the other's word. The end that sees
     /// a different word gets `Err(DeliveryMismatch)` and closes; the other then finds the
     /// peer gone with a different word in its slot and reports `DeliveryMismatch` too.
+    /// A slot holds 0 or 1 + a delivery word of `proto`; anything else is `Corrupt`.
     pub fn declare_delivery(&mut self, word: u32) -> Result<(), RingError> {
-        self.delivery_slot(false).store(word.saturating_add(1), Ordering::Relaxed);
+        self.delivery = word.saturating_add(1);
+        self.delivery_slot(false).store(self.delivery, Ordering::Relaxed);
         // SeqCst fence: orders the store above before the load of the peer's word; pairs with
         // the same fence on the peer's side (store/fence/load on both).
         fence(Ordering::SeqCst);
-        if self.peer_delivery_differs() {
+        self.check_peer_delivery()
+    }
+
+    /// Compares the peer's delivery word, if it has written one, with ours, if we have: a
+    /// different word ends the tube as `DeliveryMismatch`, a word no honest peer writes as
+    /// `Corrupt`.
+    fn check_peer_delivery(&mut self) -> Result<(), RingError> {
+        use crate::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
+        let peer = u64::from(self.delivery_slot(true).load(Ordering::Relaxed));
+        if peer == 0 || self.delivery == 0 || peer == u64::from(self.delivery) {
+            return Ok(());
+        }
+        if peer == DELIVERY_LOSSY + 1 || peer == DELIVERY_RELIABLE + 1 {
             self.state = State::Mismatch;
             return Err(RingError::DeliveryMismatch);
         }
-        Ok(())
-    }
-
-    /// Both ends have said their delivery, and they differ.
-    fn peer_delivery_differs(&self) -> bool {
-        let mine = self.delivery_slot(false).load(Ordering::Relaxed);
-        let peer = self.delivery_slot(true).load(Ordering::Relaxed);
-        mine != 0 && peer != 0 && mine != peer
+        self.state = State::Corrupt("delivery word out of range");
+        Err(RingError::Corrupt("delivery word out of range"))
     }
 
     /// The counters of this end.
