@@ -677,13 +677,14 @@ fn reliable_from_command(command: &CStr) -> bool {
     command_word(command, 4) == Some(tube_ring::proto::DELIVERY_RELIABLE)
 }
 
-/// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
-/// default when absent or out of range.
+/// The word this end writes in the tube's control page for its delivery.
 fn delivery_word(reliable: bool) -> u32 {
     use tube_ring::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
     (if reliable { DELIVERY_RELIABLE } else { DELIVERY_LOSSY }) as u32
 }
 
+/// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
+/// default when absent or out of range.
 fn busy_poll_from_command(command: &CStr) -> Duration {
     match command_word(command, 3) {
         Some(us) if us <= MAX_BUSY_POLL_US => Duration::from_micros(us),

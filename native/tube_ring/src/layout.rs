@@ -52,9 +52,9 @@ pub const fn ring_bytes_for_tid(tid: u32) -> usize {
     }
 }
 
-/// Whether `r` may be the ring size of a region: a multiple of 4096 (so both rings start on a
-/// page and headers stay 8-aligned), at least [`RING_BYTES`] rounded down to a page, at most
-/// [`MAX_RING_BYTES`]; or the seed's [`RING_BYTES`] itself.
+/// Whether `r` may be the ring size of a region: the seed's [`RING_BYTES`], or a multiple of
+/// 4096 (so both rings start on a page and headers stay 8-aligned) from 64 KiB to
+/// [`MAX_RING_BYTES`].
 pub const fn valid_ring_bytes(r: usize) -> bool {
     r == RING_BYTES || (r % 4096 == 0 && r >= 64 * 1024 && r <= MAX_RING_BYTES)
 }
