@@ -36,14 +36,19 @@ erl -noshell -pa _build/test/lib/tube/ebin -pa "$out_dir" \
     -eval "tube_dist_prof:main([\"$carrier\", \"$load\", \"$((seconds + 4))\", \"$out_dir/pids\"])" &
 runner=$!
 for _ in $(seq 1 600); do [ -s "$out_dir/pids" ] && break; sleep 0.1; done
-read -r pid_a pid_b < "$out_dir/pids"
+read -r pid_a pid_b < "$out_dir/pids" || true
 sleep 2
 data="perf-dist-$load.data"
+# perf report selects by thread: the nodes' threads, taken while they run.
+tids() { ps -L -o lwp= -p "$1" | tr -d ' ' | paste -sd, -; }
+tids_a=$(tids "$pid_a")
+tids_b=$(tids "$pid_b")
 perf record -q -g -o "$data" -p "$pid_a,$pid_b" -- sleep "$seconds" >/dev/null 2>&1
 wait "$runner"
 runner=
-for who in "sender:$pid_a" "receiver:$pid_b"; do
-    echo "== $carrier, $load, ${who%%:*} (pid ${who##*:}): top symbols, self time"
-    perf report -i "$data" --no-children --pid "${who##*:}" --sort dso,sym --stdio 2>/dev/null \
+for who in "sender:$pid_a:$tids_a" "receiver:$pid_b:$tids_b"; do
+    IFS=: read -r role pid list <<< "$who"
+    echo "== $carrier, $load, $role (pid $pid): top symbols, self time, % of all samples"
+    perf report -i "$data" --no-children --tid "$list" --sort dso,sym --stdio 2>/dev/null \
         | grep -E '^ +[0-9.]+%' | head -25
 done

@@ -127,7 +127,7 @@ open(Domid, Tid) ->
 %% the peer sees `peer_closed' after the last of them; a peer that does
 %% not drain in that time loses the rest and sees `peer_closed' then.
 %% Tubes with Tids 16#FFFF0000..16#FFFFFFFF (distribution) have rings of
-%% 4 MiB each way; other tubes have the seed's 256 KiB region. info/1 counts `busy' (times the port went busy), `busy_us'
+%% 512 KiB each way; other tubes have the seed's 256 KiB region. info/1 counts `busy' (times the port went busy), `busy_us'
 %% (time spent busy) and `queued_bytes' (waiting for room now).
 %%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,

@@ -19,7 +19,7 @@ main([CarrierS, LoadS, SecondsS, PidFile]) ->
         pong = peer:call(PA, net_adm, ping, [NodeB]),
         ok = peer:call(PB, tube_dist_bench, echo_init, []),
         Pids = [peer:call(P, os, getpid, []) || P <- [PA, PB]],
-        ok = file:write_file(PidFile, lists:join(" ", Pids)),
+        ok = file:write_file(PidFile, [lists:join(" ", Pids), "\n"]),
         Until = erlang:monotonic_time(millisecond) + Seconds * 1000,
         Rates = run(PA, NodeB, load(LoadS), Until, []),
         io:format("~p ~s: ~p per round~n", [Carrier, LoadS, Rates])

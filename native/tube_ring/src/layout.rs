@@ -37,7 +37,7 @@ pub const MAX_PACKET: usize = crate::proto::MAX_PACKET as usize;
 pub const CTRL_BYTES: usize = 4096;
 /// Bytes of one data ring (one direction): 126 KiB, which holds 1792 packets of 64 bytes.
 pub const RING_BYTES: usize = (TUBE_BYTES - CTRL_BYTES) / 2;
-/// Bytes of one data ring of a distribution tube: 4 MiB, 64 fragments of 64 KiB.
+/// Bytes of one data ring of a distribution tube: 512 KiB, 8 fragments of 64 KiB.
 pub const DIST_RING_BYTES: usize = crate::proto::DIST_RING_BYTES as usize;
 /// Largest ring size any tube may have (a bound on what a header may claim).
 pub const MAX_RING_BYTES: usize = 64 << 20;
@@ -175,7 +175,9 @@ mod tests {
         for bad in [0, 8, 4096, RING_BYTES + 8, MAX_RING_BYTES + 4096, usize::MAX & !4095] {
             assert!(!valid_ring_bytes(bad), "{bad}");
         }
-        assert!(DIST_RING_BYTES >= 16 * record_bytes(64 * 1024));
+        // A distribution fragment (64 KiB and its headers) is 17 records; seven fit whole.
+        let fragment = 16 * record_bytes(MAX_PACKET) + record_bytes(64);
+        assert!(DIST_RING_BYTES / fragment >= 7);
     }
 
     #[test]

@@ -382,9 +382,9 @@ mod tests {
         let mut a = offer.accept(Duration::from_secs(10)).unwrap();
         let mut b = t.join().unwrap();
         assert_eq!((a.ring_bytes(), b.ring_bytes()), (big, big));
-        let msg = vec![7u8; 1 << 20];
+        let msg = vec![7u8; 400 << 10];
         a.send_message(&[&msg]).unwrap();
-        assert_eq!(a.queued_bytes(), 0, "1 MiB fits in a 4 MiB ring at once");
+        assert_eq!(a.queued_bytes(), 0, "400 KiB fits in a 512 KiB ring at once");
         let mut asm = None;
         let mut got = Vec::new();
         b.recv_messages(&mut asm, 10, |len| Some(vec![0u8; len]), |m, len| got.push(m[..len].to_vec())).unwrap();
