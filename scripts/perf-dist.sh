@@ -9,7 +9,7 @@
 # LOAD: small (64-byte binaries one way), call (gen_server:call round
 # trips), or a binary size in bytes (65536, 1048576, ...). SECONDS: 10.
 # Needs perf (apt-get install linux-perf). The data stays in
-# perf-dist-LOAD.data for `perf report -i`.
+# ${TMPDIR:-/tmp}/perf-dist-CARRIER-LOAD.data for `perf report -i`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -38,7 +38,7 @@ runner=$!
 for _ in $(seq 1 600); do [ -s "$out_dir/pids" ] && break; sleep 0.1; done
 read -r pid_a pid_b < "$out_dir/pids" || true
 sleep 2
-data="perf-dist-$load.data"
+data="${TMPDIR:-/tmp}/perf-dist-$carrier-$load.data"
 # perf report selects by thread: the nodes' threads, taken while they run.
 tids() { ps -L -o lwp= -p "$1" | tr -d ' ' | paste -sd, -; }
 tids_a=$(tids "$pid_a")
@@ -52,3 +52,4 @@ for who in "sender:$pid_a:$tids_a" "receiver:$pid_b:$tids_b"; do
     perf report -i "$data" --no-children --tid "$list" --sort dso,sym --stdio 2>/dev/null \
         | grep -E '^ +[0-9.]+%' | head -25
 done
+echo "perf data: $data"
