@@ -72,23 +72,6 @@ int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
     return r;
 }
 
-/* Delivers a filled binary as driver_output_binary does, keeping the
- * driver's reference (the binary is reused once the emulator lets go). */
-int tube_drv_deliver_binary_kept(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
-{
-    return driver_output_binary(port, NULL, 0, bin, 0, (ErlDrvSizeT)len);
-}
-
-/* The size of a binary only the driver references now, with its bytes in
- * *data; 0 (and *data untouched) while anything else holds it. */
-size_t tube_drv_binary_unshared(ErlDrvBinary *bin, char **data)
-{
-    if (driver_binary_get_refc(bin) != 1)
-        return 0;
-    *data = bin->orig_bytes;
-    return (size_t)bin->orig_size;
-}
-
 /* Drops the driver's reference to a binary that was never delivered. */
 void tube_drv_free_binary(ErlDrvBinary *bin)
 {

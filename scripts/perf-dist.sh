@@ -25,7 +25,8 @@ chmod 700 "$out_dir"
 export XENSTORED_PATH="$out_dir/xenstored.sock"
 runner=
 cleanup() {
-    if [ -n "$runner" ]; then kill "$runner" 2>/dev/null || true; fi
+    # The nodes go before the daemon, or they would start another one.
+    if [ -n "$runner" ]; then kill "$runner" 2>/dev/null || true; wait "$runner" 2>/dev/null || true; fi
     if [ -f "$XENSTORED_PATH.pid" ]; then kill "$(cat "$XENSTORED_PATH.pid")" 2>/dev/null || true; fi
     rm -rf "$out_dir"
 }

@@ -66,7 +66,6 @@ extern "C" {
     fn tube_drv_set_busy(port: DrvPort, on: c_int);
     fn tube_drv_fail(port: DrvPort) -> c_int;
     fn tube_drv_set_timer(port: DrvPort, ms: std::ffi::c_ulong) -> c_int;
-    fn tube_drv_deliver_binary_kept(port: DrvPort, bin: *mut c_void, len: usize) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
@@ -501,19 +500,13 @@ enum Dest {
 enum MsgDest {
     Scratch(*mut u8),
     Binary { bin: *mut c_void, data: *mut u8 },
-    /// A distribution fragment's binary, from and back to `binpool`.
-    Pooled { bin: *mut c_void, data: *mut u8 },
 }
 
 impl MsgDest {
     /// Memory for a message of `len` bytes; `None` when out of memory.
-    fn new(scratch: *mut u8, len: usize, dist: bool) -> Option<MsgDest> {
+    fn new(scratch: *mut u8, len: usize) -> Option<MsgDest> {
         if len <= SMALL_PACKET {
             return Some(MsgDest::Scratch(scratch));
-        }
-        if dist && (crate::binpool::POOLED_MIN..=crate::binpool::POOLED).contains(&len) {
-            let (bin, data) = crate::binpool::take(len)?;
-            return Some(MsgDest::Pooled { bin, data });
         }
         let mut data: *mut c_char = std::ptr::null_mut();
         // SAFETY: plain allocation through the emulator; `data` receives the
@@ -540,12 +533,6 @@ impl MsgDest {
             MsgDest::Binary { bin, .. } => unsafe {
                 tube_drv_deliver_binary(port, bin, len);
             },
-            // SAFETY: `bin` holds the message; the emulator takes its own
-            // reference and ours goes back to the pool.
-            MsgDest::Pooled { bin, .. } => unsafe {
-                tube_drv_deliver_binary_kept(port, bin, len);
-                crate::binpool::give_back(bin);
-            },
         }
     }
 }
@@ -558,7 +545,7 @@ unsafe impl MessageBuf for MsgDest {
     fn as_mut_ptr(&mut self) -> *mut u8 {
         match *self {
             MsgDest::Scratch(p) => p,
-            MsgDest::Binary { data, .. } | MsgDest::Pooled { data, .. } => data,
+            MsgDest::Binary { data, .. } => data,
         }
     }
 }
@@ -567,11 +554,9 @@ impl Drop for MsgDest {
     /// A message that is never delivered (the tube closed halfway) frees
     /// its binary.
     fn drop(&mut self) {
-        match *self {
+        if let MsgDest::Binary { bin, .. } = *self {
             // SAFETY: our only reference to a binary that was not handed over.
-            MsgDest::Binary { bin, .. } => unsafe { tube_drv_free_binary(bin) },
-            MsgDest::Pooled { bin, .. } => crate::binpool::give_back(bin),
-            MsgDest::Scratch(_) => {}
+            unsafe { tube_drv_free_binary(bin) };
         }
     }
 }
@@ -608,7 +593,7 @@ impl Inbox {
         }
         let (port, dist) = (self.port, self.dist);
         let scratch = self.scratch.as_mut_ptr();
-        tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len, dist), |dest, len| {
+        tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
             if !(dist && len == 0) {
                 dest.deliver(port, len);
             }
