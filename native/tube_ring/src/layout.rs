@@ -45,10 +45,9 @@ pub const MAX_RING_BYTES: usize = 64 << 20;
 /// Ring size of the tube with Tid `tid`: distribution Tids get [`DIST_RING_BYTES`], the others
 /// the seed's [`RING_BYTES`].
 pub const fn ring_bytes_for_tid(tid: u32) -> usize {
-    if tid >= crate::proto::DIST_TID_MIN && tid <= crate::proto::DIST_TID_MAX {
-        DIST_RING_BYTES
-    } else {
-        RING_BYTES
+    match tid {
+        crate::proto::DIST_TID_MIN..=crate::proto::DIST_TID_MAX => DIST_RING_BYTES,
+        _ => RING_BYTES,
     }
 }
 
