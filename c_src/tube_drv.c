@@ -103,6 +103,13 @@ int tube_drv_resume_later(ErlDrvPort port)
     return driver_set_timer(port, 0);
 }
 
+/* Comes back through timeout after ms milliseconds (a reliable tube
+ * waiting, after a requested close, for its peer's last messages). */
+int tube_drv_set_timer(ErlDrvPort port, unsigned long ms)
+{
+    return driver_set_timer(port, ms);
+}
+
 /* The owner's credit ran out ({active, N}): {tube_passive, Port}. */
 int tube_drv_passive(ErlDrvPort port)
 {

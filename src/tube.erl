@@ -20,7 +20,8 @@
 %% by itself. Reason is `peer_closed' (the peer closed its end or its
 %% process died), `peer_down' (the peer's domain was released in
 %% Xenstore), `corrupt' (the shared ring broke the protocol),
-%% `io_error' or `internal_error'. As for any port, an owner that traps
+%% `delivery_mismatch' (one end is reliable, the other lossy; both ends
+%% close with it), `io_error' or `internal_error'. As for any port, an owner that traps
 %% exits then also receives ``{'EXIT', Tube, normal}''.</li>
 %% </ul>
 %%
@@ -128,7 +129,14 @@ open(Domid, Tid) ->
 %% dropped, in order; when the peer's ring is full the port goes busy, so
 %% `port_command' suspends the sender as on a busy socket, and it resumes
 %% once the peer has drained half its ring. Both ends must use the same
-%% delivery. info/1 counts `busy' (times the port went busy), `busy_us'
+%% delivery: ends that differ both close with `delivery_mismatch' before
+%% anything is read. Closing a reliable tube (close/1, `port_close/1')
+%% still delivers every message it accepted before: what waits for room
+%% goes on into the peer's ring for up to 5 seconds after the close, and
+%% the peer sees `peer_closed' after the last of them; a peer that does
+%% not drain in that time loses the rest and sees `peer_closed' then.
+%% Tubes with Tids 16#FFFF0000..16#FFFFFFFF (distribution) have rings of
+%% 512 KiB each way; other tubes have the seed's 256 KiB region. info/1 counts `busy' (times the port went busy), `busy_us'
 %% (time spent busy) and `queued_bytes' (waiting for room now).
 %%
 %% Errors: `{error, timeout}' (nobody accepted in time), `{error,

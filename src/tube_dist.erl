@@ -40,6 +40,8 @@
 %% Before retrying an accept that failed (Xenstore restarting, say).
 -define(ACCEPT_RETRY_MS, 250).
 -define(DEFAULT_BUSY_POLL, 50).
+%% Longest wait for a peer domain's published name when a connection starts.
+-define(NAME_READ_MS, 2000).
 
 %% ---- boot ------------------------------------------------------------------
 
@@ -59,9 +61,22 @@ start_control_plane() ->
     %% The application's environment (its defaults and sys.config) is read
     %% by the control plane: load it, without starting it.
     _ = application:load(tube),
+    ok = run_pending_on_load(),
     case tube_nif:load_driver() of
         ok -> tube_sup:start_link();
         E -> E
+    end.
+
+%% A release's boot script loads every module before the kernel starts,
+%% and init runs their on_load functions (tube_nif's loads the NIF library)
+%% only when the kernel starts its safe supervisor, after distribution: until
+%% then tube_nif cannot be called. The handlers are run here instead, for the
+%% modules loaded so far; the code server they may ask is running. A node
+%% started without a boot script loads tube_nif on first call, as usual.
+run_pending_on_load() ->
+    case erlang:module_loaded(tube_nif) of
+        true -> ok;
+        false -> init:run_on_load_handlers()
     end.
 
 %% ---- listening -------------------------------------------------------------
@@ -140,12 +155,61 @@ do_accept(Kernel, AcceptPid, Port, MyNode, Allowed, SetupTime) ->
     receive
         {AcceptPid, controller} ->
             Timer = dist_util:start_timer(SetupTime),
-            %% The guard narrows the allowed nodes, so that the handshake
-            %% refuses one it does not permit by name.
+            %% The handshake accepts only the name published for the
+            %% peer's domain, if the allowed list and the test network's
+            %% guard permit it.
             HSData = (hs_data(Kernel, Port, MyNode, Timer))#hs_data{
-                       allowed = tube_net_guard:allowed(Allowed),
+                       allowed = peer_allowed(Port, Allowed),
                        f_address = fun(P, Node) -> peer_address(P, Node) end},
             dist_util:handshake_other_started(HSData)
+    end.
+
+%% The `allowed' list of an accepted connection's handshake: the one node
+%% name published at `/local/domain/<peer>/name' for the peer's domain
+%% (read afresh, not from the name cache), so that a node cannot claim
+%% another's name, kept only if net_kernel:allow/1 and tube_net_guard
+%% permit it. A refusal is `[node()]' (an empty list would allow every
+%% node, and this node never connects to itself): dist_util then answers
+%% `not_allowed' and logs the name the peer claimed.
+peer_allowed(Port, Allowed0) ->
+    Allowed = tube_net_guard:allowed(Allowed0),
+    Published = case catch tube_control:lookup(Port) of
+                    {ok, #{peer := D}} -> published_name(D);
+                    _ -> error
+                end,
+    case Published of
+        {ok, Peer} ->
+            case Allowed =:= [] orelse dist_util:is_allowed(Peer, Allowed) of
+                true -> [Peer];
+                false -> [node()]
+            end;
+        error ->
+            [node()]
+    end.
+
+%% The node name domain D publishes now, read from Xenstore.
+published_name(D) ->
+    case tube_registry:conn() of
+        {ok, C} ->
+            case catch tube_xs:named(C, [{D, {read, 0, tube_paths:name(D)}}], ?NAME_READ_MS) of
+                #{D := {ok, Name}} when Name =/= <<>> ->
+                    Node = binary_to_atom(Name),
+                    case split_node(Node) of
+                        {ok, _, _} -> {ok, Node};
+                        error -> error
+                    end;
+                _ ->
+                    error
+            end;
+        _ ->
+            error
+    end.
+
+%% ok if domain D publishes the name Node now; else the set-up ends.
+published_as(D, Node) ->
+    case published_name(D) of
+        {ok, Node} -> ok;
+        _ -> ?shutdown(Node)
     end.
 
 %% The address of an accepted connection: the peer's domain, and the host
@@ -195,8 +259,11 @@ setup(Node, Type, MyNode, _LongOrShortNames, SetupTime) ->
 %% @private
 do_setup(Kernel, Node, Type, MyNode, SetupTime) ->
     Timer = dist_util:start_timer(SetupTime),
+    %% The domain found for Node (perhaps from the name cache) must publish
+    %% that name now: the handshake then checks that the peer says it too.
     case tube:domid(Node) of
         {ok, Domid} ->
+            ok = published_as(Domid, Node),
             dist_util:reset_timer(Timer),
             Tid = element(1, ?DIST_TIDS) + erlang:unique_integer([positive]) rem 16#10000,
             Opts = #{delivery => reliable, active => false, timeout => SetupTime,

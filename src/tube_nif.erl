@@ -6,7 +6,8 @@
 
 -export([load_driver/0, lib_dir/0]).
 -export([xs_open/2, xs_send/3, xs_close/1, xs_default_path/0]).
--export([ring_offer/0, ring_accept/2, ring_connect/4, ring_connect_start/3,
+-export([ring_offer/0, ring_offer/1, ring_accept/2, ring_connect/4, ring_connect/5,
+         ring_connect_start/3, ring_connect_start/4,
          ring_connect_finish/2, ring_handoff/1,
          ring_discard/1, ring_parked/0]).
 
@@ -40,9 +41,14 @@ xs_close(_Conn) -> nif_error().
 xs_default_path() -> nif_error().
 
 ring_offer() -> nif_error().
+%% As ring_offer/0, with the ring size of the tube's Tid (larger for distribution Tids).
+ring_offer(_Tid) -> nif_error().
 ring_accept(_Offer, _TimeoutMs) -> nif_error().
 ring_connect(_Evtchn, _TxRef, _RxRef, _TimeoutMs) -> nif_error().
+%% As ring_connect/4 and ring_connect_start/3, expecting the ring size of the tube's Tid.
+ring_connect(_Evtchn, _TxRef, _RxRef, _Tid, _TimeoutMs) -> nif_error().
 ring_connect_start(_Evtchn, _TxRef, _RxRef) -> nif_error().
+ring_connect_start(_Evtchn, _TxRef, _RxRef, _Tid) -> nif_error().
 ring_connect_finish(_Connecting, _TimeoutMs) -> nif_error().
 ring_handoff(_Tube) -> nif_error().
 ring_discard(_Id) -> nif_error().

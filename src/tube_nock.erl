@@ -264,7 +264,8 @@ unwatch(_, Data) ->
 offered(Res = #{state := {ok, <<"3">>}}, Data) ->
     case Res of
         #{evt := {ok, Evt}, tx_ref := {ok, TxRef}, rx_ref := {ok, RxRef}} ->
-            Data1 = tube_fsm:job(connect_job(Evt, TxRef, RxRef), Data),
+            #{key := {nock, _, Tid}} = Data,
+            Data1 = tube_fsm:job(connect_job(Evt, TxRef, RxRef, Tid), Data),
             {next_state, connecting, tube_fsm:row(connecting, Data1), tube_fsm:deadline_timeout(Data)};
         _ ->
             fail({error, bad_peer_state}, Data)
@@ -285,12 +286,13 @@ tip_error(Other) ->
 
 %% The grant is presented from here, so that the tip answers while the job
 %% that waits for its ring is being started; if that cannot be done without
-%% waiting, the job does the whole connect.
-connect_job(Evt, TxRef, RxRef) ->
+%% waiting, the job does the whole connect. The ring size expected is the
+%% Tid's (larger for distribution tubes); the tip's offer must match it.
+connect_job(Evt, TxRef, RxRef, Tid) ->
     Timeout = tube_fsm:port_opts_timeout(),
-    case tube_nif:ring_connect_start(Evt, TxRef, RxRef) of
+    case tube_nif:ring_connect_start(Evt, TxRef, RxRef, Tid) of
         {ok, Connecting} -> fun() -> tube_nif:ring_connect_finish(Connecting, Timeout) end;
-        {error, _} -> fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Timeout) end
+        {error, _} -> fun() -> tube_nif:ring_connect(Evt, TxRef, RxRef, Tid, Timeout) end
     end.
 
 fail(Reply, Data) ->

@@ -297,7 +297,7 @@ busy(State, Data = #{tries := N}) ->
 publish_offer(Data = #{tx := Tx}) ->
     Offer = case maps:find(refs, Data) of
                 {ok, _} -> ok;
-                error -> tube_nif:ring_offer()
+                error -> tube_nif:ring_offer(tid(Data))
             end,
     case Offer of
         {ok, Res, Evt, TxRef, RxRef} ->

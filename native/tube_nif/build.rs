@@ -56,6 +56,8 @@ fn erlang_header() -> String {
         ("TUBE_MAX_TID", MAX_TID.into()),
         ("TUBE_DIST_TID_MIN", DIST_TID_MIN.into()),
         ("TUBE_DIST_TID_MAX", DIST_TID_MAX.into()),
+        ("TUBE_DIST_RING_BYTES", DIST_RING_BYTES),
+        ("TUBE_CLOSE_LINGER_MS", CLOSE_LINGER_MS),
         ("TUBE_MAX_BUSY_POLL", MAX_BUSY_POLL_US),
         ("TUBE_CTL_DELIVER", CTL_DELIVER.into()),
         ("TUBE_CTL_SEND_BATCH", CTL_SEND_BATCH.into()),

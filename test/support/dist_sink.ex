@@ -6,12 +6,16 @@ defmodule DistTest.Sink do
   # numbers stayed in order) and how the tube ended.
 
   @doc "Starts the sink: accepts one reliable tube with `active` as its first mode."
-  def start(active \\ true) do
+  def start(active \\ true), do: start_with(%{active: active})
+
+  @doc "Starts the sink with accept options `opts` (default: reliable, active, 60 s)."
+  def start_with(opts) do
     parent = self()
+    opts = Map.merge(%{delivery: :reliable, active: true, timeout: 60_000}, opts)
 
     pid =
       spawn(fn ->
-        {:ok, t} = :tube.accept(%{delivery: :reliable, active: active, timeout: 60_000})
+        {:ok, t} = :tube.accept(opts)
         send(parent, {:sink_ready, self()})
         loop(%{tube: t, n: 0, bytes: 0, digests: [], next_seq: 0, in_order: true, closed: nil})
       end)

@@ -25,7 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET, RESUME_ROOM};
+use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET};
 
 use crate::handoff;
 use crate::rx_bound::{self, RxBound};
@@ -68,11 +68,13 @@ extern "C" {
     fn tube_drv_free_binary(bin: *mut c_void);
     fn tube_drv_set_busy(port: DrvPort, on: c_int);
     fn tube_drv_fail(port: DrvPort) -> c_int;
+    fn tube_drv_set_timer(port: DrvPort, ms: std::ffi::c_ulong) -> c_int;
 }
 
 /// Tubes whose port has stopped, kept open until the emulator calls
-/// `stop_select` for their fd (closing it earlier races with the poll set).
-static RETIRED: Mutex<Option<HashMap<RawFd, Tube>>> = Mutex::new(None);
+/// `stop_select` for their fd (closing it earlier races with the poll set);
+/// with whether they may linger to deliver their outbox (`linger`).
+static RETIRED: Mutex<Option<HashMap<RawFd, (Tube, bool)>>> = Mutex::new(None);
 
 /// Counters returned by the stats control (see `tube_rs_stats`).
 const STATS_N: usize = tube_ring::proto::STATS.len();
@@ -90,6 +92,9 @@ struct PortState {
     closing: bool,
     /// A close asked for by the control plane, carried out from a timeout.
     close_requested: Option<CloseReason>,
+    /// Until when a requested close of a reliable tube waits for the ring's
+    /// hang-up (`close_waits`).
+    close_after: Option<Instant>,
     /// Packets the owner still takes before the tube goes passive (`{active,
     /// N}`); `None` is `{active, true}`, the default. While it is zero the
     /// driver neither reads the ring nor asks to be woken: the ring fills up
@@ -116,7 +121,7 @@ struct PortState {
     /// Where received packets go.
     inbox: Inbox,
     /// The port is busy: the outbox is not empty, or the ring has not yet
-    /// drained to `RESUME_ROOM` free bytes since it was.
+    /// drained to `Tube::resume_room` free bytes since it was.
     busy: Option<Instant>,
     /// Times the port went busy, and the time it spent busy before now.
     busy_count: u64,
@@ -134,6 +139,7 @@ enum CloseReason {
     Corrupt,
     IoError,
     InternalError,
+    DeliveryMismatch,
 }
 
 impl CloseReason {
@@ -144,6 +150,7 @@ impl CloseReason {
             CloseReason::Corrupt => c"corrupt",
             CloseReason::IoError => c"io_error",
             CloseReason::InternalError => c"internal_error",
+            CloseReason::DeliveryMismatch => c"delivery_mismatch",
         }
     }
 
@@ -151,6 +158,7 @@ impl CloseReason {
         match e {
             RingError::PeerGone => CloseReason::PeerClosed,
             RingError::Corrupt(_) => CloseReason::Corrupt,
+            RingError::DeliveryMismatch => CloseReason::DeliveryMismatch,
             _ => CloseReason::IoError,
         }
     }
@@ -165,8 +173,10 @@ impl PortState {
     /// at once, so the owner runs without delay.
     fn drain(&mut self) {
         if let Some(reason) = self.close_requested {
-            let reason = self.requested_reason(reason);
-            return self.close(reason);
+            if !self.close_waits() {
+                let reason = self.requested_reason(reason);
+                return self.close(reason);
+            }
         }
         let budget = self.budget();
         if budget == 0 {
@@ -194,6 +204,28 @@ impl PortState {
             // A packet arrived while we were announcing sleep.
             self.resume_later();
         }
+    }
+
+    /// A close the control plane asked for (the peer's state in Xenstore)
+    /// waits, on a reliable tube, for the ring's hang-up, which comes once
+    /// the peer has put in the ring what it sent before its close
+    /// (`linger`): at most `linger::LINGER` and a second, then it closes.
+    /// True while it waits, with a timer set for the rest of the wait.
+    fn close_waits(&mut self) -> bool {
+        if !self.reliable || self.dist || !self.tube.is_open() {
+            return false;
+        }
+        let until = *self
+            .close_after
+            .get_or_insert_with(|| Instant::now() + crate::linger::LINGER + Duration::from_secs(1));
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = std::ffi::c_ulong::try_from(left.as_millis() + 1).unwrap_or(std::ffi::c_ulong::MAX);
+        // SAFETY: `self.port` is the live port of this state.
+        unsafe { tube_drv_set_timer(self.port, ms) };
+        true
     }
 
     /// The reason for a close the control plane asked for: a peer whose end of the event
@@ -226,6 +258,10 @@ impl PortState {
         }
         if now < self.poll_until {
             self.tube.stay_awake();
+            // With every core busy, the peer that is to answer may be waiting
+            // for this one: let it run (returns at once on an idle core).
+            // SAFETY: plain syscall.
+            unsafe { libc::sched_yield() };
             return true;
         }
         self.polling = false;
@@ -398,13 +434,13 @@ impl PortState {
                 Err(_) => return self.close(CloseReason::Corrupt),
             }
             let queued = self.tube.queued_bytes();
-            if queued == 0 && self.tube.room(RESUME_ROOM) {
+            if queued == 0 && self.tube.room(self.tube.resume_room()) {
                 return self.resume();
             }
             // With messages waiting, any room the reader frees is worth
             // filling at once (it frees a quarter ring at a time); with none,
             // the port waits for half the ring before it takes new ones.
-            let need = if queued > 0 { OUTBOX_ROOM } else { RESUME_ROOM };
+            let need = if queued > 0 { OUTBOX_ROOM } else { self.tube.resume_room() };
             if self.tube.prepare_wait_room(need) || !self.tube.is_open() {
                 return;
             }
@@ -673,6 +709,12 @@ fn reliable_from_command(command: &CStr) -> bool {
     command_word(command, 4) == Some(tube_ring::proto::DELIVERY_RELIABLE)
 }
 
+/// The word this end writes in the tube's control page for its delivery.
+fn delivery_word(reliable: bool) -> u32 {
+    use tube_ring::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
+    (if reliable { DELIVERY_RELIABLE } else { DELIVERY_LOSSY }) as u32
+}
+
 /// The polling window from `"tube_nif <Id> <Credit> <BusyPollUs>"`; the
 /// default when absent or out of range.
 fn busy_poll_from_command(command: &CStr) -> Duration {
@@ -698,9 +740,11 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
         }
         // SAFETY: the emulator passes the NUL-terminated open_port command.
         let command = unsafe { CStr::from_ptr(command) };
-        let Some(tube) = claim_from_command(command) else {
+        let Some(mut tube) = claim_from_command(command) else {
             return std::ptr::null_mut();
         };
+        // A mismatch closes the port from the first timeout below, with its reason.
+        let _ = tube.declare_delivery(delivery_word(reliable_from_command(command)));
         let fd = tube.fd();
         let mut bound = RxBound::from_command(rx_bound::command_word(command, 2));
         let credit = if bound.is_on() { bound.enter() } else { credit_from_command(command) };
@@ -714,6 +758,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             wakeups: 0,
             closing: false,
             close_requested: None,
+            close_after: None,
             credit,
             busy_poll,
             polling: false,
@@ -761,20 +806,24 @@ pub extern "C" fn tube_rs_stop(st: *mut c_void) {
         // SAFETY: `st` came from Box::into_raw in tube_rs_start and the
         // emulator calls stop exactly once, after every other callback.
         let state = unsafe { Box::from_raw(st as *mut PortState) };
-        let PortState { port, tube, fd, .. } = *state;
-        RETIRED.lock().get_or_insert_with(HashMap::new).insert(fd, tube);
+        let PortState { port, tube, fd, reliable, dist, .. } = *state;
+        // A distribution connection that ends needs nothing more delivered.
+        RETIRED.lock().get_or_insert_with(HashMap::new).insert(fd, (tube, reliable && !dist));
         // SAFETY: deselecting the fd of this port; the emulator then calls
         // stop_select (possibly right away), which drops the retired tube.
         unsafe { tube_drv_select(port, fd as isize, 0) };
     }));
 }
 
-/// `stop_select`: the emulator no longer polls `fd`; close the tube.
+/// `stop_select`: the emulator no longer polls `fd`; close the tube (a
+/// reliable one once its outbox is delivered, see `linger`).
 #[no_mangle]
 pub extern "C" fn tube_rs_stop_select(fd: isize) {
     let _ = catch_unwind(|| {
-        let tube = RETIRED.lock().as_mut().and_then(|m| m.remove(&(fd as RawFd)));
-        drop(tube);
+        let retired = RETIRED.lock().as_mut().and_then(|m| m.remove(&(fd as RawFd)));
+        if let Some((tube, may_linger)) = retired {
+            crate::linger::finish(tube, may_linger);
+        }
     });
 }
 

@@ -12,6 +12,7 @@
 
 mod driver;
 mod handoff;
+mod linger;
 mod ring_nif;
 mod rx_bound;
 mod xs_nif;
@@ -31,6 +32,7 @@ pub mod atoms {
         corrupt,
         bad_ref,
         denied,
+        delivery_mismatch,
         tube_xs,
         watch,
         enomem,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
+use tube_ring::layout::ring_bytes_for_tid;
 use tube_ring::{Connecting, Offer, RingError, Tube};
 
 use crate::{atoms, handoff};
@@ -36,6 +37,7 @@ fn ring_error<'a>(env: Env<'a>, e: &RingError) -> Term<'a> {
         RingError::Timeout => atoms::timeout().encode(env),
         RingError::BadRef(r) => (atoms::bad_ref(), r.as_str()).encode(env),
         RingError::Denied => atoms::denied().encode(env),
+        RingError::DeliveryMismatch => atoms::delivery_mismatch().encode(env),
     };
     (atoms::error(), reason).encode(env)
 }
@@ -47,10 +49,8 @@ fn tube_result<'a>(env: Env<'a>, r: Result<Tube, RingError>) -> Term<'a> {
     }
 }
 
-/// `ring_offer() -> {ok, Offer, EventChannel, TxRingRef, RxRingRef}`.
-#[rustler::nif]
-fn ring_offer(env: Env<'_>) -> Term<'_> {
-    match Offer::new() {
+fn offer_term(env: Env<'_>, offer: Result<Offer, RingError>) -> Term<'_> {
+    match offer {
         Ok(o) => {
             let (evt, tx, rx) = (o.event_channel(), o.tx_ring_ref(), o.rx_ring_ref());
             let res = ResourceArc::new(OfferRes(Mutex::new(Some(o))));
@@ -58,6 +58,19 @@ fn ring_offer(env: Env<'_>) -> Term<'_> {
         }
         Err(e) => ring_error(env, &e),
     }
+}
+
+/// `ring_offer() -> {ok, Offer, EventChannel, TxRingRef, RxRingRef}`, rings of the seed's size.
+#[rustler::nif]
+fn ring_offer(env: Env<'_>) -> Term<'_> {
+    offer_term(env, Offer::new())
+}
+
+/// `ring_offer(Tid)`: as `ring_offer/0`, with the ring size of the tube's Tid
+/// (`layout::ring_bytes_for_tid`: larger rings for distribution tubes).
+#[rustler::nif(name = "ring_offer")]
+fn ring_offer_for(env: Env<'_>, tid: u32) -> Term<'_> {
+    offer_term(env, Offer::with_ring_bytes(ring_bytes_for_tid(tid)))
 }
 
 /// `ring_accept(Offer, TimeoutMs) -> {ok, TubeRes} | {error, Reason}`.
@@ -77,12 +90,32 @@ fn ring_connect(env: Env<'_>, evt: String, tx: String, rx: String, timeout_ms: u
     tube_result(env, tube_ring::connect(&evt, &tx, &rx, Duration::from_millis(timeout_ms.into())))
 }
 
+/// `ring_connect(EventChannel, TxRingRef, RxRingRef, Tid, TimeoutMs)`: as
+/// `ring_connect/4`, expecting the ring size of the tube's Tid.
+#[rustler::nif(name = "ring_connect", schedule = "DirtyIo")]
+fn ring_connect_for(env: Env<'_>, evt: String, tx: String, rx: String, tid: u32, timeout_ms: u32) -> Term<'_> {
+    let timeout = Duration::from_millis(timeout_ms.into());
+    tube_result(env, tube_ring::connect_ring(&evt, &tx, &rx, ring_bytes_for_tid(tid), timeout))
+}
+
 /// `ring_connect_start(EventChannel, TxRingRef, RxRingRef) -> {ok, Connecting}
 /// | {error, Reason}`: connects and presents the grant without blocking, so
 /// the offerer can answer while `ring_connect_finish/2` is being scheduled.
 #[rustler::nif]
 fn ring_connect_start(env: Env<'_>, evt: String, tx: String, rx: String) -> Term<'_> {
-    match Connecting::start(&evt, &tx, &rx) {
+    connecting_term(env, Connecting::start(&evt, &tx, &rx))
+}
+
+/// `ring_connect_start(EventChannel, TxRingRef, RxRingRef, Tid)`: as
+/// `ring_connect_start/3`, expecting the ring size of the tube's Tid.
+#[rustler::nif(name = "ring_connect_start")]
+fn ring_connect_start_for(env: Env<'_>, evt: String, tx: String, rx: String, tid: u32) -> Term<'_> {
+    let ring = ring_bytes_for_tid(tid);
+    connecting_term(env, Connecting::start(&evt, &tx, &rx).and_then(|c| c.expect_ring_bytes(ring)))
+}
+
+fn connecting_term(env: Env<'_>, c: Result<Connecting, RingError>) -> Term<'_> {
+    match c {
         Ok(c) => (atoms::ok(), ResourceArc::new(ConnectingRes(Mutex::new(Some(c))))).encode(env),
         Err(e) => ring_error(env, &e),
     }

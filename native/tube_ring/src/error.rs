@@ -44,6 +44,9 @@ pub enum RingError {
     BadRef(String),
     /// The other side refused the grant, or runs as another user.
     Denied,
+    /// The two ends' owners asked for different deliveries (one lossy, one reliable): the
+    /// tube is closed on both sides rather than carry records one end cannot read.
+    DeliveryMismatch,
 }
 
 impl fmt::Display for RingError {
@@ -55,6 +58,7 @@ impl fmt::Display for RingError {
             RingError::Timeout => f.write_str("timed out waiting for the peer"),
             RingError::BadRef(s) => write!(f, "bad tube reference: {s}"),
             RingError::Denied => f.write_str("access denied"),
+            RingError::DeliveryMismatch => f.write_str("the two ends asked for different deliveries"),
         }
     }
 }

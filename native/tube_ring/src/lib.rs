@@ -1,6 +1,6 @@
 //! Shared-memory packet rings between two processes: the data path of a tube.
 //!
-//! One tube is one sealed memfd of [`TUBE_BYTES`], mapped shared by both processes, holding
+//! One tube is one sealed memfd (of [`TUBE_BYTES`] unless its Tid asks for larger rings), mapped shared by both processes, holding
 //! a control page and one ring of variable-length packets per direction (see [`layout`]).
 //! Sending copies into the ring and never blocks (a full ring drops and counts). A connected
 //! Unix socket carries wake-ups, only when the reader announced it would sleep, and reports
@@ -44,6 +44,6 @@ pub use layout::{MAX_MESSAGE, MAX_PACKET, TUBE_BYTES};
 #[cfg(not(loom))]
 pub use error::{RingError, SendError};
 #[cfg(not(loom))]
-pub use offer::{connect, Connecting, Offer};
+pub use offer::{connect, connect_ring, Connecting, Offer};
 #[cfg(not(loom))]
 pub use tube::{Assembly, MessageBuf, Pass, Stats, Tube, RESUME_ROOM};

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use crate::error::RingError;
-use crate::layout::{MAGIC, RING_BYTES, TUBE_BYTES, VERSION};
+use crate::layout::{region_bytes, valid_ring_bytes, MAGIC, RING_BYTES, VERSION};
 use crate::sys::{self, Mapping};
 use crate::tube::Tube;
 
@@ -39,6 +39,7 @@ const MAPPED: u8 = b'M';
 #[derive(Debug)]
 pub struct Offer {
     map: Mapping,
+    ring: usize,
     memfd: OwnedFd,
     listener: OwnedFd,
     name: String,
@@ -69,19 +70,19 @@ fn grant_eq(a: &[u8; GRANT_BYTES], b: &[u8; GRANT_BYTES]) -> bool {
 }
 
 /// Writes the region header (magic, version, ring size) into a fresh mapping.
-fn write_header(map: &Mapping) {
+fn write_header(map: &Mapping, ring: usize) {
     // SAFETY: offsets 0..16 are inside the mapping, which is page-aligned; nobody else has
     // the memfd yet, so these plain writes race with nothing.
     unsafe {
         let p = map.ptr().as_ptr();
         p.cast::<u64>().write(MAGIC.to_le());
         p.add(8).cast::<u32>().write(VERSION.to_le());
-        p.add(12).cast::<u32>().write((RING_BYTES as u32).to_le());
+        p.add(12).cast::<u32>().write((ring as u32).to_le());
     }
 }
 
-/// Checks the region header written by the offerer.
-fn check_header(map: &Mapping) -> Result<(), RingError> {
+/// Checks the region header written by the offerer against the ring size this end expects.
+fn check_header(map: &Mapping, expect_ring: usize) -> Result<(), RingError> {
     // SAFETY: offsets 0..16 are inside the page-aligned mapping; volatile because the other
     // process may write them at any time.
     let (magic, version, ring) = unsafe {
@@ -92,25 +93,34 @@ fn check_header(map: &Mapping) -> Result<(), RingError> {
             u32::from_le(p.add(12).cast::<u32>().read_volatile()),
         )
     };
-    if magic != MAGIC || version != VERSION || ring as usize != RING_BYTES {
+    if magic != MAGIC || version != VERSION || ring as usize != expect_ring {
         return Err(RingError::Corrupt("shared memory header mismatch"));
     }
     Ok(())
 }
 
 impl Offer {
-    /// Creates the shared memory and the listening socket.
+    /// Creates the shared memory, with the seed's ring size, and the listening socket.
     pub fn new() -> Result<Offer, RingError> {
+        Offer::with_ring_bytes(RING_BYTES)
+    }
+
+    /// As [`Offer::new`], with rings of `ring` bytes each (see `layout::valid_ring_bytes`;
+    /// another size is `BadRef`). The connector must expect the same size.
+    pub fn with_ring_bytes(ring: usize) -> Result<Offer, RingError> {
+        if !valid_ring_bytes(ring) {
+            return Err(RingError::BadRef(format!("ring size {ring}")));
+        }
         let mut rnd = [0u8; 32];
         sys::random_bytes(&mut rnd)?;
         let name = format!("tube-{}", hex(&rnd[..16]));
         let mut grant = [0u8; GRANT_BYTES];
         grant.copy_from_slice(&rnd[16..]);
-        let memfd = sys::sealed_memfd(TUBE_BYTES)?;
-        let map = Mapping::new(&memfd, TUBE_BYTES)?;
-        write_header(&map);
+        let memfd = sys::sealed_memfd(region_bytes(ring))?;
+        let map = Mapping::new(&memfd, region_bytes(ring))?;
+        write_header(&map, ring);
         let listener = sys::listen_abstract(name.as_bytes())?;
-        Ok(Offer { map, memfd, listener, name, grant })
+        Ok(Offer { map, ring, memfd, listener, name, grant })
     }
 
     /// The event channel: the abstract socket name, `@tube-<32 hex>`.
@@ -140,7 +150,7 @@ impl Offer {
                     mapped(&conn, deadline)?;
                     // The listener closes here, removing the name; the memfd closes too: the
                     // mapping keeps the memory alive.
-                    return Ok(Tube::new(self.map, conn, 0, Some(pid)));
+                    return Ok(Tube::new(self.map, self.ring, conn, 0, Some(pid)));
                 }
                 continue;
             }
@@ -213,8 +223,21 @@ pub fn connect(
     rx_ring_ref: &str,
     timeout: Duration,
 ) -> Result<Tube, RingError> {
+    connect_ring(event_channel, tx_ring_ref, rx_ring_ref, RING_BYTES, timeout)
+}
+
+/// As [`connect`], expecting rings of `ring` bytes ([`Connecting::expect_ring_bytes`]).
+pub fn connect_ring(
+    event_channel: &str,
+    tx_ring_ref: &str,
+    rx_ring_ref: &str,
+    ring: usize,
+    timeout: Duration,
+) -> Result<Tube, RingError> {
     let deadline = Instant::now() + timeout;
-    Connecting::start_until(event_channel, tx_ring_ref, rx_ring_ref, deadline)?.finish_until(deadline)
+    Connecting::start_until(event_channel, tx_ring_ref, rx_ring_ref, deadline)?
+        .expect_ring_bytes(ring)?
+        .finish_until(deadline)
 }
 
 /// A connection to an offer that has presented its grant and waits for the shared memory:
@@ -224,6 +247,8 @@ pub fn connect(
 pub struct Connecting {
     sock: OwnedFd,
     peer_pid: i32,
+    /// The ring size this end expects of the offer.
+    ring: usize,
 }
 
 impl Connecting {
@@ -251,7 +276,17 @@ impl Connecting {
             return Err(RingError::Denied);
         }
         sys::send_all(&sock, &grant)?;
-        Ok(Connecting { sock, peer_pid: cred.pid })
+        Ok(Connecting { sock, peer_pid: cred.pid, ring: RING_BYTES })
+    }
+
+    /// Expects rings of `ring` bytes instead of the seed's size: an offer of any other size
+    /// (in its header or in its memfd's length) is refused as `Corrupt`.
+    pub fn expect_ring_bytes(mut self, ring: usize) -> Result<Connecting, RingError> {
+        if !valid_ring_bytes(ring) {
+            return Err(RingError::BadRef(format!("ring size {ring}")));
+        }
+        self.ring = ring;
+        Ok(self)
     }
 
     /// Waits (up to `timeout`) for the offerer's shared memory and maps it. Blocking: run it
@@ -265,17 +300,21 @@ impl Connecting {
             Some((ACK, Some(fd))) => fd,
             _ => return Err(RingError::Denied),
         };
-        sys::check_memfd(&memfd, TUBE_BYTES).map_err(RingError::Corrupt)?;
-        let map = Mapping::new(&memfd, TUBE_BYTES)?;
-        check_header(&map)?;
+        // The size is what this end expects, never what the offer claims: the memfd's length
+        // (sealed) and the header must both agree with it.
+        let region = region_bytes(self.ring);
+        sys::check_memfd(&memfd, region).map_err(RingError::Corrupt)?;
+        let map = Mapping::new(&memfd, region)?;
+        check_header(&map, self.ring)?;
         sys::send_all(&self.sock, &[MAPPED])?;
-        Ok(Tube::new(map, self.sock, 1, Some(self.peer_pid)))
+        Ok(Tube::new(map, self.ring, self.sock, 1, Some(self.peer_pid)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SendError;
 
     #[test]
     fn refs_round_trip_and_bad_refs_are_rejected() {
@@ -330,6 +369,70 @@ mod tests {
         assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
         assert!(matches!(t.join().unwrap(), Err(RingError::Timeout)));
         drop(sock);
+    }
+
+    /// A tube with large rings carries a message bigger than the seed's whole region; a
+    /// connector that expects another size refuses the offer, whatever the header says.
+    #[test]
+    fn ring_size_is_chosen_by_the_offer_and_checked_by_the_connector() {
+        let big = crate::layout::DIST_RING_BYTES;
+        let offer = Offer::with_ring_bytes(big).unwrap();
+        let (ch, tx, rx) = (offer.event_channel(), offer.tx_ring_ref(), offer.rx_ring_ref());
+        let t = std::thread::spawn(move || connect_ring(&ch, &tx, &rx, big, Duration::from_secs(10)).unwrap());
+        let mut a = offer.accept(Duration::from_secs(10)).unwrap();
+        let mut b = t.join().unwrap();
+        assert_eq!((a.ring_bytes(), b.ring_bytes()), (big, big));
+        let msg = vec![7u8; 400 << 10];
+        a.send_message(&[&msg]).unwrap();
+        assert_eq!(a.queued_bytes(), 0, "400 KiB fits in a 512 KiB ring at once");
+        let mut asm = None;
+        let mut got = Vec::new();
+        b.recv_messages(&mut asm, 10, |len| Some(vec![0u8; len]), |m, len| got.push(m[..len].to_vec())).unwrap();
+        assert_eq!(got, vec![msg]);
+
+        for (offered, expected) in [(RING_BYTES, big), (big, RING_BYTES)] {
+            let offer = Offer::with_ring_bytes(offered).unwrap();
+            let (ch, tx, rx) = (offer.event_channel(), offer.tx_ring_ref(), offer.rx_ring_ref());
+            let t = std::thread::spawn(move || offer.accept(Duration::from_millis(500)));
+            let r = connect_ring(&ch, &tx, &rx, expected, Duration::from_secs(10));
+            assert!(matches!(r, Err(RingError::Corrupt(_))), "{offered} offered, {expected} expected: {r:?}");
+            assert!(t.join().unwrap().is_err());
+        }
+        assert!(matches!(Offer::with_ring_bytes(RING_BYTES + 8), Err(RingError::BadRef(_))));
+    }
+
+    /// Each end says its delivery; ends that differ are both closed with `DeliveryMismatch`,
+    /// whichever says first, and ends that agree carry on.
+    #[test]
+    fn delivery_mismatch_closes_both_ends() {
+        use crate::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
+        let pair = || {
+            let offer = Offer::new().unwrap();
+            let (ch, tx, rx) = (offer.event_channel(), offer.tx_ring_ref(), offer.rx_ring_ref());
+            let t = std::thread::spawn(move || connect(&ch, &tx, &rx, Duration::from_secs(10)).unwrap());
+            (offer.accept(Duration::from_secs(10)).unwrap(), t.join().unwrap())
+        };
+        let (mut a, mut b) = pair();
+        a.declare_delivery(DELIVERY_RELIABLE as u32).unwrap();
+        b.declare_delivery(DELIVERY_RELIABLE as u32).unwrap();
+        a.send(b"x").unwrap();
+        assert_eq!(b.recv(10, |_| {}).unwrap(), 1);
+
+        let (mut a, mut b) = pair();
+        a.declare_delivery(DELIVERY_LOSSY as u32).unwrap();
+        assert!(matches!(b.declare_delivery(DELIVERY_RELIABLE as u32), Err(RingError::DeliveryMismatch)));
+        assert!(matches!(b.send(b"x"), Err(SendError::Closed)));
+        assert!(matches!(b.recv(10, |_| {}), Err(RingError::DeliveryMismatch)));
+        drop(b);
+        let fd = a.fd();
+        sys::poll_fd(fd, libc::POLLIN, Duration::from_secs(10)).unwrap();
+        assert!(matches!(a.on_readable(), Err(RingError::DeliveryMismatch)));
+        assert!(matches!(a.recv(10, |_| {}), Err(RingError::DeliveryMismatch)));
+
+        // A word no honest peer writes is a corrupt ring, not a mismatch.
+        let (mut a, b) = pair();
+        b.delivery_slot(false).store(77, std::sync::atomic::Ordering::Relaxed);
+        assert!(matches!(a.declare_delivery(DELIVERY_LOSSY as u32), Err(RingError::Corrupt(_))));
     }
 
     #[test]

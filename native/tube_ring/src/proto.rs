@@ -100,5 +100,12 @@ pub const MAX_TID: u32 = 0xFFFF_FFFF;
 pub const DIST_TID_MIN: u32 = 0xFFFF_0000;
 /// See `DIST_TID_MIN`.
 pub const DIST_TID_MAX: u32 = 0xFFFF_FFFF;
+/// Bytes of each ring of a tube with a distribution Tid (a lossy tube's are 126 KiB): room
+/// for 8 fragments of 64 KiB, so the writer goes on while the reader drains, and small
+/// enough to stay in a core's L2 cache (on this machine 4 MiB rings were slower at 64 KiB).
+pub const DIST_RING_BYTES: u64 = 512 << 10;
+/// Longest a closed reliable tube goes on delivering what its owner sent before the close
+/// (the messages still waiting for room in the peer's ring), in milliseconds.
+pub const CLOSE_LINGER_MS: u64 = 5000;
 /// Longest polling window, in microseconds.
 pub const MAX_BUSY_POLL_US: u64 = 100_000;

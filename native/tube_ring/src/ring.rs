@@ -46,14 +46,14 @@ impl core::fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-/// The memory of one direction: its control block and `SIZE` data bytes.
+/// The memory of one direction: its control block and `size()` data bytes.
 ///
 /// Implementations must be sound for any `off`/length: out-of-range copies return `false`
 /// instead of touching memory. Data bytes may change under the reader's feet (the peer is
 /// another process), so `read` only promises to fill `dst` with *some* bytes.
 pub trait RingMem {
-    /// Data bytes of the ring; a non-zero multiple of 8.
-    const SIZE: usize;
+    /// Data bytes of the ring; a non-zero multiple of 8, the same for the memory's life.
+    fn size(&self) -> usize;
     /// The shared control block of this direction.
     fn ctrl(&self) -> &DirCtrl;
     /// Copies `src` to data offset `off`; `false` (and nothing written) if it does not fit.
@@ -61,13 +61,13 @@ pub trait RingMem {
     /// Copies from data offset `off` into `dst`; `false` (and nothing read) if out of range.
     fn read(&self, off: usize, dst: &mut [u8]) -> bool;
 
-    /// Writes a record header (8 bytes, little-endian) at `off`, a multiple of 8 below `SIZE`.
+    /// Writes a record header (8 bytes, little-endian) at `off`, a multiple of 8 below `size()`.
     /// Implementations may override this with a single store.
     fn write_header(&self, off: usize, hdr: u64) -> bool {
         self.write(off, &hdr.to_le_bytes())
     }
 
-    /// Reads the record header at `off`, a multiple of 8 below `SIZE`.
+    /// Reads the record header at `off`, a multiple of 8 below `size()`.
     fn read_header(&self, off: usize) -> Option<u64> {
         let mut b = [0u8; HDR_BYTES];
         self.read(off, &mut b).then(|| u64::from_le_bytes(b))
@@ -76,23 +76,23 @@ pub trait RingMem {
 
 /// Writes `src` at ring position `pos`, continuing at 0 when it reaches the end.
 fn write_wrapped<M: RingMem>(mem: &M, pos: usize, src: &[u8]) -> bool {
-    debug_assert!(pos < M::SIZE);
-    let first = src.len().min(M::SIZE.saturating_sub(pos));
+    debug_assert!(pos < mem.size());
+    let first = src.len().min(mem.size().saturating_sub(pos));
     let (a, b) = src.split_at(first);
     mem.write(pos, a) && (b.is_empty() || mem.write(0, b))
 }
 
 /// Reads into `dst` from ring position `pos`, continuing at 0 when it reaches the end.
 fn read_wrapped<M: RingMem>(mem: &M, pos: usize, dst: &mut [u8]) -> bool {
-    debug_assert!(pos < M::SIZE);
-    let first = dst.len().min(M::SIZE.saturating_sub(pos));
+    debug_assert!(pos < mem.size());
+    let first = dst.len().min(mem.size().saturating_sub(pos));
     let (a, b) = dst.split_at_mut(first);
     mem.read(pos, a) && (b.is_empty() || mem.read(0, b))
 }
 
-/// Position in the ring of free-running index `idx`, in `0..M::SIZE`.
-fn pos_of<M: RingMem>(idx: u64) -> usize {
-    (idx % M::SIZE as u64) as usize
+/// Position in a ring of `size` bytes of free-running index `idx`, in `0..size`.
+fn pos_of(idx: u64, size: usize) -> usize {
+    (idx % size as u64) as usize
 }
 
 /// The writing end of one direction.
@@ -101,14 +101,17 @@ pub struct Producer<M> {
     mem: M,
     /// Our producer index (the truth; the shared copy is only published).
     prod: u64,
-    /// Last validated consumer index; `prod - cons_cache` in `0..=SIZE`.
+    /// Last validated consumer index; `prod - cons_cache` in `0..=size`.
     cons_cache: u64,
+    /// The ring's size, read once.
+    size: usize,
 }
 
 impl<M: RingMem> Producer<M> {
     /// A producer on a ring whose shared indices are both 0.
     pub fn new(mem: M) -> Self {
-        Producer { mem, prod: 0, cons_cache: 0 }
+        let size = mem.size();
+        Producer { mem, prod: 0, cons_cache: 0, size }
     }
 
     /// The memory this producer writes.
@@ -119,8 +122,8 @@ impl<M: RingMem> Producer<M> {
     /// Free bytes according to the cached consumer index.
     fn free_cached(&self) -> usize {
         let used = self.prod.wrapping_sub(self.cons_cache);
-        debug_assert!(used <= M::SIZE as u64);
-        M::SIZE - used as usize
+        debug_assert!(used <= self.size as u64);
+        self.size - used as usize
     }
 
     /// Whether `need` bytes are free, re-reading the consumer index only when the cached one
@@ -132,7 +135,7 @@ impl<M: RingMem> Producer<M> {
         // Acquire: the consumer's copies out of the space it freed happen before we reuse it.
         let cons = self.mem.ctrl().cons.0.load(Ordering::Acquire);
         let used = self.prod.wrapping_sub(cons);
-        if used > M::SIZE as u64 || used & 7 != 0 {
+        if used > self.size as u64 || used & 7 != 0 {
             return Err(Corrupt("consumer index out of range"));
         }
         self.cons_cache = cons;
@@ -186,8 +189,8 @@ impl<M: RingMem> Producer<M> {
             return Ok(false);
         }
         // Headers never wrap: `prod` stays a multiple of 8 and so does SIZE.
-        let pos = pos_of::<M>(self.prod);
-        let body = pos_of::<M>(self.prod.wrapping_add(HDR_BYTES as u64));
+        let pos = pos_of(self.prod, self.size);
+        let body = pos_of(self.prod.wrapping_add(HDR_BYTES as u64), self.size);
         let hdr = pkt.len() as u64 | (u64::from(flags) << 32);
         if !(self.mem.write_header(pos, hdr) && write_wrapped(&self.mem, body, pkt)) {
             return Err(Corrupt("record outside the ring"));
@@ -218,8 +221,10 @@ pub struct Consumer<M> {
     mem: M,
     /// Our consumer index (the truth; the shared copy is only published).
     cons: u64,
-    /// Last validated producer index; `prod_cache - cons` in `0..=SIZE`.
+    /// Last validated producer index; `prod_cache - cons` in `0..=size`.
     prod_cache: u64,
+    /// The ring's size, read once.
+    size: usize,
     /// Consumer index last published.
     published: u64,
     /// A publish found the producer waiting for room: the caller owes it one wake-up.
@@ -229,7 +234,8 @@ pub struct Consumer<M> {
 impl<M: RingMem> Consumer<M> {
     /// A consumer on a ring whose shared indices are both 0.
     pub fn new(mem: M) -> Self {
-        Consumer { mem, cons: 0, prod_cache: 0, published: 0, writer_wake: false }
+        let size = mem.size();
+        Consumer { mem, cons: 0, prod_cache: 0, size, published: 0, writer_wake: false }
     }
 
     /// The memory this consumer reads.
@@ -241,7 +247,7 @@ impl<M: RingMem> Consumer<M> {
     fn refresh(&mut self) -> Result<(), Corrupt> {
         // Acquire: pairs with the producer's Release store; the records it covers are visible.
         let prod = self.mem.ctrl().prod.0.load(Ordering::Acquire);
-        if prod.wrapping_sub(self.cons) > M::SIZE as u64 {
+        if prod.wrapping_sub(self.cons) > self.size as u64 {
             return Err(Corrupt("producer index out of range"));
         }
         self.prod_cache = prod;
@@ -278,9 +284,9 @@ impl<M: RingMem> Consumer<M> {
             }
         }
         let avail = self.prod_cache.wrapping_sub(self.cons);
-        debug_assert!(avail <= M::SIZE as u64);
+        debug_assert!(avail <= self.size as u64);
         // `cons` is ours and stays a multiple of 8, so the header is aligned and never wraps.
-        let Some(hdr) = self.mem.read_header(pos_of::<M>(self.cons)) else {
+        let Some(hdr) = self.mem.read_header(pos_of(self.cons, self.size)) else {
             return Err(Corrupt("record outside the ring"));
         };
         // The length is read once, into a local: later scribbles cannot change what we check.
@@ -293,7 +299,7 @@ impl<M: RingMem> Consumer<M> {
         if rec > avail {
             return Err(Corrupt("record runs past the producer index"));
         }
-        let body = pos_of::<M>(self.cons.wrapping_add(HDR_BYTES as u64));
+        let body = pos_of(self.cons.wrapping_add(HDR_BYTES as u64), self.size);
         let Some((dst, token)) = dest(len, flags) else { return Ok(None) };
         let Some(dst) = dst.get_mut(..len) else {
             return Err(Corrupt("destination shorter than the packet"));
@@ -327,6 +333,11 @@ impl<M: RingMem> Consumer<M> {
     /// it one wake-up.
     pub fn take_writer_wake(&mut self) -> bool {
         std::mem::take(&mut self.writer_wake)
+    }
+
+    /// Data bytes of the ring.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     /// Bytes popped but not yet published.
@@ -381,7 +392,7 @@ pub fn drain_records<M: RingMem>(
             Some(len) => {
                 n += 1;
                 counted(len);
-                if rx.unpublished() >= (M::SIZE / 4) as u64 {
+                if rx.unpublished() >= (rx.size / 4) as u64 {
                     rx.publish();
                 }
             }
@@ -448,12 +459,14 @@ pub(crate) mod heap {
     }
 
     impl<const N: usize> RingMem for &HeapMem<N> {
-        const SIZE: usize = N;
+        fn size(&self) -> usize {
+            N
+        }
         fn ctrl(&self) -> &DirCtrl {
             &self.ctrl
         }
         fn write(&self, off: usize, src: &[u8]) -> bool {
-            if off > Self::SIZE || src.len() > Self::SIZE - off {
+            if off > N || src.len() > N - off {
                 return false;
             }
             // SAFETY: single-threaded test; no reference into `data` is alive during the copy.
@@ -461,7 +474,7 @@ pub(crate) mod heap {
             true
         }
         fn read(&self, off: usize, dst: &mut [u8]) -> bool {
-            if off > Self::SIZE || dst.len() > Self::SIZE - off {
+            if off > N || dst.len() > N - off {
                 return false;
             }
             // SAFETY: as in `write`.

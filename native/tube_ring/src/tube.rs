@@ -8,10 +8,11 @@ use std::ptr::NonNull;
 
 use crate::error::{RingError, SendError};
 use crate::layout::{
-    dir_ctrl_offset, record_bytes, ring_offset, DirCtrl, MAX_MESSAGE, MAX_PACKET, REC_MSG_LEN, RING_BYTES,
-    TUBE_BYTES,
+    dir_ctrl_offset, record_bytes, region_bytes, ring_offset_in, valid_ring_bytes, DirCtrl, MAX_MESSAGE, MAX_PACKET,
+    REC_MSG_LEN, RING_BYTES,
 };
 use crate::ring::{self, Consumer, Corrupt, Producer, RingMem};
+use crate::sync::{fence, AtomicU32, Ordering};
 use crate::sys::{self, Mapping};
 
 /// Counters, readable at any time from the owning side.
@@ -80,25 +81,33 @@ struct Queued {
 pub(crate) struct ShmDir {
     ctrl: NonNull<DirCtrl>,
     data: NonNull<u8>,
+    /// Bytes of this ring: a valid ring size (`layout::valid_ring_bytes`), so a multiple of 8,
+    /// and the mapping holds both rings of this size after the control page.
+    size: usize,
 }
 
 impl ShmDir {
-    /// Direction `dir` (0 or 1) of `map`, which must be `TUBE_BYTES` long.
-    fn new(map: &Mapping, dir: usize) -> ShmDir {
-        assert!(dir < 2 && map.len() == TUBE_BYTES);
-        // SAFETY: both offsets are inside the mapping (see `layout`); `dir_ctrl_offset` is a
-        // multiple of 128 and the mapping is page-aligned, so the DirCtrl is aligned.
+    /// Direction `dir` (0 or 1) of `map`, whose rings are `ring` bytes each: `map` must be
+    /// exactly `region_bytes(ring)` long (checked).
+    fn new(map: &Mapping, dir: usize, ring: usize) -> ShmDir {
+        assert!(dir < 2 && valid_ring_bytes(ring) && map.len() == region_bytes(ring));
+        // SAFETY: both offsets are inside the mapping (checked just above against its length,
+        // see `layout`); `dir_ctrl_offset` is a multiple of 128 and the mapping is
+        // page-aligned, so the DirCtrl is aligned.
         unsafe {
             ShmDir {
                 ctrl: map.ptr().add(dir_ctrl_offset(dir)).cast(),
-                data: map.ptr().add(ring_offset(dir)),
+                data: map.ptr().add(ring_offset_in(dir, ring)),
+                size: ring,
             }
         }
     }
 }
 
 impl RingMem for ShmDir {
-    const SIZE: usize = RING_BYTES;
+    fn size(&self) -> usize {
+        self.size
+    }
 
     fn ctrl(&self) -> &DirCtrl {
         // SAFETY: points to an aligned DirCtrl inside a live mapping (see `ShmDir::new`).
@@ -108,10 +117,10 @@ impl RingMem for ShmDir {
     }
 
     fn write(&self, off: usize, src: &[u8]) -> bool {
-        if off > RING_BYTES || src.len() > RING_BYTES - off {
+        if off > self.size || src.len() > self.size - off {
             return false;
         }
-        // SAFETY: `off + src.len() <= RING_BYTES`, so the destination is inside this ring of
+        // SAFETY: `off + src.len() <= size`, so the destination is inside this ring of
         // the live mapping; `src` is process-private memory, so they cannot overlap. We never
         // hold a Rust reference into the ring, only raw pointers.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.as_ptr().add(off), src.len()) };
@@ -119,7 +128,7 @@ impl RingMem for ShmDir {
     }
 
     fn read(&self, off: usize, dst: &mut [u8]) -> bool {
-        if off > RING_BYTES || dst.len() > RING_BYTES - off {
+        if off > self.size || dst.len() > self.size - off {
             return false;
         }
         // SAFETY: the source range is inside this ring of the live mapping and `dst` is
@@ -130,17 +139,18 @@ impl RingMem for ShmDir {
     }
 
     fn write_header(&self, off: usize, hdr: u64) -> bool {
-        if off & 7 != 0 || off >= RING_BYTES {
+        if off & 7 != 0 || off >= self.size {
             return false;
         }
-        // SAFETY: `off` is 8-aligned (the ring starts page-aligned) and `off + 8 <= RING_BYTES`
-        // (RING_BYTES is a multiple of 8), so this is an aligned store inside the ring.
+        // SAFETY: `off` is 8-aligned (the ring starts 8-aligned: the control page and the
+        // sizes are multiples of 8) and `off + 8 <= size` (a multiple of 8), so this is an
+        // aligned store inside the ring.
         unsafe { self.data.as_ptr().add(off).cast::<u64>().write_volatile(hdr.to_le()) };
         true
     }
 
     fn read_header(&self, off: usize) -> Option<u64> {
-        if off & 7 != 0 || off >= RING_BYTES {
+        if off & 7 != 0 || off >= self.size {
             return None;
         }
         // SAFETY: as in `write_header`; volatile, so the value is loaded exactly once even
@@ -166,6 +176,7 @@ enum State {
     Open,
     PeerGone,
     Corrupt(&'static str),
+    Mismatch,
 }
 
 /// One end of an established tube. `Send` (movable to another thread), not `Sync`.
@@ -182,6 +193,13 @@ pub struct Tube {
     /// Bytes in `outbox` not yet in the ring.
     queued: usize,
     peer_pid: Option<i32>,
+    /// Bytes of each ring.
+    ring_bytes: usize,
+    /// The delivery word's slot of this end and of the peer's in the control page.
+    delivery_slots: (NonNull<u8>, NonNull<u8>),
+    /// What this end wrote in its slot (0: nothing yet); kept here because the peer could
+    /// overwrite the shared copy.
+    delivery: u32,
     // Declared last: dropped after `tx`/`rx`, whose pointers point into it.
     _map: Mapping,
 }
@@ -196,12 +214,14 @@ unsafe impl Send for Tube {}
 const MAX_WAKE_READS: usize = 64;
 
 impl Tube {
-    /// Wraps an established tube end: `map` is the whole region, `tx_dir` the direction
-    /// this end writes (0 for the offerer, 1 for the connector).
-    pub(crate) fn new(map: Mapping, sock: OwnedFd, tx_dir: usize, peer_pid: Option<i32>) -> Tube {
+    /// Wraps an established tube end: `map` is the whole region of `ring`-byte rings,
+    /// `tx_dir` the direction this end writes (0 for the offerer, 1 for the connector).
+    pub(crate) fn new(map: Mapping, ring: usize, sock: OwnedFd, tx_dir: usize, peer_pid: Option<i32>) -> Tube {
+        // SAFETY: both delivery slots lie in the control page (`layout` tests), inside the map.
+        let slot = |end: usize| unsafe { map.ptr().add(crate::layout::delivery_offset(end)) };
         Tube {
-            tx: Producer::new(ShmDir::new(&map, tx_dir)),
-            rx: Consumer::new(ShmDir::new(&map, 1 - tx_dir)),
+            tx: Producer::new(ShmDir::new(&map, tx_dir, ring)),
+            rx: Consumer::new(ShmDir::new(&map, 1 - tx_dir, ring)),
             sock,
             state: State::Open,
             stats: Stats::default(),
@@ -209,6 +229,9 @@ impl Tube {
             outbox: VecDeque::new(),
             queued: 0,
             peer_pid,
+            ring_bytes: ring,
+            delivery_slots: (slot(tx_dir), slot(1 - tx_dir)),
+            delivery: 0,
             _map: map,
         }
     }
@@ -216,7 +239,7 @@ impl Tube {
     fn send_state(&self) -> Result<(), SendError> {
         match self.state {
             State::Open => Ok(()),
-            State::PeerGone => Err(SendError::Closed),
+            State::PeerGone | State::Mismatch => Err(SendError::Closed),
             State::Corrupt(_) => Err(SendError::Corrupt),
         }
     }
@@ -385,7 +408,7 @@ impl Tube {
                     Step::Empty => return Ok(None),
                     Step::Partial => {}
                 }
-                if rx.unpublished() >= (RING_BYTES / 4) as u64 {
+                if rx.unpublished() >= (rx.size() / 4) as u64 {
                     rx.publish();
                 }
             }
@@ -481,7 +504,7 @@ impl Tube {
         if self.state != State::Open {
             return false;
         }
-        match ring::writer_wait(&mut self.tx, need.min(RING_BYTES)) {
+        match ring::writer_wait(&mut self.tx, need.min(self.ring_bytes)) {
             Ok(wait) => {
                 if wait.wake_reader {
                     self.signal_peer();
@@ -497,7 +520,19 @@ impl Tube {
 
     /// Free bytes in the tx ring (re-reading the consumer index).
     pub fn room(&mut self, need: usize) -> bool {
-        self.state == State::Open && self.tx.room_for(need.min(RING_BYTES)).unwrap_or(false)
+        self.state == State::Open && self.tx.room_for(need.min(self.ring_bytes)).unwrap_or(false)
+    }
+
+    /// Bytes of each of this tube's rings.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
+    }
+
+    /// Free bytes a writer waiting for room asks for before it resumes: half the ring, so a
+    /// producer and a consumer of bulk data hand over in long runs instead of a record at a
+    /// time.
+    pub fn resume_room(&self) -> usize {
+        self.ring_bytes / 2
     }
 
     /// Sends the wake-up a publish found owed to a writer waiting for room.
@@ -516,7 +551,7 @@ impl Tube {
     /// True if there is at least one packet to read now (or the ring is corrupt, which the
     /// next `recv` reports).
     pub fn has_data(&self) -> bool {
-        matches!(self.state, State::Corrupt(_)) || self.rx.has_data()
+        matches!(self.state, State::Corrupt(_) | State::Mismatch) || self.rx.has_data()
     }
 
     /// The fd to poll/epoll (and BEAM `driver_select`) for readability: readable means
@@ -587,6 +622,7 @@ impl Tube {
             State::Open => {}
             State::PeerGone => return Err(RingError::PeerGone),
             State::Corrupt(why) => return Err(RingError::Corrupt(why)),
+            State::Mismatch => return Err(RingError::DeliveryMismatch),
         }
         let mut buf = [0u8; 256];
         for _ in 0..MAX_WAKE_READS {
@@ -605,6 +641,8 @@ impl Tube {
     }
 
     fn peer_gone(&mut self) -> Result<(), RingError> {
+        // The peer may have closed because it saw our word differ from its own: say why.
+        self.check_peer_delivery()?;
         self.state = State::PeerGone;
         if self.rx.has_data() {
             return Ok(());
@@ -621,6 +659,48 @@ impl Tube {
             std::hint::spin_loop();
         }
         self.has_data()
+    }
+
+    /// The slot of `end` (this end's or the peer's) as an atomic.
+    pub(crate) fn delivery_slot(&self, peer: bool) -> &AtomicU32 {
+        let p = if peer { self.delivery_slots.1 } else { self.delivery_slots.0 };
+        // SAFETY: the slot is 4-aligned (offset 16 or 20 of the page-aligned mapping) and lies
+        // inside `_map`, which lives as long as `self`; every bit pattern is a valid u32, and
+        // the peer only ever changes it with stores of the same width.
+        unsafe { p.cast::<AtomicU32>().as_ref() }
+    }
+
+    /// Says which delivery (`proto::DELIVERY_*`) this end's owner uses and checks it against
+    /// the peer's, if the peer has said already. Each end calls this once, when its owner
+    /// takes the tube, before it reads or writes anything: each stores its word, fences, then
+    /// loads the other's, so at least one of the two sees the other's word. The end that sees
+    /// a different word gets `Err(DeliveryMismatch)` and closes; the other then finds the
+    /// peer gone with a different word in its slot and reports `DeliveryMismatch` too.
+    /// A slot holds 0 or 1 + a delivery word of `proto`; anything else is `Corrupt`.
+    pub fn declare_delivery(&mut self, word: u32) -> Result<(), RingError> {
+        self.delivery = word.saturating_add(1);
+        self.delivery_slot(false).store(self.delivery, Ordering::Relaxed);
+        // SeqCst fence: orders the store above before the load of the peer's word; pairs with
+        // the same fence on the peer's side (store/fence/load on both).
+        fence(Ordering::SeqCst);
+        self.check_peer_delivery()
+    }
+
+    /// Compares the peer's delivery word, if it has written one, with ours, if we have: a
+    /// different word ends the tube as `DeliveryMismatch`, a word no honest peer writes as
+    /// `Corrupt`.
+    fn check_peer_delivery(&mut self) -> Result<(), RingError> {
+        use crate::proto::{DELIVERY_LOSSY, DELIVERY_RELIABLE};
+        let peer = u64::from(self.delivery_slot(true).load(Ordering::Relaxed));
+        if peer == 0 || self.delivery == 0 || peer == u64::from(self.delivery) {
+            return Ok(());
+        }
+        if peer == DELIVERY_LOSSY + 1 || peer == DELIVERY_RELIABLE + 1 {
+            self.state = State::Mismatch;
+            return Err(RingError::DeliveryMismatch);
+        }
+        self.state = State::Corrupt("delivery word out of range");
+        Err(RingError::Corrupt("delivery word out of range"))
     }
 
     /// The counters of this end.
@@ -651,6 +731,9 @@ fn drain(
 ) -> Result<usize, RingError> {
     if let State::Corrupt(why) = *state {
         return Err(RingError::Corrupt(why));
+    }
+    if *state == State::Mismatch {
+        return Err(RingError::DeliveryMismatch);
     }
     let counted = |len: usize| {
         stats.recv_pkts += 1;
@@ -821,8 +904,7 @@ fn write_message(
     Ok(true)
 }
 
-/// Bytes a writer waiting for room asks for before it resumes: half the ring, so a
-/// producer and a consumer of bulk data hand over in long runs instead of a record at a time.
+/// [`Tube::resume_room`] of a tube with the seed's ring size.
 pub const RESUME_ROOM: usize = RING_BYTES / 2;
 
 #[allow(dead_code)]

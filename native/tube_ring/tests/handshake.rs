@@ -301,3 +301,48 @@ fn memory_that_can_still_shrink_or_grow_is_refused() {
     drop(r);
     t.join().unwrap();
 }
+
+/// A region whose header says `ring` bytes per ring (magic and version right).
+fn region_claiming(len: usize, ring: usize) -> OwnedFd {
+    let fd = memfd(len, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+    let mut hdr = Vec::new();
+    hdr.extend_from_slice(&tube_ring::layout::MAGIC.to_le_bytes());
+    hdr.extend_from_slice(&tube_ring::layout::VERSION.to_le_bytes());
+    hdr.extend_from_slice(&(ring as u32).to_le_bytes());
+    // SAFETY: `hdr` is valid for reads of its length; the fd is ours.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), hdr.as_ptr().cast(), hdr.len(), 0) };
+    assert_eq!(n, hdr.len() as isize);
+    fd
+}
+
+/// The connector takes the ring size its Tid asks for, never the one the offer claims: a
+/// header or a memfd of another size is refused, whichever of the two lies.
+#[test]
+fn an_offer_of_another_ring_size_is_refused() {
+    if common::child_role().is_some() {
+        return;
+    }
+    use tube_ring::layout::{region_bytes, DIST_RING_BYTES, RING_BYTES};
+    let cases = [
+        // (memfd length, ring size in the header, ring size expected, what is refused)
+        (region_bytes(DIST_RING_BYTES), DIST_RING_BYTES, RING_BYTES, "size"),
+        (TUBE_BYTES, DIST_RING_BYTES, RING_BYTES, "header"),
+        (TUBE_BYTES, RING_BYTES, DIST_RING_BYTES, "size"),
+        (region_bytes(DIST_RING_BYTES), RING_BYTES, DIST_RING_BYTES, "header"),
+    ];
+    for (len, claimed, expected, why) in cases {
+        let (ch, tx, rx, t) = fake_offer(region_claiming(len, claimed));
+        let r = tube_ring::connect_ring(&ch, &tx, &rx, expected, PATIENCE);
+        assert!(
+            matches!(&r, Err(RingError::Corrupt(m)) if m.contains(why)),
+            "{len} bytes claiming {claimed}, {expected} expected: {r:?}"
+        );
+        drop(r);
+        t.join().unwrap();
+    }
+    // Told the right size, the same kind of region is taken.
+    let (ch, tx, rx, t) = fake_offer(region_claiming(region_bytes(DIST_RING_BYTES), DIST_RING_BYTES));
+    let r = tube_ring::connect_ring(&ch, &tx, &rx, DIST_RING_BYTES, PATIENCE);
+    assert_eq!(r.map(|tube| tube.ring_bytes()).ok(), Some(DIST_RING_BYTES));
+    t.join().unwrap();
+}

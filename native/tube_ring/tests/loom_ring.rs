@@ -86,7 +86,9 @@ impl Mem {
 }
 
 impl RingMem for Mem {
-    const SIZE: usize = MODEL_RING;
+    fn size(&self) -> usize {
+        MODEL_RING
+    }
 
     fn ctrl(&self) -> &DirCtrl {
         &self.0.ctrl
