@@ -30,6 +30,7 @@
 
 %% @doc Conf: `server' (registered name of the net's server), `label',
 %% `name' (short node name), `domid', `args' (extra emulator arguments),
+%% `env' (`{Name, Value}' for the OS environment),
 %% `apps', `agent' (the agent's start configuration), `boot_timeout'.
 start_link(Conf) -> gen_statem:start_link(?MODULE, Conf, []).
 
@@ -136,7 +137,7 @@ terminate(_Reason, _State, _D) ->
 start_peer(D = #d{conf = Conf}, Blocked) ->
     #{name := Name, args := Args, boot_timeout := BootTimeout} = Conf,
     Opts = #{name => Name, connection => standard_io, args => Args,
-             wait_boot => BootTimeout},
+             env => maps:get(env, Conf, []), wait_boot => BootTimeout},
     try peer:start(Opts) of
         {ok, Peer, Node} ->
             Mon = erlang:monitor(process, Peer),
