@@ -204,6 +204,7 @@ gone(Reason, D = #d{mon = Mon, peer = Peer, os_pid = OsPid}) ->
             end
     end,
     wait_os_exit(OsPid),
+    wait_epmd_release(D),
     event({node_down, label(D), Reason}, D),
     D#d{peer = undefined, mon = undefined, os_pid = undefined}.
 
@@ -224,6 +225,29 @@ wait_os_exit(OsPid, N) ->
         true ->
             receive after 10 -> ok end,
             wait_os_exit(OsPid, N - 1)
+    end.
+
+%% epmd frees a name when it sees the node's connection close, a moment
+%% after the process is gone; a restart before that would find the name
+%% taken (the TCP carrier would not listen). There is no event for it: ask
+%% epmd until the name is gone, or epmd is (it never held the name then).
+wait_epmd_release(#d{conf = #{name := Name}}) ->
+    wait_epmd_release(Name, ?EXIT_WAIT div 10).
+
+wait_epmd_release(_Name, 0) ->
+    ok;
+wait_epmd_release(Name, N) ->
+    case net_adm:names() of
+        {ok, Names} ->
+            case lists:keymember(Name, 1, Names) of
+                true ->
+                    receive after 10 -> ok end,
+                    wait_epmd_release(Name, N - 1);
+                false ->
+                    ok
+            end;
+        _ ->
+            ok
     end.
 
 %% Alive and not a zombie waiting to be reaped.

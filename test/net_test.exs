@@ -75,6 +75,9 @@ defmodule NetTest do
     assert :ok = TubeNet.stop(net)
     refute Process.alive?(net)
     assert Enum.all?(pids, &gone?/1)
+    # Their names are gone from epmd by the time stop/1 returns.
+    {:ok, epmd} = :net_adm.names()
+    assert for({name, _} <- epmd, name in [~c"n1", ~c"n2", ~c"n3"], do: name) == []
     for d <- domids, do: wait_until(fn -> not exists?("/local/domain/#{d}") end)
   end
 
