@@ -357,7 +357,7 @@ handle_call({restart, Ref}, _From, St) ->
     end;
 handle_call({shape, A, B, What, Value}, _From, St) ->
     case {lookup(A, St), lookup(B, St)} of
-        {{ok, #node{label = LA}}, {ok, #node{label = LB, node = NB}}} when LA =/= LB ->
+        {{ok, #node{label = LA}}, {ok, #node{label = LB}}} when LA =/= LB ->
             Key = pair(LA, LB),
             Old = maps:get(Key, St#st.shapes, #{latency => 0, loss => 0.0, dist => 0}),
             Shape = maps:put(What, Value, Old),
@@ -367,7 +367,7 @@ handle_call({shape, A, B, What, Value}, _From, St) ->
             agent(LA, shape, [LB, Shape], St2),
             agent(LB, shape, [LA, Shape], St2),
             case What =:= dist andalso maps:get(dist, Old) =/= Value of
-                true -> relink(LA, NB, St2);
+                true -> relink(LA, LB, St2);
                 false -> {reply, ok, St2}
             end;
         {{ok, _}, {ok, _}} ->
@@ -605,11 +605,13 @@ await_loop(Expected, Mark, Deadline, St) ->
             end
     end.
 
-%% The link between A and B (B's node NB) set up again, now that both ends
-%% know its new latency: cut, and connected again if they may reach each
-%% other.
-relink(LA, NB, St) ->
-    agent(LA, disconnect, [NB], St),
+%% The link between A and B set up again, now that both ends know its new
+%% latency: cut on both sides (a relay may hold the close back from the
+%% other side for the old latency), and connected again if they may reach
+%% each other.
+relink(LA, LB, St) ->
+    agent(LA, disconnect, [(node_rec(LB, St))#node.node], St),
+    agent(LB, disconnect, [(node_rec(LA, St))#node.node], St),
     case mesh([LA], drain(St)) of
         {ok, St1} -> {reply, ok, St1};
         {error, R, St1} -> {reply, {error, R}, St1}
