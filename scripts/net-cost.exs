@@ -68,7 +68,7 @@ defmodule NetLeftovers do
   def nothing?(left), do: left == %{processes: [], epmd: [], xenstore: [], files: %{}}
 
   defp epmd_names do
-    case :net_adm.names() do
+    case :erl_epmd.names({127, 0, 0, 1}) do
       {:error, :address} -> {:ok, []}
       other -> other
     end

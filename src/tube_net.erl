@@ -457,7 +457,8 @@ is_env(Env) ->
                   end, Env).
 
 %% Keys are labels of the network; values maps of node_options().
-is_node_opts(NodeOpts, N, Prefix) when is_map(NodeOpts), is_integer(N), is_list(Prefix) ->
+is_node_opts(NodeOpts, N, Prefix) when is_map(NodeOpts), is_integer(N), N >= 0, N =< 64,
+                                       is_list(Prefix) ->
     Labels = [list_to_atom(Prefix ++ integer_to_list(I)) || I <- lists:seq(1, N)],
     lists:all(fun({L, O}) ->
                       lists:member(L, Labels) andalso is_map(O) andalso

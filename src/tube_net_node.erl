@@ -19,6 +19,7 @@
 -export([callback_mode/0, init/1, down/3, running/3, paused/3, terminate/3]).
 
 -define(EXIT_WAIT, 10000).
+-define(EPMD_ADDRESS, {127, 0, 0, 1}).
 
 -record(d, {
     conf :: map(),
@@ -231,13 +232,15 @@ wait_os_exit(OsPid, N) ->
 %% after the process is gone; a restart before that would find the name
 %% taken (the TCP carrier would not listen). There is no event for it: ask
 %% epmd until the name is gone, or epmd is (it never held the name then).
+%% epmd is asked at its loopback address: resolving the host name would
+%% start OTP's resolver process in this node for good.
 wait_epmd_release(#d{conf = #{name := Name}}) ->
     wait_epmd_release(Name, ?EXIT_WAIT div 10).
 
 wait_epmd_release(_Name, 0) ->
     ok;
 wait_epmd_release(Name, N) ->
-    case net_adm:names() of
+    case erl_epmd:names(?EPMD_ADDRESS) of
         {ok, Names} ->
             case lists:keymember(Name, 1, Names) of
                 true ->

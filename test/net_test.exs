@@ -76,7 +76,7 @@ defmodule NetTest do
     refute Process.alive?(net)
     assert Enum.all?(pids, &gone?/1)
     # Their names are gone from epmd by the time stop/1 returns.
-    {:ok, epmd} = :net_adm.names()
+    {:ok, epmd} = :erl_epmd.names({127, 0, 0, 1})
     assert for({name, _} <- epmd, name in [~c"n1", ~c"n2", ~c"n3"], do: name) == []
     for d <- domids, do: wait_until(fn -> not exists?("/local/domain/#{d}") end)
   end
@@ -519,6 +519,7 @@ defmodule NetTest do
 
   test "bad input gets a clear answer", %{net: net} do
     assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: 0)
+    assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: -5, node_opts: %{n1: %{}})
     assert {:error, {:badarg, :domids}} = TubeNet.start(nodes: 2, domids: [5, 5])
     assert {:error, {:badarg, :overlapping_groups}} = TubeNet.partition(net, [[:n1], [:n1, :n2]])
     assert {:error, {:badarg, {:unknown_node, :n9}}} = TubeNet.partition(net, [[:n9]])
