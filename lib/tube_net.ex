@@ -38,6 +38,8 @@ defmodule TubeNet do
   `:node_opts` (a map from labels to options of that node alone, kept
   across its restarts: `:carrier`, which makes a mixed cluster, `:args`
   after the network's, `:env` over the network's),
+  `:unique_names` (`false`; `true` names node `nI` `nI_<os pid>x<n>@host`
+  so that runs sharing the machine's epmd never meet; labels stay),
   `:prevent_overlapping_partitions` (`false`: `:global` would otherwise
   cut connections inside the groups of a partition, which reaches the nodes
   one after the other).

@@ -15,7 +15,7 @@
 %% '''
 %%
 %% Nodes are named by labels `n1'..`nN' (the prefix is an option); node
-%% `nI' is the Erlang node `nI@Host' (short names) and has domid `I'
+%% `nI' is the Erlang node `nI@Host' (short names; see `unique_names') and has domid `I'
 %% (shifted past this node's own domid when it is one of them, or as
 %% given). Every call taking a node takes its label or its node name.
 %%
@@ -71,6 +71,7 @@
                      net_ticktime => pos_integer(),
                      boot_timeout => pos_integer(),
                      cookie => atom(),
+                     unique_names => boolean(),
                      prevent_overlapping_partitions => boolean()}.
 
 -define(CALL_TIMEOUT, 30000).
@@ -118,6 +119,10 @@
 %% set in the nodes' OS environment (over this node's own, which they
 %% inherit); `net_ticktime' (seconds); `cookie' (default a random one);
 %% `boot_timeout' (ms, default 30000);</li>
+%% <li>`unique_names' (default `false'): node `nI' is then the Erlang node
+%% `nI_P' ++ `x' ++ `U@Host', P being this OS process's pid and U a number
+%% of this network, so that test runs sharing the machine (and its epmd)
+%% never meet; labels, domids and events stay as they are;</li>
 %% <li>`node_opts': a map from labels to options of that node alone:
 %% `carrier' (replaces the network's: a `tcp' node in a `tube' network
 %% makes a mixed cluster, the tube nodes reaching it over TCP), `args'
@@ -444,6 +449,7 @@ check_opts(Opts) ->
               {net_ticktime, case maps:get(net_ticktime, Opts, 60) of T when is_integer(T), T > 0 -> true; _ -> false end},
               {boot_timeout, case maps:get(boot_timeout, Opts, 1) of B when is_integer(B), B > 0 -> true; _ -> false end},
               {cookie, is_atom(maps:get(cookie, Opts, a))},
+              {unique_names, is_boolean(maps:get(unique_names, Opts, false))},
               {prevent_overlapping_partitions, is_boolean(maps:get(prevent_overlapping_partitions, Opts, false))}],
     case [K || {K, false} <- Checks] of
         [] -> ok;
@@ -478,7 +484,12 @@ plan(Opts, Name) ->
     Domids = maps:get(domids, Opts, default_domids(N)),
     {ok, Host} = inet:gethostname(),
     Short = hd(string:split(Host, ".")),
-    Nodes = [list_to_atom(atom_to_list(L) ++ "@" ++ Short) || L <- Labels],
+    Suffix = case maps:get(unique_names, Opts, false) of
+                 true -> "_" ++ os:getpid() ++ "x" ++ integer_to_list(erlang:unique_integer([positive]));
+                 false -> ""
+             end,
+    Names = [atom_to_list(L) ++ Suffix || L <- Labels],
+    Nodes = [list_to_atom(S ++ "@" ++ Short) || S <- Names],
     NodeOpts = maps:get(node_opts, Opts, #{}),
     Carrier = fun(L) -> maps:get(carrier, maps:get(L, NodeOpts, #{}), maps:get(carrier, Opts, tube)) end,
     Agent = #{controller => Name,
@@ -493,13 +504,13 @@ plan(Opts, Name) ->
         ++ path_args(Opts)
         ++ maps:get(args, Opts, []),
     [{L, #node{label = L, node = Node, domid = D},
-      #{server => Name, label => L, name => atom_to_list(L), domid => D,
+      #{server => Name, label => L, name => S, domid => D,
         args => node_args(L, D, Common, Opts, NodeOpts),
         env => node_env(L, Opts, NodeOpts),
         apps => maps:get(apps, Opts, [tube]),
         agent => Agent#{me => L},
         boot_timeout => maps:get(boot_timeout, Opts, 30000)}}
-     || {L, Node, D} <- lists:zip3(Labels, Nodes, Domids)].
+     || {L, S, Node, D} <- zip4(Labels, Names, Nodes, Domids)].
 
 %% 1..N, moved past this node's own domid when it is one of them.
 default_domids(N) ->
@@ -512,6 +523,9 @@ default_domids(N) ->
                 false -> 1
             end,
     lists:seq(First, First + N - 1).
+
+zip4([A | As], [B | Bs], [C | Cs], [D | Ds]) -> [{A, B, C, D} | zip4(As, Bs, Cs, Ds)];
+zip4([], [], [], []) -> [].
 
 %% The network's arguments, then the node's own.
 node_args(L, Domid, Common, Opts, NodeOpts) ->

@@ -533,6 +533,7 @@ defmodule NetTest do
     assert {:error, {:badarg, :node_opts}} = TubeNet.start(nodes: 2, node_opts: %{n1: %{carrier: :udp}})
     assert {:error, {:badarg, :node_opts}} = TubeNet.start(nodes: 2, node_opts: %{n1: %{colour: :red}})
     assert {:error, {:badarg, :env}} = :tube_net.start(%{nodes: 2, env: [{~c"A", 1}]})
+    assert {:error, {:badarg, :unique_names}} = TubeNet.start(nodes: 2, unique_names: :yes)
   end
 
   @tag net: [
@@ -547,6 +548,14 @@ defmodule NetTest do
     net: net
   } do
     [n1, n2, n3] = TubeNet.nodes(net)
+    # NetCase asks for names unique to this run: labels stay n1..n3.
+    {:ok, host} = :inet.gethostname()
+    os_pid = System.pid()
+
+    for {n, i} <- Enum.with_index([n1, n2, n3], 1),
+        do: assert(Atom.to_string(n) =~ ~r/^n#{i}_#{os_pid}x\d+@#{host}$/)
+
+    assert TubeNet.labels(net) == [:n1, :n2, :n3]
     getenv = fn n, v -> TubeNet.call(net, n, :os, :getenv, [v]) end
     carrier = fn n, m -> TubeNet.call(net, n, DistTest.Node, :carrier, [m]) end
 
