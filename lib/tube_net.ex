@@ -72,7 +72,8 @@ defmodule TubeNet do
 
   # args as charlists, env as {charlist, charlist} (names may be atoms).
   defp charlists(opts) do
-    opts = if is_list(opts[:args]), do: %{opts | args: Enum.map(opts.args, &to_charlist/1)}, else: opts
+    opts =
+      if is_list(opts[:args]), do: %{opts | args: Enum.map(opts.args, &to_charlist/1)}, else: opts
 
     if is_list(opts[:env]),
       do: %{opts | env: Enum.map(opts.env, fn {k, v} -> {~c"#{k}", to_charlist(v)} end)},

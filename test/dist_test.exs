@@ -15,7 +15,9 @@ defmodule DistTest do
 
   defp node!(net, n), do: TubeNet.node(net, n)
 
-  test "nodes on this host connect over a tube, and the carrier is shown by node_info", %{net: net} do
+  test "nodes on this host connect over a tube, and the carrier is shown by node_info", %{
+    net: net
+  } do
     assert run(net, :n1, :connect, [node!(net, :n2)]) == {:pong, :tube}
     assert run(net, :n2, :carrier, [node!(net, :n1)]) == :tube
     # The connection is a tube of the reserved range on both sides.
@@ -31,7 +33,24 @@ defmodule DistTest do
 
   test "terms of every type and binaries of 0 B to 64 MiB go both ways unchanged", %{net: net} do
     :ok = run(net, :n2, :start_echo)
-    sizes = [0, 1, 63, 64, 65, 4095, 4096, 4097, 65_535, 65_536, 65_537, 1 <<< 20, 16 <<< 20, 64 <<< 20]
+
+    sizes = [
+      0,
+      1,
+      63,
+      64,
+      65,
+      4095,
+      4096,
+      4097,
+      65_535,
+      65_536,
+      65_537,
+      1 <<< 20,
+      16 <<< 20,
+      64 <<< 20
+    ]
+
     assert run(net, :n1, :echo_samples, [node!(net, :n2), sizes], 600_000) == :ok
     :ok = run(net, :n1, :start_echo)
     assert run(net, :n2, :echo_samples, [node!(net, :n1), [0, 100_000, 5 <<< 20]], 600_000) == :ok
@@ -68,7 +87,12 @@ defmodule DistTest do
   @tag net: [nodes: 2, net_ticktime: 4]
   test "an idle connection is kept up by ticks, which move the receive counter", %{net: net} do
     :ok = run(net, :n1, :watch, [node!(net, :n2)])
-    received = fn -> [%{received: r}] = run(net, :n1, :tubes); r end
+
+    received = fn ->
+      [%{received: r}] = run(net, :n1, :tubes)
+      r
+    end
+
     r0 = received.()
     # Nothing is sent: only ticks (empty messages) arrive, one per second
     # with net_ticktime 4, and they count.
@@ -104,7 +128,9 @@ defmodule DistTest do
     assert run(net, :n3, :carrier, [a]) == :tcp
     assert run(net, :n1, :carrier, [b]) == :tube
     # The TCP-only node runs no tube distribution.
-    assert TubeNet.call(net, :n3, :init, :get_argument, [:proto_dist]) == {:ok, [[~c"tube_net_tcp"]]}
+    assert TubeNet.call(net, :n3, :init, :get_argument, [:proto_dist]) ==
+             {:ok, [[~c"tube_net_tcp"]]}
+
     for x <- [:n1, :n2, :n3], do: :ok = run(net, x, :start_echo)
 
     for {x, xn} <- [n1: a, n2: b, n3: c], {y, yn} <- [n1: a, n2: b, n3: c], x != y do
@@ -180,7 +206,11 @@ defmodule DistTest do
     TubeTest.Checks.signal_daemon(socket, "KILL")
     # The nodes notice and start a new daemon; the tube between them does
     # not depend on Xenstore.
-    TubeTest.Checks.wait_until(fn -> TubeTest.Checks.daemon_pid(socket) not in [nil, old] end, 3_000)
+    TubeTest.Checks.wait_until(
+      fn -> TubeTest.Checks.daemon_pid(socket) not in [nil, old] end,
+      3_000
+    )
+
     assert run(net, :n1, :echo_all, [b, [:after_daemon_death, :binary.copy("d", 200_000)]]) == :ok
     assert run(net, :n2, :echo_all, [node!(net, :n1), [:after_daemon_death]]) == :ok
     assert run(net, :n1, :carrier, [b]) == :tube

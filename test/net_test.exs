@@ -402,7 +402,10 @@ defmodule NetTest do
        %{net: net} do
     [n1, n2, n3] = TubeNet.nodes(net)
     carrier = fn a, b -> TubeNet.call(net, a, DistTest.Node, :carrier, [b]) end
-    erpc = fn timeout -> TubeNet.call(net, :n1, :erpc, :call, [n2, :erlang, :node, [], timeout]) end
+
+    erpc = fn timeout ->
+      TubeNet.call(net, :n1, :erpc, :call, [n2, :erlang, :node, [], timeout])
+    end
 
     assert :ok = TubeNet.slow_dist(net, :n1, :n2, 300)
 
@@ -529,9 +532,16 @@ defmodule NetTest do
     assert_raise ArgumentError, fn -> TubeNet.loss(net, :n1, :n2, 2) end
     assert_raise ArgumentError, fn -> TubeNet.node(net, :n9) end
     assert {:error, :unknown_peer} = TubeNet.call(net, :n1, :tube_net_link, :open, [:n9, 1, %{}])
-    assert {:error, {:badarg, :node_opts}} = TubeNet.start(nodes: 2, node_opts: %{n3: %{carrier: :tcp}})
-    assert {:error, {:badarg, :node_opts}} = TubeNet.start(nodes: 2, node_opts: %{n1: %{carrier: :udp}})
-    assert {:error, {:badarg, :node_opts}} = TubeNet.start(nodes: 2, node_opts: %{n1: %{colour: :red}})
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n3: %{carrier: :tcp}})
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n1: %{carrier: :udp}})
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n1: %{colour: :red}})
+
     assert {:error, {:badarg, :env}} = :tube_net.start(%{nodes: 2, env: [{~c"A", 1}]})
     assert {:error, {:badarg, :unique_names}} = TubeNet.start(nodes: 2, unique_names: :yes)
   end
