@@ -33,7 +33,13 @@ defmodule TubeNet do
   each node), `:code_paths` (added to this node's own, which the nodes
   always get), `:args` (more emulator arguments, strings),
   `:net_ticktime` (seconds), `:cookie`, `:boot_timeout` (ms, 30 000),
+  `:env` (`[{name, value}]` set in the nodes' OS environment),
   `:carrier` (`:tube`, tube distribution between the nodes, or `:tcp`),
+  `:node_opts` (a map from labels to options of that node alone, kept
+  across its restarts: `:carrier`, which makes a mixed cluster, `:args`
+  after the network's, `:env` over the network's),
+  `:unique_names` (`false`; `true` names node `nI` `nI_<os pid>x<n>@host`
+  so that runs sharing the machine's epmd never meet; labels stay),
   `:prevent_overlapping_partitions` (`false`: `:global` would otherwise
   cut connections inside the groups of a partition, which reaches the nodes
   one after the other).
@@ -50,8 +56,28 @@ defmodule TubeNet do
         do: %{opts | prefix: String.to_charlist(opts.prefix)},
         else: opts
 
-    opts = if opts[:args], do: %{opts | args: Enum.map(opts.args, &to_charlist/1)}, else: opts
+    opts = charlists(opts)
+
+    opts =
+      case opts do
+        %{node_opts: per_node} when is_map(per_node) or is_list(per_node) ->
+          %{opts | node_opts: Map.new(per_node, fn {l, o} -> {l, charlists(Map.new(o))} end)}
+
+        _ ->
+          opts
+      end
+
     :tube_net.start(opts)
+  end
+
+  # args as charlists, env as {charlist, charlist} (names may be atoms).
+  defp charlists(opts) do
+    opts =
+      if is_list(opts[:args]), do: %{opts | args: Enum.map(opts.args, &to_charlist/1)}, else: opts
+
+    if is_list(opts[:env]),
+      do: %{opts | env: Enum.map(opts.env, fn {k, v} -> {~c"#{k}", to_charlist(v)} end)},
+      else: opts
   end
 
   @doc "Stops every node (a paused one with kill -9) and waits until their OS processes are gone; `:ok` for a network already stopped too."
@@ -123,6 +149,22 @@ defmodule TubeNet do
   defdelegate loss(net, a, b, ratio), to: :tube_net
 
   @doc """
+  Delays the distribution traffic between `a` and `b`, both ways, by
+  `latency` ms; 0 removes it.
+
+  The link is set up anew to take the change (both sides see `nodedown`
+  then `nodeup`), and the call returns once it is up again. A slowed link
+  runs over TCP through a relay in one of the two nodes that holds every
+  chunk of bytes for the latency, in order: messages, ticks and handshakes
+  arrive late, nothing is lost. Other links keep their carrier with nothing
+  in their path. There is no loss for distribution: a distribution channel
+  is reliable and ordered by contract; a link that fails is `partition/2`
+  or `kill/2`.
+  """
+  @spec slow_dist(net(), node_ref(), node_ref(), non_neg_integer()) :: :ok | {:error, term()}
+  defdelegate slow_dist(net, a, b, latency), to: :tube_net
+
+  @doc """
   Every entry of the log, oldest first, as `{seq, time_us, event}`; the
   time is when the event happened, in microseconds since the start, read
   where it happened (`:tube_net_log.now/0`, one clock for every node of the
@@ -132,7 +174,7 @@ defmodule TubeNet do
   go), `{:refused, l, m}`, `{:partition, groups}`, `:heal`,
   `{:paused, l}`, `{:resumed, l}`, `{:killed, l}` (the signal sent;
   `:node_down` follows once the process is gone), `{:slow, a, b, ms}`,
-  `{:loss, a, b, ratio}`, `{:tube_up, l, m, tid}`,
+  `{:loss, a, b, ratio}`, `{:slow_dist, a, b, ms}`, `{:tube_up, l, m, tid}`,
   `{:tube_down, l, m, tid}`, and `:net_started` first.
   """
   @spec events(net()) :: [{pos_integer(), integer(), term()}]

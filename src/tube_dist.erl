@@ -226,10 +226,11 @@ peer_address(Port, Node) ->
 
 %% @doc True only for a node on this host whose name is published in this
 %% host's Xenstore: from the name cache in microseconds, or after one
-%% bounded lookup. Other nodes are left to the protocols listed before.
+%% bounded lookup. Other nodes are left to the protocols listed before, and
+%% so are those a test network routes elsewhere (tube_net_guard:native/1).
 select(Node) ->
     case split_node(Node) of
-        {ok, _Name, Host} -> Host =:= my_host() andalso has_domain(Node);
+        {ok, _Name, Host} -> Host =:= my_host() andalso tube_net_guard:native(Node) andalso has_domain(Node);
         error -> false
     end.
 

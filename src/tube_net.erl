@@ -1,6 +1,7 @@
 %% @doc Test networks: several BEAM OS processes on this machine, meshed
 %% over Erlang distribution, with faults a test can inject (partitions,
-%% pauses, kills, restarts, latency and loss on raw tubes) and a log of what
+%% pauses, kills, restarts, latency and loss on raw tubes, latency on
+%% distribution links) and a log of what
 %% the network saw that a test can match against an expected sequence.
 %%
 %% ```
@@ -14,7 +15,7 @@
 %% '''
 %%
 %% Nodes are named by labels `n1'..`nN' (the prefix is an option); node
-%% `nI' is the Erlang node `nI@Host' (short names) and has domid `I'
+%% `nI' is the Erlang node `nI@Host' (short names; see `unique_names') and has domid `I'
 %% (shifted past this node's own domid when it is one of them, or as
 %% given). Every call taking a node takes its label or its node name.
 %%
@@ -36,8 +37,8 @@
 %% `{refused, L, M}': L's carrier refused to connect to M;</li>
 %% <li>`{partition, Groups}', `heal', `{paused, L}', `{resumed, L}',
 %% `{killed, L}' (kill -9 sent; `node_down' follows once it is gone),
-%% `{slow, A, B, Ms}', `{loss, A, B, Ratio}': faults, logged when they are
-%% applied;</li>
+%% `{slow, A, B, Ms}', `{loss, A, B, Ratio}', `{slow_dist, A, B, Ms}':
+%% faults, logged when they are applied;</li>
 %% <li>`{tube_up, L, M, Tid}', `{tube_down, L, M, Tid}': raw tubes opened
 %% through `tube_net_link', seen from L's side;</li>
 %% <li>`net_started', first.</li>
@@ -48,13 +49,16 @@
 
 -export([start/1, stop/1, nodes/1, labels/1, node/2, domid/2, os_pid/2,
          call/5, call/6, partition/2, heal/1, pause/2, resume/2, kill/2,
-         restart/2, slow/4, loss/4, events/1, expect/3, expect/4, mark/1]).
+         restart/2, slow/4, loss/4, slow_dist/4, events/1, expect/3, expect/4, mark/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
--export_type([net/0, node_ref/0, options/0]).
+-export_type([net/0, node_ref/0, options/0, node_options/0]).
 
 -type net() :: pid().
 -type node_ref() :: atom().
+-type node_options() :: #{carrier => tube | tcp,
+                          args => [string()],
+                          env => [{string(), string()}]}.
 -type options() :: #{nodes := pos_integer(),
                      prefix => string(),
                      domids => [pos_integer()],
@@ -62,9 +66,12 @@
                      apps => [atom()],
                      code_paths => [file:filename()],
                      args => [string()],
+                     env => [{string(), string()}],
+                     node_opts => #{atom() => node_options()},
                      net_ticktime => pos_integer(),
                      boot_timeout => pos_integer(),
                      cookie => atom(),
+                     unique_names => boolean(),
                      prevent_overlapping_partitions => boolean()}.
 
 -define(CALL_TIMEOUT, 30000).
@@ -77,7 +84,8 @@
     order :: [atom()],
     nodes :: #{atom() => #node{}},
     groups = undefined :: undefined | [[atom()]],
-    shapes = #{} :: #{{atom(), atom()} => #{latency := non_neg_integer(), loss := float()}},
+    shapes = #{} :: #{{atom(), atom()} => #{latency := non_neg_integer(), loss := float(),
+                                            dist := non_neg_integer()}},
     log :: tube_net_log:log(),
     t0 :: integer(),
     cursor = 0 :: non_neg_integer(),
@@ -107,8 +115,19 @@
 %% order;</li>
 %% <li>`code_paths': directories added to the nodes' code path besides
 %% this node's own (which they always get);</li>
-%% <li>`args': more emulator arguments; `net_ticktime' (seconds); `cookie'
-%% (default a random one); `boot_timeout' (ms, default 30000).</li>
+%% <li>`args': more emulator arguments; `env': `{Name, Value}' strings
+%% set in the nodes' OS environment (over this node's own, which they
+%% inherit); `net_ticktime' (seconds); `cookie' (default a random one);
+%% `boot_timeout' (ms, default 30000);</li>
+%% <li>`unique_names' (default `false'): node `nI' is then the Erlang node
+%% `nI_P' ++ `x' ++ `U@Host', P being this OS process's pid and U a number
+%% of this network, so that test runs sharing the machine (and its epmd)
+%% never meet; labels, domids and events stay as they are;</li>
+%% <li>`node_opts': a map from labels to options of that node alone:
+%% `carrier' (replaces the network's: a `tcp' node in a `tube' network
+%% makes a mixed cluster, the tube nodes reaching it over TCP), `args'
+%% (after the network's) and `env' (over the network's). They hold for
+%% the node's restarts too.</li>
 %% </ul>
 %% `{error, Reason}' when a node cannot start (nothing is left running).
 -spec start(options()) -> {ok, net()} | {error, term()}.
@@ -215,6 +234,26 @@ slow(_, _, _, _) ->
 loss(Net, A, B, Ratio) when is_number(Ratio), Ratio >= 0, Ratio =< 1 ->
     gen_server:call(Net, {shape, A, B, loss, float(Ratio)}, infinity);
 loss(_, _, _, _) ->
+    erlang:error(badarg).
+
+%% @doc Delays the distribution traffic between A and B, both ways, by
+%% Latency milliseconds; 0 removes it. The link is set up anew to take the
+%% change (both sides see `nodedown', then `nodeup'; links and monitors
+%% across it fire as for any lost connection), and the call returns once it
+%% is up again (unless a partition or a stopped node keeps it down).
+%%
+%% A slowed link runs over TCP through a relay in A's or B's node (the one
+%% that set the connection up, see `tube_net_relay') that holds every chunk
+%% of bytes for the latency, in order: messages, ticks and handshakes all
+%% arrive Latency ms later, and nothing is lost. Links that are not slowed
+%% stay on their carrier with nothing in their path. Dropping part of a
+%% distribution channel would break it rather than model a lossy network
+%% (it is reliable and ordered by contract), so there is no loss for
+%% distribution: a link that fails is partition/2, or kill/2.
+-spec slow_dist(net(), node_ref(), node_ref(), non_neg_integer()) -> ok | {error, term()}.
+slow_dist(Net, A, B, Latency) when is_integer(Latency), Latency >= 0 ->
+    gen_server:call(Net, {shape, A, B, dist, Latency}, infinity);
+slow_dist(_, _, _, _) ->
     erlang:error(badarg).
 
 %% @doc Every entry of the log, oldest first.
@@ -325,13 +364,17 @@ handle_call({shape, A, B, What, Value}, _From, St) ->
     case {lookup(A, St), lookup(B, St)} of
         {{ok, #node{label = LA}}, {ok, #node{label = LB}}} when LA =/= LB ->
             Key = pair(LA, LB),
-            Shape = maps:put(What, Value, maps:get(Key, St#st.shapes, #{latency => 0, loss => 0.0})),
+            Old = maps:get(Key, St#st.shapes, #{latency => 0, loss => 0.0, dist => 0}),
+            Shape = maps:put(What, Value, Old),
             St1 = St#st{shapes = maps:put(Key, Shape, St#st.shapes)},
-            Event = case What of latency -> slow; loss -> loss end,
+            Event = case What of latency -> slow; loss -> loss; dist -> slow_dist end,
             St2 = log({Event, LA, LB, Value}, St1),
             agent(LA, shape, [LB, Shape], St2),
             agent(LB, shape, [LA, Shape], St2),
-            {reply, ok, St2};
+            case What =:= dist andalso maps:get(dist, Old) =/= Value of
+                true -> relink(LA, LB, St2);
+                false -> {reply, ok, St2}
+            end;
         {{ok, _}, {ok, _}} ->
             {reply, {error, {badarg, same_node}}, St};
         {{ok, _}, E} ->
@@ -401,14 +444,37 @@ check_opts(Opts) ->
               {apps, is_list(maps:get(apps, Opts, []))},
               {code_paths, is_list(maps:get(code_paths, Opts, []))},
               {args, is_list(maps:get(args, Opts, []))},
+              {env, is_env(maps:get(env, Opts, []))},
+              {node_opts, is_node_opts(maps:get(node_opts, Opts, #{}), N, maps:get(prefix, Opts, "n"))},
               {net_ticktime, case maps:get(net_ticktime, Opts, 60) of T when is_integer(T), T > 0 -> true; _ -> false end},
               {boot_timeout, case maps:get(boot_timeout, Opts, 1) of B when is_integer(B), B > 0 -> true; _ -> false end},
               {cookie, is_atom(maps:get(cookie, Opts, a))},
+              {unique_names, is_boolean(maps:get(unique_names, Opts, false))},
               {prevent_overlapping_partitions, is_boolean(maps:get(prevent_overlapping_partitions, Opts, false))}],
     case [K || {K, false} <- Checks] of
         [] -> ok;
         [K | _] -> {error, {badarg, K}}
     end.
+
+is_env(Env) ->
+    is_list(Env) andalso
+        lists:all(fun({K, V}) -> io_lib:char_list(K) andalso io_lib:char_list(V);
+                     (_) -> false
+                  end, Env).
+
+%% Keys are labels of the network; values maps of node_options().
+is_node_opts(NodeOpts, N, Prefix) when is_map(NodeOpts), is_integer(N), N >= 0, N =< 64,
+                                       is_list(Prefix) ->
+    Labels = [list_to_atom(Prefix ++ integer_to_list(I)) || I <- lists:seq(1, N)],
+    lists:all(fun({L, O}) ->
+                      lists:member(L, Labels) andalso is_map(O) andalso
+                          maps:size(maps:without([carrier, args, env], O)) =:= 0 andalso
+                          lists:member(maps:get(carrier, O, tube), [tube, tcp]) andalso
+                          is_list(maps:get(args, O, [])) andalso
+                          is_env(maps:get(env, O, []))
+              end, maps:to_list(NodeOpts));
+is_node_opts(_, _, _) ->
+    false.
 
 %% [{Label, #node{}, NodeConf}] for every node.
 plan(Opts, Name) ->
@@ -418,25 +484,33 @@ plan(Opts, Name) ->
     Domids = maps:get(domids, Opts, default_domids(N)),
     {ok, Host} = inet:gethostname(),
     Short = hd(string:split(Host, ".")),
-    Nodes = [list_to_atom(atom_to_list(L) ++ "@" ++ Short) || L <- Labels],
+    Suffix = case maps:get(unique_names, Opts, false) of
+                 true -> "_" ++ os:getpid() ++ "x" ++ integer_to_list(erlang:unique_integer([positive]));
+                 false -> ""
+             end,
+    Names = [atom_to_list(L) ++ Suffix || L <- Labels],
+    Nodes = [list_to_atom(S ++ "@" ++ Short) || S <- Names],
+    NodeOpts = maps:get(node_opts, Opts, #{}),
+    Carrier = fun(L) -> maps:get(carrier, maps:get(L, NodeOpts, #{}), maps:get(carrier, Opts, tube)) end,
     Agent = #{controller => Name,
               labels => maps:from_list(lists:zip(Nodes, Labels)),
-              domids => maps:from_list(lists:zip(Labels, Domids))},
+              domids => maps:from_list(lists:zip(Labels, Domids)),
+              tcp_only => [Nd || {L, Nd} <- lists:zip(Labels, Nodes), Carrier(L) =:= tcp]},
     Cookie = maps:get(cookie, Opts, list_to_atom("tube_net_" ++ integer_to_list(rand:uniform(1 bsl 60)))),
-    Common = carrier_args(maps:get(carrier, Opts, tube))
-        ++ ["-setcookie", atom_to_list(Cookie)]
+    Common = ["-setcookie", atom_to_list(Cookie), "-epmd_module", "tube_net_epmd"]
         ++ ticktime_args(Opts)
         ++ ["-kernel", "prevent_overlapping_partitions",
             atom_to_list(maps:get(prevent_overlapping_partitions, Opts, false))]
         ++ path_args(Opts)
         ++ maps:get(args, Opts, []),
     [{L, #node{label = L, node = Node, domid = D},
-      #{server => Name, label => L, name => atom_to_list(L), domid => D,
-        args => ["-tube", "domid", integer_to_list(D) | Common],
+      #{server => Name, label => L, name => S, domid => D,
+        args => node_args(L, D, Common, Opts, NodeOpts),
+        env => node_env(L, Opts, NodeOpts),
         apps => maps:get(apps, Opts, [tube]),
         agent => Agent#{me => L},
         boot_timeout => maps:get(boot_timeout, Opts, 30000)}}
-     || {L, Node, D} <- lists:zip3(Labels, Nodes, Domids)].
+     || {L, S, Node, D} <- zip4(Labels, Names, Nodes, Domids)].
 
 %% 1..N, moved past this node's own domid when it is one of them.
 default_domids(N) ->
@@ -449,6 +523,21 @@ default_domids(N) ->
                 false -> 1
             end,
     lists:seq(First, First + N - 1).
+
+zip4([A | As], [B | Bs], [C | Cs], [D | Ds]) -> [{A, B, C, D} | zip4(As, Bs, Cs, Ds)];
+zip4([], [], [], []) -> [].
+
+%% The network's arguments, then the node's own.
+node_args(L, Domid, Common, Opts, NodeOpts) ->
+    Own = maps:get(L, NodeOpts, #{}),
+    Carrier = maps:get(carrier, Own, maps:get(carrier, Opts, tube)),
+    ["-tube", "domid", integer_to_list(Domid)]
+        ++ carrier_args(Carrier) ++ Common ++ maps:get(args, Own, []).
+
+%% The network's environment, then the node's own (later entries win).
+node_env(L, Opts, NodeOpts) ->
+    Own = maps:get(env, maps:get(L, NodeOpts, #{}), []),
+    maps:to_list(maps:from_list(maps:get(env, Opts, []) ++ Own)).
 
 %% tube: tube connections between the nodes, TCP (guarded as well) to any
 %% node the tube carrier cannot reach.
@@ -529,6 +618,18 @@ await_loop(Expected, Mark, Deadline, St) ->
             after max(Deadline - erlang:monotonic_time(millisecond), 0) ->
                 {error, {mesh_timeout, Left}, St}
             end
+    end.
+
+%% The link between A and B set up again, now that both ends know its new
+%% latency: cut on both sides (a relay may hold the close back from the
+%% other side for the old latency), and connected again if they may reach
+%% each other.
+relink(LA, LB, St) ->
+    agent(LA, disconnect, [(node_rec(LB, St))#node.node], St),
+    agent(LB, disconnect, [(node_rec(LA, St))#node.node], St),
+    case mesh([LA], drain(St)) of
+        {ok, St1} -> {reply, ok, St1};
+        {error, R, St1} -> {reply, {error, R}, St1}
     end.
 
 %% The guard and shaping in force, given to a node that comes back.

@@ -10,7 +10,10 @@
 %% the existing connections and raw tubes to the blocked nodes are cut;</li>
 %% <li>the latency and loss applied to raw tubes towards a peer, kept in
 %% the public table `tube_net_shape' that {@link tube_net_link:send/2}
-%% reads, and the queue of packets it delays.</li>
+%% reads, and the queue of packets it delays;</li>
+%% <li>the latency of distribution links (read by {@link tube_net_epmd}),
+%% and which nodes the native carrier leaves to the TCP one
+%% ({@link tube_net_guard:route/1}).</li>
 %% </ul>
 %%
 %% Events travel over the peer's control connection (standard I/O), not
@@ -21,7 +24,10 @@
 -behaviour(gen_server).
 
 -export([start/1, block/1, clear/0, connect/1, shape/2, register_tube/3,
-         delay/2, global_sync/0, label/1, node_of/1, domid_of/1, label_of_domid/1, whereami/0]).
+         delay/2, global_sync/0, label/1, node_of/1, domid_of/1, label_of_domid/1, whereami/0,
+         dist_latency/1, disconnect/1]).
+
+-define(DISCONNECT_TIMEOUT, 10000).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(SHAPE, tube_net_shape).
@@ -31,6 +37,7 @@
     me :: atom(),                      % this node's label
     labels :: #{node() => atom()},     % every node of the net
     domids :: #{atom() => pos_integer()},
+    tcp_only = [] :: [node()],         % nodes of the net without tube distribution
     tubes = #{} :: #{reference() => {port(), atom(), non_neg_integer()}},
     queues = #{} :: #{port() => queue:queue({integer(), iodata()})}
 }).
@@ -62,8 +69,23 @@ connect(Nodes) ->
 %% knowledge of `global'.
 global_sync() -> global:sync().
 
-%% @doc Latency (ms) and loss ratio of raw tubes towards Peer (a label).
+%% @doc Latency (ms) and loss ratio of raw tubes towards Peer (a label),
+%% and the latency of the distribution link to it (`dist', ms), which the
+%% next connection set up takes: through a relay ({@link tube_net_epmd}),
+%% or natively again for 0. The connection in place is left alone: the
+%% controller cuts it (disconnect/1) once both ends know.
 shape(Peer, Shape) -> gen_server:call(?MODULE, {shape, Peer, Shape}, infinity).
+
+%% @doc The latency (ms) of the distribution link to Node, 0 when it is not
+%% slowed or no test network runs here. Read by the set-up of a connection.
+-spec dist_latency(node()) -> non_neg_integer().
+dist_latency(Node) ->
+    try ets:lookup(?SHAPE, {dist, Node}) of
+        [{_, L}] -> L;
+        [] -> 0
+    catch
+        error:badarg -> 0
+    end.
 
 %% @doc Records a raw tube to Peer (a label) opened or accepted here.
 register_tube(Port, Peer, Tid) -> gen_server:call(?MODULE, {register, Port, Peer, Tid}, infinity).
@@ -90,8 +112,10 @@ init(Conf) ->
     #{controller := C, me := Me, labels := Labels, domids := Domids} = Conf,
     ?SHAPE = ets:new(?SHAPE, [named_table, public, {read_concurrency, true}]),
     ok = net_kernel:monitor_nodes(true, [{node_type, all}]),
-    St = #st{controller = C, me = Me, labels = Labels, domids = Domids},
+    St = #st{controller = C, me = Me, labels = Labels, domids = Domids,
+             tcp_only = [N || N <- maps:get(tcp_only, Conf, []), N =/= node()]},
     ok = guard(maps:get(blocked, Conf, []), St),
+    ok = route(St),
     {ok, St}.
 
 handle_call({block, Blocked}, _From, St) ->
@@ -101,11 +125,12 @@ handle_call({block, Blocked}, _From, St) ->
 handle_call(clear, _From, St) ->
     ok = tube_net_guard:clear(),
     {reply, ok, St};
-handle_call({shape, Peer, #{latency := L, loss := R}}, _From, St) when L == 0, R == 0 ->
-    ets:delete(?SHAPE, Peer),
-    {reply, ok, St};
-handle_call({shape, Peer, #{latency := L, loss := R}}, _From, St) ->
-    ets:insert(?SHAPE, {Peer, L, R}),
+handle_call({shape, Peer, Shape = #{latency := L, loss := R}}, _From, St) ->
+    case L == 0 andalso R == 0 of
+        true -> ets:delete(?SHAPE, Peer);
+        false -> ets:insert(?SHAPE, {Peer, L, R})
+    end,
+    ok = dist_shape(Peer, maps:get(dist, Shape, 0), St),
     {reply, ok, St};
 handle_call({register, Port, Peer, Tid}, _From, St) ->
     Ref = erlang:monitor(port, Port),
@@ -193,6 +218,50 @@ send_due(Port, Q, Now) ->
             send_due(Port, queue:drop(Q), Now);
         _ ->
             Q
+    end.
+
+%% A new latency for the link to Peer: the connection set up next takes
+%% it, so the one in place (if any) is cut, and the route changed first.
+dist_shape(Peer, Latency, St) ->
+    Node = node_of_label(Peer, St),
+    case dist_latency(Node) of
+        Latency ->
+            ok;
+        _ ->
+            case Latency of
+                0 -> ets:delete(?SHAPE, {dist, Node});
+                _ -> ets:insert(?SHAPE, {{dist, Node}, Latency})
+            end,
+            route(St)
+    end.
+
+%% The nodes the native carrier must leave to the TCP one: those without
+%% tube distribution, and those whose link is slowed.
+route(St) ->
+    Slowed = [N || [N] <- ets:match(?SHAPE, {{dist, '$1'}, '_'})],
+    tube_net_guard:route(lists:usort(St#st.tcp_only ++ Slowed)).
+
+%% @doc Cuts the connection to Node, if there is one, and returns once it
+%% is down.
+disconnect(Node) ->
+    case lists:member(Node, nodes(connected)) of
+        false ->
+            ok;
+        true ->
+            true = erlang:monitor_node(Node, true),
+            _ = erlang:disconnect_node(Node),
+            receive
+                {nodedown, Node} -> ok
+            after ?DISCONNECT_TIMEOUT ->
+                erlang:monitor_node(Node, false),
+                ok
+            end
+    end.
+
+node_of_label(Label, St) ->
+    case [N || {N, L} <- maps:to_list(St#st.labels), L =:= Label] of
+        [N] -> N;
+        [] -> Label
     end.
 
 guard(Blocked, St) ->

@@ -1,5 +1,6 @@
 %% @doc Which nodes this node may exchange distribution traffic with while
-%% a test network cuts it off from some of them.
+%% a test network cuts it off from some of them, and which carrier the
+%% connections to them take.
 %%
 %% A distribution carrier asks {@link permit/1} before it sets up a
 %% connection to a node and when it accepts one from a node; a `false'
@@ -13,9 +14,37 @@
 %% right for a value written once per fault and read on every connection.
 -module(tube_net_guard).
 
--export([permit/1, allowed/1, block/2, clear/0, blocked/0, refused/1]).
+-export([permit/1, allowed/1, block/2, clear/0, blocked/0, refused/1,
+         native/1, route/1, routed/0]).
 
 -define(KEY, {?MODULE, blocked}).
+-define(ROUTE, {?MODULE, not_native}).
+
+%% @doc Whether the native carrier (`tube_dist') may be chosen for a
+%% connection to Node: `false' for the nodes the test network sends over
+%% the next carrier (`tube_net_tcp') instead, which are nodes of the
+%% network that run no tube distribution, and nodes whose link is slowed
+%% (`tube_net:slow_dist/4'). Asked by the carrier's `select/1', once per
+%% connection set-up; one `persistent_term' lookup, `true' for every node
+%% of a node that never ran a test network.
+-spec native(node()) -> boolean().
+native(Node) ->
+    not maps:is_key(Node, persistent_term:get(?ROUTE, #{})).
+
+%% @doc Sends the connections to the nodes in Nodes over the next carrier
+%% from now on (see native/1); replaces the list in force. Existing
+%% connections are left alone.
+-spec route([node()]) -> ok.
+route([]) ->
+    _ = persistent_term:erase(?ROUTE),
+    ok;
+route(Nodes) when is_list(Nodes) ->
+    persistent_term:put(?ROUTE, maps:from_keys(Nodes, true)).
+
+%% @doc The nodes route/1 keeps off the native carrier now.
+-spec routed() -> [node()].
+routed() ->
+    lists:sort(maps:keys(persistent_term:get(?ROUTE, #{}))).
 
 %% @doc Whether a distribution connection to or from Node may exist now.
 -spec permit(node()) -> boolean().

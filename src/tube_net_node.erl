@@ -19,6 +19,7 @@
 -export([callback_mode/0, init/1, down/3, running/3, paused/3, terminate/3]).
 
 -define(EXIT_WAIT, 10000).
+-define(EPMD_ADDRESS, {127, 0, 0, 1}).
 
 -record(d, {
     conf :: map(),
@@ -30,6 +31,7 @@
 
 %% @doc Conf: `server' (registered name of the net's server), `label',
 %% `name' (short node name), `domid', `args' (extra emulator arguments),
+%% `env' (`{Name, Value}' for the OS environment),
 %% `apps', `agent' (the agent's start configuration), `boot_timeout'.
 start_link(Conf) -> gen_statem:start_link(?MODULE, Conf, []).
 
@@ -136,7 +138,7 @@ terminate(_Reason, _State, _D) ->
 start_peer(D = #d{conf = Conf}, Blocked) ->
     #{name := Name, args := Args, boot_timeout := BootTimeout} = Conf,
     Opts = #{name => Name, connection => standard_io, args => Args,
-             wait_boot => BootTimeout},
+             env => maps:get(env, Conf, []), wait_boot => BootTimeout},
     try peer:start(Opts) of
         {ok, Peer, Node} ->
             Mon = erlang:monitor(process, Peer),
@@ -203,6 +205,7 @@ gone(Reason, D = #d{mon = Mon, peer = Peer, os_pid = OsPid}) ->
             end
     end,
     wait_os_exit(OsPid),
+    wait_epmd_release(D),
     event({node_down, label(D), Reason}, D),
     D#d{peer = undefined, mon = undefined, os_pid = undefined}.
 
@@ -223,6 +226,31 @@ wait_os_exit(OsPid, N) ->
         true ->
             receive after 10 -> ok end,
             wait_os_exit(OsPid, N - 1)
+    end.
+
+%% epmd frees a name when it sees the node's connection close, a moment
+%% after the process is gone; a restart before that would find the name
+%% taken (the TCP carrier would not listen). There is no event for it: ask
+%% epmd until the name is gone, or epmd is (it never held the name then).
+%% epmd is asked at its loopback address: resolving the host name would
+%% start OTP's resolver process in this node for good.
+wait_epmd_release(#d{conf = #{name := Name}}) ->
+    wait_epmd_release(Name, ?EXIT_WAIT div 10).
+
+wait_epmd_release(_Name, 0) ->
+    ok;
+wait_epmd_release(Name, N) ->
+    case erl_epmd:names(?EPMD_ADDRESS) of
+        {ok, Names} ->
+            case lists:keymember(Name, 1, Names) of
+                true ->
+                    receive after 10 -> ok end,
+                    wait_epmd_release(Name, N - 1);
+                false ->
+                    ok
+            end;
+        _ ->
+            ok
     end.
 
 %% Alive and not a zombie waiting to be reaped.

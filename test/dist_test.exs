@@ -1,197 +1,219 @@
 defmodule DistTest do
   # Erlang distribution over tubes: BEAM OS processes started with
-  # `-proto_dist inet_tcp tube` reach each other through reliable tubes, and
-  # everything distribution does works over them.
-  use ExUnit.Case, async: false
+  # `-proto_dist ... tube` reach each other through reliable tubes, and
+  # everything distribution does works over them. The nodes are those of a
+  # test network (tube_net): n1, n2 (and n3), meshed before each test.
+  use TubeTest.NetCase, async: false
   import Bitwise
 
   alias DistTest.Node, as: N
 
   @moduletag timeout: 600_000
 
-  defp uniq(base), do: :"#{base}#{System.unique_integer([:positive])}"
+  # Runs DistTest.Node.f(a) in node `n`.
+  defp run(net, n, f, a \\ [], timeout \\ 120_000), do: TubeNet.call(net, n, N, f, a, timeout)
 
-  defp start(name, opts \\ []) do
-    n = N.start(uniq(name), opts)
-    on_exit(fn -> N.stop(n) end)
-    n
-  end
+  defp node!(net, n), do: TubeNet.node(net, n)
 
-  # Two tube nodes connected to each other.
-  defp pair(opts \\ []) do
-    a = start("a", opts)
-    b = start("b", opts)
-    assert N.call(a, N, :connect, [b.node]) == {:pong, :tube}
-    {a, b}
-  end
-
-  test "nodes on this host connect over a tube, and the carrier is shown by node_info" do
-    {a, b} = pair()
-    assert N.call(b, N, :carrier, [a.node]) == :tube
+  test "nodes on this host connect over a tube, and the carrier is shown by node_info", %{
+    net: net
+  } do
+    assert run(net, :n1, :connect, [node!(net, :n2)]) == {:pong, :tube}
+    assert run(net, :n2, :carrier, [node!(net, :n1)]) == :tube
     # The connection is a tube of the reserved range on both sides.
-    assert [%{tid: tid, peer: _}] = N.call(a, N, :tubes, [])
+    assert [%{tid: tid, peer: _}] = run(net, :n1, :tubes)
     assert tid >= 0xFFFF0000
-    assert [%{tid: ^tid}] = N.call(b, N, :tubes, [])
+    assert [%{tid: ^tid}] = run(net, :n2, :tubes)
     # The control plane runs under the kernel since boot: starting the
     # application does not start a second one.
-    server = N.call(a, :erlang, :whereis, [:tube_registry])
-    assert {:ok, _} = N.call(a, :application, :ensure_all_started, [:tube])
-    assert N.call(a, :erlang, :whereis, [:tube_registry]) == server
+    server = TubeNet.call(net, :n1, :erlang, :whereis, [:tube_registry])
+    assert {:ok, _} = TubeNet.call(net, :n1, :application, :ensure_all_started, [:tube])
+    assert TubeNet.call(net, :n1, :erlang, :whereis, [:tube_registry]) == server
   end
 
-  test "terms of every type and binaries of 0 B to 64 MiB go both ways unchanged" do
-    {a, b} = pair()
-    :ok = N.call(b, N, :start_echo, [])
-    sizes = [0, 1, 63, 64, 65, 4095, 4096, 4097, 65_535, 65_536, 65_537, 1 <<< 20, 16 <<< 20, 64 <<< 20]
-    assert N.call(a, N, :echo_samples, [b.node, sizes], 600_000) == :ok
-    :ok = N.call(a, N, :start_echo, [])
-    assert N.call(b, N, :echo_samples, [a.node, [0, 100_000, 5 <<< 20]], 600_000) == :ok
+  test "terms of every type and binaries of 0 B to 64 MiB go both ways unchanged", %{net: net} do
+    :ok = run(net, :n2, :start_echo)
+
+    sizes = [
+      0,
+      1,
+      63,
+      64,
+      65,
+      4095,
+      4096,
+      4097,
+      65_535,
+      65_536,
+      65_537,
+      1 <<< 20,
+      16 <<< 20,
+      64 <<< 20
+    ]
+
+    assert run(net, :n1, :echo_samples, [node!(net, :n2), sizes], 600_000) == :ok
+    :ok = run(net, :n1, :start_echo)
+    assert run(net, :n2, :echo_samples, [node!(net, :n1), [0, 100_000, 5 <<< 20]], 600_000) == :ok
   end
 
-  test "a million messages arrive in order" do
-    {a, b} = pair()
-    :ok = N.call(b, N, :start_counter, [])
-    assert N.call(a, N, :flood, [b.node, 1_000_000], 600_000) == {1_000_000, true}
+  test "a million messages arrive in order", %{net: net} do
+    :ok = run(net, :n2, :start_counter)
+    assert run(net, :n1, :flood, [node!(net, :n2), 1_000_000], 600_000) == {1_000_000, true}
   end
 
-  test "gen_server:call, erpc and rpc" do
-    {a, b} = pair()
-    :ok = N.call(b, N, :start_agent, [])
-    assert N.call(a, N, :agent_calls, [b.node, 2000]) == 2000
-    assert N.call(a, :erpc, :call, [b.node, :erlang, :node, []]) == b.node
-    assert N.call(a, :rpc, :call, [b.node, :lists, :reverse, [[1, 2, 3]]]) == [3, 2, 1]
-    assert {[_, _], []} = N.call(a, :rpc, :multicall, [[a.node, b.node], :erlang, :node, []])
+  test "gen_server:call, erpc and rpc", %{net: net} do
+    [a, b] = TubeNet.nodes(net)
+    :ok = run(net, :n2, :start_agent)
+    assert run(net, :n1, :agent_calls, [b, 2000]) == 2000
+    assert TubeNet.call(net, :n1, :erpc, :call, [b, :erlang, :node, []]) == b
+    assert TubeNet.call(net, :n1, :rpc, :call, [b, :lists, :reverse, [[1, 2, 3]]]) == [3, 2, 1]
+    assert {[_, _], []} = TubeNet.call(net, :n1, :rpc, :multicall, [[a, b], :erlang, :node, []])
   end
 
-  test "links and monitors across nodes" do
-    {a, b} = pair()
-    assert N.call(a, N, :links_and_monitors, [b.node]) == {:killed, :boom, :noproc}
+  test "links and monitors across nodes", %{net: net} do
+    assert run(net, :n1, :links_and_monitors, [node!(net, :n2)]) == {:killed, :boom, :noproc}
   end
 
-  test "kill -9 of a peer: nodedown and DOWN noconnection" do
-    {a, b} = pair()
-    :ok = N.call(a, N, :watch, [b.node])
-    t0 = N.call(a, N, :clock, [])
-    N.signal(b, "KILL")
-    seen = N.call(a, N, :watched, [t0])
+  test "kill -9 of a peer: nodedown and DOWN noconnection", %{net: net} do
+    :ok = run(net, :n1, :watch, [node!(net, :n2)])
+    t0 = run(net, :n1, :clock)
+    :ok = TubeNet.kill(net, :n2)
+    seen = run(net, :n1, :watched, [t0])
     assert %{:nodedown => ms, {:down, :noconnection} => _} = seen
+    assert :ok = TubeNet.expect(net, [{:killed, :n2}, {:nodedown, :n1, :n2}], 10_000)
     IO.puts("\n  nodedown #{ms} ms after kill -9")
   end
 
-  test "an idle connection is kept up by ticks, which move the receive counter" do
-    {a, b} = pair(ticktime: 4)
-    :ok = N.call(a, N, :watch, [b.node])
-    received = fn -> [%{received: r}] = N.call(a, N, :tubes, []); r end
+  @tag net: [nodes: 2, net_ticktime: 4]
+  test "an idle connection is kept up by ticks, which move the receive counter", %{net: net} do
+    :ok = run(net, :n1, :watch, [node!(net, :n2)])
+
+    received = fn ->
+      [%{received: r}] = run(net, :n1, :tubes)
+      r
+    end
+
     r0 = received.()
     # Nothing is sent: only ticks (empty messages) arrive, one per second
     # with net_ticktime 4, and they count.
     TubeTest.Checks.wait_until(fn -> received.() >= r0 + 6 end, 5_000)
-    assert N.call(a, N, :watched_now, []) == %{}
-    assert N.call(a, N, :carrier, [b.node]) == :tube
+    assert run(net, :n1, :watched_now) == %{}
+    assert run(net, :n1, :carrier, [node!(net, :n2)]) == :tube
   end
 
-  test "a frozen peer (SIGSTOP) is dropped when net_ticktime expires" do
-    {a, b} = pair(ticktime: 4)
-    :ok = N.call(a, N, :watch, [b.node])
-    t0 = N.call(a, N, :clock, [])
-    N.signal(b, "STOP")
-    on_exit(fn -> N.signal(b, "CONT") end)
-    seen = N.call(a, N, :watched, [t0])
+  @tag net: [nodes: 2, net_ticktime: 4]
+  test "a frozen peer (SIGSTOP) is dropped when net_ticktime expires", %{net: net} do
+    :ok = run(net, :n1, :watch, [node!(net, :n2)])
+    t0 = run(net, :n1, :clock)
+    :ok = TubeNet.pause(net, :n2)
+    seen = run(net, :n1, :watched, [t0])
     assert %{:nodedown => ms, {:down, :noconnection} => _} = seen
+    assert :ok = TubeNet.expect(net, [{:paused, :n2}, {:nodedown, :n1, :n2}], 10_000)
     IO.puts("\n  nodedown #{ms} ms after SIGSTOP, net_ticktime 4")
   end
 
-  test "global and pg see each other's names" do
-    {a, b} = pair()
-    pid = N.call(a, N, :global_register, [:dist_test_global])
-    assert N.call(b, N, :global_whereis, [:dist_test_global]) == pid
-    :ok = N.call(b, N, :pg_start, [])
-    member = N.call(a, N, :pg_join, [:grp])
-    assert N.call(b, N, :pg_members, [:grp, 1]) == [member]
+  test "global and pg see each other's names", %{net: net} do
+    pid = run(net, :n1, :global_register, [:dist_test_global])
+    assert run(net, :n2, :global_whereis, [:dist_test_global]) == pid
+    :ok = run(net, :n2, :pg_start)
+    member = run(net, :n1, :pg_join, [:grp])
+    assert run(net, :n2, :pg_members, [:grp, 1]) == [member]
   end
 
-  test "a mixed cluster: two tube nodes and a TCP-only node, all meshed" do
-    {a, b} = pair()
-    c = start("c", tube: false)
-    assert N.call(a, N, :connect, [c.node]) == {:pong, :tcp}
-    assert N.call(b, N, :connect, [c.node]) == {:pong, :tcp}
-    assert N.call(c, N, :carrier, [a.node]) == :tcp
-    assert N.call(a, N, :carrier, [b.node]) == :tube
-    for x <- [a, b, c], do: :ok = N.call(x, N, :start_echo, [])
-    for x <- [a, b, c], y <- [a, b, c], x != y do
-      assert N.call(x, N, :echo_all, [y.node, [{x.node, "to", y.node}, :binary.copy("m", 100_000)]]) == :ok
+  @tag net: [nodes: 3, node_opts: %{n3: %{carrier: :tcp}}]
+  test "a mixed cluster: two tube nodes and a TCP-only node, all meshed", %{net: net} do
+    [a, b, c] = TubeNet.nodes(net)
+    assert run(net, :n1, :connect, [c]) == {:pong, :tcp}
+    assert run(net, :n2, :connect, [c]) == {:pong, :tcp}
+    assert run(net, :n3, :carrier, [a]) == :tcp
+    assert run(net, :n1, :carrier, [b]) == :tube
+    # The TCP-only node runs no tube distribution.
+    assert TubeNet.call(net, :n3, :init, :get_argument, [:proto_dist]) ==
+             {:ok, [[~c"tube_net_tcp"]]}
+
+    for x <- [:n1, :n2, :n3], do: :ok = run(net, x, :start_echo)
+
+    for {x, xn} <- [n1: a, n2: b, n3: c], {y, yn} <- [n1: a, n2: b, n3: c], x != y do
+      assert run(net, x, :echo_all, [yn, [{xn, "to", yn}, :binary.copy("m", 100_000)]]) == :ok,
+             "#{x} -> #{y}"
     end
   end
 
-  test "a restarted peer is reached over a tube again" do
-    a = start("a")
-    name = uniq("b")
-    b1 = N.start(name)
-    assert N.call(a, N, :connect, [b1.node]) == {:pong, :tube}
-    :ok = N.call(a, N, :watch, [b1.node])
-    t0 = N.call(a, N, :clock, [])
-    N.stop(b1)
-    assert %{nodedown: _} = N.call(a, N, :watched, [t0])
-    b2 = N.start(name)
-    on_exit(fn -> N.stop(b2) end)
-    assert b2.node == b1.node
-    assert N.call(a, N, :connect, [b2.node]) == {:pong, :tube}
-    :ok = N.call(b2, N, :start_echo, [])
-    assert N.call(a, N, :echo_all, [b2.node, [:again]]) == :ok
+  test "a restarted peer is reached over a tube again", %{net: net} do
+    b = node!(net, :n2)
+    assert run(net, :n1, :connect, [b]) == {:pong, :tube}
+    :ok = run(net, :n1, :watch, [b])
+    t0 = run(net, :n1, :clock)
+    # The node stops by itself (init:stop/0), as a node being shut down does.
+    :ok = TubeNet.call(net, :n2, :init, :stop, [])
+    assert %{nodedown: _} = run(net, :n1, :watched, [t0])
+    assert :ok = TubeNet.expect(net, [{:node_down, :n2, :exited}], 30_000)
+    :ok = TubeNet.restart(net, :n2)
+    assert TubeNet.call(net, :n2, :erlang, :node, []) == b
+    assert run(net, :n1, :connect, [b]) == {:pong, :tube}
+    :ok = run(net, :n2, :start_echo)
+    assert run(net, :n1, :echo_all, [b, [:again]]) == :ok
   end
 
-  test "mnesia: a table replicated over a tube, written on both sides, survives kill -9 and restart of one" do
-    a = start("a")
-    name = uniq("b")
-    b = N.start(name)
-    assert N.call(a, N, :connect, [b.node]) == {:pong, :tube}
-    :ok = N.call(a, N, :mnesia_join, [[]])
-    :ok = N.call(b, N, :mnesia_join, [[a.node]])
-    :ok = N.call(a, N, :mnesia_create, [[a.node, b.node]])
-    :ok = N.call(b, N, :mnesia_wait, [])
-    :ok = N.call(a, N, :mnesia_write, [1..300])
-    :ok = N.call(b, N, :mnesia_write, [301..600])
-    copy = N.call(a, N, :mnesia_local_copy, [])
+  test "mnesia: a table replicated over a tube, written on both sides, survives kill -9 and restart of one",
+       %{net: net} do
+    [a, b] = TubeNet.nodes(net)
+    assert run(net, :n1, :connect, [b]) == {:pong, :tube}
+    :ok = run(net, :n1, :mnesia_join, [[]])
+    :ok = run(net, :n2, :mnesia_join, [[a]])
+    :ok = run(net, :n1, :mnesia_create, [[a, b]])
+    :ok = run(net, :n2, :mnesia_wait)
+    :ok = run(net, :n1, :mnesia_write, [1..300])
+    :ok = run(net, :n2, :mnesia_write, [301..600])
+    copy = run(net, :n1, :mnesia_local_copy)
     assert length(copy) == 600
-    assert N.call(b, N, :mnesia_local_copy, []) == copy
+    assert run(net, :n2, :mnesia_local_copy) == copy
 
-    N.signal(b, "KILL")
-    N.stop(b)
-    :ok = N.call(a, N, :mnesia_write, [601..700])
-    b2 = N.start(name)
-    on_exit(fn -> N.stop(b2) end)
-    :ok = N.call(b2, N, :mnesia_join, [[a.node]])
-    :ok = N.call(b2, N, :mnesia_wait, [])
-    assert N.call(b2, N, :carrier, [a.node]) == :tube
-    :ok = N.call(b2, N, :mnesia_write, [701..800])
-    copy = N.call(a, N, :mnesia_local_copy, [])
+    :ok = TubeNet.kill(net, :n2)
+    :ok = run(net, :n1, :mnesia_write, [601..700])
+    # Same node name and domid; it rejoins from an empty RAM schema.
+    :ok = TubeNet.restart(net, :n2)
+    :ok = run(net, :n2, :mnesia_join, [[a]])
+    :ok = run(net, :n2, :mnesia_wait)
+    assert run(net, :n2, :carrier, [a]) == :tube
+    :ok = run(net, :n2, :mnesia_write, [701..800])
+    copy = run(net, :n1, :mnesia_local_copy)
     assert length(copy) == 800
-    assert N.call(b2, N, :mnesia_local_copy, []) == copy
+    assert run(net, :n2, :mnesia_local_copy) == copy
   end
 
+  # The network of this test has a Xenstore of its own (its nodes start the
+  # daemon), so that killing the daemon leaves the suite's alone.
+  @tag net: false
   test "connections stay up when the Xenstore daemon dies" do
     dir = Path.join(System.tmp_dir!(), "tube-dist-xs-#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
     socket = Path.join(dir, "xs.sock")
+
     on_exit(fn ->
       TubeTest.Checks.signal_daemon(socket, "KILL")
       File.rm_rf(dir)
     end)
 
-    a = start("a", env: [XENSTORED_PATH: socket])
-    b = start("b", env: [XENSTORED_PATH: socket])
-    assert N.call(a, N, :connect, [b.node]) == {:pong, :tube}
-    :ok = N.call(a, N, :watch, [b.node])
-    for x <- [a, b], do: :ok = N.call(x, N, :start_echo, [])
+    {:ok, net} = TubeNet.start(nodes: 2, env: [XENSTORED_PATH: socket])
+    on_exit(fn -> TubeNet.stop(net) end)
+    b = node!(net, :n2)
+    assert run(net, :n1, :connect, [b]) == {:pong, :tube}
+    :ok = run(net, :n1, :watch, [b])
+    for x <- [:n1, :n2], do: :ok = run(net, x, :start_echo)
     old = TubeTest.Checks.daemon_pid(socket)
     assert old
     TubeTest.Checks.signal_daemon(socket, "KILL")
     # The nodes notice and start a new daemon; the tube between them does
     # not depend on Xenstore.
-    TubeTest.Checks.wait_until(fn -> TubeTest.Checks.daemon_pid(socket) not in [nil, old] end, 3_000)
-    assert N.call(a, N, :echo_all, [b.node, [:after_daemon_death, :binary.copy("d", 200_000)]]) == :ok
-    assert N.call(b, N, :echo_all, [a.node, [:after_daemon_death]]) == :ok
-    assert N.call(a, N, :carrier, [b.node]) == :tube
-    assert N.call(a, N, :watched_now, []) == %{}
+    TubeTest.Checks.wait_until(
+      fn -> TubeTest.Checks.daemon_pid(socket) not in [nil, old] end,
+      3_000
+    )
+
+    assert run(net, :n1, :echo_all, [b, [:after_daemon_death, :binary.copy("d", 200_000)]]) == :ok
+    assert run(net, :n2, :echo_all, [node!(net, :n1), [:after_daemon_death]]) == :ok
+    assert run(net, :n1, :carrier, [b]) == :tube
+    assert run(net, :n1, :watched_now) == %{}
   end
 end

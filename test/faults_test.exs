@@ -3,12 +3,20 @@ defmodule TubeFaultsTest do
   # traffic, the Xenstore daemon killed, thousands of open/close cycles and
   # races, a thousand tubes at full speed. Counts come from the environment
   # so that a soak run can raise them (scripts/soak.sh).
-  use ExUnit.Case, async: false
+  use TubeTest.NetCase, async: false
 
-  alias TubeTest.{PeerNode, Remote}
+  alias TubeTest.Remote
   import TubeTest.Checks
 
   @moduletag timeout: 900_000
+
+  # The peer: one node running the tube application, reached by its domid.
+  # Its own distribution is TCP (it has no other node to reach), so that
+  # its tubes are only those the tests open.
+  @peer_net [nodes: 1, carrier: :tcp]
+
+  # Runs m:f(a) in the peer.
+  defp on(net, m, f, a, timeout \\ 30_000), do: TubeNet.call(net, :n1, m, f, a, timeout)
 
   defp env_int(name, default) do
     case System.get_env(name) do
@@ -39,16 +47,21 @@ defmodule TubeFaultsTest do
 
   defp median(xs), do: Enum.at(Enum.sort(xs), div(length(xs), 2))
 
-  test "kill -9 of the peer during full-speed traffic, again and again" do
+  # The peer is node n1 of a test network, killed with kill -9 and
+  # restarted (same domid) each round.
+  @tag net: @peer_net
+  test "kill -9 of the peer during full-speed traffic, again and again", %{net: net} do
     rounds = env_int("TUBE_KILL_ROUNDS", 20)
     me = :tube.domid()
+    p = TubeNet.domid(net, :n1)
     shm0 = shm_files()
     procs0 = :erlang.system_info(:process_count)
 
     latencies =
       for round <- 1..rounds do
-        {peer, p, os_pid} = PeerNode.start()
-        :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+        if round > 1, do: :ok = TubeNet.restart(net, :n1)
+        assert TubeNet.call(net, :n1, :tube, :domid, []) == p
+        :ok = on(net, Remote, :serve, [:echo])
 
         tubes =
           for tid <- 0..2 do
@@ -60,7 +73,7 @@ defmodule TubeFaultsTest do
         # Traffic flows on every tube before the kill: the peer's echoes arrive.
         for t <- tubes, do: assert_receive({^t, {:data, _}}, 5_000)
         t0 = System.monotonic_time(:microsecond)
-        PeerNode.kill9(os_pid)
+        :ok = TubeNet.kill(net, :n1)
 
         for t <- tubes do
           assert_receive {:tube_closed, ^t, reason}, 5_000
@@ -99,27 +112,29 @@ defmodule TubeFaultsTest do
   end
 
   describe "with a peer node" do
-    setup do
-      {peer, p, os_pid} = PeerNode.start()
+    # The peer is node n1 of a test network (TubeTest.NetCase starts it
+    # before each test and stops it after).
+    @describetag net: @peer_net
 
+    setup %{net: net} do
       on_exit(fn ->
         Application.put_env(:tube, :embedded_daemon, true)
         Application.delete_env(:tube, :xenstore_db)
-        PeerNode.stop(peer)
       end)
 
-      %{peer: peer, p: p, peer_os_pid: os_pid, me: :tube.domid()}
+      {:ok, os_pid} = TubeNet.os_pid(net, :n1)
+      %{p: TubeNet.domid(net, :n1), peer_os_pid: List.to_integer(os_pid), me: :tube.domid()}
     end
 
     test "kill -9 of tubestored: open tubes keep carrying packets, the daemon comes back",
-         %{peer: peer, p: p, me: me} do
+         %{net: net, p: p, me: me} do
       socket = System.fetch_env!("XENSTORED_PATH")
-      :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+      :ok = on(net, Remote, :serve, [:echo])
       {:ok, owner} = Remote.open(p, 0, :collect, 10_000)
       wait_until(fn -> match?({0, "4" <> _}, xs(["xenstore-read", "/local/domain/#{p}/data/tip/#{me}/0/state"])) end)
 
       # No restart for now: opens must fail clearly while the daemon is gone.
-      set_everywhere(peer, :embedded_daemon, false)
+      set_everywhere(net, :embedded_daemon, false)
       kill9_daemon(socket)
       wait_until(fn -> :tube.open(p, 50, %{timeout: 200}) == {:error, :xenstore_down} end)
 
@@ -131,8 +146,8 @@ defmodule TubeFaultsTest do
       # Allowed to restart (with a database this time): both nodes come back
       # on their own, with their domain ids, and new tubes open.
       db = Path.join(Path.dirname(socket), "xenstore.db")
-      set_everywhere(peer, :xenstore_db, String.to_charlist(db))
-      set_everywhere(peer, :embedded_daemon, true)
+      set_everywhere(net, :xenstore_db, String.to_charlist(db))
+      set_everywhere(net, :embedded_daemon, true)
       wait_until(fn -> exists?("/local/domain/#{me}") and exists?("/local/domain/#{p}") end)
       assert :tube.domid() == me
       # The peer's serve loop keeps an accept pending through the outage.
@@ -159,19 +174,19 @@ defmodule TubeFaultsTest do
     end
 
     test "open/close cycles and accept/open races leave nothing behind",
-         %{peer: peer, p: p, peer_os_pid: peer_os} do
+         %{net: net, p: p, peer_os_pid: peer_os} do
       cycles = env_int("TUBE_LEAK_CYCLES", 10_000)
       races = env_int("TUBE_RACES", 1_000)
       me_os = List.to_integer(:os.getpid())
-      :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+      :ok = on(net, Remote, :serve, [:echo])
 
       # One cycle first so that everything lazily created exists.
       {:ok, t} = :tube.open(p, 0, %{timeout: 10_000})
       true = :erlang.port_command(t, "warm")
       assert_receive {^t, {:data, "warm"}}, 10_000
       :ok = :tube.close(t)
-      wait_until(fn -> PeerNode.call(peer, Remote, :served, []) |> elem(1) == 0 end)
-      before = settled_snapshot(peer, me_os, peer_os)
+      wait_until(fn -> on(net, Remote, :served, []) |> elem(1) == 0 end)
+      before = settled_snapshot(net, me_os, peer_os)
 
       # Every cycle carries a packet both ways before it closes.
       for i <- 1..cycles do
@@ -181,14 +196,14 @@ defmodule TubeFaultsTest do
         :ok = :tube.close(t)
       end
 
-      wait_until(fn -> PeerNode.call(peer, Remote, :served, []) == {cycles + 1, 0} end, 3_000)
+      wait_until(fn -> on(net, Remote, :served, []) == {cycles + 1, 0} end, 3_000)
 
       # Races: the accept and the open are issued at the same moment; each
       # tube carries a packet and is closed by us, its peer owner then exits.
-      :ok = PeerNode.call(peer, Remote, :stop_serve, [])
+      :ok = on(net, Remote, :stop_serve, [])
 
       for i <- 1..races do
-        task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:echo, 10_000, %{exit_on_close: true}]) end)
+        task = Task.async(fn -> on(net, Remote, :accept, [:echo, 10_000, %{exit_on_close: true}]) end)
         {:ok, t} = :tube.open(p, 100 + rem(i, 3), %{timeout: 10_000})
         assert {:ok, _owner} = Task.await(task, 15_000)
         true = :erlang.port_command(t, <<i::32>>)
@@ -196,14 +211,14 @@ defmodule TubeFaultsTest do
         assert :ok = :tube.close(t)
       end
 
-      :ok = PeerNode.call(peer, Remote, :serve, [:echo])
+      :ok = on(net, Remote, :serve, [:echo])
 
       # Closing is asynchronous on the peer's side: wait (bounded) until
       # nothing is above the settled baseline.
-      settle = fn -> no_growth?(snapshot(peer, me_os, peer_os), before) end
+      settle = fn -> no_growth?(snapshot(net, me_os, peer_os), before) end
       Enum.find(1..3_000, fn _ -> settle.() or (Process.sleep(10) && false) end)
 
-      after_ = snapshot(peer, me_os, peer_os)
+      after_ = snapshot(net, me_os, peer_os)
       assert no_growth?(after_, before), "grew: #{inspect(after_)} from #{inspect(before)}"
       assert after_.tubes == {0, 0} and after_.parked == {0, 0}
       assert after_.memfd_maps == before.memfd_maps
@@ -217,10 +232,10 @@ defmodule TubeFaultsTest do
     end
 
     test "1000 tubes at full speed: no crash, drops counted, counters add up",
-         %{peer: peer, p: p} do
+         %{net: net, p: p} do
       n = env_int("TUBE_LOAD_TUBES", 1_000)
       seconds = env_int("TUBE_LOAD_SECONDS", 10)
-      :ok = PeerNode.call(peer, Remote, :serve, [:count])
+      :ok = on(net, Remote, :serve, [:count])
       tubes =
         for tid <- 1..n do
           assert {:ok, t} = :tube.open(p, tid, %{timeout: 30_000})
@@ -257,7 +272,7 @@ defmodule TubeFaultsTest do
 
       wait_until(
         fn ->
-          received = peer_received(peer)
+          received = peer_received(net)
           Enum.all?(sent_by_tid, fn {tid, s} -> Map.get(received, tid) == s end)
         end,
         3_000
@@ -285,25 +300,25 @@ defmodule TubeFaultsTest do
   end
 
   # Tid -> received packets, as the peer's tubes count them.
-  defp peer_received(peer) do
-    for %{port: port, tid: tid} <- PeerNode.call(peer, :tube, :tubes, []), into: %{} do
-      case PeerNode.call(peer, :tube, :info, [port]) do
+  defp peer_received(net) do
+    for %{port: port, tid: tid} <- on(net, :tube, :tubes, []), into: %{} do
+      case on(net, :tube, :info, [port]) do
         {:ok, i} -> {tid, i.received}
         _ -> {tid, nil}
       end
     end
   end
 
-  defp snapshot(peer, me_os, peer_os) do
+  defp snapshot(net, me_os, peer_os) do
     {0, nodes} = xs(["xenstore-ls", "/local/domain"])
 
     %{
       fds: {fd_count(me_os), fd_count(peer_os)},
       memfd_maps: {memfd_maps(me_os), memfd_maps(peer_os)},
-      processes: {:erlang.system_info(:process_count), PeerNode.call(peer, :erlang, :system_info, [:process_count])},
-      ports: {length(Port.list()), length(PeerNode.call(peer, :erlang, :ports, []))},
-      tubes: {length(:tube.tubes()), length(PeerNode.call(peer, :tube, :tubes, []))},
-      parked: {:tube_nif.ring_parked(), PeerNode.call(peer, :tube_nif, :ring_parked, [])},
+      processes: {:erlang.system_info(:process_count), on(net, :erlang, :system_info, [:process_count])},
+      ports: {length(Port.list()), length(on(net, :erlang, :ports, []))},
+      tubes: {length(:tube.tubes()), length(on(net, :tube, :tubes, []))},
+      parked: {:tube_nif.ring_parked(), on(net, :tube_nif, :ring_parked, [])},
       xenstore_lines: length(String.split(nodes, "\n"))
     }
   end
@@ -319,26 +334,26 @@ defmodule TubeFaultsTest do
   # A snapshot once the cleanup of the previous close has finished: the same
   # five times in a row, 100 ms apart, within 60 s; else the test fails
   # saying so, since growth cannot be measured from a moving baseline.
-  defp settled_snapshot(peer, me_os, peer_os) do
+  defp settled_snapshot(net, me_os, peer_os) do
     deadline = System.monotonic_time(:millisecond) + 60_000
-    settled_snapshot(peer, me_os, peer_os, snapshot(peer, me_os, peer_os), 0, deadline)
+    settled_snapshot(net, me_os, peer_os, snapshot(net, me_os, peer_os), 0, deadline)
   end
 
-  defp settled_snapshot(_peer, _me_os, _peer_os, last, 5, _deadline), do: last
+  defp settled_snapshot(_net, _me_os, _peer_os, last, 5, _deadline), do: last
 
-  defp settled_snapshot(peer, me_os, peer_os, last, same, deadline) do
+  defp settled_snapshot(net, me_os, peer_os, last, same, deadline) do
     if System.monotonic_time(:millisecond) > deadline,
       do: flunk("the baseline never settled: still changing at #{inspect(last)}")
 
     Process.sleep(100)
-    now = snapshot(peer, me_os, peer_os)
+    now = snapshot(net, me_os, peer_os)
     same = if now == last, do: same + 1, else: 0
-    settled_snapshot(peer, me_os, peer_os, now, same, deadline)
+    settled_snapshot(net, me_os, peer_os, now, same, deadline)
   end
 
-  defp set_everywhere(peer, key, value) do
+  defp set_everywhere(net, key, value) do
     Application.put_env(:tube, key, value)
-    :ok = PeerNode.call(peer, :application, :set_env, [:tube, key, value])
+    :ok = on(net, :application, :set_env, [:tube, key, value])
   end
 
   defp kill9_daemon(socket) do

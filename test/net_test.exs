@@ -75,6 +75,9 @@ defmodule NetTest do
     assert :ok = TubeNet.stop(net)
     refute Process.alive?(net)
     assert Enum.all?(pids, &gone?/1)
+    # Their names are gone from epmd by the time stop/1 returns.
+    {:ok, epmd} = :erl_epmd.names({127, 0, 0, 1})
+    assert for({name, _} <- epmd, name in [~c"n1", ~c"n2", ~c"n3"], do: name) == []
     for d <- domids, do: wait_until(fn -> not exists?("/local/domain/#{d}") end)
   end
 
@@ -394,6 +397,69 @@ defmodule NetTest do
         )
   end
 
+  @tag net: [nodes: 3]
+  test "slow_dist: a slowed link carries distribution late through a relay, 0 puts it back on its tube",
+       %{net: net} do
+    [n1, n2, n3] = TubeNet.nodes(net)
+    carrier = fn a, b -> TubeNet.call(net, a, DistTest.Node, :carrier, [b]) end
+
+    erpc = fn timeout ->
+      TubeNet.call(net, :n1, :erpc, :call, [n2, :erlang, :node, [], timeout])
+    end
+
+    assert :ok = TubeNet.slow_dist(net, :n1, :n2, 300)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [
+                 {:slow_dist, :n1, :n2, 300},
+                 {:unordered, [{:nodedown, :n1, :n2}, {:nodedown, :n2, :n1}]},
+                 {:unordered, [{:nodeup, :n1, :n2}, {:nodeup, :n2, :n1}]}
+               ],
+               0
+             )
+
+    assert carrier.(:n1, n2) == :tcp and carrier.(:n2, n1) == :tcp
+    assert TubeNet.call(net, :n1, :tube_net_guard, :routed, []) == [n2]
+    # The other links keep their tubes.
+    assert carrier.(:n1, n3) == :tube and carrier.(:n2, n3) == :tube
+
+    # A call waits a round trip (two latencies) at least: a shorter timeout
+    # expires, a longer one gets the answer.
+    t0 = System.monotonic_time(:millisecond)
+    assert erpc.(10_000) == n2
+    # A lower bound only: a loaded machine makes it later, never sooner.
+    assert System.monotonic_time(:millisecond) - t0 >= 600
+    assert catch_error(erpc.(100)) == {:erpc, :timeout}
+
+    # A node restarted while its link is slow comes back slow.
+    :ok = TubeNet.restart(net, :n2)
+    assert carrier.(:n1, n2) == :tcp and carrier.(:n3, n2) == :tube
+
+    # 0: the link is set up again on its tube, nothing routed elsewhere.
+    TubeNet.mark(net)
+    assert :ok = TubeNet.slow_dist(net, :n2, :n1, 0)
+
+    assert :ok =
+             TubeNet.expect(
+               net,
+               [
+                 {:slow_dist, :n2, :n1, 0},
+                 {:unordered, [{:nodedown, :n1, :n2}, {:nodedown, :n2, :n1}]},
+                 {:unordered, [{:nodeup, :n1, :n2}, {:nodeup, :n2, :n1}]}
+               ],
+               0
+             )
+
+    assert carrier.(:n1, n2) == :tube and carrier.(:n2, n1) == :tube
+    assert TubeNet.call(net, :n1, :tube_net_guard, :routed, []) == []
+    assert TubeNet.call(net, :n2, :tube_net_guard, :routed, []) == []
+    assert erpc.(10_000) == n2
+    assert_raise ArgumentError, fn -> TubeNet.slow_dist(net, :n1, :n2, -1) end
+    assert {:error, {:badarg, :same_node}} = TubeNet.slow_dist(net, :n1, :n1, 5)
+  end
+
   @tag net: [nodes: 2]
   test "expect: order, unordered groups, wildcards, predicates, and a timeout that says what is missing",
        %{net: net} do
@@ -456,6 +522,7 @@ defmodule NetTest do
 
   test "bad input gets a clear answer", %{net: net} do
     assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: 0)
+    assert {:error, {:badarg, :nodes}} = TubeNet.start(nodes: -5, node_opts: %{n1: %{}})
     assert {:error, {:badarg, :domids}} = TubeNet.start(nodes: 2, domids: [5, 5])
     assert {:error, {:badarg, :overlapping_groups}} = TubeNet.partition(net, [[:n1], [:n1, :n2]])
     assert {:error, {:badarg, {:unknown_node, :n9}}} = TubeNet.partition(net, [[:n9]])
@@ -465,6 +532,59 @@ defmodule NetTest do
     assert_raise ArgumentError, fn -> TubeNet.loss(net, :n1, :n2, 2) end
     assert_raise ArgumentError, fn -> TubeNet.node(net, :n9) end
     assert {:error, :unknown_peer} = TubeNet.call(net, :n1, :tube_net_link, :open, [:n9, 1, %{}])
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n3: %{carrier: :tcp}})
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n1: %{carrier: :udp}})
+
+    assert {:error, {:badarg, :node_opts}} =
+             TubeNet.start(nodes: 2, node_opts: %{n1: %{colour: :red}})
+
+    assert {:error, {:badarg, :env}} = :tube_net.start(%{nodes: 2, env: [{~c"A", 1}]})
+    assert {:error, {:badarg, :unique_names}} = TubeNet.start(nodes: 2, unique_names: :yes)
+  end
+
+  @tag net: [
+         nodes: 3,
+         env: [TUBE_NET_PROBE: "net", TUBE_NET_OTHER: "net"],
+         node_opts: %{
+           n2: %{carrier: :tcp, env: [TUBE_NET_PROBE: "n2"]},
+           n3: %{args: ["-tube_net_probe", "n3"]}
+         }
+       ]
+  test "start: a node's own carrier, arguments and environment, kept across its restart", %{
+    net: net
+  } do
+    [n1, n2, n3] = TubeNet.nodes(net)
+    # NetCase asks for names unique to this run: labels stay n1..n3.
+    {:ok, host} = :inet.gethostname()
+    os_pid = System.pid()
+
+    for {n, i} <- Enum.with_index([n1, n2, n3], 1),
+        do: assert(Atom.to_string(n) =~ ~r/^n#{i}_#{os_pid}x\d+@#{host}$/)
+
+    assert TubeNet.labels(net) == [:n1, :n2, :n3]
+    getenv = fn n, v -> TubeNet.call(net, n, :os, :getenv, [v]) end
+    carrier = fn n, m -> TubeNet.call(net, n, DistTest.Node, :carrier, [m]) end
+
+    check = fn ->
+      assert getenv.(:n1, ~c"TUBE_NET_PROBE") == ~c"net"
+      assert getenv.(:n2, ~c"TUBE_NET_PROBE") == ~c"n2"
+      assert getenv.(:n2, ~c"TUBE_NET_OTHER") == ~c"net"
+      assert TubeNet.call(net, :n3, :init, :get_argument, [:tube_net_probe]) == {:ok, [[~c"n3"]]}
+      assert TubeNet.call(net, :n1, :init, :get_argument, [:tube_net_probe]) == :error
+      # n2 is TCP-only: the others reach it over TCP, and each other over tubes.
+      assert carrier.(:n1, n2) == :tcp and carrier.(:n3, n2) == :tcp
+      assert carrier.(:n1, n3) == :tube
+      assert sees(net, :n2) == [n1, n3]
+    end
+
+    check.()
+    :ok = TubeNet.restart(net, :n2)
+    :ok = TubeNet.restart(net, :n3)
+    check.()
   end
 
   @tag net: false

@@ -10,6 +10,9 @@ defmodule TubeTest.NetCase do
   #     test "...", %{net: net} do ... end
   #
   # Without the tag the network has two nodes; `@tag net: false` starts none.
+  # Node names are unique to this run (unique_names), so that suites running
+  # at once on the machine do not take each other's names in epmd; tests
+  # name nodes by label, or ask TubeNet.node/2.
   use ExUnit.CaseTemplate
 
   setup tags do
@@ -18,7 +21,7 @@ defmodule TubeTest.NetCase do
         :ok
 
       opts ->
-        {:ok, net} = TubeNet.start(Keyword.merge([nodes: 2], opts))
+        {:ok, net} = TubeNet.start(Keyword.merge([nodes: 2, unique_names: true], opts))
         on_exit(fn -> if Process.alive?(net), do: TubeNet.stop(net) end)
         %{net: net}
     end
