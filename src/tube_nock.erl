@@ -48,6 +48,8 @@ handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     end;
 handle_event(state_timeout, retry, publishing, Data) ->
     publish(Data);
+handle_event({timeout, peer_ready}, retry, publishing, Data) ->
+    publish(Data);
 
 %% ---- connecting, handed -----------------------------------------------------------
 
@@ -158,6 +160,8 @@ replied(publishing, start, #{tx := {error, enospc}}, Data) ->
     busy(Data);
 replied(publishing, start, #{tx := E}, Data) ->
     fail(tube_fsm:error_of(transactions, E), Data);
+replied(publishing, write, #{nock_state := {error, enoent}, peer_tip_dir := {error, enoent}}, Data) ->
+    not_ready(Data);
 replied(publishing, write, Res, Data = #{tx := Tx}) ->
     case {maps:get(nock_state, Res), maps:get(tip_nock, Res), tube_paths:nock_writes_ok(Res)} of
         {{error, enoent}, {error, enoent}, ok} ->
@@ -252,6 +256,15 @@ busy(Data = #{tries := N}) ->
         L when is_integer(L), L =< Wait -> fail({error, {limit, transactions}}, Data);
         _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
     end.
+
+%% The peer has registered but not yet made its data/tip (a node does so
+%% right after registering, also after a daemon restart): its tube cannot
+%% be created there yet. Tried again after a growing pause (no event says
+%% when the directory appears), until the caller's deadline.
+not_ready(Data = #{tx := Tx}) ->
+    N = maps:get(not_ready, Data, 0),
+    Data1 = tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data)),
+    {keep_state, Data1#{not_ready => N + 1}, [{{timeout, peer_ready}, min(100, 2 bsl min(N, 6)), retry}]}.
 
 watch_op(Data = #{key := Key, domid := D}) ->
     {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.

@@ -142,11 +142,16 @@ publish_name(D, Name) ->
 %% the tip only; its set_perms fails harmlessly when another domain created
 %% it (the tip then rejects the entry anyway), so it is named `parent_perms'
 %% and not checked.
+%% The peer's data/tip is read outside the transaction (a read inside it
+%% would conflict with every tube another domain adds there): it answers
+%% `eacces' when it exists (it is not readable by others) and `enoent'
+%% while the peer has registered but not yet made it.
 nock_publish(Tx, D, Peer, Tid) ->
     Nock = nock(D, Peer, Tid),
     Tip = tip(Peer, D, Tid),
     [{nock_state, {read, Tx, [Nock, "/state"]}},
-     {tip_nock, {read, Tx, [Tip, "/nock"]}}
+     {tip_nock, {read, Tx, [Tip, "/nock"]}},
+     {peer_tip_dir, {read, 0, tip_dir(Peer)}}
      | nock_writes(Tx, D, Peer, Nock, Tip, state(initwait))].
 
 nock_writes(Tx, D, Peer, Nock, Tip, State) ->

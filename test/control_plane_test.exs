@@ -185,6 +185,30 @@ defmodule TubeControlPlaneTest do
     assert PeerNode.call(a, CtrlOwner, :reopen_cycles, [db, 5, 200], 600_000) == []
   end
 
+  # A node is registered for a moment before it has made its data/tip (after
+  # a daemon restart, every node): an open to it then is no `tid_in_use`.
+  test "an open to a domain registered but without its data/tip yet waits for it within its timeout" do
+    w = world()
+    {a, da, _} = CtrlWorld.peer(w)
+    {:ok, h} = :tube_xs.open(w.socket, 0)
+    {:ok, dh} = :tube_xs.introduce_self(h, :auto)
+
+    assert PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 300}]) == {:error, :timeout}
+    refute CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{dh}/1")
+
+    # Once the domain has made its data/tip, the waiting open publishes its
+    # tube there; the domain then refuses it (state 6).
+    task = Task.async(fn -> PeerNode.call(a, :tube, :open, [dh, 2, %{timeout: 20_000}], 60_000) end)
+    wait_until(fn -> Enum.any?(PeerNode.call(a, :tube, :tubes, []), &(&1.tid == 2)) end)
+    for {_, op} <- :tube_paths.setup_domain(dh), do: assert(:tube_xs.batch(h, [op]) == [:ok])
+    tip = "/local/domain/#{dh}/data/tip/#{da}/2"
+    wait_until(fn -> :tube_xs.read(h, tip <> "/nock") == {:ok, "/local/domain/#{da}/data/nock/#{dh}/2"} end)
+    :ok = :tube_xs.write(h, tip <> "/state", "6")
+    assert Task.await(task, 60_000) == {:error, :peer_closed}
+    wait_until(fn -> not CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{dh}") end)
+    :tube_xs.close(h)
+  end
+
   test "the node quota is {:error, {:limit, :nodes}}" do
     w = world(["--quota-nodes", "40"])
     {a, _, _} = CtrlWorld.peer(w)
