@@ -81,7 +81,7 @@ handle_event(state_timeout, abandoned, handed, Data) ->
 %% ---- failing -------------------------------------------------------------------------
 
 handle_event(info, {tube_event, peer_changed}, failing, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
 handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
     fail(Error, Data);
@@ -91,7 +91,7 @@ handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
 handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
     closing(Data);
 handle_event(info, {tube_event, peer_changed}, open, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     Node = tube_paths:peer_node(Key, D),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [Node, "/state"]}}], Data)};
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
@@ -120,10 +120,10 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 %% ---- in any state ---------------------------------------------------------------
 
 handle_event(info, {tube_event, peer_changed}, waiting, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
-handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
-    tube_registry:taken(Key),
+handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
+    tube_fsm:changes_read(),
     keep_state_and_data;
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
@@ -148,42 +148,35 @@ handle_event(_Type, _Event, _State, _Data) ->
 
 %% ---- replies by state ------------------------------------------------------------
 
-replied(publishing, start, Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
-    Data1 = Data#{tx => Tx},
-    case maps:get(introduced, Res) of
-        {ok, true} -> {keep_state, tube_fsm:ask(write, tube_paths:nock_publish(Tx, D, Peer, Tid), Data1)};
-        {ok, false} -> fail({error, no_domain}, Data1);
-        E -> fail(tube_fsm:error_of(domain, E), Data1)
-    end;
+replied(publishing, start, Res = #{tx := {ok, Tx}}, Data) ->
+    checked(Res, Data#{tx => Tx});
 replied(publishing, start, #{tx := {error, enospc}}, Data) ->
     %% Other tubes hold the connection's transactions: try again shortly.
     busy(Data);
 replied(publishing, start, #{tx := E}, Data) ->
     fail(tube_fsm:error_of(transactions, E), Data);
-replied(publishing, write, #{nock_state := {error, enoent}, peer_tip_dir := {error, enoent}}, Data) ->
-    not_ready(Data);
-replied(publishing, write, Res, Data = #{tx := Tx}) ->
-    case {maps:get(nock_state, Res), maps:get(tip_nock, Res), tube_paths:nock_writes_ok(Res)} of
-        {{error, enoent}, {error, enoent}, ok} ->
-            Commit = [{commit, {transaction_end, Tx, true}}, watch_op(Data)],
-            {keep_state, tube_fsm:ask(commit, Commit, maps:remove(tx, Data))};
-        {{ok, _}, _, _} -> fail({error, tid_in_use}, Data);
-        {_, {ok, _}, _} -> fail({error, tid_in_use}, Data);
-        {_, _, {error, eacces}} -> fail({error, tid_in_use}, Data);
-        {{error, enoent}, {error, enoent}, E} -> fail(tube_fsm:error_of(nodes, E), Data);
-        {{error, enoent}, E, _} -> fail(tube_fsm:error_of(nodes, E), Data);
-        {E, _, _} -> fail(tube_fsm:error_of(nodes, E), Data)
+replied(publishing, write, Res = #{commit := ok, watch := W}, Data) ->
+    case {tube_paths:nock_writes_ok(Res), W} of
+        {ok, ok} ->
+            %% Changes seen before the commit's reply went by unread: read once now.
+            Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(maps:get(key, Data), maps:get(domid, Data))),
+                                 maps:remove(tx, Data#{tries := 0})),
+            {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
+        {ok, E} ->
+            fail(tube_fsm:error_of(watches, E), maps:remove(tx, Data));
+        {E, _} ->
+            %% What was written is committed: closing removes it (the tip
+            %% directory only if it was made by this tube).
+            Data1 = maps:remove(tx, Data#{own_tip => maps:get(mk_tip, Res) =:= ok}),
+            case E of
+                {error, eacces} -> fail({error, tid_in_use}, Data1);
+                _ -> fail(tube_fsm:error_of(nodes, E), Data1)
+            end
     end;
-replied(publishing, commit, #{commit := ok, watch := ok}, Data = #{key := Key, domid := D}) ->
-    %% Changes seen before the commit's reply went by unread: read once now.
-    Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data#{tries := 0}),
-    {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
-replied(publishing, commit, #{commit := ok, watch := E}, Data) ->
-    fail(tube_fsm:error_of(watches, E), Data);
-replied(publishing, commit, #{commit := {error, eagain}, watch := W}, Data) ->
-    publish(unwatch(W, Data));
-replied(publishing, commit, #{commit := E, watch := W}, Data) ->
-    fail(tube_fsm:error_of(nodes, E), unwatch(W, Data));
+replied(publishing, write, #{commit := {error, eagain}, watch := W}, Data) ->
+    publish(unwatch(W, maps:remove(tx, Data)));
+replied(publishing, write, #{commit := E, watch := W}, Data) ->
+    fail(tube_fsm:error_of(nodes, E), unwatch(W, maps:remove(tx, Data)));
 replied(waiting, offer, Res, Data) ->
     offered(Res, Data);
 replied(failing, failed, Res, Data = #{error := Error}) ->
@@ -230,7 +223,8 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || R <- maps:values(Res), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
+    %% The peer's data/tip answers eacces when it is there.
+    case [R || R <- maps:values(maps:remove(peer_tip_dir, Res)), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -245,8 +239,8 @@ claim(Data = #{key := Key}) ->
         {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}
     end.
 
-publish(Data = #{key := {nock, Peer, _}}) ->
-    Start = [{introduced, {is_domain_introduced, Peer}}, {tx, transaction_start}],
+publish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Start = [{introduced, {is_domain_introduced, Peer}} | tube_paths:nock_check(D, Peer, Tid)],
     {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, Data)),
      tube_fsm:deadline_timeout(Data)}.
 
@@ -255,6 +249,24 @@ busy(Data = #{tries := N}) ->
     case tube_fsm:left(Data) of
         L when is_integer(L), L =< Wait -> fail({error, {limit, transactions}}, Data);
         _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
+    end.
+
+%% The peer is there and neither directory exists: both are written and
+%% committed in one round trip (see tube_paths:nock_check/3).
+checked(Res, Data = #{key := {nock, Peer, Tid}, domid := D, tx := Tx}) ->
+    case {maps:get(introduced, Res), maps:get(nock_state, Res), maps:get(tip_nock, Res), maps:get(peer_tip_dir, Res)} of
+        {{ok, true}, {error, enoent}, {error, enoent}, {error, enoent}} ->
+            not_ready(Data);
+        {{ok, true}, {error, enoent}, {error, enoent}, _} ->
+            Batch = tube_paths:nock_publish(Tx, D, Peer, Tid) ++ [watch_op(Data)],
+            {keep_state, tube_fsm:ask(write, Batch, Data)};
+        {{ok, true}, {ok, _}, _, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, _, {ok, _}, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, _, {error, eacces}, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, {error, enoent}, E, _} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {{ok, true}, E, _, _} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {{ok, false}, _, _, _} -> fail({error, no_domain}, Data);
+        {E, _, _, _} -> fail(tube_fsm:error_of(domain, E), Data)
     end.
 
 %% The peer has registered but not yet made its data/tip (a node does so
@@ -391,12 +403,13 @@ closing(Data) ->
 remove(Data = #{conn := undefined}) ->
     {next_state, closing, Data};
 remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
+    OwnTip = maps:get(own_tip, Data, true),
     Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}
-             | tube_paths:nock_remove(D, Peer, Tid)],
+             | [Op || Op = {N, _} <- tube_paths:nock_remove(D, Peer, Tid), N =/= rm_tip orelse OwnTip]],
     {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
 
 removed(remove, Res, Data) ->
-    case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res))} of
+    case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res, ok))} of
         {true, true} -> {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
         _ -> retry(Data, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
     end;

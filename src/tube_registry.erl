@@ -14,7 +14,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, domid/0, conn/0, publish_name/1]).
--export([claim/1, ready/2, requeue/3, taken/1, await_accept/2, cancel_accept/1]).
+-export([claim/1, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -32,7 +32,6 @@
     tubes = #{},       % Key -> Pid
     pids = #{},        % Pid -> Key (monitored)
     queued = #{},      % Key -> [Pid]: tubes waiting for a closing one
-    dirty = #{},       % Key -> true: told of a change it has not read yet
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
@@ -78,10 +77,13 @@ ready(Key, Tid) -> gen_server:call(?MODULE, {ready, Key, Tid}, infinity).
 %% the next one.
 requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadline, Tids}).
 
-%% A tube is about to read its peer's state: changes from now on are told
-%% again. A call, so that the registry has cleared the flag before the read
-%% is sent: a change after the read then always reaches the tube.
-taken(Key) -> gen_server:call(?MODULE, {taken, Key}, infinity).
+%% The process holding Key, read from the table without asking the
+%% registry: tube_link tells it of changes to its peer's node directly.
+holder(Key) ->
+    case ets:lookup(?TAB, {tube, Key}) of
+        [{_, Pid, _, _}] -> {ok, Pid};
+        [] -> error
+    end.
 
 %% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
 await_accept(Tids, Timeout) ->
@@ -177,7 +179,7 @@ link_up(Conn, D, St) ->
     ?LOG_NOTICE("tube: Xenstore connection back, domain ~p", [D]),
     ets:insert(?TAB, [{domid, D}, {conn, Conn}]),
     broadcast({xs_up, Conn}, St),
-    publish_own_name(St#st{conn = Conn, domid = D, dirty = #{}}).
+    publish_own_name(St#st{conn = Conn, domid = D}).
 
 link_down(Reason, St = #st{conn = Conn}) ->
     Conn =/= undefined andalso
@@ -185,7 +187,7 @@ link_down(Reason, St = #st{conn = Conn}) ->
     ets:delete(?TAB, conn),
     broadcast(xs_down, St),
     erlang:send_after(?RECONNECT_MS, self(), reconnect),
-    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = [], dirty = #{}}).
+    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = []}).
 
 fail_acceptors(St) ->
     lists:foreach(fun(A) -> reply_acceptor(A, {error, xenstore_down}) end, St#st.acceptors),
@@ -208,8 +210,6 @@ handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({accept, Tids, Deadline}, From, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
-handle_call({taken, Key}, _From, St) ->
-    {reply, ok, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_call({publish_name, Node}, _From, St) ->
     St1 = publish_own_name(St#st{name = Node}),
     {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
@@ -353,7 +353,7 @@ released(Key, Pid, St) ->
         _ -> ok
     end,
     Seen = maps:is_key(Key, St#st.seen),
-    St1 = St#st{tubes = maps:remove(Key, St#st.tubes), dirty = maps:remove(Key, St#st.dirty),
+    St1 = St#st{tubes = maps:remove(Key, St#st.tubes),
                 backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
@@ -402,16 +402,14 @@ route({watch, _, Token}, St) ->
         error -> St
     end.
 
-%% A tube is told its peer changed once until it has read the peer's state
-%% (taken/1): changes that pile up while it reads cost nothing.
-changed(Key, St = #st{dirty = Dirty}) ->
-    case {maps:find(Key, St#st.tubes), maps:is_key(Key, Dirty)} of
-        {{ok, Pid}, false} ->
-            tell(Pid, peer_changed),
-            St#st{dirty = Dirty#{Key => true}};
-        _ ->
-            St
-    end.
+%% A tube is told each change to its peer's node; it reads the peer's
+%% state once for all those it was told of (tube_fsm:changes_read/0).
+changed(Key, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, Pid} -> tell(Pid, peer_changed);
+        error -> ok
+    end,
+    St.
 
 %% Something changed under data/tip/<Peer>/<Tid>: the tube there hears of
 %% it, or a tip process is started to look at a new entry.

@@ -37,11 +37,11 @@ tid(#{key := {tip, _, Tid}}) -> Tid.
 %% A fresh entry is nearly always a new tube: the watch on the nock and the
 %% transaction that answers it ride in the same round trip, undone if not.
 handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
-    Extra = case How of
-                fresh -> [watch_op(Data), {tx, transaction_start}];
-                recheck -> []
+    Batch = case How of
+                fresh -> taking(Data);
+                recheck -> tube_paths:tip_examine(D, Peer, Tid)
             end,
-    {keep_state, tube_fsm:ask(examine, tube_paths:tip_examine(D, Peer, Tid) ++ Extra, Data)};
+    {keep_state, tube_fsm:ask(examine, Batch, Data)};
 
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
@@ -60,7 +60,7 @@ handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) -
     keep_state_and_data;
 handle_event(info, {tube_event, peer_changed}, State, Data)
   when State =:= backlog; State =:= open ->
-    tube_registry:taken(maps:get(key, Data)),
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
                                            {own, {read, 0, [tip(Data), "/state"]}}], Data)};
 handle_event(state_timeout, retry, State, Data) when State =:= answering; State =:= offering ->
@@ -84,7 +84,7 @@ handle_event(info, {ring_done, _, _}, _State, _Data) ->
 handle_event({call, From}, {attach, Port}, handed, Data) ->
     Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
     erlang:demonitor(maps:get(caller, Data1, make_ref()), [flush]),
-    Fill = fill(Data1, [{"state", tube_paths:state(connected)}]),
+    Fill = fill_again(Data1, [{"state", tube_paths:state(connected)}]),
     {next_state, open, tube_fsm:row(connected, Port, Fill), [{reply, From, ok}]};
 handle_event({call, From}, {attach, _}, _State, _Data) ->
     {keep_state_and_data, [{reply, From, {error, closed}}]};
@@ -102,7 +102,7 @@ handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) -
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
 handle_event(state_timeout, refill, open, Data) ->
-    {keep_state, fill(Data, maps:get(fields, Data))};
+    {keep_state, fill_again(Data, maps:get(fields, Data))};
 %% A new connection has none of our watches: watch the nock again (which
 %% reads its state at once, and fills our fields in again if the nock
 %% published its entry again after a daemon restart).
@@ -120,8 +120,8 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 
 %% ---- in any state ------------------------------------------------------------
 
-handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
-    tube_registry:taken(Key),
+handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
+    tube_fsm:changes_read(),
     keep_state_and_data;
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
@@ -157,7 +157,9 @@ replied(examining, examine, Res, Data = #{key := {tip, Peer, _}}) ->
             release(Res, Data) % gone, incomplete, or answered before
     end;
 replied(examining, taken, Res, Data) ->
-    take(Res, Data);
+    replied(examining, examine, Res, Data);
+replied(State, started, #{tx := {ok, Tx}, nock_ref := {error, enoent}}, Data) when State =:= answering; State =:= offering ->
+    gone(abort_tx(Data#{tx => Tx}));
 replied(answering, started, #{tx := {ok, Tx}}, Data) ->
     refill(Data#{tx => Tx});
 replied(offering, started, #{tx := {ok, Tx}}, Data) ->
@@ -166,20 +168,14 @@ replied(State, started, #{tx := {error, enospc}}, Data) when State =:= answering
     busy(State, Data);
 replied(State, started, #{tx := E}, Data) when State =:= answering; State =:= offering ->
     cannot(tube_fsm:error_of(transactions, E), Data);
-replied(State, filled, Res, Data = #{tx := Tx}) when State =:= answering; State =:= offering ->
-    case {maps:get(nock_ref, Res), tube_paths:first_error([K || K <- maps:keys(Res), K =/= nock_ref], Res)} of
-        {{ok, _}, ok} ->
-            {keep_state, tube_fsm:ask(committed, [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
-        {{error, enoent}, _} ->
-            gone(abort_tx(Data));
-        {_, E} ->
-            cannot(tube_fsm:error_of(nodes, E), abort_tx(Data))
+replied(State, filled, Res = #{commit := ok}, Data) when State =:= answering; State =:= offering ->
+    case tube_paths:first_error([K || K <- maps:keys(Res), K =/= commit], Res) of
+        ok -> committed(State, Data);
+        E -> cannot(tube_fsm:error_of(nodes, E), Data)
     end;
-replied(State, committed, #{commit := ok}, Data) ->
-    committed(State, Data);
-replied(State, committed, #{commit := {error, eagain}}, Data) ->
+replied(State, filled, #{commit := {error, eagain}}, Data) when State =:= answering; State =:= offering ->
     start_tx(State, Data);
-replied(_State, committed, #{commit := E}, Data) ->
+replied(State, filled, #{commit := E}, Data) when State =:= answering; State =:= offering ->
     cannot(tube_fsm:error_of(nodes, E), Data);
 replied(State, peer_state, Res, Data) ->
     peer_state(State, maps:get(state, Res), Res, Data);
@@ -213,7 +209,7 @@ replied(open, fill_write, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
 replied(open, fill_end, #{'end' := ok}, _Data) ->
     keep_state_and_data;
 replied(open, fill_end, #{'end' := {error, eagain}}, Data) ->
-    {keep_state, fill(Data, maps:get(fields, Data))};
+    {keep_state, fill_again(Data, maps:get(fields, Data))};
 replied(closing, Purpose, Res, Data) ->
     removed(Purpose, Res, Data);
 replied(State, Purpose, Res, Data) ->
@@ -241,7 +237,15 @@ take(#{watch := ok, tx := {error, enospc}}, Data) ->
 take(Res = #{watch := _}, Data) ->
     release(Res, Data);
 take(_Res, Data) ->
-    {keep_state, tube_fsm:ask(taken, [watch_op(Data), {tx, transaction_start}], Data)}.
+    {keep_state, tube_fsm:ask(taken, taking(Data), Data)}.
+
+%% The watch on the nock, the transaction that answers the entry, and the
+%% entry's checks, in one round trip: the checks come after the start of
+%% the transaction, so the entry they see was there when it started (it
+%% cannot be made again between the two without the commit failing), and
+%% the answer's writes can go with their commit in one batch (fill/3).
+taking(Data = #{key := {tip, Peer, Tid}, domid := D}) ->
+    [{tx, transaction_start} | tube_paths:tip_examine(D, Peer, Tid)] ++ [watch_op(Data)].
 
 %% An entry not taken: what examining started is undone.
 release(Res, Data) ->
@@ -273,8 +277,7 @@ answer(Data) ->
 refill(Data = #{answer_first := true}) ->
     answer(maps:remove(answer_first, Data));
 refill(Data) ->
-    Fill = tube_paths:tip_fill(maps:get(tx, Data), tip(Data), [{"state", tube_paths:state(initialising)}]),
-    {next_state, answering, tube_fsm:ask(filled, Fill, Data)}.
+    {next_state, answering, fill(Data, [{"state", tube_paths:state(initialising)}])}.
 
 committed(answering, Data) ->
     {next_state, backlog, tube_fsm:row(waiting, Data#{tries := 0})};
@@ -284,11 +287,13 @@ committed(offering, Data = #{offer := Offer}) ->
     {next_state, connecting, tube_fsm:row(connecting, Data1), tube_fsm:deadline_timeout(Data)}.
 
 start_offer(Data) ->
-    {next_state, offering, tube_fsm:ask(started, [{tx, transaction_start}], Data),
-     tube_fsm:deadline_timeout(Data)}.
+    start_tx(offering, Data).
 
+%% A transaction for the entry's fields, with the check that the entry is
+%% still there after it started (see taking/1).
 start_tx(State, Data) ->
-    {next_state, State, tube_fsm:ask(started, [{tx, transaction_start}], Data), tube_fsm:deadline_timeout(Data)}.
+    Start = [{tx, transaction_start}, {nock_ref, {read, 0, [tip(Data), "/nock"]}}],
+    {next_state, State, tube_fsm:ask(started, Start, Data), tube_fsm:deadline_timeout(Data)}.
 
 busy(State, Data = #{tries := N}) ->
     {next_state, State, Data#{tries := N + 1}, [{state_timeout, rand:uniform(min(64, 1 bsl min(N, 6))), retry}]}.
@@ -306,8 +311,7 @@ publish_offer(Data = #{tx := Tx}) ->
             {Evt, TxRef, RxRef} = maps:get(refs, Data),
             Fields = [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef}, {"event-channel", Evt},
                       {"state", tube_paths:state(initialised)}],
-            {next_state, offering, tube_fsm:row(offering, tube_fsm:ask(filled, tube_paths:tip_fill(Tx, tip(Data), Fields), Data)),
-             tube_fsm:deadline_timeout(Data)};
+            {next_state, offering, tube_fsm:row(offering, fill(Data, Fields)), tube_fsm:deadline_timeout(Data)};
         Error ->
             case tube_fsm:error_of(ring, Error) of
                 {error, {limit, What}} -> requeue(Data), refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
@@ -334,14 +338,21 @@ peer_state(open, {error, enoent}, _Res, Data) ->
 %% After a daemon restart the nock publishes its directory again, empty:
 %% fill our fields in again.
 peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
-    {keep_state, fill(Data, [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef},
+    {keep_state, fill_again(Data, [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef},
                              {"event-channel", Evt}, {"state", tube_paths:state(connected)}])};
 peer_state(_State, _S, _Res, _Data) ->
     keep_state_and_data.
 
 %% Our fields, in a transaction that fails if the nock's entry went.
-fill(Data, Fields) ->
+fill_again(Data, Fields) ->
     tube_fsm:ask(fill, [{tx, transaction_start}], Data#{fields => Fields}).
+
+%% Our fields in the open transaction, committed in the same round trip:
+%% the entry was there when the transaction started (taking/1,
+%% start_tx/2), so the commit fails if it went since.
+fill(Data = #{tx := Tx}, Fields) ->
+    Batch = tube_paths:tip_fill(Tx, tip(Data), Fields) ++ [{commit, {transaction_end, Tx, true}}],
+    tube_fsm:ask(filled, Batch, maps:remove(tx, Data)).
 
 %% The tube failed before its caller had it: the caller waits for the next.
 lost(Error, Data) ->
