@@ -25,19 +25,32 @@
 
 callback_mode() -> handle_event_function.
 
-init(Key) ->
+%% Started by open/3 with its request: From answers its caller.
+init({Key, From = {Caller, _}, Deadline}) ->
     process_flag(trap_exit, true),
-    {ok, idle, (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0}}.
+    Data = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
+    {ok, idle, Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
+     [{next_event, internal, open}]}.
 
 %% ---- idle, queued --------------------------------------------------------------
 
-handle_event({call, From = {Caller, _}}, {open, Deadline}, idle, Data) ->
-    claim(Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)});
+handle_event(internal, open, idle, Data) ->
+    claim(Data);
 handle_event(info, {tube_event, {key_free, Conn, Domid}}, queued, Data) ->
     case Conn of
-        undefined -> fail({error, xenstore_down}, Data);
+        undefined -> {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
         _ -> publish(Data#{conn := Conn, domid := Domid})
     end;
+%% A queued tube has written nothing and holds no key: giving up, it just
+%% ends (the registry hands the key on, should it have given it meanwhile).
+handle_event(state_timeout, deadline, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, timeout}, Data)};
+handle_event(cast, cancel, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, timeout}, Data)};
+handle_event(info, {'DOWN', Mon, process, _, _}, queued, Data = #{caller := Mon}) ->
+    {stop, normal, Data};
+handle_event(info, {tube_event, xs_down}, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
 
 %% ---- publishing ---------------------------------------------------------------
 
@@ -233,7 +246,7 @@ late(_State, Purpose, Res, Data) ->
 %% ---- the handshake -----------------------------------------------------------------
 
 claim(Data = #{key := Key}) ->
-    case tube_registry:claim(Key) of
+    case tube_registry:claim(Key, maps:get(deadline, Data)) of
         {ok, Conn, Domid} -> publish(Data#{conn := Conn, domid := Domid});
         wait -> {next_state, queued, Data, tube_fsm:deadline_timeout(Data)};
         {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}

@@ -14,7 +14,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, domid/0, conn/0, publish_name/1]).
--export([claim/1, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
+-export([claim/2, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -35,7 +35,8 @@
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
-    name               % node name to publish, or undefined
+    name,              % node name to publish, or undefined
+    deadlines = #{}    % Pid -> its opener's deadline (tube_nock)
 }).
 
 %% ---- API ---------------------------------------------------------------------
@@ -65,9 +66,10 @@ publish_name(Node) when is_atom(Node) ->
 publish_name(_) ->
     erlang:error(badarg).
 
-%% A tube process asks for Key: {ok, Conn, Domid}, `wait' (a closing tube
-%% still holds it: `key_free' follows), or an error.
-claim(Key) -> gen_server:call(?MODULE, {claim, Key}, infinity).
+%% A tube process asks for Key on behalf of a caller who waits until
+%% Deadline: {ok, Conn, Domid}, `wait' (a closing tube still holds it:
+%% `key_free' follows), or an error.
+claim(Key, Deadline) -> gen_server:call(?MODULE, {claim, Key, Deadline}, infinity).
 
 %% An incoming tube is ready to be accepted: {offer, From, Deadline} hands
 %% it an accept() caller, `queued' keeps it in the backlog until one comes.
@@ -195,9 +197,12 @@ fail_acceptors(St) ->
 
 %% ---- calls ---------------------------------------------------------------------------
 
-handle_call({claim, Key}, {Pid, _}, St) ->
+handle_call({claim, Key, Deadline}, {Pid, _}, St) ->
     {Reply, St1} = do_claim(Key, Pid, St),
-    {reply, Reply, St1};
+    case Reply of
+        {error, _} -> {reply, Reply, St1};
+        _ -> {reply, Reply, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}}
+    end;
 handle_call({ready, Key, Tid}, _From, St) ->
     case take_acceptor(Tid, St#st.acceptors) of
         {A, Rest} ->
@@ -233,8 +238,9 @@ do_claim(Key, Pid, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
             {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
-        {ok, _Holder} ->
-            case closing(ets:lookup(?TAB, {tube, Key})) of
+        {ok, Holder} ->
+            Row = ets:lookup(?TAB, {tube, Key}),
+            case closing(Row) orelse given_up(Row, maps:get(Holder, St#st.deadlines, infinity)) of
                 true ->
                     erlang:monitor(process, Pid),
                     Q = maps:get(Key, St#st.queued, []),
@@ -252,6 +258,17 @@ closing([{_, _, closing, _}]) -> true;
 closing([{_, _, failing, _}]) -> true;
 closing([{_, _, connected, Port}]) when is_port(Port) -> erlang:port_info(Port, connected) =:= undefined;
 closing(_) -> false.
+
+%% An opening tube whose caller's deadline has passed is about to close
+%% (its own deadline timeout, or the caller's cancel, may not have been
+%% handled yet): a reopen right after a timed-out open waits for it.
+given_up(_Row, infinity) ->
+    false;
+given_up([{_, _, Phase, _}], Deadline) when Phase =:= claimed; Phase =:= publishing;
+                                             Phase =:= waiting; Phase =:= connecting ->
+    Deadline =< erlang:monotonic_time(millisecond);
+given_up(_Row, _Deadline) ->
+    false.
 
 hold(Key, Pid, St) ->
     case maps:is_key(Pid, St#st.pids) of
@@ -330,7 +347,8 @@ handle_info({timeout, _, {accept_timeout, From}}, St) ->
         _ ->
             {noreply, St}
     end;
-handle_info({'DOWN', Mon, process, Pid, _}, St) ->
+handle_info({'DOWN', Mon, process, Pid, _}, St0) ->
+    St = St0#st{deadlines = maps:remove(Pid, St0#st.deadlines)},
     case maps:take(Pid, St#st.pids) of
         {{queued, Key}, Pids} ->
             Q = lists:delete(Pid, maps:get(Key, St#st.queued, [])),
@@ -373,10 +391,27 @@ recheck(true, Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undef
 recheck(_Seen, _Key, St) ->
     St.
 
-start_tip(Key, Arg, St) ->
-    case tube_tubes_sup:start_tube(tube_tip, Arg) of
-        {ok, Pid} -> hold(Key, Pid, St);
-        {error, R} -> ?LOG_ERROR("tube: cannot start ~p: ~p", [Key, R]), St
+%% The tip process starts with the first accept() caller waiting for its
+%% Tid, if any, so that it need not ask for one once it has checked the
+%% entry; if it does not take the tube, it hands the caller back
+%% (requeue/3).
+start_tip(Key = {tip, _, Tid}, {Key, C, D, How}, St) ->
+    {Offer, St1} = case take_acceptor(Tid, St#st.acceptors) of
+                       {A, Rest} ->
+                           cancel(A),
+                           {{A#acc.from, A#acc.deadline, A#acc.tids}, St#st{acceptors = Rest}};
+                       none ->
+                           {none, St}
+                   end,
+    case tube_tubes_sup:start_tube(tube_tip, {Key, C, D, How, Offer}) of
+        {ok, Pid} ->
+            hold(Key, Pid, St1);
+        {error, R} ->
+            ?LOG_ERROR("tube: cannot start ~p: ~p", [Key, R]),
+            case Offer of
+                {From, Deadline, Tids} -> add_acceptor(From, Deadline, Tids, St1);
+                none -> St1
+            end
     end.
 
 route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->

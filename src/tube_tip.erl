@@ -23,9 +23,15 @@
 
 callback_mode() -> handle_event_function.
 
-init({Key, Conn, Domid, How}) ->
+%% Offer is the accept() caller the registry handed this tube when it
+%% started it ({From, Deadline, Tids}), or `none'.
+init({Key, Conn, Domid, How, Offer}) ->
     process_flag(trap_exit, true),
-    Data = (tube_fsm:new(Key, Conn, Domid))#{tries => 0, waiters => []},
+    Data0 = (tube_fsm:new(Key, Conn, Domid))#{tries => 0, waiters => []},
+    Data = case Offer of
+               {From, Deadline, Tids} -> Data0#{from := From, deadline := Deadline, tids => Tids};
+               none -> Data0
+           end,
     {ok, examining, tube_fsm:row(examining, Data), [{next_event, internal, {examine, How}}]}.
 
 tip(#{key := {tip, Peer, Tid}, domid := D}) -> tube_paths:tip(D, Peer, Tid).
@@ -220,7 +226,10 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
+    %% A fill that came too late was abandoned with its transaction: its
+    %% errors (the nock's nodes gone, eacces) say nothing more.
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, Purpose =/= fill_write,
+               R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -251,7 +260,8 @@ taking(Data = #{key := {tip, Peer, Tid}, domid := D}) ->
 release(Res, Data) ->
     Undo = [{unwatch, unwatch_op(Data)} || maps:get(watch, Res, none) =:= ok]
         ++ [{abort, {transaction_end, Tx, false}} || {ok, Tx} <- [maps:get(tx, Res, none)]],
-    {stop, normal, tube_fsm:ask(undo, Undo, Data)}.
+    requeue(Data),
+    {stop, normal, tube_fsm:ask(undo, Undo, Data#{from := undefined})}.
 
 %% This node cannot take the tube for one of its limits: it says so to the
 %% nock, in the nock's own fields, and to its log.
@@ -266,6 +276,9 @@ tell_nock(What, Data) ->
             {state, {write, 0, [Tip, "/state"], tube_paths:state(closed)}}],
     tube_fsm:ask(refused, Tell, Data).
 
+%% An accept() caller given at the start takes the tube at once.
+answer(Data = #{from := {_, _}}) ->
+    publish_offer(Data);
 answer(Data) ->
     case tube_registry:ready(maps:get(key, Data), tid(Data)) of
         {offer, From, Deadline, Tids} ->
@@ -314,7 +327,7 @@ publish_offer(Data = #{tx := Tx}) ->
             {next_state, offering, tube_fsm:row(offering, fill(Data, Fields)), tube_fsm:deadline_timeout(Data)};
         Error ->
             case tube_fsm:error_of(ring, Error) of
-                {error, {limit, What}} -> requeue(Data), refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
+                {error, {limit, What}} -> refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
                 E -> lost(E, abort_tx(Data))
             end
     end.
@@ -428,6 +441,8 @@ done(Data) ->
 
 terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
+    %% A caller this tube never answered waits for the next.
+    requeue(Data),
     %% An accept() caller handed to this tube while it ended waits for the next.
     receive
         {tube_event, {offer, From, Deadline, Tids}} -> tube_registry:requeue(From, Deadline, Tids)

@@ -185,6 +185,61 @@ defmodule TubeControlPlaneTest do
     assert PeerNode.call(a, CtrlOwner, :reopen_cycles, [db, 5, 200], 600_000) == []
   end
 
+  # An open that waits for the tube closing with its Tid and gives up (its
+  # timeout, its caller gone) holds nothing: the Tid opens once that tube's
+  # nodes are gone.
+  test "an open that gave up while waiting for a closing tube with its Tid leaves the Tid free" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    :ok = PeerNode.call(b, Remote, :serve, [:echo])
+    {:ok, o1} = PeerNode.call(a, Remote, :open, [db, 1, :collect, 10_000])
+
+    # With the daemon stopped, the closed tube cannot remove its nodes: the
+    # next opens of its Tid wait for it, and give up.
+    CtrlWorld.signal_daemon(w, "STOP")
+
+    try do
+      assert {:answered, :ok} = in_peer(a, Remote, :close, [o1])
+      assert {:answered, {:error, :timeout}} = in_peer(a, :tube, :open, [db, 1, %{timeout: 300}])
+      assert {:answered, {:error, :timeout}} = in_peer(a, :tube, :open, [db, 1, %{timeout: 0}])
+    after
+      CtrlWorld.signal_daemon(w, "CONT")
+    end
+
+    assert {:ok, _} = PeerNode.call(a, Remote, :open, [db, 1, :collect, 10_000])
+  end
+
+  # The caller of an open that timed out has returned before its tube
+  # process has even seen the deadline; the caller's next open of that Tid
+  # waits for that tube to close, as a reopen after close/1 does.
+  test "an open right after a timed-out open of the same Tid is no tid_in_use" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    # A registered domain without data/tip: an open to it waits until its timeout.
+    {:ok, h} = :tube_xs.open(w.socket, 0)
+    {:ok, dh} = :tube_xs.introduce_self(h, :auto)
+    task = Task.async(fn -> PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 1_000}], 60_000) end)
+
+    holder = fn ->
+      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
+        {{:nock, ^dh, 1}, pid, _, _} -> pid
+        _ -> nil
+      end)
+    end
+
+    wait_until(fn -> holder.() != nil end)
+    pid = holder.()
+
+    # Its tube process cannot handle its deadline or its caller's cancel.
+    :ok = PeerNode.call(a, :sys, :suspend, [pid])
+    assert Task.await(task, 60_000) == {:error, :timeout}
+    assert PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 200}]) == {:error, :timeout}
+    :ok = PeerNode.call(a, :sys, :resume, [pid])
+    wait_until(fn -> PeerNode.call(a, :tube_registry, :rows, []) == [] end)
+    :tube_xs.close(h)
+  end
+
   # A node is registered for a moment before it has made its data/tip (after
   # a daemon restart, every node): an open to it then is no `tid_in_use`.
   test "an open to a domain registered but without its data/tip yet waits for it within its timeout" do
