@@ -418,28 +418,38 @@ remove(Data = #{conn := undefined}) ->
 remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
     OwnTip = maps:get(own_tip, Data, true),
     Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}
-             | [Op || Op = {N, _} <- tube_paths:nock_remove(D, Peer, Tid), N =/= rm_tip orelse OwnTip]],
+             | [Op || Op = {N, _} <- tube_paths:nock_remove(D, Peer, Tid), N =/= rm_tip orelse OwnTip]]
+        ++ parents_batch(Data),
     {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
+
+%% The per-peer parents go in a transaction, if they are empty: listed
+%% right after it started, and removed with its commit, which fails if
+%% a tube was added under them or removed from them since the start.
+parents_batch(Data) ->
+    [{tx, transaction_start} | parents(Data)].
 
 removed(remove, Res, Data) ->
     case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res, ok))} of
-        {true, true} -> {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
-        _ -> retry(Data, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
+        {true, true} ->
+            removed(parents, Res, Data);
+        _ ->
+            Data1 = case Res of
+                        #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
+                        _ -> Data
+                    end,
+            retry(Data1, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
     end;
-removed(parents, #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, _}, domid := D}) ->
-    {keep_state, tube_fsm:ask(listed, tube_paths:remove_empty(Tx, D, Peer), Data#{tx => Tx})};
+removed(parents, Res = #{tx := {ok, Tx}}, Data) ->
+    Rms = [{{rm, N}, {rm, Tx, P}} || {N, {directory, _, P}} <- parents(Data), maps:get(N, Res) =:= {ok, []}],
+    {keep_state, tube_fsm:ask(emptied, Rms ++ [{commit, {transaction_end, Tx, true}}], Data)};
 removed(parents, #{tx := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(parents, #{tx := E}, Data) ->
     retry(Data, "removing its parents", E);
-removed(listed, Res, Data = #{tx := Tx}) ->
-    Rms = [{{rm, N}, {rm, Tx, P}} || {N, {directory, _, P}} <- parents(Data, Tx),
-                                     maps:get(N, Res) =:= {ok, []}],
-    {keep_state, tube_fsm:ask(emptied, Rms ++ [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
 removed(emptied, #{commit := ok}, Data) ->
     done(Data);
 removed(emptied, #{commit := {error, eagain}}, Data) ->
-    {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
+    {keep_state, tube_fsm:ask(parents, parents_batch(Data), Data)};
 removed(emptied, #{commit := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(emptied, #{commit := E}, Data) ->
@@ -447,7 +457,7 @@ removed(emptied, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
-parents(#{key := {nock, Peer, _}, domid := D}, Tx) -> tube_paths:remove_empty(Tx, D, Peer).
+parents(#{key := {nock, Peer, _}, domid := D}) -> tube_paths:remove_empty(0, D, Peer).
 
 gone(ok) -> true;
 gone({error, enoent}) -> true;

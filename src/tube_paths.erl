@@ -19,7 +19,7 @@
          peer_node/2, own_node/2, token/2, key_of_token/1, parse_tip_event/2,
          state/1, state_name/1, is_domid/1, is_tid/1]).
 -export([setup_domain/1, nock_check/3, nock_publish/4, tip_examine/3, tip_fill/3, offer_read/1,
-         nock_remove/3, remove_empty/3, tip_remove/4, republish_nock/4,
+         nock_remove/3, remove_empty/3, tip_remove/3, republish_nock/4,
          publish_name/2, first_error/2, nock_writes_ok/1]).
 
 -include("tube_proto.hrl").
@@ -221,16 +221,18 @@ nock_remove(D, Peer, Tid) ->
     [{rm_nock, {rm, 0, Nock}},
      {rm_tip, {rm, 0, Tip}}].
 
-%% The per-peer parents, removed in transaction Tx if empty; listed first.
+%% The per-peer parents, listed (in transaction Tx, or 0) so that they are
+%% removed if empty.
 remove_empty(Tx, D, Peer) ->
     [{nock_parent, {directory, Tx, <<(nock_dir(D))/binary, "/", (integer_to_binary(Peer))/binary>>}},
      {tip_parent, {directory, Tx, <<(tip_dir(Peer))/binary, "/", (integer_to_binary(D))/binary>>}}].
 
 %% The tip removes the nock's entry in its data/tip only while it still
 %% holds the ring this tip published (the nock may have opened a new tube
-%% with the same Tid there): read in Tx, removed by the caller if equal.
-tip_remove(Tx, D, Peer, Tid) ->
-    [{evt, {read, Tx, [tip(D, Peer, Tid), "/event-channel"]}}].
+%% with the same Tid there): read right after the removing transaction
+%% started, removed in it by the caller if equal.
+tip_remove(D, Peer, Tid) ->
+    [{evt, {read, 0, [tip(D, Peer, Tid), "/event-channel"]}}].
 
 %% The first result among Names that is not `ok' / `{ok, _}', or ok.
 first_error(Names, Results) ->

@@ -4,6 +4,7 @@
 %%
 %%   examining -> answering -> backlog -> offering -> connecting
 %%             -> handed -> open -> closing
+%%                                           connecting -> mapped -> handed
 %%
 %% `examining' checks the entry (it names the nock of the domain its path
 %% names, which owns it, and nobody answered it); `answering' writes state
@@ -12,6 +13,8 @@
 %% state 3; `connecting' waits in a ring job until the nock has mapped it
 %% (the nock says so on the event channel, so accept() never returns a
 %% tube whose other end failed, and without a round trip to the store);
+%% `mapped' holds a mapped ring whose accept() caller gave up meanwhile
+%% until the next caller takes it (the opener has its tube by then);
 %% `handed' waits for the caller's
 %% port; `open' follows the peer; `closing' removes the entry if it still
 %% holds our ring. A tube that cannot be taken for a limit of this node
@@ -59,13 +62,15 @@ handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
 
 handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, backlog, Data) ->
     start_offer(Data#{from := From, deadline := Deadline, tids => Tids});
+handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, mapped, Data) ->
+    hand(Data#{from := From, deadline := Deadline, tids => Tids});
 handle_event(info, {tube_event, {offer, _, _, _}}, State, _Data) when State =:= answering; State =:= examining ->
     {keep_state_and_data, [postpone]};
 handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) ->
     tube_registry:requeue(From, Deadline, Tids),
     keep_state_and_data;
 handle_event(info, {tube_event, peer_changed}, State, Data)
-  when State =:= backlog; State =:= open ->
+  when State =:= backlog; State =:= mapped; State =:= open ->
     tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
                                            {own, {read, 0, [tip(Data), "/state"]}}], Data)};
@@ -131,6 +136,10 @@ handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
     keep_state_and_data;
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
+%% Once the ring is offered, the opener is about to have its tube: a caller
+%% that gave up meanwhile is answered, and the tube goes to the next one.
+handle_event(state_timeout, deadline, State, Data) when State =:= offering; State =:= connecting ->
+    {keep_state, tube_fsm:reply_to({error, timeout}, Data)};
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
     closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {tube_event, xs_down}, open, Data) ->
@@ -191,31 +200,36 @@ replied(open, rewatch, #{watch := E}, Data) ->
     {keep_state, tube_fsm:log(Data, "watching the nock again", E)};
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
-replied(open, fill, Res, Data) ->
-    case maps:get(tx, Res, ok) of
-        {ok, Tx} ->
-            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}},
-                     {own_evt, {read, Tx, [tip(Data), "/event-channel"]}}
-                     | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
-            {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
-        {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
-        E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
-    end;
 %% Only into the entry of this tube: it still holds our event channel, or
 %% its nock is connected (4; after a daemon restart the nock publishes the
 %% entry again, empty). A nock that closed and opened a new tube with the
 %% same Tid meanwhile has emptied the event channel and has state 2, and
 %% that entry is not ours to fill. The nock's 4 is not waited for: the
-%% ring handshake already said it mapped the ring.
-replied(open, fill_write, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
+%% ring handshake already said it mapped the ring. The entry is read after
+%% the transaction started, and the fields written with the commit: had it
+%% changed in between, the commit fails (see tube_paths:nock_check/3).
+replied(open, fill, Res = #{tx := {ok, Tx}}, Data = #{refs := {Evt, _, _}}) ->
     Commit = maps:get(nock_ref, Res) =/= {error, enoent}
         andalso (maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)}
                  orelse maps:get(own_evt, Res) =:= {ok, Evt}),
-    {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
-replied(open, fill_end, #{'end' := ok}, _Data) ->
-    keep_state_and_data;
+    Batch = case Commit of
+                true -> tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data));
+                false -> []
+            end ++ [{'end', {transaction_end, Tx, Commit}}],
+    {keep_state, tube_fsm:ask(fill_end, Batch, Data)};
+replied(open, fill, #{tx := {error, enospc}}, Data) ->
+    {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
+replied(open, fill, #{tx := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "filling in its fields", E)};
 replied(open, fill_end, #{'end' := {error, eagain}}, Data) ->
     {keep_state, fill_again(Data, maps:get(fields, Data))};
+replied(open, fill_end, Res = #{'end' := ok}, Data) ->
+    case tube_paths:first_error([K || K <- maps:keys(Res), K =/= nock_ref], Res) of
+        ok -> keep_state_and_data;
+        E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
+    end;
+replied(open, fill_end, #{'end' := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "filling in its fields", E)};
 replied(closing, Purpose, Res, Data) ->
     removed(Purpose, Res, Data);
 replied(State, Purpose, Res, Data) ->
@@ -228,7 +242,7 @@ late(_State, Purpose, Res, Data) ->
             end,
     %% A fill that came too late was abandoned with its transaction: its
     %% errors (the nock's nodes gone, eacces) say nothing more.
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, Purpose =/= fill_write,
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, Purpose =/= fill, Purpose =/= fill_end,
                R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
@@ -334,6 +348,11 @@ publish_offer(Data = #{tx := Tx}) ->
 
 %% The nock has mapped the ring: the tube is the accept() caller's. A nock
 %% that has closed meanwhile is seen by the port as a peer that leaves.
+hand(Data = #{from := undefined}) ->
+    case tube_registry:ready(maps:get(key, Data), tid(Data)) of
+        {offer, From, Deadline, Tids} -> hand(Data#{from := From, deadline := Deadline, tids => Tids});
+        queued -> {next_state, mapped, tube_fsm:row(waiting, Data)}
+    end;
 hand(Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
     Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, Data#{caller => erlang:monitor(process, Caller)}),
@@ -341,7 +360,8 @@ hand(Data = #{handoff := Id}) ->
 
 %% ---- following the nock ---------------------------------------------------------------
 
-peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
+                                      S =:= {error, enoent} orelse S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
     closing(Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
@@ -358,7 +378,11 @@ peer_state(_State, _S, _Res, _Data) ->
 
 %% Our fields, in a transaction that fails if the nock's entry went.
 fill_again(Data, Fields) ->
-    tube_fsm:ask(fill, [{tx, transaction_start}], Data#{fields => Fields}).
+    Start = [{tx, transaction_start},
+             {nock_ref, {read, 0, [tip(Data), "/nock"]}},
+             {nock_state, {read, 0, [nock(Data), "/state"]}},
+             {own_evt, {read, 0, [tip(Data), "/event-channel"]}}],
+    tube_fsm:ask(fill, Start, Data#{fields => Fields}).
 
 %% Our fields in the open transaction, committed in the same round trip:
 %% the entry was there when the transaction started (taking/1,
@@ -408,13 +432,14 @@ remove(Data) ->
     Unwatch = [{unwatch, unwatch_op(Data)} || maps:get(watched, Data, false)],
     case maps:find(refs, Data) of
         {ok, _} ->
-            {next_state, closing, tube_fsm:ask(removing, Unwatch ++ [{tx, transaction_start}], Data#{watched => false})};
+            Batch = Unwatch ++ [{tx, transaction_start} | tip_remove(Data)],
+            {next_state, closing, tube_fsm:ask(removing, Batch, Data#{watched => false})};
         error ->
             done(tube_fsm:ask(removed, Unwatch, Data#{watched => false}))
     end.
 
-removed(removing, #{tx := {ok, Tx}}, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
-    {keep_state, tube_fsm:ask(removing_read, tube_paths:tip_remove(Tx, D, Peer, Tid), Data#{tx => Tx})};
+removed(removing, Res = #{tx := {ok, Tx}}, Data) ->
+    removed(removing_read, Res, Data#{tx => Tx});
 removed(removing, #{tx := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(removing, #{tx := E}, Data) ->
@@ -435,6 +460,12 @@ removed(Purpose, Res, Data) ->
 
 retry(Data, What, Why) ->
     tube_fsm:retry_removal(Data, What, Why).
+
+%% The entry's event channel, read after the transaction that removes it
+%% started: if it is ours then, it was ours at the start, and the commit
+%% fails if it changed since.
+tip_remove(#{key := {tip, Peer, Tid}, domid := D}) ->
+    tube_paths:tip_remove(D, Peer, Tid).
 
 done(Data) ->
     tube_fsm:removal_done(Data).

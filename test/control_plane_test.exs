@@ -240,6 +240,36 @@ defmodule TubeControlPlaneTest do
     :tube_xs.close(h)
   end
 
+  # An accept() caller that gives up while the ring it offered is being
+  # mapped costs the opener nothing: the opener gets its tube, and the next
+  # accept() gets the other end.
+  test "an accept that times out while its tube's ring is being mapped hands the tube to the next accept" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    opening = Task.async(fn -> PeerNode.call(a, Remote, :open, [db, 1, :collect, 20_000], 60_000) end)
+
+    # Nobody accepts yet: the opener waits for the ring.
+    nock = fn ->
+      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
+        {{:nock, ^db, 1}, pid, :waiting, _} -> pid
+        _ -> nil
+      end)
+    end
+
+    wait_until(fn -> nock.() != nil end)
+    pid = nock.()
+    # The opener cannot map the ring until it is resumed: the accept gives up.
+    :ok = PeerNode.call(a, :sys, :suspend, [pid])
+    assert PeerNode.call(b, Remote, :accept, [:echo, 300]) == {:error, :timeout}
+    :ok = PeerNode.call(a, :sys, :resume, [pid])
+
+    assert {:ok, owner} = Task.await(opening, 60_000)
+    assert {:ok, _} = PeerNode.call(b, Remote, :accept, [:echo, 10_000])
+    [_] = PeerNode.call(a, Remote, :send_packets, [owner, ["through"]])
+    assert PeerNode.call(a, Remote, :wait_received, [owner, 1]).packets == ["through"]
+  end
+
   # A node is registered for a moment before it has made its data/tip (after
   # a daemon restart, every node): an open to it then is no `tid_in_use`.
   test "an open to a domain registered but without its data/tip yet waits for it within its timeout" do
