@@ -1,8 +1,9 @@
 %% @private
 %% The node's tube registry: which process runs which tube, the Xenstore
 %% link (tube_link, reconnected when it drops), the routing of watch events
-%% to the tubes they concern, and the pairing of accept() callers with
-%% incoming tubes.
+%% to the tubes they concern (tube_link tells a tube of changes to its
+%% peer's node itself, through this table: holder/1), and the pairing of
+%% accept() callers with incoming tubes.
 %%
 %% It never waits on Xenstore and never calls a tube process: every
 %% request it gets is answered from its own state, and every tube keeps
@@ -82,9 +83,11 @@ requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadli
 %% The process holding Key, read from the table without asking the
 %% registry: tube_link tells it of changes to its peer's node directly.
 holder(Key) ->
-    case ets:lookup(?TAB, {tube, Key}) of
+    try ets:lookup(?TAB, {tube, Key}) of
         [{_, Pid, _, _}] -> {ok, Pid};
         [] -> error
+    catch
+        error:badarg -> error % the registry is gone
     end.
 
 %% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
