@@ -37,7 +37,8 @@
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
     name,              % node name to publish, or undefined
-    deadlines = #{}    % Pid -> its opener's deadline (tube_nock)
+    deadlines = #{},   % Pid -> its opener's deadline (tube_nock)
+    rechecks = #{}     % Ref -> tip Key: its entry read after its tube ended
 }).
 
 %% ---- API ---------------------------------------------------------------------
@@ -192,7 +193,7 @@ link_down(Reason, St = #st{conn = Conn}) ->
     ets:delete(?TAB, conn),
     broadcast(xs_down, St),
     erlang:send_after(?RECONNECT_MS, self(), reconnect),
-    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = []}).
+    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = [], rechecks = #{}}).
 
 fail_acceptors(St) ->
     lists:foreach(fun(A) -> reply_acceptor(A, {error, xenstore_down}) end, St#st.acceptors),
@@ -338,6 +339,11 @@ handle_info({'EXIT', Link, Reason}, St = #st{link = Link}) ->
     {noreply, link_down(Reason, St)};
 handle_info({'EXIT', _Pid, _Reason}, St) ->
     {noreply, St};
+handle_info({tube_xs_reply, Ref, Reply}, St) ->
+    case maps:take(Ref, St#st.rechecks) of
+        {Key, Rechecks} -> {noreply, rechecked(Key, Reply, St#st{rechecks = Rechecks})};
+        error -> {noreply, St}
+    end;
 handle_info(reconnect, St = #st{link = undefined}) ->
     {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}};
 handle_info(reconnect, St) ->
@@ -388,10 +394,23 @@ released(Key, Pid, St) ->
     end.
 
 %% A nock may have published a new tube with the same Tid while the old tip
-%% was still closing (its events went to the old one): look again.
-recheck(true, Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
-    start_tip(Key, {Key, C, D, recheck}, St);
+%% was still closing (its events went to the old one): look again. Nearly
+%% always those events were the nock removing the old entry, so the entry
+%% is read first (without waiting: the reply comes as a message), and a
+%% tip is started only if it is there. An entry made after the read is
+%% told by its own events.
+recheck(true, Key = {tip, Peer, Tid}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+    Ref = tube_xs:send(C, [{nock_ref, {read, 0, [tube_paths:tip(D, Peer, Tid), "/nock"]}}]),
+    St#st{rechecks = maps:put(Ref, Key, St#st.rechecks)};
 recheck(_Seen, _Key, St) ->
+    St.
+
+rechecked(Key, [{ok, _}], St = #st{conn = C, domid = D}) when C =/= undefined ->
+    case maps:is_key(Key, St#st.tubes) of
+        true -> St; % its events started a tip meanwhile
+        false -> start_tip(Key, {Key, C, D, recheck}, St)
+    end;
+rechecked(_Key, _Reply, St) ->
     St.
 
 %% The tip process starts with the first accept() caller waiting for its
