@@ -2,7 +2,10 @@
 %% an accept() pending, with call tracing of the control plane's steps on
 %% both nodes; prints, for each step, the median time from the start of
 %% open/3 at which it happened (the tracing itself adds a few us a step).
-%%   erl -noshell -pa <ebin> -run handshake_trace main N
+%% The peer's accept() loop is handshake_bench's: compile both into one
+%% directory, then (with XENSTORED_PATH set to a private socket, and
+%% Elixir's ebin directories on the path, as scripts/bench-handshake.sh does)
+%%   erl -noshell -pa <that dir> -pa <tube ebin> -run handshake_trace main N
 -module(handshake_trace).
 -export([main/1, trace_on/1, collect/1]).
 
