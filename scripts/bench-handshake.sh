@@ -21,13 +21,23 @@ cp src/*.erl "$work/tree/src/"
 for v in ref tree; do erlc -I include -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
 mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl
 elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
+results="$work/results"
 for r in $(seq 1 "$runs"); do
   for v in ref tree; do
     d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
     printf '%-4s %s: ' "$v" "$([ $v = ref ] && echo "$ref" || echo 'working tree')"
     XENSTORED_PATH="$d/xs.sock" erl -noshell -pa "$work/bench" -pa "$work/$v/tube/ebin" \
       -pa "$elixir_ebin/elixir/ebin" -pa "$elixir_ebin/logger/ebin" \
-      -kernel logger_level error -run handshake_bench main "$n" 2>&1 | tail -${TAIL:-1}
+      -kernel logger_level error -run handshake_bench main "$n" 2>&1 | tail -${TAIL:-1} | tee -a "$results.$v"
     [ -f "$d/xs.sock.pid" ] && kill "$(cat "$d/xs.sock.pid")" 2>/dev/null || true
   done
+done
+# Median and range over the runs of each one's p50s.
+summary() {
+  grep -o "$1 p50 [0-9.]*" "$results.$2" | awk '{print $NF}' | sort -n |
+    awk '{a[NR]=$1} END {if (NR) printf "median %.0f us (range %.0f-%.0f, %d runs)", a[int((NR+1)/2)], a[1], a[NR], NR}'
+}
+for v in ref tree; do
+  printf '%-4s open/3 p50: %s; open start to accept return p50: %s\n' "$v" \
+    "$(summary 'open' $v)" "$(summary 'accept return' $v)"
 done

@@ -11,25 +11,46 @@
 -define(CLOSE_WAIT, 2000).
 
 %% {ok, HandoffId, TubePid, {Role, Peer, Tid}} once the ring is mapped; the caller opens the
-%% port and attaches it.
+%% port and attaches it. The tube_nock starts with the request, and
+%% answers it through an alias that is inactive once the caller has given
+%% up, so that a late answer never reaches the caller.
 open(Peer, Tid, Timeout) ->
     Deadline = case Timeout of
                    infinity -> infinity;
                    Ms -> erlang:monotonic_time(millisecond) + Ms
                end,
-    case catch tube_tubes_sup:start_tube(tube_nock, {nock, Peer, Tid}) of
+    Alias = erlang:alias([reply]),
+    Tag = [alias | Alias],
+    case catch tube_tubes_sup:start_tube(tube_nock, {{nock, Peer, Tid}, {self(), Tag}, Deadline}) of
         {ok, Pid} ->
-            Req = gen_statem:send_request(Pid, {open, Deadline}),
-            case gen_statem:receive_response(Req, Timeout) of
-                {reply, Reply} -> Reply;
-                timeout -> gen_statem:cast(Pid, cancel), {error, timeout};
-                {error, {Reason, _}} -> {error, {control_plane, Reason}}
+            Mon = erlang:monitor(process, Pid),
+            receive
+                {Tag, Reply} ->
+                    erlang:demonitor(Mon, [flush]),
+                    Reply;
+                {'DOWN', Mon, process, Pid, Reason} ->
+                    erlang:unalias(Alias),
+                    receive {Tag, Reply} -> Reply
+                    after 0 -> {error, {control_plane, Reason}}
+                    end
+            after left(Deadline) ->
+                erlang:unalias(Alias),
+                erlang:demonitor(Mon, [flush]),
+                gen_statem:cast(Pid, cancel),
+                receive {Tag, Reply} -> Reply
+                after 0 -> {error, timeout}
+                end
             end;
         {error, Reason} ->
+            erlang:unalias(Alias),
             {error, {control_plane, Reason}};
         {'EXIT', {noproc, _}} ->
+            erlang:unalias(Alias),
             {error, not_started}
     end.
+
+left(infinity) -> infinity;
+left(Deadline) -> max(0, Deadline - erlang:monotonic_time(millisecond)).
 
 accept(Tids, Timeout) ->
     try

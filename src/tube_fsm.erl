@@ -10,7 +10,7 @@
 %% transaction started for a caller who gave up is still ended.
 -module(tube_fsm).
 
--export([retry_removal/3, removal_done/1]).
+-export([retry_removal/3, removal_done/1, changes_read/0]).
 -export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
          left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
          check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3, moot/1]).
@@ -43,6 +43,16 @@ reply(Ref, Replies, Data = #{pending := P}) ->
     case maps:take(Ref, P) of
         {{Purpose, Batch}, P1} -> {Purpose, tube_xs:results(Batch, Replies), Data#{pending := P1}};
         error -> stale
+    end.
+
+%% The tube is about to read its peer's state: the changes it was told of
+%% and has not handled yet are all covered by that read. A change made
+%% after the read was sent reaches the tube again, as a new message.
+changes_read() ->
+    receive
+        {tube_event, peer_changed} -> changes_read()
+    after 0 ->
+        ok
     end.
 
 %% Runs a blocking ring call (dirty NIF) in its own process; its result

@@ -7,9 +7,12 @@
 %% domid it had before, else the configured one, never one a live node
 %% holds: tube_lease), creates the domain's directories and watches, then
 %% tells the registry `{link_up, Link, Conn, Domid}'. From then on it
-%% relays the watch events, which the native client sends to the process
-%% that connected, to the registry in batches with duplicates removed: a
-%% node that was paused while events piled up gets one event per path.
+%% routes the watch events, which the native client sends to the process
+%% that connected, with duplicates removed (a node that was paused while
+%% events piled up gets one event per path): a change to a tube's peer
+%% goes straight to the tube process holding that key (its row in the
+%% registry's table), the rest (new entries under data/tip, domains
+%% registered or released) to the registry in batches.
 %% When the connection ends it sends `{link_down, Link, Reason}' and exits.
 -module(tube_link).
 
@@ -109,7 +112,10 @@ setup(Conn, D) ->
 relay(S = #{tag := Tag, reg := Reg}) ->
     receive
         {tube_xs, Tag, {watch, _, _} = W} ->
-            Reg ! {xs_events, self(), drain(Tag, S, [W], #{W => true}, 1)},
+            case [E || E <- drain(Tag, S, [W], #{W => true}, 1), not to_tube(E)] of
+                [] -> ok;
+                Rest -> Reg ! {xs_events, self(), Rest}
+            end,
             relay(S);
         {tube_xs, Tag, closed} ->
             Reg ! {link_down, self(), closed};
@@ -121,6 +127,20 @@ relay(S = #{tag := Tag, reg := Reg}) ->
             relay(ask(name, tube_paths:publish_name(maps:get(domid, S), Name), S));
         stop ->
             tube_xs:close(maps:get(conn, S))
+    end.
+
+%% Tells the tube a token names of a change to its peer's node; true if
+%% the event was a tube's (held by a process or not).
+to_tube({watch, _, Token}) ->
+    case tube_paths:key_of_token(Token) of
+        {ok, Key} ->
+            case tube_registry:holder(Key) of
+                {ok, Pid} -> Pid ! {tube_event, peer_changed};
+                error -> ok
+            end,
+            true;
+        error ->
+            false
     end.
 
 %% The events queued behind the first, without duplicates, in order.

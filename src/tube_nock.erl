@@ -25,19 +25,32 @@
 
 callback_mode() -> handle_event_function.
 
-init(Key) ->
+%% Started by open/3 with its request: From answers its caller.
+init({Key, From = {Caller, _}, Deadline}) ->
     process_flag(trap_exit, true),
-    {ok, idle, (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0}}.
+    Data = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
+    {ok, idle, Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
+     [{next_event, internal, open}]}.
 
 %% ---- idle, queued --------------------------------------------------------------
 
-handle_event({call, From = {Caller, _}}, {open, Deadline}, idle, Data) ->
-    claim(Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)});
+handle_event(internal, open, idle, Data) ->
+    claim(Data);
 handle_event(info, {tube_event, {key_free, Conn, Domid}}, queued, Data) ->
     case Conn of
-        undefined -> fail({error, xenstore_down}, Data);
+        undefined -> {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
         _ -> publish(Data#{conn := Conn, domid := Domid})
     end;
+%% A queued tube has written nothing and holds no key: giving up, it just
+%% ends (the registry hands the key on, should it have given it meanwhile).
+handle_event(state_timeout, deadline, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, timeout}, Data)};
+handle_event(cast, cancel, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, timeout}, Data)};
+handle_event(info, {'DOWN', Mon, process, _, _}, queued, Data = #{caller := Mon}) ->
+    {stop, normal, Data};
+handle_event(info, {tube_event, xs_down}, queued, Data) ->
+    {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
 
 %% ---- publishing ---------------------------------------------------------------
 
@@ -47,6 +60,8 @@ handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
         {Purpose, Res, Data1} -> replied(State, Purpose, Res, Data1)
     end;
 handle_event(state_timeout, retry, publishing, Data) ->
+    publish(Data);
+handle_event({timeout, peer_ready}, retry, publishing, Data) ->
     publish(Data);
 
 %% ---- connecting, handed -----------------------------------------------------------
@@ -79,7 +94,7 @@ handle_event(state_timeout, abandoned, handed, Data) ->
 %% ---- failing -------------------------------------------------------------------------
 
 handle_event(info, {tube_event, peer_changed}, failing, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(failed, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
 handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
     fail(Error, Data);
@@ -89,7 +104,7 @@ handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
 handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
     closing(Data);
 handle_event(info, {tube_event, peer_changed}, open, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     Node = tube_paths:peer_node(Key, D),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [Node, "/state"]}}], Data)};
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
@@ -118,10 +133,10 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 %% ---- in any state ---------------------------------------------------------------
 
 handle_event(info, {tube_event, peer_changed}, waiting, Data = #{key := Key, domid := D}) ->
-    tube_registry:taken(Key),
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
-handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
-    tube_registry:taken(Key),
+handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
+    tube_fsm:changes_read(),
     keep_state_and_data;
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
@@ -146,40 +161,35 @@ handle_event(_Type, _Event, _State, _Data) ->
 
 %% ---- replies by state ------------------------------------------------------------
 
-replied(publishing, start, Res = #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, Tid}, domid := D}) ->
-    Data1 = Data#{tx => Tx},
-    case maps:get(introduced, Res) of
-        {ok, true} -> {keep_state, tube_fsm:ask(write, tube_paths:nock_publish(Tx, D, Peer, Tid), Data1)};
-        {ok, false} -> fail({error, no_domain}, Data1);
-        E -> fail(tube_fsm:error_of(domain, E), Data1)
-    end;
+replied(publishing, start, Res = #{tx := {ok, Tx}}, Data) ->
+    checked(Res, Data#{tx => Tx});
 replied(publishing, start, #{tx := {error, enospc}}, Data) ->
     %% Other tubes hold the connection's transactions: try again shortly.
     busy(Data);
 replied(publishing, start, #{tx := E}, Data) ->
     fail(tube_fsm:error_of(transactions, E), Data);
-replied(publishing, write, Res, Data = #{tx := Tx}) ->
-    case {maps:get(nock_state, Res), maps:get(tip_nock, Res), tube_paths:nock_writes_ok(Res)} of
-        {{error, enoent}, {error, enoent}, ok} ->
-            Commit = [{commit, {transaction_end, Tx, true}}, watch_op(Data)],
-            {keep_state, tube_fsm:ask(commit, Commit, maps:remove(tx, Data))};
-        {{ok, _}, _, _} -> fail({error, tid_in_use}, Data);
-        {_, {ok, _}, _} -> fail({error, tid_in_use}, Data);
-        {_, _, {error, eacces}} -> fail({error, tid_in_use}, Data);
-        {{error, enoent}, {error, enoent}, E} -> fail(tube_fsm:error_of(nodes, E), Data);
-        {{error, enoent}, E, _} -> fail(tube_fsm:error_of(nodes, E), Data);
-        {E, _, _} -> fail(tube_fsm:error_of(nodes, E), Data)
+replied(publishing, write, Res = #{commit := ok, watch := W}, Data) ->
+    case {tube_paths:nock_writes_ok(Res), W} of
+        {ok, ok} ->
+            %% Changes seen before the commit's reply went by unread: read once now.
+            Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(maps:get(key, Data), maps:get(domid, Data))),
+                                 maps:remove(tx, Data#{tries := 0})),
+            {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
+        {ok, E} ->
+            fail(tube_fsm:error_of(watches, E), maps:remove(tx, Data));
+        {E, _} ->
+            %% What was written is committed: closing removes it (the tip
+            %% directory only if it was made by this tube).
+            Data1 = maps:remove(tx, Data#{own_tip => maps:get(mk_tip, Res) =:= ok}),
+            case E of
+                {error, eacces} -> fail({error, tid_in_use}, Data1);
+                _ -> fail(tube_fsm:error_of(nodes, E), Data1)
+            end
     end;
-replied(publishing, commit, #{commit := ok, watch := ok}, Data = #{key := Key, domid := D}) ->
-    %% Changes seen before the commit's reply went by unread: read once now.
-    Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data#{tries := 0}),
-    {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
-replied(publishing, commit, #{commit := ok, watch := E}, Data) ->
-    fail(tube_fsm:error_of(watches, E), Data);
-replied(publishing, commit, #{commit := {error, eagain}, watch := W}, Data) ->
-    publish(unwatch(W, Data));
-replied(publishing, commit, #{commit := E, watch := W}, Data) ->
-    fail(tube_fsm:error_of(nodes, E), unwatch(W, Data));
+replied(publishing, write, #{commit := {error, eagain}, watch := W}, Data) ->
+    publish(unwatch(W, maps:remove(tx, Data)));
+replied(publishing, write, #{commit := E, watch := W}, Data) ->
+    fail(tube_fsm:error_of(nodes, E), unwatch(W, maps:remove(tx, Data)));
 replied(waiting, offer, Res, Data) ->
     offered(Res, Data);
 replied(failing, failed, Res, Data = #{error := Error}) ->
@@ -226,7 +236,8 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || R <- maps:values(Res), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
+    %% The peer's data/tip answers eacces when it is there.
+    case [R || R <- maps:values(maps:remove(peer_tip_dir, Res)), R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -235,14 +246,14 @@ late(_State, Purpose, Res, Data) ->
 %% ---- the handshake -----------------------------------------------------------------
 
 claim(Data = #{key := Key}) ->
-    case tube_registry:claim(Key) of
+    case tube_registry:claim(Key, maps:get(deadline, Data)) of
         {ok, Conn, Domid} -> publish(Data#{conn := Conn, domid := Domid});
         wait -> {next_state, queued, Data, tube_fsm:deadline_timeout(Data)};
         {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}
     end.
 
-publish(Data = #{key := {nock, Peer, _}}) ->
-    Start = [{introduced, {is_domain_introduced, Peer}}, {tx, transaction_start}],
+publish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
+    Start = [{introduced, {is_domain_introduced, Peer}} | tube_paths:nock_check(D, Peer, Tid)],
     {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, Data)),
      tube_fsm:deadline_timeout(Data)}.
 
@@ -252,6 +263,33 @@ busy(Data = #{tries := N}) ->
         L when is_integer(L), L =< Wait -> fail({error, {limit, transactions}}, Data);
         _ -> {keep_state, Data#{tries := N + 1}, [{state_timeout, Wait, retry}]}
     end.
+
+%% The peer is there and neither directory exists: both are written and
+%% committed in one round trip (see tube_paths:nock_check/3).
+checked(Res, Data = #{key := {nock, Peer, Tid}, domid := D, tx := Tx}) ->
+    case {maps:get(introduced, Res), maps:get(nock_state, Res), maps:get(tip_nock, Res), maps:get(peer_tip_dir, Res)} of
+        {{ok, true}, {error, enoent}, {error, enoent}, {error, enoent}} ->
+            not_ready(Data);
+        {{ok, true}, {error, enoent}, {error, enoent}, _} ->
+            Batch = tube_paths:nock_publish(Tx, D, Peer, Tid) ++ [watch_op(Data)],
+            {keep_state, tube_fsm:ask(write, Batch, Data)};
+        {{ok, true}, {ok, _}, _, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, _, {ok, _}, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, _, {error, eacces}, _} -> fail({error, tid_in_use}, Data);
+        {{ok, true}, {error, enoent}, E, _} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {{ok, true}, E, _, _} -> fail(tube_fsm:error_of(nodes, E), Data);
+        {{ok, false}, _, _, _} -> fail({error, no_domain}, Data);
+        {E, _, _, _} -> fail(tube_fsm:error_of(domain, E), Data)
+    end.
+
+%% The peer has registered but not yet made its data/tip (a node does so
+%% right after registering, also after a daemon restart): its tube cannot
+%% be created there yet. Tried again after a growing pause (no event says
+%% when the directory appears), until the caller's deadline.
+not_ready(Data = #{tx := Tx}) ->
+    N = maps:get(not_ready, Data, 0),
+    Data1 = tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data)),
+    {keep_state, Data1#{not_ready => N + 1}, [{{timeout, peer_ready}, min(100, 2 bsl min(N, 6)), retry}]}.
 
 watch_op(Data = #{key := Key, domid := D}) ->
     {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.
@@ -380,29 +418,40 @@ closing(Data) ->
 remove(Data = #{conn := undefined}) ->
     {next_state, closing, Data};
 remove(Data = #{key := Key = {nock, Peer, Tid}, domid := D}) ->
+    OwnTip = maps:get(own_tip, Data, true),
     Batch = [{unwatch, {unwatch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}
-             | tube_paths:nock_remove(D, Peer, Tid)],
+             | [Op || Op = {N, _} <- tube_paths:nock_remove(D, Peer, Tid), N =/= rm_tip orelse OwnTip]]
+        ++ parents_batch(Data),
     {next_state, closing, tube_fsm:ask(remove, Batch, Data)}.
 
+%% The per-peer parents go in a transaction, if they are empty: listed
+%% right after it started, and removed with its commit, which fails if
+%% a tube was added under them or removed from them since the start.
+parents_batch(Data) ->
+    [{tx, transaction_start} | parents(Data)].
+
 removed(remove, Res, Data) ->
-    case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res))} of
-        {true, true} -> {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
-        _ -> retry(Data, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
+    case {gone(maps:get(rm_nock, Res)), gone(maps:get(rm_tip, Res, ok))} of
+        {true, true} ->
+            removed(parents, Res, Data);
+        _ ->
+            Data1 = case Res of
+                        #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
+                        _ -> Data
+                    end,
+            retry(Data1, "removing its nodes", maps:with([rm_nock, rm_tip], Res))
     end;
-removed(parents, #{tx := {ok, Tx}}, Data = #{key := {nock, Peer, _}, domid := D}) ->
-    {keep_state, tube_fsm:ask(listed, tube_paths:remove_empty(Tx, D, Peer), Data#{tx => Tx})};
+removed(parents, Res = #{tx := {ok, Tx}}, Data) ->
+    Rms = [{{rm, N}, {rm, Tx, P}} || {N, {directory, _, P}} <- parents(Data), maps:get(N, Res) =:= {ok, []}],
+    {keep_state, tube_fsm:ask(emptied, Rms ++ [{commit, {transaction_end, Tx, true}}], Data)};
 removed(parents, #{tx := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(parents, #{tx := E}, Data) ->
     retry(Data, "removing its parents", E);
-removed(listed, Res, Data = #{tx := Tx}) ->
-    Rms = [{{rm, N}, {rm, Tx, P}} || {N, {directory, _, P}} <- parents(Data, Tx),
-                                     maps:get(N, Res) =:= {ok, []}],
-    {keep_state, tube_fsm:ask(emptied, Rms ++ [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
 removed(emptied, #{commit := ok}, Data) ->
     done(Data);
 removed(emptied, #{commit := {error, eagain}}, Data) ->
-    {keep_state, tube_fsm:ask(parents, [{tx, transaction_start}], Data)};
+    {keep_state, tube_fsm:ask(parents, parents_batch(Data), Data)};
 removed(emptied, #{commit := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(emptied, #{commit := E}, Data) ->
@@ -410,7 +459,7 @@ removed(emptied, #{commit := E}, Data) ->
 removed(Purpose, Res, Data) ->
     late(closing, Purpose, Res, Data).
 
-parents(#{key := {nock, Peer, _}, domid := D}, Tx) -> tube_paths:remove_empty(Tx, D, Peer).
+parents(#{key := {nock, Peer, _}, domid := D}) -> tube_paths:remove_empty(0, D, Peer).
 
 gone(ok) -> true;
 gone({error, enoent}) -> true;

@@ -18,8 +18,8 @@
 -export([domain/1, tip_dir/1, nock_dir/1, name/1, nock/3, tip/3, parent/1,
          peer_node/2, own_node/2, token/2, key_of_token/1, parse_tip_event/2,
          state/1, state_name/1, is_domid/1, is_tid/1]).
--export([setup_domain/1, nock_publish/4, tip_examine/3, tip_fill/3, offer_read/1,
-         nock_remove/3, remove_empty/3, tip_remove/4, republish_nock/4,
+-export([setup_domain/1, nock_check/3, nock_publish/4, tip_examine/3, tip_fill/3, offer_read/1,
+         nock_remove/3, remove_empty/3, tip_remove/3, republish_nock/4,
          publish_name/2, first_error/2, nock_writes_ok/1]).
 
 -include("tube_proto.hrl").
@@ -135,19 +135,34 @@ publish_name(D, Name) ->
     [{write_name, {write, 0, name(D), Name}},
      {name_perms, {set_perms, 0, name(D), [{read, D}]}}].
 
-%% Both directories of a nock, checked absent and written in transaction
-%% Tx. The tip's fields are created empty by the nock: a node is owned by
-%% its creator, so fields the tip created would be unreadable to the nock.
-%% data/tip/<D> is created by the first tube from D and made readable by
-%% the tip only; its set_perms fails harmlessly when another domain created
-%% it (the tip then rejects the entry anyway), so it is named `parent_perms'
-%% and not checked.
+%% A nock's publication takes two round trips. The first starts the
+%% transaction and then checks, outside it, that neither directory exists
+%% (nock_check/3). The second writes both directories in the transaction
+%% and commits it in the same batch (nock_publish/4): the transaction
+%% records every node it writes with the generation its snapshot holds, so
+%% the commit fails (eagain) if any of them was created or removed by
+%% another commit since the transaction started, which covers whatever
+%% happened between the start and the checks. The tip's fields are
+%% created empty by the nock: a node is owned by its creator, so fields
+%% the tip created would be unreadable to the nock. data/tip/<D> is
+%% created by the first tube from D and made readable by the tip only; its
+%% set_perms fails harmlessly when another domain created it (the tip then
+%% rejects the entry anyway), so it is named `parent_perms' and not
+%% checked.
+%%
+%% The peer's data/tip answers `eacces' when it exists (it is not readable
+%% by others) and `enoent' while the peer has registered but not yet made
+%% it.
+nock_check(D, Peer, Tid) ->
+    [{tx, transaction_start},
+     {nock_state, {read, 0, [nock(D, Peer, Tid), "/state"]}},
+     {tip_nock, {read, 0, [tip(Peer, D, Tid), "/nock"]}},
+     {peer_tip_dir, {read, 0, tip_dir(Peer)}}].
+
 nock_publish(Tx, D, Peer, Tid) ->
     Nock = nock(D, Peer, Tid),
     Tip = tip(Peer, D, Tid),
-    [{nock_state, {read, Tx, [Nock, "/state"]}},
-     {tip_nock, {read, Tx, [Tip, "/nock"]}}
-     | nock_writes(Tx, D, Peer, Nock, Tip, state(initwait))].
+    nock_writes(Tx, D, Peer, Nock, Tip, state(initwait)) ++ [{commit, {transaction_end, Tx, true}}].
 
 nock_writes(Tx, D, Peer, Nock, Tip, State) ->
     [{mk_nock, {mkdir, Tx, Nock}},
@@ -206,16 +221,18 @@ nock_remove(D, Peer, Tid) ->
     [{rm_nock, {rm, 0, Nock}},
      {rm_tip, {rm, 0, Tip}}].
 
-%% The per-peer parents, removed in transaction Tx if empty; listed first.
+%% The per-peer parents, listed (in transaction Tx, or 0) so that they are
+%% removed if empty.
 remove_empty(Tx, D, Peer) ->
     [{nock_parent, {directory, Tx, <<(nock_dir(D))/binary, "/", (integer_to_binary(Peer))/binary>>}},
      {tip_parent, {directory, Tx, <<(tip_dir(Peer))/binary, "/", (integer_to_binary(D))/binary>>}}].
 
 %% The tip removes the nock's entry in its data/tip only while it still
 %% holds the ring this tip published (the nock may have opened a new tube
-%% with the same Tid there): read in Tx, removed by the caller if equal.
-tip_remove(Tx, D, Peer, Tid) ->
-    [{evt, {read, Tx, [tip(D, Peer, Tid), "/event-channel"]}}].
+%% with the same Tid there): read right after the removing transaction
+%% started, removed in it by the caller if equal.
+tip_remove(D, Peer, Tid) ->
+    [{evt, {read, 0, [tip(D, Peer, Tid), "/event-channel"]}}].
 
 %% The first result among Names that is not `ok' / `{ok, _}', or ok.
 first_error(Names, Results) ->

@@ -1,8 +1,9 @@
 %% @private
 %% The node's tube registry: which process runs which tube, the Xenstore
 %% link (tube_link, reconnected when it drops), the routing of watch events
-%% to the tubes they concern, and the pairing of accept() callers with
-%% incoming tubes.
+%% to the tubes they concern (tube_link tells a tube of changes to its
+%% peer's node itself, through this table: holder/1), and the pairing of
+%% accept() callers with incoming tubes.
 %%
 %% It never waits on Xenstore and never calls a tube process: every
 %% request it gets is answered from its own state, and every tube keeps
@@ -14,7 +15,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, domid/0, conn/0, publish_name/1]).
--export([claim/1, ready/2, requeue/3, taken/1, await_accept/2, cancel_accept/1]).
+-export([claim/2, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -32,11 +33,12 @@
     tubes = #{},       % Key -> Pid
     pids = #{},        % Pid -> Key (monitored)
     queued = #{},      % Key -> [Pid]: tubes waiting for a closing one
-    dirty = #{},       % Key -> true: told of a change it has not read yet
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
-    name               % node name to publish, or undefined
+    name,              % node name to publish, or undefined
+    deadlines = #{},   % Pid -> its opener's deadline (tube_nock)
+    rechecks = #{}     % Ref -> tip Key: its entry read after its tube ended
 }).
 
 %% ---- API ---------------------------------------------------------------------
@@ -66,9 +68,10 @@ publish_name(Node) when is_atom(Node) ->
 publish_name(_) ->
     erlang:error(badarg).
 
-%% A tube process asks for Key: {ok, Conn, Domid}, `wait' (a closing tube
-%% still holds it: `key_free' follows), or an error.
-claim(Key) -> gen_server:call(?MODULE, {claim, Key}, infinity).
+%% A tube process asks for Key on behalf of a caller who waits until
+%% Deadline: {ok, Conn, Domid}, `wait' (a closing tube still holds it:
+%% `key_free' follows), or an error.
+claim(Key, Deadline) -> gen_server:call(?MODULE, {claim, Key, Deadline}, infinity).
 
 %% An incoming tube is ready to be accepted: {offer, From, Deadline} hands
 %% it an accept() caller, `queued' keeps it in the backlog until one comes.
@@ -78,10 +81,15 @@ ready(Key, Tid) -> gen_server:call(?MODULE, {ready, Key, Tid}, infinity).
 %% the next one.
 requeue(From, Deadline, Tids) -> gen_server:cast(?MODULE, {requeue, From, Deadline, Tids}).
 
-%% A tube is about to read its peer's state: changes from now on are told
-%% again. A call, so that the registry has cleared the flag before the read
-%% is sent: a change after the read then always reaches the tube.
-taken(Key) -> gen_server:call(?MODULE, {taken, Key}, infinity).
+%% The process holding Key, read from the table without asking the
+%% registry: tube_link tells it of changes to its peer's node directly.
+holder(Key) ->
+    try ets:lookup(?TAB, {tube, Key}) of
+        [{_, Pid, _, _}] -> {ok, Pid};
+        [] -> error
+    catch
+        error:badarg -> error % the registry is gone
+    end.
 
 %% Waits for an incoming tube with a Tid in Tids, at most Timeout ms.
 await_accept(Tids, Timeout) ->
@@ -177,7 +185,7 @@ link_up(Conn, D, St) ->
     ?LOG_NOTICE("tube: Xenstore connection back, domain ~p", [D]),
     ets:insert(?TAB, [{domid, D}, {conn, Conn}]),
     broadcast({xs_up, Conn}, St),
-    publish_own_name(St#st{conn = Conn, domid = D, dirty = #{}}).
+    publish_own_name(St#st{conn = Conn, domid = D}).
 
 link_down(Reason, St = #st{conn = Conn}) ->
     Conn =/= undefined andalso
@@ -185,7 +193,7 @@ link_down(Reason, St = #st{conn = Conn}) ->
     ets:delete(?TAB, conn),
     broadcast(xs_down, St),
     erlang:send_after(?RECONNECT_MS, self(), reconnect),
-    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = [], dirty = #{}}).
+    fail_acceptors(St#st{link = undefined, conn = undefined, backlog = [], rechecks = #{}}).
 
 fail_acceptors(St) ->
     lists:foreach(fun(A) -> reply_acceptor(A, {error, xenstore_down}) end, St#st.acceptors),
@@ -193,9 +201,12 @@ fail_acceptors(St) ->
 
 %% ---- calls ---------------------------------------------------------------------------
 
-handle_call({claim, Key}, {Pid, _}, St) ->
+handle_call({claim, Key, Deadline}, {Pid, _}, St) ->
     {Reply, St1} = do_claim(Key, Pid, St),
-    {reply, Reply, St1};
+    case Reply of
+        {error, _} -> {reply, Reply, St1};
+        _ -> {reply, Reply, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}}
+    end;
 handle_call({ready, Key, Tid}, _From, St) ->
     case take_acceptor(Tid, St#st.acceptors) of
         {A, Rest} ->
@@ -208,8 +219,6 @@ handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({accept, Tids, Deadline}, From, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
-handle_call({taken, Key}, _From, St) ->
-    {reply, ok, St#st{dirty = maps:remove(Key, St#st.dirty)}};
 handle_call({publish_name, Node}, _From, St) ->
     St1 = publish_own_name(St#st{name = Node}),
     {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
@@ -233,8 +242,9 @@ do_claim(Key, Pid, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
             {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
-        {ok, _Holder} ->
-            case closing(ets:lookup(?TAB, {tube, Key})) of
+        {ok, Holder} ->
+            Row = ets:lookup(?TAB, {tube, Key}),
+            case closing(Row) orelse given_up(Row, maps:get(Holder, St#st.deadlines, infinity)) of
                 true ->
                     erlang:monitor(process, Pid),
                     Q = maps:get(Key, St#st.queued, []),
@@ -252,6 +262,17 @@ closing([{_, _, closing, _}]) -> true;
 closing([{_, _, failing, _}]) -> true;
 closing([{_, _, connected, Port}]) when is_port(Port) -> erlang:port_info(Port, connected) =:= undefined;
 closing(_) -> false.
+
+%% An opening tube whose caller's deadline has passed is about to close
+%% (its own deadline timeout, or the caller's cancel, may not have been
+%% handled yet): a reopen right after a timed-out open waits for it.
+given_up(_Row, infinity) ->
+    false;
+given_up([{_, _, Phase, _}], Deadline) when Phase =:= claimed; Phase =:= publishing;
+                                             Phase =:= waiting; Phase =:= connecting ->
+    Deadline =< erlang:monotonic_time(millisecond);
+given_up(_Row, _Deadline) ->
+    false.
 
 hold(Key, Pid, St) ->
     case maps:is_key(Pid, St#st.pids) of
@@ -318,6 +339,11 @@ handle_info({'EXIT', Link, Reason}, St = #st{link = Link}) ->
     {noreply, link_down(Reason, St)};
 handle_info({'EXIT', _Pid, _Reason}, St) ->
     {noreply, St};
+handle_info({tube_xs_reply, Ref, Reply}, St) ->
+    case maps:take(Ref, St#st.rechecks) of
+        {Key, Rechecks} -> {noreply, rechecked(Key, Reply, St#st{rechecks = Rechecks})};
+        error -> {noreply, St}
+    end;
 handle_info(reconnect, St = #st{link = undefined}) ->
     {noreply, St#st{link = tube_link:start_link(self(), St#st.domid)}};
 handle_info(reconnect, St) ->
@@ -330,7 +356,8 @@ handle_info({timeout, _, {accept_timeout, From}}, St) ->
         _ ->
             {noreply, St}
     end;
-handle_info({'DOWN', Mon, process, Pid, _}, St) ->
+handle_info({'DOWN', Mon, process, Pid, _}, St0) ->
+    St = St0#st{deadlines = maps:remove(Pid, St0#st.deadlines)},
     case maps:take(Pid, St#st.pids) of
         {{queued, Key}, Pids} ->
             Q = lists:delete(Pid, maps:get(Key, St#st.queued, [])),
@@ -353,7 +380,7 @@ released(Key, Pid, St) ->
         _ -> ok
     end,
     Seen = maps:is_key(Key, St#st.seen),
-    St1 = St#st{tubes = maps:remove(Key, St#st.tubes), dirty = maps:remove(Key, St#st.dirty),
+    St1 = St#st{tubes = maps:remove(Key, St#st.tubes),
                 backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
@@ -367,16 +394,46 @@ released(Key, Pid, St) ->
     end.
 
 %% A nock may have published a new tube with the same Tid while the old tip
-%% was still closing (its events went to the old one): look again.
-recheck(true, Key = {tip, _, _}, St = #st{conn = C, domid = D}) when C =/= undefined ->
-    start_tip(Key, {Key, C, D, recheck}, St);
+%% was still closing (its events went to the old one): look again. Nearly
+%% always those events were the nock removing the old entry, so the entry
+%% is read first (without waiting: the reply comes as a message), and a
+%% tip is started only if it is there. An entry made after the read is
+%% told by its own events.
+recheck(true, Key = {tip, Peer, Tid}, St = #st{conn = C, domid = D}) when C =/= undefined ->
+    Ref = tube_xs:send(C, [{nock_ref, {read, 0, [tube_paths:tip(D, Peer, Tid), "/nock"]}}]),
+    St#st{rechecks = maps:put(Ref, Key, St#st.rechecks)};
 recheck(_Seen, _Key, St) ->
     St.
 
-start_tip(Key, Arg, St) ->
-    case tube_tubes_sup:start_tube(tube_tip, Arg) of
-        {ok, Pid} -> hold(Key, Pid, St);
-        {error, R} -> ?LOG_ERROR("tube: cannot start ~p: ~p", [Key, R]), St
+rechecked(Key, [{ok, _}], St = #st{conn = C, domid = D}) when C =/= undefined ->
+    case maps:is_key(Key, St#st.tubes) of
+        true -> St; % its events started a tip meanwhile
+        false -> start_tip(Key, {Key, C, D, recheck}, St)
+    end;
+rechecked(_Key, _Reply, St) ->
+    St.
+
+%% The tip process starts with the first accept() caller waiting for its
+%% Tid, if any, so that it need not ask for one once it has checked the
+%% entry; if it does not take the tube, it hands the caller back
+%% (requeue/3).
+start_tip(Key = {tip, _, Tid}, {Key, C, D, How}, St) ->
+    {Offer, St1} = case take_acceptor(Tid, St#st.acceptors) of
+                       {A, Rest} ->
+                           cancel(A),
+                           {{A#acc.from, A#acc.deadline, A#acc.tids}, St#st{acceptors = Rest}};
+                       none ->
+                           {none, St}
+                   end,
+    case tube_tubes_sup:start_tube(tube_tip, {Key, C, D, How, Offer}) of
+        {ok, Pid} ->
+            hold(Key, Pid, St1);
+        {error, R} ->
+            ?LOG_ERROR("tube: cannot start ~p: ~p", [Key, R]),
+            case Offer of
+                {From, Deadline, Tids} -> add_acceptor(From, Deadline, Tids, St1);
+                none -> St1
+            end
     end.
 
 route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
@@ -402,16 +459,14 @@ route({watch, _, Token}, St) ->
         error -> St
     end.
 
-%% A tube is told its peer changed once until it has read the peer's state
-%% (taken/1): changes that pile up while it reads cost nothing.
-changed(Key, St = #st{dirty = Dirty}) ->
-    case {maps:find(Key, St#st.tubes), maps:is_key(Key, Dirty)} of
-        {{ok, Pid}, false} ->
-            tell(Pid, peer_changed),
-            St#st{dirty = Dirty#{Key => true}};
-        _ ->
-            St
-    end.
+%% A tube is told each change to its peer's node; it reads the peer's
+%% state once for all those it was told of (tube_fsm:changes_read/0).
+changed(Key, St) ->
+    case maps:find(Key, St#st.tubes) of
+        {ok, Pid} -> tell(Pid, peer_changed);
+        error -> ok
+    end,
+    St.
 
 %% Something changed under data/tip/<Peer>/<Tid>: the tube there hears of
 %% it, or a tip process is started to look at a new entry.

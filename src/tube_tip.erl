@@ -4,6 +4,7 @@
 %%
 %%   examining -> answering -> backlog -> offering -> connecting
 %%             -> handed -> open -> closing
+%%                                           connecting -> mapped -> handed
 %%
 %% `examining' checks the entry (it names the nock of the domain its path
 %% names, which owns it, and nobody answered it); `answering' writes state
@@ -12,6 +13,8 @@
 %% state 3; `connecting' waits in a ring job until the nock has mapped it
 %% (the nock says so on the event channel, so accept() never returns a
 %% tube whose other end failed, and without a round trip to the store);
+%% `mapped' holds a mapped ring whose accept() caller gave up meanwhile
+%% until the next caller takes it (the opener has its tube by then);
 %% `handed' waits for the caller's
 %% port; `open' follows the peer; `closing' removes the entry if it still
 %% holds our ring. A tube that cannot be taken for a limit of this node
@@ -23,9 +26,15 @@
 
 callback_mode() -> handle_event_function.
 
-init({Key, Conn, Domid, How}) ->
+%% Offer is the accept() caller the registry handed this tube when it
+%% started it ({From, Deadline, Tids}), or `none'.
+init({Key, Conn, Domid, How, Offer}) ->
     process_flag(trap_exit, true),
-    Data = (tube_fsm:new(Key, Conn, Domid))#{tries => 0, waiters => []},
+    Data0 = (tube_fsm:new(Key, Conn, Domid))#{tries => 0, waiters => []},
+    Data = case Offer of
+               {From, Deadline, Tids} -> Data0#{from := From, deadline := Deadline, tids => Tids};
+               none -> Data0
+           end,
     {ok, examining, tube_fsm:row(examining, Data), [{next_event, internal, {examine, How}}]}.
 
 tip(#{key := {tip, Peer, Tid}, domid := D}) -> tube_paths:tip(D, Peer, Tid).
@@ -37,11 +46,11 @@ tid(#{key := {tip, _, Tid}}) -> Tid.
 %% A fresh entry is nearly always a new tube: the watch on the nock and the
 %% transaction that answers it ride in the same round trip, undone if not.
 handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
-    Extra = case How of
-                fresh -> [watch_op(Data), {tx, transaction_start}];
-                recheck -> []
+    Batch = case How of
+                fresh -> taking(Data);
+                recheck -> tube_paths:tip_examine(D, Peer, Tid)
             end,
-    {keep_state, tube_fsm:ask(examine, tube_paths:tip_examine(D, Peer, Tid) ++ Extra, Data)};
+    {keep_state, tube_fsm:ask(examine, Batch, Data)};
 
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
@@ -53,14 +62,16 @@ handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
 
 handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, backlog, Data) ->
     start_offer(Data#{from := From, deadline := Deadline, tids => Tids});
+handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, mapped, Data) ->
+    hand(Data#{from := From, deadline := Deadline, tids => Tids});
 handle_event(info, {tube_event, {offer, _, _, _}}, State, _Data) when State =:= answering; State =:= examining ->
     {keep_state_and_data, [postpone]};
 handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) ->
     tube_registry:requeue(From, Deadline, Tids),
     keep_state_and_data;
 handle_event(info, {tube_event, peer_changed}, State, Data)
-  when State =:= backlog; State =:= open ->
-    tube_registry:taken(maps:get(key, Data)),
+  when State =:= backlog; State =:= mapped; State =:= open ->
+    tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
                                            {own, {read, 0, [tip(Data), "/state"]}}], Data)};
 handle_event(state_timeout, retry, State, Data) when State =:= answering; State =:= offering ->
@@ -84,7 +95,7 @@ handle_event(info, {ring_done, _, _}, _State, _Data) ->
 handle_event({call, From}, {attach, Port}, handed, Data) ->
     Data1 = maps:remove(handoff, Data#{port_mon => erlang:monitor(port, Port), peer_seen := true}),
     erlang:demonitor(maps:get(caller, Data1, make_ref()), [flush]),
-    Fill = fill(Data1, [{"state", tube_paths:state(connected)}]),
+    Fill = fill_again(Data1, [{"state", tube_paths:state(connected)}]),
     {next_state, open, tube_fsm:row(connected, Port, Fill), [{reply, From, ok}]};
 handle_event({call, From}, {attach, _}, _State, _Data) ->
     {keep_state_and_data, [{reply, From, {error, closed}}]};
@@ -102,7 +113,7 @@ handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) -
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
 handle_event(state_timeout, refill, open, Data) ->
-    {keep_state, fill(Data, maps:get(fields, Data))};
+    {keep_state, fill_again(Data, maps:get(fields, Data))};
 %% A new connection has none of our watches: watch the nock again (which
 %% reads its state at once, and fills our fields in again if the nock
 %% published its entry again after a daemon restart).
@@ -120,11 +131,15 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 
 %% ---- in any state ------------------------------------------------------------
 
-handle_event(info, {tube_event, peer_changed}, _State, #{key := Key}) ->
-    tube_registry:taken(Key),
+handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
+    tube_fsm:changes_read(),
     keep_state_and_data;
 handle_event({call, _From}, wait_closed, _State, _Data) ->
     {keep_state_and_data, [postpone]};
+%% Once the ring is offered, the opener is about to have its tube: a caller
+%% that gave up meanwhile is answered, and the tube goes to the next one.
+handle_event(state_timeout, deadline, State, Data) when State =:= offering; State =:= connecting ->
+    {keep_state, tube_fsm:reply_to({error, timeout}, Data)};
 handle_event(state_timeout, deadline, State, Data) when State =/= closing ->
     closing(tube_fsm:reply_to({error, timeout}, Data));
 handle_event(info, {tube_event, xs_down}, open, Data) ->
@@ -157,7 +172,9 @@ replied(examining, examine, Res, Data = #{key := {tip, Peer, _}}) ->
             release(Res, Data) % gone, incomplete, or answered before
     end;
 replied(examining, taken, Res, Data) ->
-    take(Res, Data);
+    replied(examining, examine, Res, Data);
+replied(State, started, #{tx := {ok, Tx}, nock_ref := {error, enoent}}, Data) when State =:= answering; State =:= offering ->
+    gone(abort_tx(Data#{tx => Tx}));
 replied(answering, started, #{tx := {ok, Tx}}, Data) ->
     refill(Data#{tx => Tx});
 replied(offering, started, #{tx := {ok, Tx}}, Data) ->
@@ -166,20 +183,14 @@ replied(State, started, #{tx := {error, enospc}}, Data) when State =:= answering
     busy(State, Data);
 replied(State, started, #{tx := E}, Data) when State =:= answering; State =:= offering ->
     cannot(tube_fsm:error_of(transactions, E), Data);
-replied(State, filled, Res, Data = #{tx := Tx}) when State =:= answering; State =:= offering ->
-    case {maps:get(nock_ref, Res), tube_paths:first_error([K || K <- maps:keys(Res), K =/= nock_ref], Res)} of
-        {{ok, _}, ok} ->
-            {keep_state, tube_fsm:ask(committed, [{commit, {transaction_end, Tx, true}}], maps:remove(tx, Data))};
-        {{error, enoent}, _} ->
-            gone(abort_tx(Data));
-        {_, E} ->
-            cannot(tube_fsm:error_of(nodes, E), abort_tx(Data))
+replied(State, filled, Res = #{commit := ok}, Data) when State =:= answering; State =:= offering ->
+    case tube_paths:first_error([K || K <- maps:keys(Res), K =/= commit], Res) of
+        ok -> committed(State, Data);
+        E -> cannot(tube_fsm:error_of(nodes, E), Data)
     end;
-replied(State, committed, #{commit := ok}, Data) ->
-    committed(State, Data);
-replied(State, committed, #{commit := {error, eagain}}, Data) ->
+replied(State, filled, #{commit := {error, eagain}}, Data) when State =:= answering; State =:= offering ->
     start_tx(State, Data);
-replied(_State, committed, #{commit := E}, Data) ->
+replied(State, filled, #{commit := E}, Data) when State =:= answering; State =:= offering ->
     cannot(tube_fsm:error_of(nodes, E), Data);
 replied(State, peer_state, Res, Data) ->
     peer_state(State, maps:get(state, Res), Res, Data);
@@ -189,31 +200,36 @@ replied(open, rewatch, #{watch := E}, Data) ->
     {keep_state, tube_fsm:log(Data, "watching the nock again", E)};
 replied(open, domain, Res, Data) ->
     {keep_state, tube_fsm:domain_checked(Res, Data)};
-replied(open, fill, Res, Data) ->
-    case maps:get(tx, Res, ok) of
-        {ok, Tx} ->
-            Batch = [{nock_state, {read, Tx, [nock(Data), "/state"]}},
-                     {own_evt, {read, Tx, [tip(Data), "/event-channel"]}}
-                     | tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data))],
-            {keep_state, tube_fsm:ask(fill_write, Batch, Data#{tx => Tx})};
-        {error, enospc} -> {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
-        E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
-    end;
 %% Only into the entry of this tube: it still holds our event channel, or
 %% its nock is connected (4; after a daemon restart the nock publishes the
 %% entry again, empty). A nock that closed and opened a new tube with the
 %% same Tid meanwhile has emptied the event channel and has state 2, and
 %% that entry is not ours to fill. The nock's 4 is not waited for: the
-%% ring handshake already said it mapped the ring.
-replied(open, fill_write, Res, Data = #{tx := Tx, refs := {Evt, _, _}}) ->
+%% ring handshake already said it mapped the ring. The entry is read after
+%% the transaction started, and the fields written with the commit: had it
+%% changed in between, the commit fails (see tube_paths:nock_check/3).
+replied(open, fill, Res = #{tx := {ok, Tx}}, Data = #{refs := {Evt, _, _}}) ->
     Commit = maps:get(nock_ref, Res) =/= {error, enoent}
         andalso (maps:get(nock_state, Res) =:= {ok, tube_paths:state(connected)}
                  orelse maps:get(own_evt, Res) =:= {ok, Evt}),
-    {keep_state, tube_fsm:ask(fill_end, [{'end', {transaction_end, Tx, Commit}}], maps:remove(tx, Data))};
-replied(open, fill_end, #{'end' := ok}, _Data) ->
-    keep_state_and_data;
+    Batch = case Commit of
+                true -> tube_paths:tip_fill(Tx, tip(Data), maps:get(fields, Data));
+                false -> []
+            end ++ [{'end', {transaction_end, Tx, Commit}}],
+    {keep_state, tube_fsm:ask(fill_end, Batch, Data)};
+replied(open, fill, #{tx := {error, enospc}}, Data) ->
+    {keep_state, Data, [{state_timeout, rand:uniform(50), refill}]};
+replied(open, fill, #{tx := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "filling in its fields", E)};
 replied(open, fill_end, #{'end' := {error, eagain}}, Data) ->
-    {keep_state, fill(Data, maps:get(fields, Data))};
+    {keep_state, fill_again(Data, maps:get(fields, Data))};
+replied(open, fill_end, Res = #{'end' := ok}, Data) ->
+    case tube_paths:first_error([K || K <- maps:keys(Res), K =/= nock_ref], Res) of
+        ok -> keep_state_and_data;
+        E -> {keep_state, tube_fsm:log(Data, "filling in its fields", E)}
+    end;
+replied(open, fill_end, #{'end' := E}, Data) ->
+    {keep_state, tube_fsm:log(Data, "filling in its fields", E)};
 replied(closing, Purpose, Res, Data) ->
     removed(Purpose, Res, Data);
 replied(State, Purpose, Res, Data) ->
@@ -224,7 +240,10 @@ late(_State, Purpose, Res, Data) ->
                 #{tx := {ok, Tx}} -> tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], Data);
                 _ -> Data
             end,
-    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
+    %% A fill that came too late was abandoned with its transaction: its
+    %% errors (the nock's nodes gone, eacces) say nothing more.
+    case [R || {N, R} <- maps:to_list(Res), N =/= unwatch, Purpose =/= fill, Purpose =/= fill_end,
+               R =/= ok, not tube_fsm:moot(R), element(1, R) =/= ok] of
         [] -> ok;
         Errors -> tube_fsm:log(Data, io_lib:format("late reply to ~p", [Purpose]), Errors)
     end,
@@ -241,13 +260,22 @@ take(#{watch := ok, tx := {error, enospc}}, Data) ->
 take(Res = #{watch := _}, Data) ->
     release(Res, Data);
 take(_Res, Data) ->
-    {keep_state, tube_fsm:ask(taken, [watch_op(Data), {tx, transaction_start}], Data)}.
+    {keep_state, tube_fsm:ask(taken, taking(Data), Data)}.
+
+%% The watch on the nock, the transaction that answers the entry, and the
+%% entry's checks, in one round trip: the checks come after the start of
+%% the transaction, so the entry they see was there when it started (it
+%% cannot be made again between the two without the commit failing), and
+%% the answer's writes can go with their commit in one batch (fill/3).
+taking(Data = #{key := {tip, Peer, Tid}, domid := D}) ->
+    [{tx, transaction_start} | tube_paths:tip_examine(D, Peer, Tid)] ++ [watch_op(Data)].
 
 %% An entry not taken: what examining started is undone.
 release(Res, Data) ->
     Undo = [{unwatch, unwatch_op(Data)} || maps:get(watch, Res, none) =:= ok]
         ++ [{abort, {transaction_end, Tx, false}} || {ok, Tx} <- [maps:get(tx, Res, none)]],
-    {stop, normal, tube_fsm:ask(undo, Undo, Data)}.
+    requeue(Data),
+    {stop, normal, tube_fsm:ask(undo, Undo, Data#{from := undefined})}.
 
 %% This node cannot take the tube for one of its limits: it says so to the
 %% nock, in the nock's own fields, and to its log.
@@ -262,6 +290,9 @@ tell_nock(What, Data) ->
             {state, {write, 0, [Tip, "/state"], tube_paths:state(closed)}}],
     tube_fsm:ask(refused, Tell, Data).
 
+%% An accept() caller given at the start takes the tube at once.
+answer(Data = #{from := {_, _}}) ->
+    publish_offer(Data);
 answer(Data) ->
     case tube_registry:ready(maps:get(key, Data), tid(Data)) of
         {offer, From, Deadline, Tids} ->
@@ -273,8 +304,7 @@ answer(Data) ->
 refill(Data = #{answer_first := true}) ->
     answer(maps:remove(answer_first, Data));
 refill(Data) ->
-    Fill = tube_paths:tip_fill(maps:get(tx, Data), tip(Data), [{"state", tube_paths:state(initialising)}]),
-    {next_state, answering, tube_fsm:ask(filled, Fill, Data)}.
+    {next_state, answering, fill(Data, [{"state", tube_paths:state(initialising)}])}.
 
 committed(answering, Data) ->
     {next_state, backlog, tube_fsm:row(waiting, Data#{tries := 0})};
@@ -284,11 +314,13 @@ committed(offering, Data = #{offer := Offer}) ->
     {next_state, connecting, tube_fsm:row(connecting, Data1), tube_fsm:deadline_timeout(Data)}.
 
 start_offer(Data) ->
-    {next_state, offering, tube_fsm:ask(started, [{tx, transaction_start}], Data),
-     tube_fsm:deadline_timeout(Data)}.
+    start_tx(offering, Data).
 
+%% A transaction for the entry's fields, with the check that the entry is
+%% still there after it started (see taking/1).
 start_tx(State, Data) ->
-    {next_state, State, tube_fsm:ask(started, [{tx, transaction_start}], Data), tube_fsm:deadline_timeout(Data)}.
+    Start = [{tx, transaction_start}, {nock_ref, {read, 0, [tip(Data), "/nock"]}}],
+    {next_state, State, tube_fsm:ask(started, Start, Data), tube_fsm:deadline_timeout(Data)}.
 
 busy(State, Data = #{tries := N}) ->
     {next_state, State, Data#{tries := N + 1}, [{state_timeout, rand:uniform(min(64, 1 bsl min(N, 6))), retry}]}.
@@ -306,17 +338,21 @@ publish_offer(Data = #{tx := Tx}) ->
             {Evt, TxRef, RxRef} = maps:get(refs, Data),
             Fields = [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef}, {"event-channel", Evt},
                       {"state", tube_paths:state(initialised)}],
-            {next_state, offering, tube_fsm:row(offering, tube_fsm:ask(filled, tube_paths:tip_fill(Tx, tip(Data), Fields), Data)),
-             tube_fsm:deadline_timeout(Data)};
+            {next_state, offering, tube_fsm:row(offering, fill(Data, Fields)), tube_fsm:deadline_timeout(Data)};
         Error ->
             case tube_fsm:error_of(ring, Error) of
-                {error, {limit, What}} -> requeue(Data), refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
+                {error, {limit, What}} -> refuse(What, #{tx => {ok, Tx}}, maps:remove(tx, Data));
                 E -> lost(E, abort_tx(Data))
             end
     end.
 
 %% The nock has mapped the ring: the tube is the accept() caller's. A nock
 %% that has closed meanwhile is seen by the port as a peer that leaves.
+hand(Data = #{from := undefined}) ->
+    case tube_registry:ready(maps:get(key, Data), tid(Data)) of
+        {offer, From, Deadline, Tids} -> hand(Data#{from := From, deadline := Deadline, tids => Tids});
+        queued -> {next_state, mapped, tube_fsm:row(waiting, Data)}
+    end;
 hand(Data = #{handoff := Id}) ->
     Caller = case maps:get(from, Data) of {Pid, _} -> Pid; _ -> self() end,
     Data1 = tube_fsm:reply_to({ok, Id, self(), maps:get(key, Data)}, Data#{caller => erlang:monitor(process, Caller)}),
@@ -324,7 +360,8 @@ hand(Data = #{handoff := Id}) ->
 
 %% ---- following the nock ---------------------------------------------------------------
 
-peer_state(backlog, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
+peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
+                                      S =:= {error, enoent} orelse S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
     closing(Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
@@ -334,14 +371,25 @@ peer_state(open, {error, enoent}, _Res, Data) ->
 %% After a daemon restart the nock publishes its directory again, empty:
 %% fill our fields in again.
 peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
-    {keep_state, fill(Data, [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef},
+    {keep_state, fill_again(Data, [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef},
                              {"event-channel", Evt}, {"state", tube_paths:state(connected)}])};
 peer_state(_State, _S, _Res, _Data) ->
     keep_state_and_data.
 
 %% Our fields, in a transaction that fails if the nock's entry went.
-fill(Data, Fields) ->
-    tube_fsm:ask(fill, [{tx, transaction_start}], Data#{fields => Fields}).
+fill_again(Data, Fields) ->
+    Start = [{tx, transaction_start},
+             {nock_ref, {read, 0, [tip(Data), "/nock"]}},
+             {nock_state, {read, 0, [nock(Data), "/state"]}},
+             {own_evt, {read, 0, [tip(Data), "/event-channel"]}}],
+    tube_fsm:ask(fill, Start, Data#{fields => Fields}).
+
+%% Our fields in the open transaction, committed in the same round trip:
+%% the entry was there when the transaction started (taking/1,
+%% start_tx/2), so the commit fails if it went since.
+fill(Data = #{tx := Tx}, Fields) ->
+    Batch = tube_paths:tip_fill(Tx, tip(Data), Fields) ++ [{commit, {transaction_end, Tx, true}}],
+    tube_fsm:ask(filled, Batch, maps:remove(tx, Data)).
 
 %% The tube failed before its caller had it: the caller waits for the next.
 lost(Error, Data) ->
@@ -384,13 +432,14 @@ remove(Data) ->
     Unwatch = [{unwatch, unwatch_op(Data)} || maps:get(watched, Data, false)],
     case maps:find(refs, Data) of
         {ok, _} ->
-            {next_state, closing, tube_fsm:ask(removing, Unwatch ++ [{tx, transaction_start}], Data#{watched => false})};
+            Batch = Unwatch ++ [{tx, transaction_start} | tip_remove(Data)],
+            {next_state, closing, tube_fsm:ask(removing, Batch, Data#{watched => false})};
         error ->
             done(tube_fsm:ask(removed, Unwatch, Data#{watched => false}))
     end.
 
-removed(removing, #{tx := {ok, Tx}}, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
-    {keep_state, tube_fsm:ask(removing_read, tube_paths:tip_remove(Tx, D, Peer, Tid), Data#{tx => Tx})};
+removed(removing, Res = #{tx := {ok, Tx}}, Data) ->
+    removed(removing_read, Res, Data#{tx => Tx});
 removed(removing, #{tx := {error, closed}}, Data) ->
     {keep_state, Data};
 removed(removing, #{tx := E}, Data) ->
@@ -412,11 +461,19 @@ removed(Purpose, Res, Data) ->
 retry(Data, What, Why) ->
     tube_fsm:retry_removal(Data, What, Why).
 
+%% The entry's event channel, read after the transaction that removes it
+%% started: if it is ours then, it was ours at the start, and the commit
+%% fails if it changed since.
+tip_remove(#{key := {tip, Peer, Tid}, domid := D}) ->
+    tube_paths:tip_remove(D, Peer, Tid).
+
 done(Data) ->
     tube_fsm:removal_done(Data).
 
 terminate(_Reason, _State, Data) ->
     tube_fsm:discard(Data),
+    %% A caller this tube never answered waits for the next.
+    requeue(Data),
     %% An accept() caller handed to this tube while it ended waits for the next.
     receive
         {tube_event, {offer, From, Deadline, Tids}} -> tube_registry:requeue(From, Deadline, Tids)

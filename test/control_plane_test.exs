@@ -185,6 +185,115 @@ defmodule TubeControlPlaneTest do
     assert PeerNode.call(a, CtrlOwner, :reopen_cycles, [db, 5, 200], 600_000) == []
   end
 
+  # An open that waits for the tube closing with its Tid and gives up (its
+  # timeout, its caller gone) holds nothing: the Tid opens once that tube's
+  # nodes are gone.
+  test "an open that gave up while waiting for a closing tube with its Tid leaves the Tid free" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    :ok = PeerNode.call(b, Remote, :serve, [:echo])
+    {:ok, o1} = PeerNode.call(a, Remote, :open, [db, 1, :collect, 10_000])
+
+    # With the daemon stopped, the closed tube cannot remove its nodes: the
+    # next opens of its Tid wait for it, and give up.
+    CtrlWorld.signal_daemon(w, "STOP")
+
+    try do
+      assert {:answered, :ok} = in_peer(a, Remote, :close, [o1])
+      assert {:answered, {:error, :timeout}} = in_peer(a, :tube, :open, [db, 1, %{timeout: 300}])
+      assert {:answered, {:error, :timeout}} = in_peer(a, :tube, :open, [db, 1, %{timeout: 0}])
+    after
+      CtrlWorld.signal_daemon(w, "CONT")
+    end
+
+    assert {:ok, _} = PeerNode.call(a, Remote, :open, [db, 1, :collect, 10_000])
+  end
+
+  # The caller of an open that timed out has returned before its tube
+  # process has even seen the deadline; the caller's next open of that Tid
+  # waits for that tube to close, as a reopen after close/1 does.
+  test "an open right after a timed-out open of the same Tid is no tid_in_use" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    # A registered domain without data/tip: an open to it waits until its timeout.
+    {:ok, h} = :tube_xs.open(w.socket, 0)
+    {:ok, dh} = :tube_xs.introduce_self(h, :auto)
+    task = Task.async(fn -> PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 1_000}], 60_000) end)
+
+    holder = fn ->
+      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
+        {{:nock, ^dh, 1}, pid, _, _} -> pid
+        _ -> nil
+      end)
+    end
+
+    wait_until(fn -> holder.() != nil end)
+    pid = holder.()
+
+    # Its tube process cannot handle its deadline or its caller's cancel.
+    :ok = PeerNode.call(a, :sys, :suspend, [pid])
+    assert Task.await(task, 60_000) == {:error, :timeout}
+    assert PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 200}]) == {:error, :timeout}
+    :ok = PeerNode.call(a, :sys, :resume, [pid])
+    wait_until(fn -> PeerNode.call(a, :tube_registry, :rows, []) == [] end)
+    :tube_xs.close(h)
+  end
+
+  # An accept() caller that gives up while the ring it offered is being
+  # mapped costs the opener nothing: the opener gets its tube, and the next
+  # accept() gets the other end.
+  test "an accept that times out while its tube's ring is being mapped hands the tube to the next accept" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    opening = Task.async(fn -> PeerNode.call(a, Remote, :open, [db, 1, :collect, 20_000], 60_000) end)
+
+    # Nobody accepts yet: the opener waits for the ring.
+    nock = fn ->
+      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
+        {{:nock, ^db, 1}, pid, :waiting, _} -> pid
+        _ -> nil
+      end)
+    end
+
+    wait_until(fn -> nock.() != nil end)
+    pid = nock.()
+    # The opener cannot map the ring until it is resumed: the accept gives up.
+    :ok = PeerNode.call(a, :sys, :suspend, [pid])
+    assert PeerNode.call(b, Remote, :accept, [:echo, 300]) == {:error, :timeout}
+    :ok = PeerNode.call(a, :sys, :resume, [pid])
+
+    assert {:ok, owner} = Task.await(opening, 60_000)
+    assert {:ok, _} = PeerNode.call(b, Remote, :accept, [:echo, 10_000])
+    [_] = PeerNode.call(a, Remote, :send_packets, [owner, ["through"]])
+    assert PeerNode.call(a, Remote, :wait_received, [owner, 1]).packets == ["through"]
+  end
+
+  # A node is registered for a moment before it has made its data/tip (after
+  # a daemon restart, every node): an open to it then is no `tid_in_use`.
+  test "an open to a domain registered but without its data/tip yet waits for it within its timeout" do
+    w = world()
+    {a, da, _} = CtrlWorld.peer(w)
+    {:ok, h} = :tube_xs.open(w.socket, 0)
+    {:ok, dh} = :tube_xs.introduce_self(h, :auto)
+
+    assert PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 300}]) == {:error, :timeout}
+    refute CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{dh}/1")
+
+    # Once the domain has made its data/tip, the waiting open publishes its
+    # tube there; the domain then refuses it (state 6).
+    task = Task.async(fn -> PeerNode.call(a, :tube, :open, [dh, 2, %{timeout: 20_000}], 60_000) end)
+    wait_until(fn -> Enum.any?(PeerNode.call(a, :tube, :tubes, []), &(&1.tid == 2)) end)
+    for {_, op} <- :tube_paths.setup_domain(dh), do: assert(:tube_xs.batch(h, [op]) == [:ok])
+    tip = "/local/domain/#{dh}/data/tip/#{da}/2"
+    wait_until(fn -> :tube_xs.read(h, tip <> "/nock") == {:ok, "/local/domain/#{da}/data/nock/#{dh}/2"} end)
+    :ok = :tube_xs.write(h, tip <> "/state", "6")
+    assert Task.await(task, 60_000) == {:error, :peer_closed}
+    wait_until(fn -> not CtrlWorld.exists?(w, "/local/domain/#{da}/data/nock/#{dh}") end)
+    :tube_xs.close(h)
+  end
+
   test "the node quota is {:error, {:limit, :nodes}}" do
     w = world(["--quota-nodes", "40"])
     {a, _, _} = CtrlWorld.peer(w)
