@@ -91,7 +91,7 @@ listen(Name) ->
 listen(Name, Host) ->
     Node = list_to_atom(lists:concat([Name, "@", Host])),
     persistent_term:put({?MODULE, host}, Host),
-    case catch tube_registry:publish_name(Node) of
+    case catch tube_registry:publish_name(Node, [dist]) of
         Published when Published =:= ok; Published =:= {error, xenstore_down} ->
             %% Down: the name is kept and published when the link comes
             %% up (at boot, once the kernel has started the file server).
@@ -230,14 +230,8 @@ peer_address(Port, Node) ->
 %% so are those a test network routes elsewhere (tube_net_guard:native/1).
 select(Node) ->
     case split_node(Node) of
-        {ok, _Name, Host} -> Host =:= my_host() andalso tube_net_guard:native(Node) andalso has_domain(Node);
+        {ok, _Name, Host} -> Host =:= my_host() andalso tube_net_guard:native(Node) andalso tube_names:tube_dist(Node);
         error -> false
-    end.
-
-has_domain(Node) ->
-    case catch tube:domid(Node) of
-        {ok, _} -> true;
-        _ -> false
     end.
 
 is_node_name(Node) when is_atom(Node) ->

@@ -16,7 +16,7 @@
 %% When the connection ends it sends `{link_down, Link, Reason}' and exits.
 -module(tube_link).
 
--export([start_link/2, stop/1, resetup/1, publish_name/2]).
+-export([start_link/2, stop/1, resetup/1, publish_name/3]).
 
 -include_lib("kernel/include/logger.hrl").
 
@@ -33,7 +33,7 @@ stop(Link) -> Link ! stop, ok.
 %% domain, so one may remove it) and makes them again if they are gone.
 resetup(Link) -> Link ! resetup, ok.
 
-publish_name(Link, Name) -> Link ! {publish_name, Name}, ok.
+publish_name(Link, Name, Dist) -> Link ! {publish_name, Name, Dist}, ok.
 
 init(Reg, Domid) ->
     Tag = erlang:unique_integer([positive]),
@@ -123,11 +123,15 @@ relay(S = #{tag := Tag, reg := Reg}) ->
             relay(replied(Ref, Replies, S));
         resetup ->
             relay(ask(resetup, [{tip_dir, {read, 0, tube_paths:tip_dir(maps:get(domid, S))}}], S));
-        {publish_name, Name} ->
-            relay(ask(name, tube_paths:publish_name(maps:get(domid, S), Name), S));
+        {publish_name, Name, Dist} ->
+            relay(ask(name, tube_paths:publish_name(maps:get(domid, S), Name, Dist), S));
         stop ->
             tube_xs:close(maps:get(conn, S))
     end.
+
+%% Removals whose node was already gone did what they were for.
+absent_ok(Res) ->
+    [K || {K, {error, enoent}} <- maps:to_list(Res), K =:= rm_dist].
 
 %% Tells the tube a token names of a change to its peer's node; true if
 %% the event was a tube's (held by a process or not).
@@ -174,7 +178,7 @@ done(resetup, _, S) ->
     S;
 done(What, Res, S) ->
     case maps:filter(fun(_, R) -> R =/= ok andalso element(1, R) =/= ok end,
-                     maps:remove(parent_perms, Res)) of
+                     maps:without([parent_perms | absent_ok(Res)], Res)) of
         Empty when map_size(Empty) =:= 0 -> ok;
         Bad -> ?LOG_ERROR("tube: Xenstore refused ~p of domain ~p: ~p", [What, maps:get(domid, S), Bad])
     end,

@@ -6,7 +6,7 @@
 %% lookup in the calling process, never a wait on the registry.
 -module(tube_names).
 
--export([domid/1, node_of/1]).
+-export([domid/1, node_of/1, tube_dist/1]).
 
 -define(TAB, tube_registry).
 -define(LOOKUP_TIMEOUT, 1000).
@@ -16,6 +16,23 @@ domid(Node) ->
     case catch ets:lookup(?TAB, {name, Node}) of
         [{_, D}] -> {ok, D};
         _ -> lookup(Node)
+    end.
+
+%% True when Node is on this host and its distribution listens on tubes
+%% (its domain publishes the carrier's mark with its name): the one
+%% question tube_dist:select/1 asks, answered from the cache after the
+%% first look.
+-spec tube_dist(node()) -> boolean().
+tube_dist(Node) ->
+    case catch ets:lookup(?TAB, {tube_dist, Node}) of
+        [{_, Dist}] ->
+            Dist;
+        _ ->
+            _ = lookup(Node),
+            case catch ets:lookup(?TAB, {tube_dist, Node}) of
+                [{_, Dist}] -> Dist;
+                _ -> false
+            end
     end.
 
 -spec node_of(tube:domid()) -> node() | undefined.
@@ -49,18 +66,21 @@ read_names(Domids) ->
             #{}
     end.
 
+%% A domain's carrier mark is read before its name (a node writes them in
+%% that order), so a name read with no mark is a node without the carrier.
 read_chunk(C, Domids) ->
-    Batch = [{D, {read, 0, tube_paths:name(D)}} || D <- Domids],
+    Batch = lists:append([[{{dist, D}, {read, 0, tube_paths:dist(D)}},
+                           {D, {read, 0, tube_paths:name(D)}}] || D <- Domids]),
     case tube_xs:named(C, Batch, ?LOOKUP_TIMEOUT) of
         #{} = Res ->
-            maps:from_list([remember(D, binary_to_atom(Name)) || {D, {ok, Name}} <- maps:to_list(Res),
-                                                                Name =/= <<>>]);
+            maps:from_list([remember(D, binary_to_atom(Name), maps:get({dist, D}, Res, none) =:= {ok, <<"tube">>})
+                            || {D, {ok, Name}} <- maps:to_list(Res), is_integer(D), Name =/= <<>>]);
         {error, timeout} ->
             #{}
     end.
 
-remember(D, Node) ->
-    catch ets:insert(?TAB, [{{name, Node}, D}, {{domain_name, D}, Node}]),
+remember(D, Node, Dist) ->
+    catch ets:insert(?TAB, [{{name, Node}, D}, {{domain_name, D}, Node}, {{tube_dist, Node}, Dist}]),
     {D, Node}.
 
 chunks([], _N) -> [];

@@ -15,12 +15,12 @@
 %%       by A in the same transaction, filled in by B)
 -module(tube_paths).
 
--export([domain/1, tip_dir/1, nock_dir/1, name/1, nock/3, tip/3, parent/1,
+-export([domain/1, tip_dir/1, nock_dir/1, name/1, dist/1, nock/3, tip/3, parent/1,
          peer_node/2, own_node/2, token/2, key_of_token/1, parse_tip_event/2,
          state/1, state_name/1, is_domid/1, is_tid/1]).
 -export([setup_domain/1, nock_check/3, nock_publish/4, tip_examine/3, tip_fill/3, offer_read/1,
          nock_remove/3, remove_empty/3, tip_remove/3, republish_nock/4,
-         publish_name/2, first_error/2, nock_writes_ok/1]).
+         publish_name/3, first_error/2, nock_writes_ok/1]).
 
 -include("tube_proto.hrl").
 -define(MAX_DOMID, ?TUBE_MAX_DOMID).
@@ -34,6 +34,12 @@ nock_dir(D) -> <<(domain(D))/binary, "/data/nock">>.
 
 %% Xen's own place for a domain's name.
 name(D) -> <<(domain(D))/binary, "/name">>.
+
+%% Present (holding "tube") when the node of domain D carries its Erlang
+%% distribution on tubes (tube_dist listens): only then do other nodes
+%% reach it over a tube. A node that uses tubes but another carrier
+%% publishes its name without it.
+dist(D) -> <<(domain(D))/binary, "/data/dist">>.
 
 %% On domain Self: the nock entry for a tube to Peer.
 nock(Self, Peer, Tid) ->
@@ -130,8 +136,19 @@ setup_domain(D) ->
      {watch_release, {watch, <<"@releaseDomain">>, <<"release">>}},
      {watch_introduce, {watch, <<"@introduceDomain">>, <<"introduce">>}}].
 
-%% The node name, readable by every domain.
-publish_name(D, Name) ->
+%% The node name, readable by every domain, and whether its distribution
+%% listens on tubes. The carrier's mark goes first, so that a node that
+%% reads the name reads the mark of the same publication with it. A node
+%% without the carrier removes a mark its domid may have kept from an
+%% earlier node (absent is as good as removed).
+publish_name(D, Name, true) ->
+    [{write_dist, {write, 0, dist(D), <<"tube">>}},
+     {dist_perms, {set_perms, 0, dist(D), [{read, D}]}}
+     | name_ops(D, Name)];
+publish_name(D, Name, false) ->
+    [{rm_dist, {rm, 0, dist(D)}} | name_ops(D, Name)].
+
+name_ops(D, Name) ->
     [{write_name, {write, 0, name(D), Name}},
      {name_perms, {set_perms, 0, name(D), [{read, D}]}}].
 

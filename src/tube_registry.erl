@@ -14,7 +14,7 @@
 -module(tube_registry).
 -behaviour(gen_server).
 
--export([start_link/0, domid/0, conn/0, publish_name/1]).
+-export([start_link/0, domid/0, conn/0, publish_name/1, publish_name/2]).
 -export([claim/2, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
@@ -37,6 +37,7 @@
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
     name,              % node name to publish, or undefined
+    dist = false,      % true when tube_dist listens: the name is published with the carrier's mark
     deadlines = #{},   % Pid -> its opener's deadline (tube_nock)
     rechecks = #{}     % Ref -> tip Key: its entry read after its tube ended
 }).
@@ -61,11 +62,21 @@ conn() ->
     end.
 
 %% @doc Publishes Node as this node's name at `/local/domain/<domid>/name'
-%% (again after each reconnection), where tube:domid/1 finds it.
+%% (again after each reconnection), where tube:domid/1 finds it; whether
+%% the node's distribution listens on tubes stays as it was.
 -spec publish_name(node()) -> ok | {error, term()}.
 publish_name(Node) when is_atom(Node) ->
-    gen_server:call(?MODULE, {publish_name, Node});
+    gen_server:call(?MODULE, {publish_name, Node, keep});
 publish_name(_) ->
+    erlang:error(badarg).
+
+%% @doc As publish_name/1, and with `[dist]' marks the node as one whose
+%% distribution listens on tubes (tube_dist), so that the other nodes of
+%% this host reach it over a tube (tube_names:tube_dist/1).
+-spec publish_name(node(), [dist]) -> ok | {error, term()}.
+publish_name(Node, Flags) when is_atom(Node), is_list(Flags) ->
+    gen_server:call(?MODULE, {publish_name, Node, lists:member(dist, Flags)});
+publish_name(_, _) ->
     erlang:error(badarg).
 
 %% A tube process asks for Key on behalf of a caller who waits until
@@ -175,8 +186,8 @@ publish_own_name(St = #st{name = undefined}) ->
         nonode@nohost -> St;
         N -> publish_own_name(St#st{name = N})
     end;
-publish_own_name(St = #st{link = Link, name = N}) when is_pid(Link) ->
-    tube_link:publish_name(Link, atom_to_binary(N)),
+publish_own_name(St = #st{link = Link, name = N, dist = Dist}) when is_pid(Link) ->
+    tube_link:publish_name(Link, atom_to_binary(N), Dist),
     St;
 publish_own_name(St) ->
     St.
@@ -219,8 +230,8 @@ handle_call({accept, _Tids, _Deadline}, _From, St = #st{conn = undefined}) ->
     {reply, {error, xenstore_down}, St};
 handle_call({accept, Tids, Deadline}, From, St) ->
     {noreply, add_acceptor(From, Deadline, Tids, St)};
-handle_call({publish_name, Node}, _From, St) ->
-    St1 = publish_own_name(St#st{name = Node}),
+handle_call({publish_name, Node, Dist}, _From, St) ->
+    St1 = publish_own_name(St#st{name = Node, dist = case Dist of keep -> St#st.dist; _ -> Dist end}),
     {reply, case St1#st.conn of undefined -> {error, xenstore_down}; _ -> ok end, St1}.
 
 handle_cast({requeue, From, Deadline, Tids}, St = #st{conn = undefined}) ->
@@ -448,6 +459,7 @@ route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
 route({watch, _, <<"release">>}, St) ->
     ets:match_delete(?TAB, {{name, '_'}, '_'}),
     ets:match_delete(?TAB, {{domain_name, '_'}, '_'}),
+    ets:match_delete(?TAB, {{tube_dist, '_'}, '_'}),
     broadcast(domains_changed, St),
     St;
 route({watch, _, <<"introduce">>}, St) ->

@@ -132,6 +132,29 @@ defmodule DistCarrierTest.Handshake do
       {:ok, info} = call.(n1, :net_kernel, :node_info, [n2])
       assert {:net_address, _, _, :tube, _} = Keyword.fetch!(info, :address)
     end
+
+    # A node may use tubes without carrying its distribution on them: its
+    # name is published (tube:open/3 takes node names), but only a node
+    # whose carrier listens on tubes is reached over one.
+    @tag net: [nodes: 1, cookie: :tube_carrier_test]
+    test "a node that uses tubes but not the tube carrier is reached over TCP", %{net: net} do
+      [n1] = :tube_net.nodes(net)
+      {peer, _domid, _os_pid} = TubeTest.PeerNode.start()
+      on_exit(fn -> TubeTest.PeerNode.stop(peer) end)
+      call = &TubeTest.PeerNode.call(peer, &1, &2, &3)
+      name = :"plain_#{System.unique_integer([:positive])}"
+      {:ok, _} = call.(:net_kernel, :start, [[name, :shortnames]])
+      true = call.(:erlang, :set_cookie, [:tube_carrier_test])
+      plain = call.(:erlang, :node, [])
+      # Started again now that the node has a name, tube publishes it.
+      :ok = call.(:application, :stop, [:tube])
+      {:ok, _} = call.(:application, :ensure_all_started, [:tube])
+      TubeTest.Checks.wait_until(fn -> match?({:ok, _}, TubeNet.call(net, n1, :tube, :domid, [plain])) end)
+
+      assert TubeNet.call(net, n1, :net_adm, :ping, [plain]) == :pong
+      {:ok, info} = TubeNet.call(net, n1, :net_kernel, :node_info, [plain])
+      assert {:net_address, _, _, :tcp, _} = Keyword.fetch!(info, :address)
+    end
   end
 end
 
