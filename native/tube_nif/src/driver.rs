@@ -258,10 +258,6 @@ impl PortState {
         }
         if now < self.poll_until {
             self.tube.stay_awake();
-            // With every core busy, the peer that is to answer may be waiting
-            // for this one: let it run (returns at once on an idle core).
-            // SAFETY: plain syscall.
-            unsafe { libc::sched_yield() };
             return true;
         }
         self.polling = false;
