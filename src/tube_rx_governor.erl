@@ -12,12 +12,16 @@
 %% peer's sends drop there, counted. A held tube is looked at again every
 %% ?TUBE_RX_POLL_MS milliseconds and granted once its owner's mailbox is
 %% below ?TUBE_RX_LOW_WATER (the gap between the two marks keeps a tube at
-%% the edge from flapping between held and granted).
+%% the edge from flapping between held and granted). Both marks are also
+%% capped in bytes of the tube's average packet (?TUBE_RX_HIGH_BYTES for
+%% the high mark, half for the low one): a mailbox of tens of MB is slow to
+%% work through.
 %%
 %% The bound is the driver's: a window is only granted after a look, and
 %% it is a window less what the tube delivered after the count read just
 %% before the look, so however late this process runs, a bounded tube's
-%% packets in a mailbox never exceed ?TUBE_RX_HIGH_WATER + ?TUBE_RX_WINDOW.
+%% packets in a mailbox never exceed ?TUBE_RX_HIGH_WATER + ?TUBE_RX_WINDOW
+%% (and, for large packets, about ?TUBE_RX_HIGH_BYTES of them plus a window).
 %% A late look only pauses delivery. Started (or restarted) with no state, it looks at
 %% every bounded tube on the node, so none stays held by a governor that
 %% has gone.
@@ -75,8 +79,9 @@ handle_info(_Msg, State) ->
 
 %% Grants the tube a window if its owner's mailbox is below Mark, holds it
 %% otherwise; a closed tube, or one whose owner is gone, is forgotten.
-look(Port, Mark, #state{held = Held} = State) ->
+look(Port, Mark0, #state{held = Held} = State) ->
     Count = delivered(Port),
+    Mark = scaled(Port, Mark0),
     case queue_len(Port) of
         {_Owner, Len} when Len < Mark, is_integer(Count) ->
             grant(Port, Count),
@@ -85,6 +90,23 @@ look(Port, Mark, #state{held = Held} = State) ->
             poll_later(State#state{held = Held#{Port => Owner}});
         gone ->
             State#state{held = maps:remove(Port, Held)}
+    end.
+
+%% A mark in packets for this tube: large packets fill a cache sooner, so
+%% a mark is also at most ?TUBE_RX_HIGH_BYTES (or half of it for the low
+%% mark) of the tube's average packet, and never less than a window.
+scaled(Port, Mark) ->
+    case catch erlang:port_control(Port, ?TUBE_CTL_STATS, []) of
+        [_ | _] = Bytes when length(Bytes) >= 32 ->
+            <<_Sent:64/native, _SentBytes:64/native, Rx:64/native, RxBytes:64/native, _/binary>> =
+                list_to_binary(Bytes),
+            Cap = case Mark of ?TUBE_RX_HIGH_WATER -> ?TUBE_RX_HIGH_BYTES; _ -> ?TUBE_RX_HIGH_BYTES div 2 end,
+            case Rx of
+                0 -> Mark;
+                _ -> max(?TUBE_RX_WINDOW div 2, min(Mark, Cap * Rx div max(RxBytes, 1)))
+            end;
+        _ ->
+            Mark
     end.
 
 %% The tube's owner and the length of its mailbox, or `gone'.

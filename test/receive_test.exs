@@ -10,8 +10,11 @@ defmodule TubeReceiveTest do
 
   # From include/tube_proto.hrl (native/tube_ring/src/proto.rs).
   @window 1024
-  @high_water 8192
-  # The most packets a bounded tube can have in its owner's mailbox.
+  # The high mark: 8192 packets, and at most 8 MiB of the tube's average
+  # packet (RX_HIGH_WATER, RX_HIGH_BYTES); the floods here are of 4096 bytes.
+  @high_water min(8192, div(8 * 1024 * 1024, 4096))
+  # The most packets a bounded tube of 4096-byte packets can have in its
+  # owner's mailbox.
   @max_queued @high_water + @window
   # What one queued 4096-byte packet may cost the node at most: the
   # binary, its reference in the message and the message's tuple, with room

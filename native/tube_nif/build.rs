@@ -70,6 +70,7 @@ fn erlang_header() -> String {
         ("TUBE_RX_WINDOW", RX_WINDOW),
         ("TUBE_RX_HIGH_WATER", RX_HIGH_WATER),
         ("TUBE_RX_LOW_WATER", RX_LOW_WATER),
+        ("TUBE_RX_HIGH_BYTES", RX_HIGH_BYTES),
         ("TUBE_RX_POLL_MS", RX_POLL_MS),
     ];
     for (name, v) in defs {

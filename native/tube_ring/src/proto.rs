@@ -69,6 +69,11 @@ pub const RX_HIGH_WATER: u64 = 8192;
 /// owner (about 2-4 million packets a second) takes that long to read: it then never waits
 /// for a look with an empty mailbox.
 pub const RX_LOW_WATER: u64 = 4096;
+/// Bytes of a tube's average packet at which the marks are also capped: the high mark is at
+/// most this many bytes of packets and the low mark half of it (never less than half a
+/// window). Large packets fill a cache long before 8192 of them are queued: a receiver whose
+/// mailbox runs tens of MB deep spends twice the CPU per packet of one that keeps a few MB.
+pub const RX_HIGH_BYTES: u64 = 8 * 1024 * 1024;
 /// Milliseconds between two looks of the governor at the mailbox of an owner it holds.
 pub const RX_POLL_MS: u64 = 1;
 
