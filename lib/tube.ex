@@ -88,7 +88,10 @@ defmodule Tube do
 
   @doc """
   Sets how packets are delivered, as `{:active, _}` does for sockets:
-  `true` (default) every packet, `false` none, `:once` one, `n` adds n.
+  `:bounded` (the default of a lossy tube) every packet while the owner
+  keeps up, held in the ring (the excess dropping there, counted) while
+  its mailbox is far behind; `true` (the default of a reliable tube) every
+  packet with no bound, `false` none, `:once` one, `n` adds n.
   When the allowed packets are delivered the owner gets
   `{:tube_passive, tube}`; meanwhile packets wait in the ring and, once it
   is full, the peer's sends drop (counted on its side) instead of filling
