@@ -261,6 +261,20 @@ static void tube_timeout(ErlDrvData d)
     tube_rs_timeout((void *)d);
 }
 
+/* A port_control answer of n bytes: into the emulator's buffer when it is
+ * large enough, else into one the emulator frees after the call. */
+static ErlDrvSSizeT control_reply(const void *data, size_t n, char **rbuf, ErlDrvSizeT rlen)
+{
+    if (rlen < n) {
+        char *out = driver_alloc(n);
+        if (out == NULL)
+            return -1;
+        *rbuf = out;
+    }
+    memcpy(*rbuf, data, n);
+    return (ErlDrvSSizeT)n;
+}
+
 /* port_control(Tube, 1, []) -> TUBE_STATS_N native-endian u64 counters as a list of
  * bytes; see tube_rs_stats for their order.
  * port_control(Tube, 2, Reason) -> [] and the tube closes soon after with
@@ -288,14 +302,7 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         unsigned char mode[9];
         if (tube_rs_get_active((void *)d, mode, sizeof(mode)) != 0)
             return -1;
-        if (rlen < sizeof(mode)) {
-            char *out = driver_alloc(sizeof(mode));
-            if (out == NULL)
-                return -1;
-            *rbuf = out;
-        }
-        memcpy(*rbuf, mode, sizeof(mode));
-        return (ErlDrvSSizeT)sizeof(mode);
+        return control_reply(mode, sizeof(mode), rbuf, rlen);
     }
     if (command == TUBE_CTL_ACTIVE)
         return tube_rs_set_active((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
@@ -309,27 +316,13 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         unsigned char answer[5];
         if (tube_rs_send_batch((void *)d, buf, (size_t)len, answer, sizeof(answer)) != 0)
             return -1;
-        if (rlen < sizeof(answer)) {
-            char *out = driver_alloc(sizeof(answer));
-            if (out == NULL)
-                return -1;
-            *rbuf = out;
-        }
-        memcpy(*rbuf, answer, sizeof(answer));
-        return (ErlDrvSSizeT)sizeof(answer);
+        return control_reply(answer, sizeof(answer), rbuf, rlen);
     }
     if (command == TUBE_CTL_RX_GRANT && len == 0) {
         uint64_t count;
         if (tube_rs_rx_count((void *)d, &count) != 0)
             return -1;
-        if (rlen < sizeof(count)) {
-            char *out = driver_alloc(sizeof(count));
-            if (out == NULL)
-                return -1;
-            *rbuf = out;
-        }
-        memcpy(*rbuf, &count, sizeof(count));
-        return (ErlDrvSSizeT)sizeof(count);
+        return control_reply(&count, sizeof(count), rbuf, rlen);
     }
     if (command == TUBE_CTL_RX_GRANT)
         return tube_rs_rx_grant((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
@@ -337,14 +330,7 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)
         return -1;
-    if (rlen < sizeof(stats)) {
-        char *out = driver_alloc(sizeof(stats));
-        if (out == NULL)
-            return -1;
-        *rbuf = out;
-    }
-    memcpy(*rbuf, stats, sizeof(stats));
-    return (ErlDrvSSizeT)sizeof(stats);
+    return control_reply(stats, sizeof(stats), rbuf, rlen);
 }
 
 static void tube_stop_select(ErlDrvEvent ev, void *reserved)
