@@ -129,10 +129,6 @@ relay(S = #{tag := Tag, reg := Reg}) ->
             tube_xs:close(maps:get(conn, S))
     end.
 
-%% Removals whose node was already gone did what they were for.
-absent_ok(Res) ->
-    [K || {K, {error, enoent}} <- maps:to_list(Res), K =:= rm_dist].
-
 %% Tells the tube a token names of a change to its peer's node; true if
 %% the event was a tube's (held by a process or not).
 to_tube({watch, _, Token}) ->
@@ -178,7 +174,7 @@ done(resetup, _, S) ->
     S;
 done(What, Res, S) ->
     case maps:filter(fun(_, R) -> R =/= ok andalso element(1, R) =/= ok end,
-                     maps:without([parent_perms | absent_ok(Res)], Res)) of
+                     maps:remove(parent_perms, Res)) of
         Empty when map_size(Empty) =:= 0 -> ok;
         Bad -> ?LOG_ERROR("tube: Xenstore refused ~p of domain ~p: ~p", [What, maps:get(domid, S), Bad])
     end,

@@ -140,7 +140,7 @@ setup_domain(D) ->
 %% listens on tubes. The carrier's mark goes first, so that a node that
 %% reads the name reads the mark of the same publication with it. A node
 %% without the carrier removes a mark its domid may have kept from an
-%% earlier node (absent is as good as removed).
+%% earlier node (Xenstore answers ok for a node already absent).
 publish_name(D, Name, true) ->
     [{write_dist, {write, 0, dist(D), <<"tube">>}},
      {dist_perms, {set_perms, 0, dist(D), [{read, D}]}}
