@@ -61,27 +61,28 @@ handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
 handle_cast({govern, Port}, State) ->
-    {noreply, look(Port, ?TUBE_RX_HIGH_WATER, State)};
+    {noreply, look(Port, high, State)};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 handle_info({tube_rx_low, Port}, State) ->
-    {noreply, look(Port, ?TUBE_RX_HIGH_WATER, State)};
+    {noreply, look(Port, high, State)};
 handle_info(poll, #state{held = Held} = State) ->
-    State1 = maps:fold(fun(Port, _Owner, S) -> look(Port, ?TUBE_RX_LOW_WATER, S) end,
+    State1 = maps:fold(fun(Port, _Owner, S) -> look(Port, low, S) end,
                        State#state{poll = false}, Held),
     {noreply, State1};
 handle_info(rescan, State) ->
     Ports = [P || P <- erlang:ports(), is_tube_port(P)],
-    {noreply, lists:foldl(fun(P, S) -> look(P, ?TUBE_RX_HIGH_WATER, S) end, State, Ports)};
+    {noreply, lists:foldl(fun(P, S) -> look(P, high, S) end, State, Ports)};
 handle_info(_Msg, State) ->
     {noreply, State}.
 
-%% Grants the tube a window if its owner's mailbox is below Mark, holds it
-%% otherwise; a closed tube, or one whose owner is gone, is forgotten.
-look(Port, Mark0, #state{held = Held} = State) ->
+%% Grants the tube a window if its owner's mailbox is below the mark
+%% (`high' or `low'), holds it otherwise; a closed tube, or one whose owner
+%% is gone, is forgotten.
+look(Port, Which, #state{held = Held} = State) ->
     Count = delivered(Port),
-    Mark = scaled(Port, Mark0),
+    Mark = mark(Port, Which),
     case queue_len(Port) of
         {_Owner, Len} when Len < Mark, is_integer(Count) ->
             grant(Port, Count),
@@ -94,19 +95,21 @@ look(Port, Mark0, #state{held = Held} = State) ->
 
 %% A mark in packets for this tube: large packets fill a cache sooner, so
 %% a mark is also at most ?TUBE_RX_HIGH_BYTES (or half of it for the low
-%% mark) of the tube's average packet, and never less than a window.
-scaled(Port, Mark) ->
+%% mark) of the tube's average packet, and never less than half a window.
+mark(Port, high) -> mark(Port, ?TUBE_RX_HIGH_WATER, ?TUBE_RX_HIGH_BYTES);
+mark(Port, low) -> mark(Port, ?TUBE_RX_LOW_WATER, ?TUBE_RX_HIGH_BYTES div 2).
+
+mark(Port, Packets, Bytes) ->
     case catch erlang:port_control(Port, ?TUBE_CTL_STATS, []) of
-        [_ | _] = Bytes when length(Bytes) >= 32 ->
+        [_ | _] = Stats when length(Stats) >= 32 ->
             <<_Sent:64/native, _SentBytes:64/native, Rx:64/native, RxBytes:64/native, _/binary>> =
-                list_to_binary(Bytes),
-            Cap = case Mark of ?TUBE_RX_HIGH_WATER -> ?TUBE_RX_HIGH_BYTES; _ -> ?TUBE_RX_HIGH_BYTES div 2 end,
+                list_to_binary(Stats),
             case Rx of
-                0 -> Mark;
-                _ -> max(?TUBE_RX_WINDOW div 2, min(Mark, Cap * Rx div max(RxBytes, 1)))
+                0 -> Packets;
+                _ -> max(?TUBE_RX_WINDOW div 2, min(Packets, Bytes * Rx div max(RxBytes, 1)))
             end;
         _ ->
-            Mark
+            Packets
     end.
 
 %% The tube's owner and the length of its mailbox, or `gone'.
