@@ -7,7 +7,7 @@ defmodule TubeControlPlaneTest do
   use ExUnit.Case, async: false
 
   alias TubeTest.{CtrlOwner, CtrlWorld, PeerNode, Remote}
-  import TubeTest.Checks, only: [wait_until: 1, wait_until: 2]
+  import TubeTest.Checks, only: [wait_until: 1, wait_until: 2, env_int: 2]
 
   @moduletag timeout: 900_000
 
@@ -26,11 +26,13 @@ defmodule TubeControlPlaneTest do
     w
   end
 
-  defp env_int(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> String.to_integer(v)
-    end
+  # The process of peer's tube to domain d on Tid (in state `state`, when
+  # given) in the registry's table, or nil.
+  defp nock_pid(peer, d, tid, state \\ nil) do
+    Enum.find_value(PeerNode.call(peer, :tube_registry, :rows, []), fn
+      {{:nock, ^d, ^tid}, pid, s, _} when state in [nil, s] -> pid
+      _ -> nil
+    end)
   end
 
   test "a daemon restart gives no live node's domid to a new node, and the live nodes keep theirs" do
@@ -221,15 +223,8 @@ defmodule TubeControlPlaneTest do
     {:ok, dh} = :tube_xs.introduce_self(h, :auto)
     task = Task.async(fn -> PeerNode.call(a, :tube, :open, [dh, 1, %{timeout: 1_000}], 60_000) end)
 
-    holder = fn ->
-      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
-        {{:nock, ^dh, 1}, pid, _, _} -> pid
-        _ -> nil
-      end)
-    end
-
-    wait_until(fn -> holder.() != nil end)
-    pid = holder.()
+    wait_until(fn -> nock_pid(a, dh, 1) != nil end)
+    pid = nock_pid(a, dh, 1)
 
     # Its tube process cannot handle its deadline or its caller's cancel.
     :ok = PeerNode.call(a, :sys, :suspend, [pid])
@@ -250,15 +245,8 @@ defmodule TubeControlPlaneTest do
     opening = Task.async(fn -> PeerNode.call(a, Remote, :open, [db, 1, :collect, 20_000], 60_000) end)
 
     # Nobody accepts yet: the opener waits for the ring.
-    nock = fn ->
-      Enum.find_value(PeerNode.call(a, :tube_registry, :rows, []), fn
-        {{:nock, ^db, 1}, pid, :waiting, _} -> pid
-        _ -> nil
-      end)
-    end
-
-    wait_until(fn -> nock.() != nil end)
-    pid = nock.()
+    wait_until(fn -> nock_pid(a, db, 1, :waiting) != nil end)
+    pid = nock_pid(a, db, 1, :waiting)
     # The opener cannot map the ring until it is resumed: the accept gives up.
     :ok = PeerNode.call(a, :sys, :suspend, [pid])
     assert PeerNode.call(b, Remote, :accept, [:echo, 300]) == {:error, :timeout}

@@ -18,13 +18,6 @@ defmodule TubeFaultsTest do
   # Runs m:f(a) in the peer.
   defp on(net, m, f, a, timeout \\ 30_000), do: TubeNet.call(net, :n1, m, f, a, timeout)
 
-  defp env_int(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> String.to_integer(v)
-    end
-  end
-
 
 
 

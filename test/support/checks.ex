@@ -44,4 +44,12 @@ defmodule TubeTest.Checks do
       true -> Process.sleep(10) && wait_until(fun, tries - 1)
     end
   end
+
+  @doc "The integer in OS environment variable `name` (a soak's count), else `default`."
+  def env_int(name, default) do
+    case System.get_env(name) do
+      nil -> default
+      v -> String.to_integer(v)
+    end
+  end
 end

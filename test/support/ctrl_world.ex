@@ -45,19 +45,7 @@ defmodule TubeTest.CtrlWorld do
           Map.put(base, :exec, {~c"/bin/sh", [~c"-c", script, erl]})
       end
 
-    {:ok, peer} =
-      case :peer.start_link(opts) do
-        {:ok, pid} -> {:ok, pid}
-        {:ok, pid, _node} -> {:ok, pid}
-      end
-
-    :ok = :peer.call(peer, :application, :load, [:tube])
-    env = [xenstore_path: String.to_charlist(w.socket)] ++ env
-    for {k, v} <- env, do: :ok = :peer.call(peer, :application, :set_env, [:tube, k, v])
-    {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [:tube], 30_000)
-    domid = :peer.call(peer, :tube, :domid, [])
-    os_pid = :peer.call(peer, :os, :getpid, []) |> List.to_integer()
-    {peer, domid, os_pid}
+    PeerNode.start_tube(opts, [xenstore_path: String.to_charlist(w.socket)] ++ env)
   end
 
   def set_env(peer, k, v), do: :ok = PeerNode.call(peer, :application, :set_env, [:tube, k, v])

@@ -13,8 +13,16 @@ defmodule TubeTest.PeerNode do
     paths = Enum.flat_map(code_path(opts), fn p -> [~c"-pa", p] end)
     os_env = for {k, v} <- os_env, do: {String.to_charlist(k), String.to_charlist(v)}
 
+    start_tube(%{connection: :standard_io, args: paths, wait_boot: 30_000, env: os_env}, env)
+  end
+
+  @doc """
+  Starts a peer with OTP's `:peer` options `peer_opts`, then tube in it
+  with application env `env`; returns {peer, domid, os_pid}.
+  """
+  def start_tube(peer_opts, env) do
     peer =
-      case :peer.start_link(%{connection: :standard_io, args: paths, wait_boot: 30_000, env: os_env}) do
+      case :peer.start_link(peer_opts) do
         {:ok, pid} -> pid
         {:ok, pid, _node} -> pid
       end
