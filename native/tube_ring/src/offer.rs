@@ -345,14 +345,9 @@ mod tests {
     #[test]
     fn offer_is_accepted_only_once_mapped() {
         let offer = Offer::new().unwrap();
-        let name = parse_channel(&offer.event_channel()).unwrap().to_owned();
-        let grant = offer.grant;
+        let (name, grant) = (parse_channel(&offer.event_channel()).unwrap().to_owned(), offer.grant);
         let t = std::thread::spawn(move || offer.accept(Duration::from_secs(10)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let sock = sys::connect_abstract(name.as_bytes(), deadline).unwrap();
-        sys::send_all(&sock, &grant).unwrap();
-        assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
-        drop(sock);
+        drop(take_memfd(&name, &grant));
         assert!(matches!(t.join().unwrap(), Err(RingError::PeerGone)));
     }
 
@@ -360,15 +355,21 @@ mod tests {
     #[test]
     fn offer_without_the_mapped_word_times_out() {
         let offer = Offer::new().unwrap();
-        let name = parse_channel(&offer.event_channel()).unwrap().to_owned();
-        let grant = offer.grant;
+        let (name, grant) = (parse_channel(&offer.event_channel()).unwrap().to_owned(), offer.grant);
         let t = std::thread::spawn(move || offer.accept(Duration::from_millis(300)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let sock = sys::connect_abstract(name.as_bytes(), deadline).unwrap();
-        sys::send_all(&sock, &grant).unwrap();
-        assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
+        let sock = take_memfd(&name, &grant);
         assert!(matches!(t.join().unwrap(), Err(RingError::Timeout)));
         drop(sock);
+    }
+
+    /// Does a connector's first half on the offer's channel `name`: sends `grant` and checks
+    /// that the memfd comes back; returns the connection, which has not said it mapped.
+    fn take_memfd(name: &str, grant: &[u8]) -> std::os::fd::OwnedFd {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sock = sys::connect_abstract(name.as_bytes(), deadline).unwrap();
+        sys::send_all(&sock, grant).unwrap();
+        assert!(matches!(sys::recv_fd(&sock, deadline).unwrap(), Some((ACK, Some(_)))));
+        sock
     }
 
     /// A tube with large rings carries a message bigger than the seed's whole region; a
