@@ -226,13 +226,8 @@ defmodule Tube.Bench.Endpoint do
     arm(st, n)
   end
 
-  # The tube's default delivery (`active: :bounded`); a tube library
-  # without it delivered `active: true` by default.
-  defp tube_default(p) do
-    :ok = :tube.setopts(p, active: :bounded)
-  rescue
-    ArgumentError -> :ok = :tube.setopts(p, active: true)
-  end
+  # The tube's default delivery.
+  defp tube_default(p), do: :ok = :tube.setopts(p, active: :bounded)
 
   defp arm(%{kind: kind, handle: p}, n) when kind in [:tube, :tube_batch], do: :ok = :tube.setopts(p, active: n)
   defp arm(%{kind: :unix, handle: s}, n), do: :ok = :inet.setopts(s, active: n)
