@@ -18,8 +18,9 @@ mix compile >/dev/null
 out_dir=$(mktemp -d /tmp/tube-bench-dist.XXXXXX)
 chmod 700 "$out_dir"
 export XENSTORED_PATH="$out_dir/xenstored.sock"
+source scripts/daemon.sh
 cleanup() {
-    if [ -f "$XENSTORED_PATH.pid" ]; then kill "$(cat "$XENSTORED_PATH.pid")" 2>/dev/null || true; fi
+    stop_daemon "$XENSTORED_PATH"
     rm -rf "$out_dir"
 }
 trap cleanup EXIT

@@ -9,7 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ref="${1:-main}"; n="${2:-200}"; runs="${3:-3}"
 work=$(mktemp -d /tmp/tube-hs.XXXXXX)
-trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+source scripts/daemon.sh
+# A run that fails (set -e) leaves its daemon: every one goes at exit.
+cleanup() {
+  for d in "$work"/run.*; do stop_daemon "$d/xs.sock"; done
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
 app=$(ls -d _build/*/lib/tube | head -1)
 for v in ref tree; do
   mkdir -p "$work/$v/tube/ebin" "$work/$v/src"
@@ -31,7 +37,7 @@ for r in $(seq 1 "$runs"); do
     XENSTORED_PATH="$d/xs.sock" erl -noshell -pa "$work/bench" -pa "$work/$v/tube/ebin" \
       -pa "$elixir_ebin/elixir/ebin" -pa "$elixir_ebin/logger/ebin" \
       -kernel logger_level error -run handshake_bench main "$n" 2>&1 | tail -${TAIL:-1} | tee -a "$results.$v"
-    [ -f "$d/xs.sock.pid" ] && kill "$(cat "$d/xs.sock.pid")" 2>/dev/null || true
+    stop_daemon "$d/xs.sock"
   done
 done
 # Median and range over the runs of each one's p50s.

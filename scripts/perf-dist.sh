@@ -24,10 +24,11 @@ out_dir=$(mktemp -d /tmp/tube-perf-dist.XXXXXX)
 chmod 700 "$out_dir"
 export XENSTORED_PATH="$out_dir/xenstored.sock"
 runner=
+source scripts/daemon.sh
 cleanup() {
     # The nodes go before the daemon, or they would start another one.
     if [ -n "$runner" ]; then kill "$runner" 2>/dev/null || true; wait "$runner" 2>/dev/null || true; fi
-    if [ -f "$XENSTORED_PATH.pid" ]; then kill "$(cat "$XENSTORED_PATH.pid")" 2>/dev/null || true; fi
+    stop_daemon "$XENSTORED_PATH"
     rm -rf "$out_dir"
 }
 trap cleanup EXIT
