@@ -603,7 +603,7 @@ defmodule GlobalServiceTest do
   # the minority side; the majority starts its own; when the network heals,
   # :global keeps one of the two and every node agrees on it.
   test "a global service survives a partition and heals" do
-    {:ok, net} = TubeNet.start(nodes: 3)
+    {:ok, net} = TubeNet.start(nodes: 3, unique_names: true)
     on_exit(fn -> if Process.alive?(net), do: TubeNet.stop(net) end)
 
     # Agent.start(Function, :identity, [0], name: ...) in the given node.
