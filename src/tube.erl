@@ -374,7 +374,7 @@ send(Tube, Packet) ->
 %% takes messages with send/2).
 -spec send_batch(tube(), [iodata()]) -> {ok, non_neg_integer()} | {error, closed}.
 send_batch(Tube, Packets) when is_port(Tube) ->
-    Sent = case is_tube(Tube) of
+    Sent = case is_tube(Tube) =:= true andalso binary_first(Packets) of
                true -> send_called(Tube, Packets);
                _ -> send_batch_framed(Tube, Packets)
            end,
@@ -384,6 +384,12 @@ send_batch(Tube, Packets) when is_port(Tube) ->
     end;
 send_batch(Tube, Packets) ->
     ?BADARG([Tube, Packets], #{1 => not_a_tube()}).
+
+%% A list that starts with a binary is tried as a list of binaries; one
+%% that does not (iodata packets, typically all of them) is framed at once,
+%% without an encoding for port_call that the driver would only refuse.
+binary_first([P | _]) -> is_binary(P);
+binary_first(_) -> false.
 
 %% A list of binaries in one port_call; anything else (iodata to frame, a
 %% bad packet, a reliable or closed tube) comes back as `framed' or badarg,
