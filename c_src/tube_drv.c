@@ -30,6 +30,7 @@ extern int tube_rs_set_busy_poll(void *st, const char *buf, size_t len);
 extern void tube_rs_stop_select(intptr_t fd);
 extern int tube_rs_set_deliver(void *st, const char *buf, size_t len);
 extern int tube_rs_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
+extern int tube_rs_call_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
 extern int tube_rs_rx_grant(void *st, const char *buf, size_t len);
 extern int tube_rs_rx_count(void *st, uint64_t *out);
 
@@ -333,6 +334,24 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
     return control_reply(stats, sizeof(stats), rbuf, rlen);
 }
 
+/* erlang:port_call(Tube, 1, [Binary]) -> Sent | closed | framed: send_batch/2
+ * of a list of binaries, which arrives in the external term format (see
+ * tube_rs_call_send_batch); the answer is in that format too. Unknown
+ * commands: badarg. */
+static ErlDrvSSizeT tube_call(ErlDrvData d, unsigned int command, char *buf, ErlDrvSizeT len,
+                              char **rbuf, ErlDrvSizeT rlen, unsigned int *flags)
+{
+    unsigned char answer[16];
+    int n;
+    (void)flags;
+    if (command != TUBE_CALL_SEND_BATCH)
+        return -1;
+    n = tube_rs_call_send_batch((void *)d, buf, (size_t)len, answer, sizeof(answer));
+    if (n <= 0)
+        return -1;
+    return control_reply(answer, (size_t)n, rbuf, rlen);
+}
+
 static void tube_stop_select(ErlDrvEvent ev, void *reserved)
 {
     (void)reserved;
@@ -354,7 +373,7 @@ static ErlDrvEntry tube_entry = {
     tube_outputv,                  /* outputv: one packet or message per command */
     NULL,                          /* ready_async: no async jobs */
     NULL,                          /* flush: nothing is queued in the driver */
-    NULL,                          /* call: unused */
+    tube_call,                     /* call: send_batch/2 of a list of binaries */
     NULL,                          /* unused_event_callback */
     ERL_DRV_EXTENDED_MARKER,       /* extended_marker */
     ERL_DRV_EXTENDED_MAJOR_VERSION,/* major_version */

@@ -34,5 +34,6 @@
 -define(TUBE_RX_LOW_WATER, 4096).
 -define(TUBE_RX_HIGH_BYTES, 8388608).
 -define(TUBE_RX_POLL_MS, 1).
+-define(TUBE_CALL_SEND_BATCH, 1).
 %% The counters of TUBE_CTL_STATS, in order.
 -define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes, rx_held, rx_held_us]).

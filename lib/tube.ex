@@ -131,7 +131,9 @@ defmodule Tube do
   peer's ring; the ring was full for the next one, which and all after it
   were dropped and counted (`:dropped` in `info/1`). `{:error, :closed}` on
   a closed tube. A bad packet raises `ArgumentError` naming its position,
-  and nothing is sent. See `:tube.send_batch/2`.
+  and nothing is sent. A list of binaries is the cheapest form: it reaches
+  the driver in one `:erlang.port_call/3`, with no framing built in Elixir;
+  other iodata is framed first. See `:tube.send_batch/2`.
   """
   @spec send_batch(t(), [iodata()]) :: {:ok, non_neg_integer()} | {:error, :closed}
   def send_batch(tube, packets), do: :tube.send_batch(tube, packets)

@@ -361,10 +361,12 @@ send(Tube, Packet) ->
 %% packet Sent + 1 found the ring full, and it and every packet after it
 %% were dropped and counted (info/1's `dropped'). `{error, closed}' if the
 %% tube is closed or its peer has gone. It works on any lossy tube,
-%% whatever the receiver's `deliver'. The packets are copied once into one
-%% buffer on the way (`port_control'), so for large packets (1500 bytes
-%% and more) one `port_command' per packet costs the sender as little or
-%% less; the gain is for small ones.
+%% whatever the receiver's `deliver'. A list of binaries reaches the
+%% driver in one `erlang:port_call', whose external term format already
+%% holds each binary's length: the emulator copies the packets once into
+%% that buffer, in C, and the driver copies them into the ring. Other
+%% iodata is framed here first and goes through one `port_control', which
+%% costs more per packet.
 %%
 %% Raises badarg, and sends nothing, if Packets is not a proper list or
 %% one of its packets is empty, over 4096 bytes or not iodata (the error
@@ -372,20 +374,48 @@ send(Tube, Packet) ->
 %% takes messages with send/2).
 -spec send_batch(tube(), [iodata()]) -> {ok, non_neg_integer()} | {error, closed}.
 send_batch(Tube, Packets) when is_port(Tube) ->
-    try frame_batch(Packets, 1) of
-        Framed ->
-            case is_tube(Tube) of
-                true -> send_framed(Tube, Packets, Framed);
-                closed -> {error, closed};
-                false -> ?BADARG([Tube, Packets], #{1 => not_a_tube()})
-            end
-    catch
-        throw:{bad_packet, Why} -> ?BADARG([Tube, Packets], #{2 => Why})
+    Sent = case is_tube(Tube) =:= true andalso binary_first(Packets) of
+               true -> send_called(Tube, Packets);
+               _ -> send_batch_framed(Tube, Packets)
+           end,
+    case Sent of
+        {badarg, Cause} -> ?BADARG([Tube, Packets], Cause);
+        _ -> Sent
     end;
 send_batch(Tube, Packets) ->
     ?BADARG([Tube, Packets], #{1 => not_a_tube()}).
 
-send_framed(Tube, Packets, Framed) ->
+%% A list that starts with a binary is tried as a list of binaries; one
+%% that does not (iodata packets, typically all of them) is framed at once,
+%% without an encoding for port_call that the driver would only refuse.
+binary_first([P | _]) -> is_binary(P);
+binary_first(_) -> false.
+
+%% A list of binaries in one port_call; anything else (iodata to frame, a
+%% bad packet, a reliable or closed tube) comes back as `framed' or badarg,
+%% with nothing sent, and the framed path gives the answer.
+send_called(Tube, Packets) ->
+    try erlang:port_call(Tube, ?TUBE_CALL_SEND_BATCH, Packets) of
+        Sent when is_integer(Sent) -> {ok, Sent};
+        closed -> {error, closed};
+        framed -> send_batch_framed(Tube, Packets)
+    catch
+        error:badarg -> send_batch_framed(Tube, Packets)
+    end.
+
+send_batch_framed(Tube, Packets) ->
+    try frame_batch(Packets, 1) of
+        Framed ->
+            case is_tube(Tube) of
+                true -> send_framed(Tube, Framed);
+                closed -> {error, closed};
+                false -> {badarg, #{1 => not_a_tube()}}
+            end
+    catch
+        throw:{bad_packet, Why} -> {badarg, #{2 => Why}}
+    end.
+
+send_framed(Tube, Framed) ->
     try erlang:port_control(Tube, ?TUBE_CTL_SEND_BATCH, Framed) of
         [?TUBE_SEND_BATCH_OK | Sent] ->
             <<N:32/native>> = list_to_binary(Sent),
@@ -395,7 +425,7 @@ send_framed(Tube, Packets, Framed) ->
     catch
         error:badarg ->
             case delivery_of(Tube) of
-                reliable -> ?BADARG([Tube, Packets], #{1 => "a reliable tube: send its messages with send/2"});
+                reliable -> {badarg, #{1 => "a reliable tube: send its messages with send/2"}};
                 _ -> {error, closed}
             end
     end.

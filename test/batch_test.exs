@@ -12,9 +12,10 @@ defmodule TubeTest.BatchTest do
 
   alias TubeTest.{PeerNode, Remote}
 
-  # TUBE_CTL_DELIVER and TUBE_CTL_SEND_BATCH of include/tube_proto.hrl.
+  # TUBE_CTL_DELIVER, TUBE_CTL_SEND_BATCH and TUBE_CALL_SEND_BATCH of include/tube_proto.hrl.
   @ctl_deliver 6
   @ctl_send_batch 7
+  @call_send_batch 1
 
   setup do
     {peer, domid, os_pid} = PeerNode.start()
@@ -195,6 +196,91 @@ defmodule TubeTest.BatchTest do
     assert_raise ArgumentError, ~r/deliver/, fn -> :tube.setopts(t, deliver: :sometimes) end
     :ok = :tube.close(t)
     assert {:error, :closed} = :tube.send_batch(t, ["a"])
+  end
+
+  test "binaries, sub-binaries and other iodata in one stream: every packet whole and in order",
+       %{peer: peer, domid: domid} do
+    {t, port} = link(peer, domid, 10, %{deliver: :batch})
+    # A list of binaries goes through port_call; one with any other iodata is framed and
+    # goes through port_control. Calls of both kinds alternate, and some binaries are
+    # parts of a larger one (sub-binaries, which the external format copies like others).
+    big = :binary.copy(<<7, 1, 9>>, 3000)
+
+    sent =
+      for c <- 0..59 do
+        pkts = for i <- 0..24, do: packet(c * 25 + i, 1 + rem(c * 97 + i * 13, 600))
+
+        pkts =
+          case rem(c, 3) do
+            0 -> pkts
+            1 -> List.update_at(pkts, rem(c, 25), fn p -> [binary_part(p, 0, 1), binary_part(p, 1, byte_size(p) - 1)] end)
+            2 -> [binary_part(big, c, 1 + c * 50) | pkts]
+          end
+
+        went = peer_send(peer, port, pkts)
+        assert length(went) == length(pkts)
+        Enum.map(went, &IO.iodata_to_binary/1)
+      end
+      |> List.flatten()
+
+    {got, _} = collect(t, length(sent))
+    assert got == sent
+    refute_more(t)
+  end
+
+  test "send_batch/2 and port_command/2 from one sender keep their order",
+       %{peer: peer, domid: domid} do
+    # This process sends; the peer's owner keeps what it gets, one message per packet.
+    task = Task.async(fn -> PeerNode.call(peer, Remote, :accept, [:collect, 10_000]) end)
+    {:ok, t} = :tube.open(domid, 11, %{})
+    {:ok, name} = Task.await(task, 15_000)
+
+    # 100 rounds of 824 bytes of ring records: all of it fits in one ring, so nothing drops.
+    sent =
+      for r <- 0..99 do
+        one = <<r::32, "single">>
+        true = :erlang.port_command(t, one)
+        batch = for i <- 0..9, do: <<r::32, i::8, :binary.copy(<<i>>, 60)::binary>>
+        assert {:ok, 10} = :tube.send_batch(t, batch)
+        [one | batch]
+      end
+      |> List.flatten()
+
+    got = PeerNode.call(peer, Remote, :wait_received, [name, length(sent), 20_000])
+    assert got.count == length(sent)
+    assert got.packets == sent
+    {:ok, info} = :tube.info(t)
+    assert info.sent == length(sent) and info.dropped == 0
+  end
+
+  test "the driver's port_call answers framed, sending nothing, for anything but a list of good binaries",
+       %{peer: peer, domid: domid} do
+    {t, _port} = link(peer, domid, 12, %{})
+    big = :binary.copy("x", 4097)
+    # What send_batch/2 then frames itself (and answers: badarg or a send).
+    not_plain = [
+      :nope,
+      ["a" | "b"],
+      ["a", ""],
+      [big],
+      ["a", <<1::3>>],
+      ["a", ["b"]],
+      [1, 2, 3],
+      {"a", "b"},
+      ["a", :atom]
+    ]
+
+    for term <- not_plain do
+      assert :framed == :erlang.port_call(t, @call_send_batch, term), inspect(term)
+    end
+
+    assert_raise ArgumentError, fn -> :erlang.port_call(t, 99, ["a"]) end
+    {:ok, info} = :tube.info(t)
+    assert info.sent == 0 and info.dropped == 0 and info.rejected == 0
+    assert 0 == :erlang.port_call(t, @call_send_batch, [])
+    assert 2 == :erlang.port_call(t, @call_send_batch, ["a", :binary.copy("y", 4096)])
+    {:ok, info} = :tube.info(t)
+    assert info.sent == 2 and info.sent_bytes == 4097
   end
 
   test "batch mode and send_batch/2 are for lossy tubes only", %{peer: peer, domid: domid} do

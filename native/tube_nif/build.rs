@@ -72,6 +72,7 @@ fn erlang_header() -> String {
         ("TUBE_RX_LOW_WATER", RX_LOW_WATER),
         ("TUBE_RX_HIGH_BYTES", RX_HIGH_BYTES),
         ("TUBE_RX_POLL_MS", RX_POLL_MS),
+        ("TUBE_CALL_SEND_BATCH", CALL_SEND_BATCH.into()),
     ];
     for (name, v) in defs {
         let _ = writeln!(h, "-define({name}, {v}).");
@@ -97,6 +98,7 @@ fn c_header() -> String {
         ("TUBE_CTL_DELIVER", CTL_DELIVER),
         ("TUBE_CTL_SEND_BATCH", CTL_SEND_BATCH),
         ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT),
+        ("TUBE_CALL_SEND_BATCH", CALL_SEND_BATCH),
     ] {
         let _ = writeln!(h, "#define {name} {v}");
     }

@@ -114,3 +114,11 @@ pub const DIST_RING_BYTES: u64 = 512 << 10;
 pub const CLOSE_LINGER_MS: u64 = 5000;
 /// Longest polling window, in microseconds.
 pub const MAX_BUSY_POLL_US: u64 = 100_000;
+
+/// `erlang:port_call` command: `send_batch/2` with a list of binaries, which the emulator
+/// hands over in the external term format (`<<131, LIST_EXT, ..., BINARY_EXT, Len:32,
+/// Bytes...>>`), so that no framing is built in Erlang and no iolist flattened. The answer
+/// is the number of packets that went in, the atom `closed`, or the atom `framed`: the
+/// list is not all binaries of `1..=MAX_PACKET` bytes (or the tube takes no batches), and
+/// nothing was sent; the caller sends it through `CTL_SEND_BATCH`, which gives the answer.
+pub const CALL_SEND_BATCH: u32 = 1;

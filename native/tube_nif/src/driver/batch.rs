@@ -10,11 +10,16 @@
 //! then paid once per batch instead of once per packet. A credit (`{active,
 //! N}`) still counts packets: a batch never holds more than the credit left.
 //!
-//! Sending (`tube:send_batch/2`): one `port_control` carries many packets,
-//! framed `<<Len:16, Bytes:Len/binary>>`, which go into the ring under one
-//! publish of the producer index (so the peer is woken at most once), up to
-//! the first that finds the ring full; that one and the rest are dropped and
-//! counted, and the answer says how many went in.
+//! Sending (`tube:send_batch/2`): one `erlang:port_call` carries a list of
+//! binaries in the external term format, which the emulator writes in C with
+//! each binary's length before its bytes: the packets' boundaries, with no
+//! framing built in Erlang and no iolist flattened. They go into the ring
+//! under one publish of the producer index (so the peer is woken at most
+//! once), up to the first that finds the ring full; that one and the rest are
+//! dropped and counted, and the answer says how many went in. A list that is
+//! not all binaries of 1..4096 bytes comes back as `framed`, nothing sent:
+//! `send_batch/2` then frames its iodata itself into one `port_control`
+//! (`CTL_SEND_BATCH`), whose checks give the answer.
 
 use super::{set_from_control, DrvPort, PortState, RingError, SendError, Tube, MAX_PACKET};
 use super::{guarded, tube_drv_alloc_binary, tube_drv_free_binary, CloseReason};
@@ -211,6 +216,79 @@ fn frames(mut buf: &[u8]) -> Option<Vec<&[u8]>> {
     Some(pkts)
 }
 
+/// External term format tags (erts' `external.h`).
+const VERSION_MAGIC: u8 = 131;
+const NIL_EXT: u8 = 106;
+const LIST_EXT: u8 = 108;
+const BINARY_EXT: u8 = 109;
+const SMALL_ATOM_UTF8_EXT: u8 = 119;
+
+/// The packets of a `CALL_SEND_BATCH` buffer: a proper list of binaries of `1..=MAX_PACKET`
+/// bytes in the external term format, put in `pkts` (cleared first); false for anything
+/// else (nothing is sent then, and `send_batch/2` takes the framed path).
+fn ext_binaries<'a>(buf: &'a [u8], pkts: &mut Vec<&'a [u8]>) -> bool {
+    pkts.clear();
+    let Some((&VERSION_MAGIC, rest)) = buf.split_first() else { return false };
+    match rest {
+        [NIL_EXT] => return true,
+        [LIST_EXT, ..] => {}
+        _ => return false,
+    }
+    let Some((n, mut rest)) = rest[1..].split_first_chunk::<4>() else { return false };
+    let n = u32::from_be_bytes(*n) as usize;
+    // Each element takes at least 6 bytes: a count past that is a lie (no allocation for it).
+    if n > rest.len() / 6 {
+        return false;
+    }
+    pkts.reserve(n);
+    for _ in 0..n {
+        let Some((&BINARY_EXT, r)) = rest.split_first() else { return false };
+        let Some((len, r)) = r.split_first_chunk::<4>() else { return false };
+        let len = u32::from_be_bytes(*len) as usize;
+        if !(1..=MAX_PACKET).contains(&len) || r.len() < len {
+            return false;
+        }
+        let (pkt, r) = r.split_at(len);
+        pkts.push(pkt);
+        rest = r;
+    }
+    rest == [NIL_EXT]
+}
+
+/// The answer of a `CALL_SEND_BATCH` in the external term format: `Sent` (an integer) or
+/// an atom; `out` has room for `CALL_REPLY_MAX` bytes. Returns the length written.
+pub(super) const CALL_REPLY_MAX: usize = 16;
+
+fn call_reply(answer: CallAnswer, out: &mut [u8; CALL_REPLY_MAX]) -> usize {
+    out[0] = VERSION_MAGIC;
+    let atom: &[u8] = match answer {
+        CallAnswer::Sent(n) => {
+            // INTEGER_EXT: a signed 32-bit big-endian integer. `n` is at most what one ring
+            // holds, far below 2^31.
+            out[1] = 98;
+            out[2..6].copy_from_slice(&i32::try_from(n).unwrap_or(i32::MAX).to_be_bytes());
+            return 6;
+        }
+        CallAnswer::Closed => b"closed",
+        CallAnswer::Framed => b"framed",
+    };
+    out[1] = SMALL_ATOM_UTF8_EXT;
+    out[2] = atom.len() as u8;
+    out[3..3 + atom.len()].copy_from_slice(atom);
+    3 + atom.len()
+}
+
+/// What a `CALL_SEND_BATCH` did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CallAnswer {
+    /// The first `n` packets went in.
+    Sent(usize),
+    /// The tube is closed or its peer has gone.
+    Closed,
+    /// Nothing sent: the framed path must answer (see `CALL_SEND_BATCH`).
+    Framed,
+}
+
 impl PortState {
     /// `{deliver, _}`: batch mode is for lossy tubes that are not distribution ports.
     fn set_deliver(&mut self, mode: u8) -> bool {
@@ -251,6 +329,49 @@ impl PortState {
         }
     }
 }
+
+/// `erlang:port_call(Tube, 1, Packets)`: sends a list of binaries (see `CALL_SEND_BATCH`)
+/// and writes the answer, in the external term format, to `out` (room for `n` bytes).
+/// Returns its length, or -1 (badarg) when `out` is too small.
+#[no_mangle]
+pub extern "C" fn tube_rs_call_send_batch(
+    st: *mut c_void,
+    buf: *const c_char,
+    len: usize,
+    out: *mut u8,
+    n: usize,
+) -> c_int {
+    if out.is_null() || n < CALL_REPLY_MAX {
+        return -1;
+    }
+    let bytes: &[u8] = if buf.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: the C glue passes the emulator's buffer of `len` bytes, alive for this call.
+        unsafe { std::slice::from_raw_parts(buf as *const u8, len) }
+    };
+    let mut pkts = Vec::new();
+    let mut answer = CallAnswer::Closed;
+    if ext_binaries(bytes, &mut pkts) {
+        guarded(st, |state| {
+            answer = match state.send_batch(&pkts) {
+                Some((SEND_BATCH_OK_CODE, sent)) => CallAnswer::Sent(sent as usize),
+                Some(_) => CallAnswer::Closed,
+                None => CallAnswer::Framed,
+            }
+        });
+    } else {
+        answer = CallAnswer::Framed;
+    }
+    let mut reply = [0u8; CALL_REPLY_MAX];
+    let k = call_reply(answer, &mut reply);
+    // SAFETY: the caller passes room for `n >= CALL_REPLY_MAX >= k` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(reply.as_ptr(), out, k) };
+    k as c_int
+}
+
+/// `SEND_BATCH_OK`, as a pattern.
+const SEND_BATCH_OK_CODE: u8 = tube_ring::proto::SEND_BATCH_OK;
 
 /// The deliver mode of the open command: the word `deliver=batch` anywhere in it (a named
 /// word, so it does not depend on how many numbers come before it).
