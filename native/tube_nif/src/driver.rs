@@ -31,6 +31,7 @@ use crate::handoff;
 use crate::rx_bound::{self, RxBound};
 
 mod batch;
+mod dist;
 
 /// Packets delivered per callback before yielding to the scheduler.
 const BATCH: usize = 256;
@@ -182,6 +183,7 @@ impl PortState {
         if budget == 0 {
             return;
         }
+        self.inbox.pass.start(self.dist);
         let PortState { tube, inbox, credit, .. } = self;
         let pass = tube.receive_pass(
             budget,
@@ -190,10 +192,14 @@ impl PortState {
             |tube, max| inbox.receive(tube, max),
             |got| take_credit(credit, got),
         );
+        self.inbox.pass.account(self.port);
         self.bound.delivered(self.port, self.credit);
         let delivered = match pass {
             Ok((Pass::Stopped, _)) => return self.go_passive(),
             Ok((Pass::Budget, _)) => return self.resume_later(),
+            // A distribution port that delivered its pass's bytes goes on
+            // once the processes have run (driver/dist.rs).
+            Ok((Pass::Empty, _)) if self.inbox.pass.spent() => return self.resume_later(),
             Ok((Pass::Empty, n)) => n,
             Err(e) => return self.close(CloseReason::of(&e)),
         };
@@ -446,6 +452,7 @@ impl PortState {
     /// Delivers up to `max` packets or messages to the owner (or, on a
     /// distribution port, to the emulator).
     fn receive(&mut self, max: usize) -> Result<usize, RingError> {
+        self.inbox.pass.start(false);
         self.inbox.receive(&mut self.tube, max)
     }
 
@@ -607,6 +614,8 @@ struct Inbox {
     scratch: Box<[u8; SMALL_PACKET]>,
     /// `{deliver, batch}`: many packets per message (lossy tubes only).
     batch: Option<batch::Batcher>,
+    /// Bytes the current pass may still deliver (distribution ports).
+    pass: dist::PassBytes,
 }
 
 impl Inbox {
@@ -621,11 +630,22 @@ impl Inbox {
         }
         let (port, dist) = (self.port, self.dist);
         let scratch = self.scratch.as_mut_ptr();
-        tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
-            if !(dist && len == 0) {
-                dest.deliver(port, len);
+        let mut total = 0;
+        while total < max && !self.pass.spent() {
+            let want = self.pass.read_size(max - total);
+            let pass = &mut self.pass;
+            let got = tube.recv_messages(&mut self.asm, want, |len| MsgDest::new(scratch, len), |dest, len| {
+                pass.take(len);
+                if !(dist && len == 0) {
+                    dest.deliver(port, len);
+                }
+            })?;
+            total += got;
+            if got < want {
+                break;
             }
-        })
+        }
+        Ok(total)
     }
 }
 
@@ -770,6 +790,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
                 asm: None,
                 scratch: Box::new([0; SMALL_PACKET]),
                 batch: batch::from_command(command).filter(|_| !reliable),
+                pass: dist::PassBytes::new(),
             },
             busy: None,
             busy_count: 0,
