@@ -129,6 +129,8 @@ struct PortState {
     busy_time: Duration,
     /// The default, bounded mode (see rx_bound.rs), which also runs on `credit`.
     bound: RxBound,
+    /// Distribution ports: sends that skip polling after unanswered windows.
+    backoff: dist::PollBackoff,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -268,6 +270,9 @@ impl PortState {
         }
         self.polling = false;
         self.replies = self.heard;
+        if self.dist {
+            self.backoff.window_closed(self.heard);
+        }
         false
     }
 
@@ -277,6 +282,9 @@ impl PortState {
     /// leaves the scheduler to the processes.
     fn start_polling(&mut self) {
         if self.polling || !self.replies || self.credit == Some(0) || self.busy_poll.is_zero() {
+            return;
+        }
+        if self.dist && !self.backoff.may_poll() {
             return;
         }
         self.polling = true;
@@ -534,8 +542,8 @@ enum MsgDest {
 
 impl MsgDest {
     /// Memory for a message of `len` bytes; `None` when out of memory.
-    fn new(scratch: *mut u8, len: usize) -> Option<MsgDest> {
-        if len <= SMALL_PACKET {
+    fn new(scratch: *mut u8, small: usize, len: usize) -> Option<MsgDest> {
+        if len <= small {
             return Some(MsgDest::Scratch(scratch));
         }
         let mut data: *mut c_char = std::ptr::null_mut();
@@ -567,7 +575,7 @@ impl MsgDest {
     }
 }
 
-// SAFETY: the scratch buffer is the port's boxed `SMALL_PACKET` bytes (asked
+// SAFETY: the scratch buffer is the port's boxed `dist::SCRATCH` bytes (asked
 // only for messages that fit) and a binary's bytes are on the emulator's
 // heap: neither moves when the `MsgDest` does, and each is used by one
 // message at a time.
@@ -611,7 +619,7 @@ struct Inbox {
     /// A reliable message being put back together.
     asm: Option<Assembly<MsgDest>>,
     /// Small messages are copied here before `driver_output` copies them.
-    scratch: Box<[u8; SMALL_PACKET]>,
+    scratch: Box<[u8; dist::SCRATCH]>,
     /// `{deliver, batch}`: many packets per message (lossy tubes only).
     batch: Option<batch::Batcher>,
     /// Bytes the current pass may still deliver (distribution ports).
@@ -630,11 +638,12 @@ impl Inbox {
         }
         let (port, dist) = (self.port, self.dist);
         let scratch = self.scratch.as_mut_ptr();
+        let small = if dist { dist::SCRATCH } else { SMALL_PACKET };
         let mut total = 0;
         while total < max && !self.pass.spent() {
             let want = self.pass.read_size(max - total);
             let pass = &mut self.pass;
-            let got = tube.recv_messages(&mut self.asm, want, |len| MsgDest::new(scratch, len), |dest, len| {
+            let got = tube.recv_messages(&mut self.asm, want, |len| MsgDest::new(scratch, small, len), |dest, len| {
                 pass.take(len);
                 if !(dist && len == 0) {
                     dest.deliver(port, len);
@@ -788,7 +797,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
                 reliable,
                 dist: false,
                 asm: None,
-                scratch: Box::new([0; SMALL_PACKET]),
+                scratch: Box::new([0; dist::SCRATCH]),
                 batch: batch::from_command(command).filter(|_| !reliable),
                 pass: dist::PassBytes::new(),
             },
@@ -796,6 +805,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             busy_count: 0,
             busy_time: Duration::ZERO,
             bound,
+            backoff: dist::PollBackoff::new(),
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
