@@ -106,6 +106,11 @@ int tube_drv_resume_later(ErlDrvPort port)
 
 /* Comes back through timeout after ms milliseconds (a reliable tube
  * waiting, after a requested close, for its peer's last messages). */
+int tube_drv_consume_timeslice(ErlDrvPort port, int percent)
+{
+    return erl_drv_consume_timeslice(port, percent);
+}
+
 int tube_drv_set_timer(ErlDrvPort port, unsigned long ms)
 {
     return driver_set_timer(port, ms);

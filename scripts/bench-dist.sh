@@ -5,6 +5,7 @@
 # writes JSON (default bench-dist.json).
 #
 #   bash scripts/bench-dist.sh [--out FILE] [--scale 0.2] [--dist-busy-poll US]
+#                              [--only small,call,4096,65536,1048576,16777216]
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
 # calls, 256 MiB per throughput size); --dist-busy-poll sets the tube

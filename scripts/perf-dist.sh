@@ -51,7 +51,14 @@ runner=
 for who in "sender:$pid_a:$tids_a" "receiver:$pid_b:$tids_b"; do
     IFS=: read -r role pid list <<< "$who"
     echo "== $carrier, $load, $role (pid $pid): top symbols, self time, % of all samples"
-    perf report -i "$data" --no-children --tid "$list" --sort dso,sym --stdio 2>/dev/null \
-        | grep -E '^ +[0-9.]+%' | head -25
+    # head closes the pipe early: with pipefail that is not a failure.
+    { perf report -i "$data" --no-children --tid "$list" --sort dso,sym --stdio 2>/dev/null \
+        | grep -E '^ +[0-9.]+%' | head -25; } || true
+    echo "-- $role by object (% of all samples)"
+    { perf report -i "$data" --no-children --sort pid,dso --stdio 2>/dev/null \
+        | grep -E '^ +[0-9.]+%' \
+        | awk -v tids=",$list," '{ split($2, t, ":"); if (index(tids, "," t[1] ",")) s[$3] += $1 }
+              END { for (d in s) printf "    %6.2f%%  %s\n", s[d], d }' \
+        | sort -rn | head -6; } || true
 done
 echo "perf data: $data"

@@ -10,6 +10,9 @@
 %%   - CPU per small message on both nodes (statistics(runtime) of each VM).
 %% Results go to a JSON file and a table on standard output.
 %%
+%% `--only small,call,65536' measures those loads alone (a quick look at one
+%% figure while tuning; the JSON then holds only their fields).
+%%
 %% Run through scripts/bench-dist.sh.
 -module(tube_dist_bench).
 
@@ -20,8 +23,9 @@
 -define(COOKIE, "tube_dist_bench").
 
 main(Args) ->
-    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => default}),
+    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => default, only => all}),
     persistent_term:put({?MODULE, busy_poll}, maps:get(busy_poll, Opts)),
+    persistent_term:put({?MODULE, only}, maps:get(only, Opts)),
     Scale = maps:get(scale, Opts),
     Results = [measure(C, Scale) || C <- [tube, tcp]],
     Json = json(Results),
@@ -31,9 +35,24 @@ main(Args) ->
     halt(0).
 
 parse(["--out", F | R], O) -> parse(R, O#{out => F});
-parse(["--scale", S | R], O) -> parse(R, O#{scale => list_to_float(S)});
+parse(["--scale", S | R], O) -> parse(R, O#{scale => number(S)});
 parse(["--dist-busy-poll", Us | R], O) -> parse(R, O#{busy_poll => list_to_integer(Us)});
+parse(["--only", L | R], O) -> parse(R, O#{only => [load(W) || W <- string:lexemes(L, ",")]});
 parse([], O) -> O.
+
+number(S) ->
+    try list_to_float(S) catch error:badarg -> float(list_to_integer(S)) end.
+
+load("small") -> small;
+load("call") -> call;
+load(Size) -> list_to_integer(Size).
+
+%% True when the load is to be measured (all of them unless `--only').
+wanted(Load) ->
+    case persistent_term:get({?MODULE, only}) of
+        all -> true;
+        Loads -> lists:member(Load, Loads)
+    end.
 
 %% ---- one carrier -----------------------------------------------------------
 
@@ -48,17 +67,33 @@ measure(Carrier, Scale) ->
         io:format("~p: connected over ~p~n", [Carrier, Proto]),
         _ = call(B, ?MODULE, echo_init, []),
         N = round(300000 * Scale),
-        {Rate64, CpuA, CpuB} = with_cpu(A, B, fun() ->
-            call(A, ?MODULE, small_rate, [NodeB, binary, N]) end),
-        RateTuple = call(A, ?MODULE, small_rate, [NodeB, tuple, N]),
-        Rtt = call(A, ?MODULE, call_rtt, [NodeB, round(20000 * Scale)]),
-        Thr = [{Size, call(A, ?MODULE, throughput, [NodeB, Size, max(8, round(Scale * (256 bsl 20) / Size))])}
-               || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
-        #{carrier => Carrier, protocol => Proto,
-          small_64b_per_s => Rate64, small_tuple_per_s => RateTuple,
-          call_p50_us => maps:get(p50, Rtt), call_p99_us => maps:get(p99, Rtt),
-          cpu_us_per_msg_a => CpuA * 1000 / N, cpu_us_per_msg_b => CpuB * 1000 / N,
-          throughput_mb_s => maps:from_list(Thr)}
+        Small = case wanted(small) of
+                    false -> #{};
+                    true ->
+                        {Rate64, CpuA, CpuB} = with_cpu(A, B, fun() ->
+                            call(A, ?MODULE, small_rate, [NodeB, binary, N]) end),
+                        #{small_64b_per_s => Rate64,
+                          small_tuple_per_s => call(A, ?MODULE, small_rate, [NodeB, tuple, N]),
+                          cpu_us_per_msg_a => CpuA * 1000 / N, cpu_us_per_msg_b => CpuB * 1000 / N}
+                end,
+        Call = case wanted(call) of
+                   false -> #{};
+                   true ->
+                       Rtt = call(A, ?MODULE, call_rtt, [NodeB, round(20000 * Scale)]),
+                       #{call_p50_us => maps:get(p50, Rtt), call_p99_us => maps:get(p99, Rtt)}
+               end,
+        Thr = [{Size, with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end),
+                Size * Count / 1.0e6}
+               || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(Size),
+                  Count <- [max(8, round(Scale * (256 bsl 20) / Size))]],
+        maps:merge(maps:merge(Small, Call),
+                   #{carrier => Carrier, protocol => Proto,
+                     throughput_mb_s => maps:from_list([{S, R} || {S, {R, _, _}, _} <- Thr]),
+                     %% CPU milliseconds of each VM per 100 MB sent: what a
+                     %% size costs, which a loaded machine changes less than
+                     %% the rate.
+                     cpu_ms_per_100mb_a => maps:from_list([{S, Ca * 100 / Mb} || {S, {_, Ca, _}, Mb} <- Thr]),
+                     cpu_ms_per_100mb_b => maps:from_list([{S, Cb * 100 / Mb} || {S, {_, _, Cb}, Mb} <- Thr])})
     after
         stop_node(A),
         stop_node(B)
@@ -186,22 +221,31 @@ table(Results) ->
     Row("CPU per 64 B msg, receiver, us", cpu_us_per_msg_b),
     [Row(io_lib:format("throughput ~s, MB/s", [size_label(S)]), {throughput_mb_s, S})
      || S <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
+    [Row(io_lib:format("CPU ~s ~s, ms per 100 MB", [Who, size_label(S)]), {Key, S})
+     || {Who, Key} <- [{"sender", cpu_ms_per_100mb_a}, {"receiver", cpu_ms_per_100mb_b}],
+        S <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
     ok.
 
-get({K1, K2}, M) -> maps:get(K2, maps:get(K1, M));
-get(K, M) -> maps:get(K, M).
+get({K1, K2}, M) -> maps:get(K2, maps:get(K1, M), none);
+get(K, M) -> maps:get(K, M, none).
 
 %% How many times better tube is (for times and CPU: lower is better).
 ratio(Key, T, C) when is_number(T), is_number(C), T > 0, C > 0 ->
-    R = case lists:member(Key, [call_p50_us, call_p99_us, cpu_us_per_msg_a, cpu_us_per_msg_b]) of
+    Lower = [call_p50_us, call_p99_us, cpu_us_per_msg_a, cpu_us_per_msg_b,
+             cpu_ms_per_100mb_a, cpu_ms_per_100mb_b],
+    R = case lists:member(element(1, key_of(Key)), Lower) of
             true -> C / T;
             false -> T / C
         end,
     io_lib:format("~.2fx", [R]);
 ratio(_, _, _) -> "-".
 
+key_of({K, _}) -> {K};
+key_of(K) -> {K}.
+
 fmt(X) when is_float(X), X >= 1000 -> integer_to_list(round(X));
 fmt(X) when is_float(X) -> io_lib:format("~.2f", [X]);
+fmt(none) -> "-";
 fmt(X) -> io_lib:format("~p", [X]).
 
 size_label(S) when S >= 1 bsl 20 -> integer_to_list(S bsr 20) ++ " MiB";

@@ -31,6 +31,7 @@ use crate::handoff;
 use crate::rx_bound::{self, RxBound};
 
 mod batch;
+mod dist;
 
 /// Packets delivered per callback before yielding to the scheduler.
 const BATCH: usize = 256;
@@ -128,6 +129,8 @@ struct PortState {
     busy_time: Duration,
     /// The default, bounded mode (see rx_bound.rs), which also runs on `credit`.
     bound: RxBound,
+    /// Distribution ports: sends that skip polling after unanswered windows.
+    backoff: dist::PollBackoff,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -182,6 +185,7 @@ impl PortState {
         if budget == 0 {
             return;
         }
+        self.inbox.pass.start(self.dist);
         let PortState { tube, inbox, credit, .. } = self;
         let pass = tube.receive_pass(
             budget,
@@ -190,10 +194,14 @@ impl PortState {
             |tube, max| inbox.receive(tube, max),
             |got| take_credit(credit, got),
         );
+        self.inbox.pass.account(self.port);
         self.bound.delivered(self.port, self.credit);
         let delivered = match pass {
             Ok((Pass::Stopped, _)) => return self.go_passive(),
             Ok((Pass::Budget, _)) => return self.resume_later(),
+            // A distribution port that delivered its pass's bytes goes on
+            // once the processes have run (driver/dist.rs).
+            Ok((Pass::Empty, _)) if self.inbox.pass.spent() => return self.resume_later(),
             Ok((Pass::Empty, n)) => n,
             Err(e) => return self.close(CloseReason::of(&e)),
         };
@@ -262,6 +270,9 @@ impl PortState {
         }
         self.polling = false;
         self.replies = self.heard;
+        if self.dist {
+            self.backoff.window_closed(self.heard);
+        }
         false
     }
 
@@ -271,6 +282,9 @@ impl PortState {
     /// leaves the scheduler to the processes.
     fn start_polling(&mut self) {
         if self.polling || !self.replies || self.credit == Some(0) || self.busy_poll.is_zero() {
+            return;
+        }
+        if self.dist && !self.backoff.may_poll() {
             return;
         }
         self.polling = true;
@@ -446,6 +460,7 @@ impl PortState {
     /// Delivers up to `max` packets or messages to the owner (or, on a
     /// distribution port, to the emulator).
     fn receive(&mut self, max: usize) -> Result<usize, RingError> {
+        self.inbox.pass.start(false);
         self.inbox.receive(&mut self.tube, max)
     }
 
@@ -527,8 +542,8 @@ enum MsgDest {
 
 impl MsgDest {
     /// Memory for a message of `len` bytes; `None` when out of memory.
-    fn new(scratch: *mut u8, len: usize) -> Option<MsgDest> {
-        if len <= SMALL_PACKET {
+    fn new(scratch: *mut u8, small: usize, len: usize) -> Option<MsgDest> {
+        if len <= small {
             return Some(MsgDest::Scratch(scratch));
         }
         let mut data: *mut c_char = std::ptr::null_mut();
@@ -560,7 +575,7 @@ impl MsgDest {
     }
 }
 
-// SAFETY: the scratch buffer is the port's boxed `SMALL_PACKET` bytes (asked
+// SAFETY: the scratch buffer is the port's boxed `dist::SCRATCH` bytes (asked
 // only for messages that fit) and a binary's bytes are on the emulator's
 // heap: neither moves when the `MsgDest` does, and each is used by one
 // message at a time.
@@ -604,9 +619,11 @@ struct Inbox {
     /// A reliable message being put back together.
     asm: Option<Assembly<MsgDest>>,
     /// Small messages are copied here before `driver_output` copies them.
-    scratch: Box<[u8; SMALL_PACKET]>,
+    scratch: Box<[u8; dist::SCRATCH]>,
     /// `{deliver, batch}`: many packets per message (lossy tubes only).
     batch: Option<batch::Batcher>,
+    /// Bytes the current pass may still deliver (distribution ports).
+    pass: dist::PassBytes,
 }
 
 impl Inbox {
@@ -621,11 +638,23 @@ impl Inbox {
         }
         let (port, dist) = (self.port, self.dist);
         let scratch = self.scratch.as_mut_ptr();
-        tube.recv_messages(&mut self.asm, max, |len| MsgDest::new(scratch, len), |dest, len| {
-            if !(dist && len == 0) {
-                dest.deliver(port, len);
+        let small = if dist { dist::SCRATCH } else { SMALL_PACKET };
+        let mut total = 0;
+        while total < max && !self.pass.spent() {
+            let want = self.pass.read_size(max - total);
+            let pass = &mut self.pass;
+            let got = tube.recv_messages(&mut self.asm, want, |len| MsgDest::new(scratch, small, len), |dest, len| {
+                pass.take(len);
+                if !(dist && len == 0) {
+                    dest.deliver(port, len);
+                }
+            })?;
+            total += got;
+            if got < want {
+                break;
             }
-        })
+        }
+        Ok(total)
     }
 }
 
@@ -768,13 +797,15 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
                 reliable,
                 dist: false,
                 asm: None,
-                scratch: Box::new([0; SMALL_PACKET]),
+                scratch: Box::new([0; dist::SCRATCH]),
                 batch: batch::from_command(command).filter(|_| !reliable),
+                pass: dist::PassBytes::new(),
             },
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,
             bound,
+            backoff: dist::PollBackoff::new(),
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
