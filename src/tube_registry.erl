@@ -480,12 +480,16 @@ changed(Key, St) ->
     end,
     St.
 
-%% Something changed under data/tip/<Peer>/<Tid>: the tube there hears of
-%% it, or a tip process is started to look at a new entry.
+%% Something changed under data/tip/<Peer>/<Tid>: a tip process is
+%% started to look at a new entry. The tube that holds the key is not told:
+%% the entry is written by its nock, in the transactions that also write
+%% the nock's node, which the tube watches itself, or by the tube (about
+%% a dozen events a handshake); a change while it is held is only noted,
+%% for the entry to be looked at again once the tube ends (recheck/3).
 incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
     case maps:find(Key, St#st.tubes) of
         {ok, _} ->
-            changed(Key, St#st{seen = maps:put(Key, true, St#st.seen)});
+            St#st{seen = maps:put(Key, true, St#st.seen)};
         error ->
             start_tip(Key, {Key, C, D, fresh}, St)
     end;

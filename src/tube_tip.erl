@@ -45,12 +45,14 @@ tid(#{key := {tip, _, Tid}}) -> Tid.
 
 %% A fresh entry is nearly always a new tube: the watch on the nock and the
 %% transaction that answers it ride in the same round trip, undone if not.
+%% With an accept() caller waiting, the ring is made while that round trip
+%% runs (ready_offer/1).
 handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
     Batch = case How of
                 fresh -> taking(Data);
                 recheck -> tube_paths:tip_examine(D, Peer, Tid)
             end,
-    {keep_state, tube_fsm:ask(examine, Batch, Data)};
+    {keep_state, ready_offer(tube_fsm:ask(examine, Batch, Data))};
 
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
@@ -325,15 +327,28 @@ start_tx(State, Data) ->
 busy(State, Data = #{tries := N}) ->
     {next_state, State, Data#{tries := N + 1}, [{state_timeout, rand:uniform(min(64, 1 bsl min(N, 6))), retry}]}.
 
+%% The ring of a tube that goes straight to its accept() caller, made
+%% ahead of the check of the entry, which nearly always takes it: an entry
+%% not taken drops it (the ring is freed with its last reference). One
+%% that cannot be made now is made, and its error answered, when offered.
+ready_offer(Data = #{from := {_, _}}) ->
+    case tube_nif:ring_offer(tid(Data)) of
+        {ok, _, _, _, _} = Offer -> Data#{ready_offer => Offer};
+        _ -> Data
+    end;
+ready_offer(Data) ->
+    Data.
+
 %% The ring, and its refs with state 3, in the open transaction.
 publish_offer(Data = #{tx := Tx}) ->
-    Offer = case maps:find(refs, Data) of
-                {ok, _} -> ok;
-                error -> tube_nif:ring_offer(tid(Data))
+    Offer = case Data of
+                #{refs := _} -> ok;
+                #{ready_offer := Ready} -> Ready;
+                _ -> tube_nif:ring_offer(tid(Data))
             end,
     case Offer of
         {ok, Res, Evt, TxRef, RxRef} ->
-            publish_offer(Data#{offer => Res, refs => {Evt, TxRef, RxRef}});
+            publish_offer(maps:remove(ready_offer, Data#{offer => Res, refs => {Evt, TxRef, RxRef}}));
         ok ->
             {Evt, TxRef, RxRef} = maps:get(refs, Data),
             Fields = [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef}, {"event-channel", Evt},
