@@ -2,7 +2,7 @@
 %% One tube opened by this node (the nock, seed 001), from open/3 to the
 %% removal of its nodes.
 %%
-%%   idle -> queued -> publishing -> waiting -> connecting -> handed -> open -> closing
+%%   idle | queued -> publishing -> waiting -> connecting -> handed -> open -> closing
 %%                                               connecting -> failing -> closing
 %%
 %% `queued' waits for a closing tube with the same key; `publishing'
@@ -25,17 +25,22 @@
 
 callback_mode() -> handle_event_function.
 
-%% Started by open/3 with its request: From answers its caller.
-init({Key, From = {Caller, _}, Deadline}) ->
+%% Started by the registry for open/3, with its request (From answers its
+%% caller) and the key: held ({ok, Conn, Domid}), or `wait' for a closing
+%% tube to let it go.
+init({Key, From = {Caller, _}, Deadline, Claim}) ->
     process_flag(trap_exit, true),
-    Data = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
-    {ok, idle, Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
-     [{next_event, internal, open}]}.
+    Data0 = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
+    Data = Data0#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
+    case Claim of
+        {ok, Conn, Domid} -> {ok, idle, Data#{conn := Conn, domid := Domid}, [{next_event, internal, publish}]};
+        wait -> {ok, queued, Data, tube_fsm:deadline_timeout(Data)}
+    end.
 
 %% ---- idle, queued --------------------------------------------------------------
 
-handle_event(internal, open, idle, Data) ->
-    claim(Data);
+handle_event(internal, publish, idle, Data) ->
+    publish(Data);
 handle_event(info, {tube_event, {key_free, Conn, Domid}}, queued, Data) ->
     case Conn of
         undefined -> {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
@@ -244,13 +249,6 @@ late(_State, Purpose, Res, Data) ->
     {keep_state, Data1}.
 
 %% ---- the handshake -----------------------------------------------------------------
-
-claim(Data = #{key := Key}) ->
-    case tube_registry:claim(Key, maps:get(deadline, Data)) of
-        {ok, Conn, Domid} -> publish(Data#{conn := Conn, domid := Domid});
-        wait -> {next_state, queued, Data, tube_fsm:deadline_timeout(Data)};
-        {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}
-    end.
 
 publish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
     Start = [{introduced, {is_domain_introduced, Peer}} | tube_paths:nock_check(D, Peer, Tid)],

@@ -15,7 +15,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, domid/0, conn/0, publish_name/1, publish_name/2]).
--export([claim/2, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
+-export([open/4, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -79,10 +79,19 @@ publish_name(Node, Flags) when is_atom(Node), is_list(Flags) ->
 publish_name(_, _) ->
     erlang:error(badarg).
 
-%% A tube process asks for Key on behalf of a caller who waits until
-%% Deadline: {ok, Conn, Domid}, `wait' (a closing tube still holds it:
-%% `key_free' follows), or an error.
-claim(Key, Deadline) -> gen_server:call(?MODULE, {claim, Key, Deadline}, infinity).
+%% open/3 asks for a nock Key on behalf of ReplyTo, who waits until
+%% Deadline: {ok, Pid} of the tube_nock started with the key (or queued
+%% for it behind a closing tube, which still holds it), or the error that
+%% refuses the key. At most Wait ms; the registry answers from its own
+%% state.
+open(Key, ReplyTo, Deadline, Wait) ->
+    Req = gen_server:send_request(?MODULE, {open, Key, ReplyTo, Deadline}),
+    case gen_server:receive_response(Req, Wait) of
+        {reply, Reply} -> Reply;
+        timeout -> {error, timeout};
+        {error, {noproc, _}} -> {error, not_started};
+        {error, {Reason, _}} -> {error, {control_plane, Reason}}
+    end.
 
 %% An incoming tube is ready to be accepted: {offer, From, Deadline} hands
 %% it an accept() caller, `queued' keeps it in the backlog until one comes.
@@ -212,11 +221,18 @@ fail_acceptors(St) ->
 
 %% ---- calls ---------------------------------------------------------------------------
 
-handle_call({claim, Key, Deadline}, {Pid, _}, St) ->
-    {Reply, St1} = do_claim(Key, Pid, St),
-    case Reply of
-        {error, _} -> {reply, Reply, St1};
-        _ -> {reply, Reply, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}}
+handle_call({open, Key, ReplyTo, Deadline}, _From, St) ->
+    case claim(Key, St) of
+        {error, _} = E ->
+            {reply, E, St};
+        Claim ->
+            case tube_tubes_sup:start_tube(tube_nock, {Key, ReplyTo, Deadline, Claim}) of
+                {ok, Pid} ->
+                    St1 = claimed(Claim, Key, Pid, St),
+                    {reply, {ok, Pid}, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}};
+                {error, R} ->
+                    {reply, {error, {control_plane, R}}, St}
+            end
     end;
 handle_call({ready, Key, Tid}, _From, St) ->
     case take_acceptor(Tid, St#st.acceptors) of
@@ -245,26 +261,32 @@ handle_cast({cancel_accept, Pid}, St) ->
     lists:foreach(fun cancel/1, Gone),
     {noreply, St#st{acceptors = Kept}}.
 
-do_claim(_Key, _Pid, St = #st{conn = undefined}) ->
-    {{error, xenstore_down}, St};
-do_claim({_, D, _}, _Pid, St = #st{domid = D}) ->
-    {{error, self}, St};
-do_claim(Key, Pid, St) ->
+%% Whether a new tube may take Key: {ok, Conn, Domid}, `wait' (a closing
+%% tube still holds it: `key_free' follows), or the error that refuses it.
+claim(_Key, #st{conn = undefined}) ->
+    {error, xenstore_down};
+claim({_, D, _}, #st{domid = D}) ->
+    {error, self};
+claim(Key, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
-            {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
+            {ok, St#st.conn, St#st.domid};
         {ok, Holder} ->
             Row = ets:lookup(?TAB, {tube, Key}),
             case closing(Row) orelse given_up(Row, maps:get(Holder, St#st.deadlines, infinity)) of
-                true ->
-                    erlang:monitor(process, Pid),
-                    Q = maps:get(Key, St#st.queued, []),
-                    {wait, St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
-                                 pids = maps:put(Pid, {queued, Key}, St#st.pids)}};
-                _ ->
-                    {{error, tid_in_use}, St}
+                true -> wait;
+                false -> {error, tid_in_use}
             end
     end.
+
+%% The tube Pid started with claim/2's answer holds Key, or waits for it.
+claimed({ok, _, _}, Key, Pid, St) ->
+    hold(Key, Pid, St);
+claimed(wait, Key, Pid, St) ->
+    erlang:monitor(process, Pid),
+    Q = maps:get(Key, St#st.queued, []),
+    St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
+          pids = maps:put(Pid, {queued, Key}, St#st.pids)}.
 
 %% Whether the tube holding a key is going: closing, or its port closed
 %% (its process is about to hear of it).
