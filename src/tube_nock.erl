@@ -137,9 +137,20 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 
 %% ---- in any state ---------------------------------------------------------------
 
-handle_event(info, {tube_event, peer_changed}, waiting, Data = #{key := Key, domid := D}) ->
+%% One read of the tip at a time: the changes told while it is on its way
+%% are read after it, if it did not find the offer (read_offer/1).
+handle_event(info, {tube_event, peer_changed}, waiting, Data = #{reading := true}) ->
     tube_fsm:changes_read(),
-    {keep_state, tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
+    {keep_state, Data#{changed => true}};
+handle_event(info, {tube_event, peer_changed}, waiting, Data) ->
+    {keep_state, read_offer(Data)};
+%% The watch on the tip entry is set with the commit that creates it, and
+%% its first event (which Xenstore sends for every new watch) may come
+%% before or after the commit's reply: noted here, read once the entry is
+%% published, so that the handshake reads the tip once for that event.
+handle_event(info, {tube_event, peer_changed}, publishing, Data) ->
+    tube_fsm:changes_read(),
+    {keep_state, Data#{changed => true}};
 handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
     tube_fsm:changes_read(),
     keep_state_and_data;
@@ -176,10 +187,14 @@ replied(publishing, start, #{tx := E}, Data) ->
 replied(publishing, write, Res = #{commit := ok, watch := W}, Data) ->
     case {tube_paths:nock_writes_ok(Res), W} of
         {ok, ok} ->
-            %% Changes seen before the commit's reply went by unread: read once now.
-            Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(maps:get(key, Data), maps:get(domid, Data))),
-                                 maps:remove(tx, Data#{tries := 0})),
-            {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
+            %% The watch's first event, or a change, came before this
+            %% reply: read now; else that event comes in `waiting'.
+            Data1 = maps:remove(tx, maps:remove(changed, Data#{tries := 0})),
+            Data2 = case maps:get(changed, Data, false) of
+                        true -> read_offer(Data1);
+                        false -> Data1
+                    end,
+            {next_state, waiting, tube_fsm:row(waiting, Data2), tube_fsm:deadline_timeout(Data)};
         {ok, E} ->
             fail(tube_fsm:error_of(watches, E), maps:remove(tx, Data));
         {E, _} ->
@@ -196,7 +211,15 @@ replied(publishing, write, #{commit := {error, eagain}, watch := W}, Data) ->
 replied(publishing, write, #{commit := E, watch := W}, Data) ->
     fail(tube_fsm:error_of(nodes, E), unwatch(W, maps:remove(tx, Data)));
 replied(waiting, offer, Res, Data) ->
-    offered(Res, Data);
+    case offered(Res, Data) of
+        keep_state_and_data ->
+            case maps:take(changed, maps:remove(reading, Data)) of
+                {true, Data1} -> {keep_state, read_offer(Data1)};
+                error -> {keep_state, maps:remove(reading, Data)}
+            end;
+        Next ->
+            Next
+    end;
 replied(failing, failed, Res, Data = #{error := Error}) ->
     case Res of
         #{evt := {ok, <<"error:", Why/binary>>}} -> fail({error, tip_error(Why)}, Data);
@@ -252,7 +275,7 @@ late(_State, Purpose, Res, Data) ->
 
 publish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
     Start = [{introduced, {is_domain_introduced, Peer}} | tube_paths:nock_check(D, Peer, Tid)],
-    {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, Data)),
+    {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, maps:remove(changed, Data))),
      tube_fsm:deadline_timeout(Data)}.
 
 busy(Data = #{tries := N}) ->
@@ -288,6 +311,11 @@ not_ready(Data = #{tx := Tx}) ->
     N = maps:get(not_ready, Data, 0),
     Data1 = tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data)),
     {keep_state, Data1#{not_ready => N + 1}, [{{timeout, peer_ready}, min(100, 2 bsl min(N, 6)), retry}]}.
+
+%% Covers every change told so far (tube_fsm:changes_read/0).
+read_offer(Data = #{key := Key, domid := D}) ->
+    tube_fsm:changes_read(),
+    tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), maps:remove(changed, Data#{reading => true})).
 
 watch_op(Data = #{key := Key, domid := D}) ->
     {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.

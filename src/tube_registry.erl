@@ -472,7 +472,8 @@ start_tip(Key = {tip, _, Tid}, {Key, C, D, How}, St) ->
 route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
     TipDir = tube_paths:tip_dir(D),
     case tube_paths:parse_tip_event(Path, D) of
-        {ok, Peer, Tid} -> incoming({tip, Peer, Tid}, St);
+        {ok, Peer, Tid, [<<"nock">>]} -> incoming({tip, Peer, Tid}, St);
+        {ok, _, _, _} -> St;
         error when Path =:= TipDir, St#st.link =/= undefined ->
             tube_link:resetup(St#st.link),
             St;
@@ -502,7 +503,12 @@ changed(Key, St) ->
     end,
     St.
 
-%% Something changed under data/tip/<Peer>/<Tid>: a tip process is
+%% The `nock' field of an entry under data/tip/<Peer>/<Tid> was written:
+%% only a nock writes it, when it creates the entry (or creates it again
+%% after a daemon restart), so that is the one change of an entry that may
+%% be a new tube. The other fields are written by the nock in the same
+%% transaction, or later by the tip; a removal changes only the entry's
+%% own path (and its parents'): none of those needs a look. A tip process is
 %% started to look at a new entry. The tube that holds the key is not told:
 %% the entry is written by its nock, in the transactions that also write
 %% the nock's node, which the tube watches itself, or by the tube (about

@@ -24,6 +24,9 @@
 
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
 
+%% How long a closing tip leaves the removal of its entry to its nock.
+-define(NOCK_LINGER, 1000).
+
 callback_mode() -> handle_event_function.
 
 %% Offer is the accept() caller the registry handed this tube when it
@@ -127,6 +130,12 @@ handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
 handle_event(info, {tube_event, {xs_up, Conn}}, closing, Data) ->
     remove(Data#{conn := Conn});
 handle_event(state_timeout, retry, closing, Data) ->
+    remove(Data);
+handle_event(info, {tube_event, peer_changed}, closing, Data = #{awaiting_nock := true}) ->
+    {keep_state, check_nock(Data)};
+handle_event(state_timeout, nock_linger, closing, Data = #{awaiting_nock := true}) ->
+    remove(Data);
+handle_event(info, {tube_event, domains_changed}, closing, Data = #{awaiting_nock := true}) ->
     remove(Data);
 handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
     {keep_state, Data#{waiters := [From | W]}};
@@ -375,14 +384,16 @@ hand(Data = #{handoff := Id}) ->
 
 %% ---- following the nock ---------------------------------------------------------------
 
+peer_state(State, {error, enoent}, _Res, Data) when State =:= backlog; State =:= mapped ->
+    closing(Data#{nock_gone => true});
 peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
-                                      S =:= {error, enoent} orelse S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
+                                      S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
     closing(Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
 peer_state(open, {error, enoent}, _Res, Data) ->
-    {keep_state, tube_fsm:check_domain(Data)};
+    {keep_state, tube_fsm:check_domain(Data#{nock_gone => true})};
 %% After a daemon restart the nock publishes its directory again, empty:
 %% fill our fields in again.
 peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
@@ -436,14 +447,57 @@ unwatch_op(Data) -> {unwatch, nock(Data), maps:get(token, Data)}.
 %% ---- closing --------------------------------------------------------------------------
 
 closing(Data) ->
-    Data1 = abort_tx(tube_fsm:discard(Data)),
-    remove(tube_fsm:row(closing, Data1#{tries := 0})).
+    Data0 = abort_tx(tube_fsm:discard(Data)),
+    Data1 = tube_fsm:row(closing, Data0#{tries := 0}),
+    case leave_to_nock(Data1) of
+        true -> await_nock(Data1);
+        false -> remove(Data1)
+    end.
+
+%% The nock removes the entry with its own node when its tube closes,
+%% which it does as soon as its port sees this end go (it owns both): while
+%% the nock's node is there, the tip leaves the removal to it rather than
+%% race it in a transaction of its own. It checks the nock's node now and
+%% on each change (through its watch on that node), and removes the entry
+%% itself only if the nock has not within ?NOCK_LINGER ms, or if the
+%% connection or the nock's domain goes meanwhile.
+leave_to_nock(Data = #{refs := _, watched := true, conn := C}) when C =/= undefined ->
+    not maps:get(nock_gone, Data, false);
+leave_to_nock(_Data) ->
+    false.
+
+await_nock(Data) ->
+    {next_state, closing, check_nock(Data#{awaiting_nock => true}), [{state_timeout, ?NOCK_LINGER, nock_linger}]}.
+
+check_nock(Data) ->
+    tube_fsm:changes_read(),
+    tube_fsm:ask(nock_check, [{state, {read, 0, [nock(Data), "/state"]}},
+                              {evt, {read, 0, [tip(Data), "/event-channel"]}}], Data).
+
+%% The entry is the nock's to remove while its node is there and the entry
+%% still holds this tube's ring: once either is no longer so, the nock has
+%% removed its node (and the entry with it, in the same batch) or a new tube
+%% took the entry's place, and this tube is done.
+nock_checked(#{state := {error, enoent}}, Data) ->
+    left_to_nock(Data);
+nock_checked(#{state := {ok, _}, evt := Evt}, Data = #{refs := {Own, _, _}}) when Evt =/= {ok, Own} ->
+    left_to_nock(Data);
+nock_checked(#{state := {ok, _}, evt := {ok, _}}, Data) ->
+    {keep_state, Data};
+nock_checked(Res, Data) ->
+    %% An error of the read itself: the entry is removed here instead.
+    tube_fsm:log(Data, "checking the nock before leaving it the entry", maps:values(Res)),
+    remove(maps:remove(awaiting_nock, Data)).
+
+left_to_nock(Data) ->
+    done(tube_fsm:ask(removed, [{unwatch, unwatch_op(Data)}], maps:remove(awaiting_nock, Data#{watched => false}))).
 
 %% The entry goes only while it holds the ring this tip published: the
 %% nock may already have opened a new tube with the same Tid there.
 remove(Data = #{conn := undefined}) ->
-    {next_state, closing, Data};
-remove(Data) ->
+    {next_state, closing, maps:remove(awaiting_nock, Data)};
+remove(Data0) ->
+    Data = maps:remove(awaiting_nock, Data0),
     Unwatch = [{unwatch, unwatch_op(Data)} || maps:get(watched, Data, false)],
     case maps:find(refs, Data) of
         {ok, _} ->
@@ -453,6 +507,10 @@ remove(Data) ->
             done(tube_fsm:ask(removed, Unwatch, Data#{watched => false}))
     end.
 
+removed(nock_check, Res, Data = #{awaiting_nock := true}) ->
+    nock_checked(Res, Data);
+removed(nock_check, _Res, Data) ->
+    {keep_state, Data};
 removed(removing, Res = #{tx := {ok, Tx}}, Data) ->
     removed(removing_read, Res, Data#{tx => Tx});
 removed(removing, #{tx := {error, closed}}, Data) ->
