@@ -385,15 +385,15 @@ hand(Data = #{handoff := Id}) ->
 %% ---- following the nock ---------------------------------------------------------------
 
 peer_state(State, {error, enoent}, _Res, Data) when State =:= backlog; State =:= mapped ->
-    closing(Data#{nock_gone => true});
+    closing(Data#{own_removal => true});
 peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
                                       S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
-    closing(Data);
+    closing(Data#{own_removal => true});
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
 peer_state(open, {error, enoent}, _Res, Data) ->
-    {keep_state, tube_fsm:check_domain(Data#{nock_gone => true})};
+    {keep_state, tube_fsm:check_domain(Data#{own_removal => true})};
 %% After a daemon restart the nock publishes its directory again, empty:
 %% fill our fields in again.
 peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
@@ -421,7 +421,7 @@ fill(Data = #{tx := Tx}, Fields) ->
 lost(Error, Data) ->
     tube_fsm:log(Data, "incoming tube failed before accept returned", Error),
     requeue(Data),
-    closing(Data#{from := undefined}).
+    closing(Data#{from := undefined, own_removal => true}).
 
 requeue(#{from := undefined}) -> ok;
 requeue(#{from := From, deadline := Deadline, tids := Tids}) -> tube_registry:requeue(From, Deadline, Tids).
@@ -434,7 +434,7 @@ gone(Data) ->
 cannot(Error, Data) ->
     tube_fsm:log(Data, "cannot answer an incoming tube", Error),
     requeue(Data),
-    closing(Data#{from := undefined}).
+    closing(Data#{from := undefined, own_removal => true}).
 
 abort_tx(Data = #{tx := Tx}) ->
     tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data));
@@ -460,9 +460,12 @@ closing(Data) ->
 %% race it in a transaction of its own. It checks the nock's node now and
 %% on each change (through its watch on that node), and removes the entry
 %% itself only if the nock has not within ?NOCK_LINGER ms, or if the
-%% connection or the nock's domain goes meanwhile.
+%% connection or the nock's domain goes meanwhile. It removes it at once
+%% (`own_removal') when the nock's node is known gone, when the nock failed
+%% (state 5 or 6: it waits for the entry to go), and when the tube failed
+%% on this side before its caller had it.
 leave_to_nock(Data = #{refs := _, watched := true, conn := C}) when C =/= undefined ->
-    not maps:get(nock_gone, Data, false);
+    not maps:get(own_removal, Data, false);
 leave_to_nock(_Data) ->
     false.
 
@@ -480,6 +483,10 @@ check_nock(Data) ->
 %% took the entry's place, and this tube is done.
 nock_checked(#{state := {error, enoent}}, Data) ->
     left_to_nock(Data);
+nock_checked(#{state := {ok, S}}, Data) when S =:= <<"5">>; S =:= <<"6">> ->
+    %% A nock that could not map the ring waits for this entry to go
+    %% before it answers its caller.
+    remove(maps:remove(awaiting_nock, Data));
 nock_checked(#{state := {ok, _}, evt := Evt}, Data = #{refs := {Own, _, _}}) when Evt =/= {ok, Own} ->
     left_to_nock(Data);
 nock_checked(#{state := {ok, _}, evt := {ok, _}}, Data) ->
