@@ -16,8 +16,9 @@
 %% `mapped' holds a mapped ring whose accept() caller gave up meanwhile
 %% until the next caller takes it (the opener has its tube by then);
 %% `handed' waits for the caller's
-%% port; `open' follows the peer; `closing' removes the entry if it still
-%% holds our ring. A tube that cannot be taken for a limit of this node
+%% port; `open' follows the peer; `closing' leaves the entry to the nock,
+%% which removes it with its own node, or removes it itself if it still
+%% holds our ring and the nock does not (leave_to_nock/1). A tube that cannot be taken for a limit of this node
 %% tells the nock (state 6, event-channel "error:limit:<what>").
 -module(tube_tip).
 -behaviour(gen_statem).
