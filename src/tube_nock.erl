@@ -137,11 +137,9 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 
 %% ---- in any state ---------------------------------------------------------------
 
-%% One read of the tip at a time: the changes told while it is on its way
-%% are read after it, if it did not find the offer (read_offer/1).
-handle_event(info, {tube_event, peer_changed}, waiting, Data = #{reading := true}) ->
-    tube_fsm:changes_read(),
-    {keep_state, Data#{changed => true}};
+%% Each batch of changes is read at once, even while an earlier read is on
+%% its way: the daemon answers them in order, and the offer is seen one
+%% reply sooner than if the next read waited for the last.
 handle_event(info, {tube_event, peer_changed}, waiting, Data) ->
     {keep_state, read_offer(Data)};
 %% The watch on the tip entry is set with the commit that creates it, and
@@ -211,15 +209,7 @@ replied(publishing, write, #{commit := {error, eagain}, watch := W}, Data) ->
 replied(publishing, write, #{commit := E, watch := W}, Data) ->
     fail(tube_fsm:error_of(nodes, E), unwatch(W, maps:remove(tx, Data)));
 replied(waiting, offer, Res, Data) ->
-    case offered(Res, Data) of
-        keep_state_and_data ->
-            case maps:take(changed, maps:remove(reading, Data)) of
-                {true, Data1} -> {keep_state, read_offer(Data1)};
-                error -> {keep_state, maps:remove(reading, Data)}
-            end;
-        Next ->
-            Next
-    end;
+    offered(Res, Data);
 replied(failing, failed, Res, Data = #{error := Error}) ->
     case Res of
         #{evt := {ok, <<"error:", Why/binary>>}} -> fail({error, tip_error(Why)}, Data);
@@ -315,7 +305,7 @@ not_ready(Data = #{tx := Tx}) ->
 %% Covers every change told so far (tube_fsm:changes_read/0).
 read_offer(Data = #{key := Key, domid := D}) ->
     tube_fsm:changes_read(),
-    tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), maps:remove(changed, Data#{reading => true})).
+    tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), maps:remove(changed, Data)).
 
 watch_op(Data = #{key := Key, domid := D}) ->
     {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.

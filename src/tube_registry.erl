@@ -23,6 +23,9 @@
 
 -define(TAB, ?MODULE).
 -define(RECONNECT_MS, 250).
+%% How long after a tip ends a change of its entry's own path is taken for
+%% the removal of that entry (ended_tip/2).
+-define(ENDED_MS, 2000).
 
 -record(acc, {from, deadline, tids, timer, mon}).
 
@@ -36,6 +39,7 @@
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
+    ended = #{},       % tip Key -> when its tube ended (ms), for ?ENDED_MS
     name,              % node name to publish, or undefined
     dist = false,      % true when tube_dist listens: the name is published with the carrier's mark
     deadlines = #{},   % Pid -> its opener's deadline (tube_nock)
@@ -413,8 +417,8 @@ released(Key, Pid, St) ->
         _ -> ok
     end,
     Seen = maps:is_key(Key, St#st.seen),
-    St1 = St#st{tubes = maps:remove(Key, St#st.tubes),
-                backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
+    St1 = ended(Key, St#st{tubes = maps:remove(Key, St#st.tubes),
+                           backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)}),
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
             tell(Next, {key_free, St#st.conn, St#st.domid}),
@@ -473,6 +477,7 @@ route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
     TipDir = tube_paths:tip_dir(D),
     case tube_paths:parse_tip_event(Path, D) of
         {ok, Peer, Tid, [<<"nock">>]} -> incoming({tip, Peer, Tid}, St);
+        {ok, Peer, Tid, []} -> entry_changed({tip, Peer, Tid}, St);
         {ok, _, _, _} -> St;
         error when Path =:= TipDir, St#st.link =/= undefined ->
             tube_link:resetup(St#st.link),
@@ -503,12 +508,39 @@ changed(Key, St) ->
     end,
     St.
 
+%% The entry's own path changed: the nock made it (its `nock' field follows
+%% in the same transaction), or it was removed. A tip is started at once
+%% for an entry not held, unless a tip of that key ended a moment ago:
+%% then this is nearly always the nock removing the entry, and a new tube
+%% there is seen by its `nock' field.
+entry_changed(Key, St) ->
+    case maps:is_key(Key, St#st.tubes) orelse ended_tip(Key, St) of
+        true -> St;
+        false -> incoming(Key, St)
+    end.
+
+ended_tip(Key, #st{ended = Ended}) ->
+    case Ended of
+        #{Key := At} -> erlang:monotonic_time(millisecond) - At < ?ENDED_MS;
+        _ -> false
+    end.
+
+%% Remembers when a tip ended, forgetting those ended long enough ago.
+ended({tip, _, _} = Key, St = #st{ended = Ended}) ->
+    Now = erlang:monotonic_time(millisecond),
+    Kept = case map_size(Ended) >= 256 of
+               true -> maps:filter(fun(_, At) -> Now - At < ?ENDED_MS end, Ended);
+               false -> Ended
+           end,
+    St#st{ended = Kept#{Key => Now}};
+ended(_Key, St) ->
+    St.
+
 %% The `nock' field of an entry under data/tip/<Peer>/<Tid> was written:
 %% only a nock writes it, when it creates the entry (or creates it again
-%% after a daemon restart), so that is the one change of an entry that may
-%% be a new tube. The other fields are written by the nock in the same
-%% transaction, or later by the tip; a removal changes only the entry's
-%% own path (and its parents'): none of those needs a look. A tip process is
+%% after a daemon restart), so that is the change of an entry that says it
+%% may be a new tube. The other fields are written by the nock in the same
+%% transaction, or later by the tip: those need no look. A tip process is
 %% started to look at a new entry. The tube that holds the key is not told:
 %% the entry is written by its nock, in the transactions that also write
 %% the nock's node, which the tube watches itself, or by the tube (about
@@ -519,7 +551,7 @@ incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
         {ok, _} ->
             St#st{seen = maps:put(Key, true, St#st.seen)};
         error ->
-            start_tip(Key, {Key, C, D, fresh}, St)
+            start_tip(Key, {Key, C, D, fresh}, St#st{ended = maps:remove(Key, St#st.ended)})
     end;
 incoming(_Key, St) ->
     St.
