@@ -3,7 +3,11 @@
 # sources of REF (default main) and those of the working tree, each run
 # RUNS times (default 3) with N open/close cycles (default 200) on a private
 # daemon, alternating. The native parts are the working tree's (build them
-# first: MIX_ENV=test mix compile).
+# first: MIX_ENV=test mix compile). Then, once for each, the Xenstore round
+# trips and requests a handshake costs both nodes (bench/ctrl/handshake_ops).
+# With RT=1 (root) the nodes and their daemon run under SCHED_FIFO
+# (chrt -f 10), which on a machine busy with other work gives figures close
+# to those of an idle one.
 #   scripts/bench-handshake.sh [REF] [N] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,16 +31,20 @@ cp src/*.erl "$work/tree/src/"
 # The NIF stubs must match the one native library both use.
 cp src/tube_nif.erl "$work/ref/src/"
 for v in ref tree; do erlc -I include -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
-mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl
+mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl bench/ctrl/handshake_ops.erl
 elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
 results="$work/results"
+prio=(); [ -z "${RT:-}" ] || prio=(chrt -f 10)
+run() {
+  XENSTORED_PATH="$1/xs.sock" ${prio[@]+"${prio[@]}"} erl -noshell -pa "$work/bench" -pa "$work/$2/tube/ebin" \
+    -pa "$elixir_ebin/elixir/ebin" -pa "$elixir_ebin/logger/ebin" \
+    -kernel logger_level error -run "$3" main "$n" 2>&1
+}
 for r in $(seq 1 "$runs"); do
   for v in ref tree; do
     d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
     printf '%-4s %s: ' "$v" "$([ $v = ref ] && echo "$ref" || echo 'working tree')"
-    XENSTORED_PATH="$d/xs.sock" erl -noshell -pa "$work/bench" -pa "$work/$v/tube/ebin" \
-      -pa "$elixir_ebin/elixir/ebin" -pa "$elixir_ebin/logger/ebin" \
-      -kernel logger_level error -run handshake_bench main "$n" 2>&1 | tail -${TAIL:-1} | tee -a "$results.$v"
+    run "$d" "$v" handshake_bench | tail -${TAIL:-1} | tee -a "$results.$v"
     stop_daemon "$d/xs.sock"
   done
 done
@@ -48,4 +56,10 @@ summary() {
 for v in ref tree; do
   printf '%-4s open/3 p50: %s; open start to accept return p50: %s\n' "$v" \
     "$(summary 'open' $v)" "$(summary 'accept return' $v)"
+done
+for v in ref tree; do
+  d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
+  printf '%-4s Xenstore per handshake: %s\n' "$v" \
+    "$(run "$d" "$v" handshake_ops | grep 'per handshake' | tr '\n' ';' | sed 's/;$//; s/;/; /')"
+  stop_daemon "$d/xs.sock"
 done

@@ -11,9 +11,10 @@
 -define(CLOSE_WAIT, 2000).
 
 %% {ok, HandoffId, TubePid, {Role, Peer, Tid}} once the ring is mapped; the caller opens the
-%% port and attaches it. The tube_nock starts with the request, and
-%% answers it through an alias that is inactive once the caller has given
-%% up, so that a late answer never reaches the caller.
+%% port and attaches it. The registry starts the tube_nock with the key
+%% and the request, in one step; the nock answers through an alias that is
+%% inactive once the caller has given up, so that a late answer never
+%% reaches the caller.
 open(Peer, Tid, Timeout) ->
     Deadline = case Timeout of
                    infinity -> infinity;
@@ -21,7 +22,7 @@ open(Peer, Tid, Timeout) ->
                end,
     Alias = erlang:alias([reply]),
     Tag = [alias | Alias],
-    case catch tube_tubes_sup:start_tube(tube_nock, {{nock, Peer, Tid}, {self(), Tag}, Deadline}) of
+    case tube_registry:open({nock, Peer, Tid}, {self(), Tag}, Deadline, left(Deadline)) of
         {ok, Pid} ->
             Mon = erlang:monitor(process, Pid),
             receive
@@ -41,12 +42,9 @@ open(Peer, Tid, Timeout) ->
                 after 0 -> {error, timeout}
                 end
             end;
-        {error, Reason} ->
+        {error, _} = E ->
             erlang:unalias(Alias),
-            {error, {control_plane, Reason}};
-        {'EXIT', {noproc, _}} ->
-            erlang:unalias(Alias),
-            {error, not_started}
+            E
     end.
 
 left(infinity) -> infinity;

@@ -2,7 +2,7 @@
 %% One tube opened by this node (the nock, seed 001), from open/3 to the
 %% removal of its nodes.
 %%
-%%   idle -> queued -> publishing -> waiting -> connecting -> handed -> open -> closing
+%%   idle | queued -> publishing -> waiting -> connecting -> handed -> open -> closing
 %%                                               connecting -> failing -> closing
 %%
 %% `queued' waits for a closing tube with the same key; `publishing'
@@ -25,17 +25,22 @@
 
 callback_mode() -> handle_event_function.
 
-%% Started by open/3 with its request: From answers its caller.
-init({Key, From = {Caller, _}, Deadline}) ->
+%% Started by the registry for open/3, with its request (From answers its
+%% caller) and the key: held ({ok, Conn, Domid}), or `wait' for a closing
+%% tube to let it go.
+init({Key, From = {Caller, _}, Deadline, Claim}) ->
     process_flag(trap_exit, true),
-    Data = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
-    {ok, idle, Data#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
-     [{next_event, internal, open}]}.
+    Data0 = (tube_fsm:new(Key, undefined, undefined))#{waiters => [], tries => 0},
+    Data = Data0#{from := From, deadline := Deadline, caller => erlang:monitor(process, Caller)},
+    case Claim of
+        {ok, Conn, Domid} -> {ok, idle, Data#{conn := Conn, domid := Domid}, [{next_event, internal, publish}]};
+        wait -> {ok, queued, Data, tube_fsm:deadline_timeout(Data)}
+    end.
 
 %% ---- idle, queued --------------------------------------------------------------
 
-handle_event(internal, open, idle, Data) ->
-    claim(Data);
+handle_event(internal, publish, idle, Data) ->
+    publish(Data);
 handle_event(info, {tube_event, {key_free, Conn, Domid}}, queued, Data) ->
     case Conn of
         undefined -> {stop, normal, tube_fsm:reply_to({error, xenstore_down}, Data)};
@@ -132,9 +137,18 @@ handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
 
 %% ---- in any state ---------------------------------------------------------------
 
-handle_event(info, {tube_event, peer_changed}, waiting, Data = #{key := Key, domid := D}) ->
+%% Each batch of changes is read at once, even while an earlier read is on
+%% its way: the daemon answers them in order, and the offer is seen one
+%% reply sooner than if the next read waited for the last.
+handle_event(info, {tube_event, peer_changed}, waiting, Data) ->
+    {keep_state, read_offer(Data)};
+%% The watch on the tip entry is set with the commit that creates it, and
+%% its first event (which Xenstore sends for every new watch) may come
+%% before or after the commit's reply: noted here, read once the entry is
+%% published, so that the handshake reads the tip once for that event.
+handle_event(info, {tube_event, peer_changed}, publishing, Data) ->
     tube_fsm:changes_read(),
-    {keep_state, tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), Data)};
+    {keep_state, Data#{changed => true}};
 handle_event(info, {tube_event, peer_changed}, _State, _Data) ->
     tube_fsm:changes_read(),
     keep_state_and_data;
@@ -171,10 +185,14 @@ replied(publishing, start, #{tx := E}, Data) ->
 replied(publishing, write, Res = #{commit := ok, watch := W}, Data) ->
     case {tube_paths:nock_writes_ok(Res), W} of
         {ok, ok} ->
-            %% Changes seen before the commit's reply went by unread: read once now.
-            Data1 = tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(maps:get(key, Data), maps:get(domid, Data))),
-                                 maps:remove(tx, Data#{tries := 0})),
-            {next_state, waiting, tube_fsm:row(waiting, Data1), tube_fsm:deadline_timeout(Data)};
+            %% The watch's first event, or a change, came before this
+            %% reply: read now; else that event comes in `waiting'.
+            Data1 = maps:remove(tx, maps:remove(changed, Data#{tries := 0})),
+            Data2 = case maps:get(changed, Data, false) of
+                        true -> read_offer(Data1);
+                        false -> Data1
+                    end,
+            {next_state, waiting, tube_fsm:row(waiting, Data2), tube_fsm:deadline_timeout(Data)};
         {ok, E} ->
             fail(tube_fsm:error_of(watches, E), maps:remove(tx, Data));
         {E, _} ->
@@ -245,16 +263,9 @@ late(_State, Purpose, Res, Data) ->
 
 %% ---- the handshake -----------------------------------------------------------------
 
-claim(Data = #{key := Key}) ->
-    case tube_registry:claim(Key, maps:get(deadline, Data)) of
-        {ok, Conn, Domid} -> publish(Data#{conn := Conn, domid := Domid});
-        wait -> {next_state, queued, Data, tube_fsm:deadline_timeout(Data)};
-        {error, _} = E -> {stop_and_reply, normal, [{reply, maps:get(from, Data), E}]}
-    end.
-
 publish(Data = #{key := {nock, Peer, Tid}, domid := D}) ->
     Start = [{introduced, {is_domain_introduced, Peer}} | tube_paths:nock_check(D, Peer, Tid)],
-    {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, Data)),
+    {next_state, publishing, tube_fsm:row(publishing, tube_fsm:ask(start, Start, maps:remove(changed, Data))),
      tube_fsm:deadline_timeout(Data)}.
 
 busy(Data = #{tries := N}) ->
@@ -290,6 +301,11 @@ not_ready(Data = #{tx := Tx}) ->
     N = maps:get(not_ready, Data, 0),
     Data1 = tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data)),
     {keep_state, Data1#{not_ready => N + 1}, [{{timeout, peer_ready}, min(100, 2 bsl min(N, 6)), retry}]}.
+
+%% Covers every change told so far (tube_fsm:changes_read/0).
+read_offer(Data = #{key := Key, domid := D}) ->
+    tube_fsm:changes_read(),
+    tube_fsm:ask(offer, tube_paths:offer_read(tube_paths:peer_node(Key, D)), maps:remove(changed, Data)).
 
 watch_op(Data = #{key := Key, domid := D}) ->
     {watch, {watch, tube_paths:peer_node(Key, D), maps:get(token, Data)}}.

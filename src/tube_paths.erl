@@ -79,15 +79,22 @@ key_of_token(Token) ->
             error
     end.
 
-%% A path under domain D's data/tip as {ok, Peer, Tid}.
+%% A path under domain D's data/tip as {ok, Peer, Tid, Below}: Below is
+%% the path's part below the entry data/tip/<Peer>/<Tid> (`[]' for the
+%% entry itself).
 parse_tip_event(Path, D) ->
     Prefix = <<(tip_dir(D))/binary, "/">>,
     N = byte_size(Prefix),
     case Path of
         <<Prefix:N/binary, Rest/binary>> ->
             case binary:split(Rest, <<"/">>, [global]) of
-                [P, T | _] -> parse_ids(P, T);
-                _ -> error
+                [P, T | Below] ->
+                    case parse_ids(P, T) of
+                        {ok, Peer, Tid} -> {ok, Peer, Tid, Below};
+                        error -> error
+                    end;
+                _ ->
+                    error
             end;
         _ ->
             error

@@ -15,7 +15,7 @@
 -behaviour(gen_server).
 
 -export([start_link/0, domid/0, conn/0, publish_name/1, publish_name/2]).
--export([claim/2, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
+-export([open/4, ready/2, requeue/3, await_accept/2, cancel_accept/1, holder/1]).
 -export([put_row/4, del_rows/3, rows/0, row_of_port/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -23,6 +23,9 @@
 
 -define(TAB, ?MODULE).
 -define(RECONNECT_MS, 250).
+%% How long after a tip ends a change of its entry's own path is taken for
+%% the removal of that entry (ended_tip/2).
+-define(ENDED_MS, 2000).
 
 -record(acc, {from, deadline, tids, timer, mon}).
 
@@ -36,6 +39,7 @@
     acceptors = [],    % [#acc{}], oldest first
     backlog = [],      % [Key]: incoming tubes waiting for an accept
     seen = #{},        % tip Key -> true: its entry changed while held
+    ended = #{},       % tip Key -> when its tube ended (ms), for ?ENDED_MS
     name,              % node name to publish, or undefined
     dist = false,      % true when tube_dist listens: the name is published with the carrier's mark
     deadlines = #{},   % Pid -> its opener's deadline (tube_nock)
@@ -79,10 +83,19 @@ publish_name(Node, Flags) when is_atom(Node), is_list(Flags) ->
 publish_name(_, _) ->
     erlang:error(badarg).
 
-%% A tube process asks for Key on behalf of a caller who waits until
-%% Deadline: {ok, Conn, Domid}, `wait' (a closing tube still holds it:
-%% `key_free' follows), or an error.
-claim(Key, Deadline) -> gen_server:call(?MODULE, {claim, Key, Deadline}, infinity).
+%% open/3 asks for a nock Key on behalf of ReplyTo, who waits until
+%% Deadline: {ok, Pid} of the tube_nock started with the key (or queued
+%% for it behind a closing tube, which still holds it), or the error that
+%% refuses the key. At most Wait ms; the registry answers from its own
+%% state.
+open(Key, ReplyTo, Deadline, Wait) ->
+    Req = gen_server:send_request(?MODULE, {open, Key, ReplyTo, Deadline}),
+    case gen_server:receive_response(Req, Wait) of
+        {reply, Reply} -> Reply;
+        timeout -> {error, timeout};
+        {error, {noproc, _}} -> {error, not_started};
+        {error, {Reason, _}} -> {error, {control_plane, Reason}}
+    end.
 
 %% An incoming tube is ready to be accepted: {offer, From, Deadline} hands
 %% it an accept() caller, `queued' keeps it in the backlog until one comes.
@@ -212,11 +225,18 @@ fail_acceptors(St) ->
 
 %% ---- calls ---------------------------------------------------------------------------
 
-handle_call({claim, Key, Deadline}, {Pid, _}, St) ->
-    {Reply, St1} = do_claim(Key, Pid, St),
-    case Reply of
-        {error, _} -> {reply, Reply, St1};
-        _ -> {reply, Reply, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}}
+handle_call({open, Key, ReplyTo, Deadline}, _From, St) ->
+    case claim(Key, St) of
+        {error, _} = E ->
+            {reply, E, St};
+        Claim ->
+            case tube_tubes_sup:start_tube(tube_nock, {Key, ReplyTo, Deadline, Claim}) of
+                {ok, Pid} ->
+                    St1 = claimed(Claim, Key, Pid, St),
+                    {reply, {ok, Pid}, St1#st{deadlines = maps:put(Pid, Deadline, St1#st.deadlines)}};
+                {error, R} ->
+                    {reply, {error, {control_plane, R}}, St}
+            end
     end;
 handle_call({ready, Key, Tid}, _From, St) ->
     case take_acceptor(Tid, St#st.acceptors) of
@@ -245,26 +265,32 @@ handle_cast({cancel_accept, Pid}, St) ->
     lists:foreach(fun cancel/1, Gone),
     {noreply, St#st{acceptors = Kept}}.
 
-do_claim(_Key, _Pid, St = #st{conn = undefined}) ->
-    {{error, xenstore_down}, St};
-do_claim({_, D, _}, _Pid, St = #st{domid = D}) ->
-    {{error, self}, St};
-do_claim(Key, Pid, St) ->
+%% Whether a new tube may take Key: {ok, Conn, Domid}, `wait' (a closing
+%% tube still holds it: `key_free' follows), or the error that refuses it.
+claim(_Key, #st{conn = undefined}) ->
+    {error, xenstore_down};
+claim({_, D, _}, #st{domid = D}) ->
+    {error, self};
+claim(Key, St) ->
     case maps:find(Key, St#st.tubes) of
         error ->
-            {{ok, St#st.conn, St#st.domid}, hold(Key, Pid, St)};
+            {ok, St#st.conn, St#st.domid};
         {ok, Holder} ->
             Row = ets:lookup(?TAB, {tube, Key}),
             case closing(Row) orelse given_up(Row, maps:get(Holder, St#st.deadlines, infinity)) of
-                true ->
-                    erlang:monitor(process, Pid),
-                    Q = maps:get(Key, St#st.queued, []),
-                    {wait, St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
-                                 pids = maps:put(Pid, {queued, Key}, St#st.pids)}};
-                _ ->
-                    {{error, tid_in_use}, St}
+                true -> wait;
+                false -> {error, tid_in_use}
             end
     end.
+
+%% The tube Pid started with claim/2's answer holds Key, or waits for it.
+claimed({ok, _, _}, Key, Pid, St) ->
+    hold(Key, Pid, St);
+claimed(wait, Key, Pid, St) ->
+    erlang:monitor(process, Pid),
+    Q = maps:get(Key, St#st.queued, []),
+    St#st{queued = maps:put(Key, Q ++ [Pid], St#st.queued),
+          pids = maps:put(Pid, {queued, Key}, St#st.pids)}.
 
 %% Whether the tube holding a key is going: closing, or its port closed
 %% (its process is about to hear of it).
@@ -391,8 +417,8 @@ released(Key, Pid, St) ->
         _ -> ok
     end,
     Seen = maps:is_key(Key, St#st.seen),
-    St1 = St#st{tubes = maps:remove(Key, St#st.tubes),
-                backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)},
+    St1 = ended(Key, St#st{tubes = maps:remove(Key, St#st.tubes),
+                           backlog = lists:delete(Key, St#st.backlog), seen = maps:remove(Key, St#st.seen)}),
     case maps:get(Key, St1#st.queued, []) of
         [Next | Rest] ->
             tell(Next, {key_free, St#st.conn, St#st.domid}),
@@ -450,7 +476,9 @@ start_tip(Key = {tip, _, Tid}, {Key, C, D, How}, St) ->
 route({watch, Path, <<"tip">>}, St = #st{domid = D}) ->
     TipDir = tube_paths:tip_dir(D),
     case tube_paths:parse_tip_event(Path, D) of
-        {ok, Peer, Tid} -> incoming({tip, Peer, Tid}, St);
+        {ok, Peer, Tid, [<<"nock">>]} -> incoming({tip, Peer, Tid}, St);
+        {ok, Peer, Tid, []} -> entry_changed({tip, Peer, Tid}, St);
+        {ok, _, _, _} -> St;
         error when Path =:= TipDir, St#st.link =/= undefined ->
             tube_link:resetup(St#st.link),
             St;
@@ -480,14 +508,50 @@ changed(Key, St) ->
     end,
     St.
 
-%% Something changed under data/tip/<Peer>/<Tid>: the tube there hears of
-%% it, or a tip process is started to look at a new entry.
+%% The entry's own path changed: the nock made it (its `nock' field follows
+%% in the same transaction), or it was removed. A tip is started at once
+%% for an entry not held, unless a tip of that key ended a moment ago:
+%% then this is nearly always the nock removing the entry, and a new tube
+%% there is seen by its `nock' field.
+entry_changed(Key, St) ->
+    case maps:is_key(Key, St#st.tubes) orelse ended_tip(Key, St) of
+        true -> St;
+        false -> incoming(Key, St)
+    end.
+
+ended_tip(Key, #st{ended = Ended}) ->
+    case Ended of
+        #{Key := At} -> erlang:monotonic_time(millisecond) - At < ?ENDED_MS;
+        _ -> false
+    end.
+
+%% Remembers when a tip ended, forgetting those ended long enough ago.
+ended({tip, _, _} = Key, St = #st{ended = Ended}) ->
+    Now = erlang:monotonic_time(millisecond),
+    Kept = case map_size(Ended) >= 256 of
+               true -> maps:filter(fun(_, At) -> Now - At < ?ENDED_MS end, Ended);
+               false -> Ended
+           end,
+    St#st{ended = Kept#{Key => Now}};
+ended(_Key, St) ->
+    St.
+
+%% The `nock' field of an entry under data/tip/<Peer>/<Tid> was written:
+%% only a nock writes it, when it creates the entry (or creates it again
+%% after a daemon restart), so that is the change of an entry that says it
+%% may be a new tube. The other fields are written by the nock in the same
+%% transaction, or later by the tip: those need no look. A tip process is
+%% started to look at a new entry. The tube that holds the key is not told:
+%% the entry is written by its nock, in the transactions that also write
+%% the nock's node, which the tube watches itself, or by the tube (about
+%% a dozen events a handshake); a change while it is held is only noted,
+%% for the entry to be looked at again once the tube ends (recheck/3).
 incoming(Key, St = #st{conn = C, domid = D}) when C =/= undefined ->
     case maps:find(Key, St#st.tubes) of
         {ok, _} ->
-            changed(Key, St#st{seen = maps:put(Key, true, St#st.seen)});
+            St#st{seen = maps:put(Key, true, St#st.seen)};
         error ->
-            start_tip(Key, {Key, C, D, fresh}, St)
+            start_tip(Key, {Key, C, D, fresh}, St#st{ended = maps:remove(Key, St#st.ended)})
     end;
 incoming(_Key, St) ->
     St.

@@ -16,13 +16,17 @@
 %% `mapped' holds a mapped ring whose accept() caller gave up meanwhile
 %% until the next caller takes it (the opener has its tube by then);
 %% `handed' waits for the caller's
-%% port; `open' follows the peer; `closing' removes the entry if it still
-%% holds our ring. A tube that cannot be taken for a limit of this node
+%% port; `open' follows the peer; `closing' leaves the entry to the nock,
+%% which removes it with its own node, or removes it itself if it still
+%% holds our ring and the nock does not (leave_to_nock/1). A tube that cannot be taken for a limit of this node
 %% tells the nock (state 6, event-channel "error:limit:<what>").
 -module(tube_tip).
 -behaviour(gen_statem).
 
 -export([init/1, callback_mode/0, handle_event/4, terminate/3]).
+
+%% How long a closing tip leaves the removal of its entry to its nock.
+-define(NOCK_LINGER, 1000).
 
 callback_mode() -> handle_event_function.
 
@@ -45,12 +49,14 @@ tid(#{key := {tip, _, Tid}}) -> Tid.
 
 %% A fresh entry is nearly always a new tube: the watch on the nock and the
 %% transaction that answers it ride in the same round trip, undone if not.
+%% With an accept() caller waiting, the ring is made while that round trip
+%% runs (ready_offer/1).
 handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Tid}, domid := D}) ->
     Batch = case How of
                 fresh -> taking(Data);
                 recheck -> tube_paths:tip_examine(D, Peer, Tid)
             end,
-    {keep_state, tube_fsm:ask(examine, Batch, Data)};
+    {keep_state, ready_offer(tube_fsm:ask(examine, Batch, Data))};
 
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
@@ -125,6 +131,12 @@ handle_event(info, {tube_event, {xs_up, Conn}}, open, Data) ->
 handle_event(info, {tube_event, {xs_up, Conn}}, closing, Data) ->
     remove(Data#{conn := Conn});
 handle_event(state_timeout, retry, closing, Data) ->
+    remove(Data);
+handle_event(info, {tube_event, peer_changed}, closing, Data = #{awaiting_nock := true}) ->
+    {keep_state, check_nock(Data)};
+handle_event(state_timeout, nock_linger, closing, Data = #{awaiting_nock := true}) ->
+    remove(Data);
+handle_event(info, {tube_event, domains_changed}, closing, Data = #{awaiting_nock := true}) ->
     remove(Data);
 handle_event({call, From}, wait_closed, closing, Data = #{waiters := W}) ->
     {keep_state, Data#{waiters := [From | W]}};
@@ -325,15 +337,28 @@ start_tx(State, Data) ->
 busy(State, Data = #{tries := N}) ->
     {next_state, State, Data#{tries := N + 1}, [{state_timeout, rand:uniform(min(64, 1 bsl min(N, 6))), retry}]}.
 
+%% The ring of a tube that goes straight to its accept() caller, made
+%% ahead of the check of the entry, which nearly always takes it: an entry
+%% not taken drops it (the ring is freed with its last reference). One
+%% that cannot be made now is made, and its error answered, when offered.
+ready_offer(Data = #{from := {_, _}}) ->
+    case tube_nif:ring_offer(tid(Data)) of
+        {ok, _, _, _, _} = Offer -> Data#{ready_offer => Offer};
+        _ -> Data
+    end;
+ready_offer(Data) ->
+    Data.
+
 %% The ring, and its refs with state 3, in the open transaction.
 publish_offer(Data = #{tx := Tx}) ->
-    Offer = case maps:find(refs, Data) of
-                {ok, _} -> ok;
-                error -> tube_nif:ring_offer(tid(Data))
+    Offer = case Data of
+                #{refs := _} -> ok;
+                #{ready_offer := Ready} -> Ready;
+                _ -> tube_nif:ring_offer(tid(Data))
             end,
     case Offer of
         {ok, Res, Evt, TxRef, RxRef} ->
-            publish_offer(Data#{offer => Res, refs => {Evt, TxRef, RxRef}});
+            publish_offer(maps:remove(ready_offer, Data#{offer => Res, refs => {Evt, TxRef, RxRef}}));
         ok ->
             {Evt, TxRef, RxRef} = maps:get(refs, Data),
             Fields = [{"tx-ring-ref", TxRef}, {"rx-ring-ref", RxRef}, {"event-channel", Evt},
@@ -360,14 +385,16 @@ hand(Data = #{handoff := Id}) ->
 
 %% ---- following the nock ---------------------------------------------------------------
 
+peer_state(State, {error, enoent}, _Res, Data) when State =:= backlog; State =:= mapped ->
+    closing(Data#{own_removal => true});
 peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
-                                      S =:= {error, enoent} orelse S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
-    closing(Data);
+                                      S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
+    closing(Data#{own_removal => true});
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
 peer_state(open, {error, enoent}, _Res, Data) ->
-    {keep_state, tube_fsm:check_domain(Data)};
+    {keep_state, tube_fsm:check_domain(Data#{own_removal => true})};
 %% After a daemon restart the nock publishes its directory again, empty:
 %% fill our fields in again.
 peer_state(open, {ok, <<"4">>}, #{own := Own}, Data = #{refs := {Evt, TxRef, RxRef}}) when Own =/= {ok, <<"4">>} ->
@@ -395,7 +422,7 @@ fill(Data = #{tx := Tx}, Fields) ->
 lost(Error, Data) ->
     tube_fsm:log(Data, "incoming tube failed before accept returned", Error),
     requeue(Data),
-    closing(Data#{from := undefined}).
+    closing(Data#{from := undefined, own_removal => true}).
 
 requeue(#{from := undefined}) -> ok;
 requeue(#{from := From, deadline := Deadline, tids := Tids}) -> tube_registry:requeue(From, Deadline, Tids).
@@ -408,7 +435,7 @@ gone(Data) ->
 cannot(Error, Data) ->
     tube_fsm:log(Data, "cannot answer an incoming tube", Error),
     requeue(Data),
-    closing(Data#{from := undefined}).
+    closing(Data#{from := undefined, own_removal => true}).
 
 abort_tx(Data = #{tx := Tx}) ->
     tube_fsm:ask(abort, [{abort, {transaction_end, Tx, false}}], maps:remove(tx, Data));
@@ -421,14 +448,64 @@ unwatch_op(Data) -> {unwatch, nock(Data), maps:get(token, Data)}.
 %% ---- closing --------------------------------------------------------------------------
 
 closing(Data) ->
-    Data1 = abort_tx(tube_fsm:discard(Data)),
-    remove(tube_fsm:row(closing, Data1#{tries := 0})).
+    Data0 = abort_tx(tube_fsm:discard(Data)),
+    Data1 = tube_fsm:row(closing, Data0#{tries := 0}),
+    case leave_to_nock(Data1) of
+        true -> await_nock(Data1);
+        false -> remove(Data1)
+    end.
+
+%% The nock removes the entry with its own node when its tube closes,
+%% which it does as soon as its port sees this end go (it owns both): while
+%% the nock's node is there, the tip leaves the removal to it rather than
+%% race it in a transaction of its own. It checks the nock's node now and
+%% on each change (through its watch on that node), and removes the entry
+%% itself only if the nock has not within ?NOCK_LINGER ms, or if the
+%% connection or the nock's domain goes meanwhile. It removes it at once
+%% (`own_removal') when the nock's node is known gone, when the nock failed
+%% (state 5 or 6: it waits for the entry to go), and when the tube failed
+%% on this side before its caller had it.
+leave_to_nock(Data = #{refs := _, watched := true, conn := C}) when C =/= undefined ->
+    not maps:get(own_removal, Data, false);
+leave_to_nock(_Data) ->
+    false.
+
+await_nock(Data) ->
+    {next_state, closing, check_nock(Data#{awaiting_nock => true}), [{state_timeout, ?NOCK_LINGER, nock_linger}]}.
+
+check_nock(Data) ->
+    tube_fsm:changes_read(),
+    tube_fsm:ask(nock_check, [{state, {read, 0, [nock(Data), "/state"]}},
+                              {evt, {read, 0, [tip(Data), "/event-channel"]}}], Data).
+
+%% The entry is the nock's to remove while its node is there and the entry
+%% still holds this tube's ring: once either is no longer so, the nock has
+%% removed its node (and the entry with it, in the same batch) or a new tube
+%% took the entry's place, and this tube is done.
+nock_checked(#{state := {error, enoent}}, Data) ->
+    left_to_nock(Data);
+nock_checked(#{state := {ok, S}}, Data) when S =:= <<"5">>; S =:= <<"6">> ->
+    %% A nock that could not map the ring waits for this entry to go
+    %% before it answers its caller.
+    remove(maps:remove(awaiting_nock, Data));
+nock_checked(#{state := {ok, _}, evt := Evt}, Data = #{refs := {Own, _, _}}) when Evt =/= {ok, Own} ->
+    left_to_nock(Data);
+nock_checked(#{state := {ok, _}, evt := {ok, _}}, Data) ->
+    {keep_state, Data};
+nock_checked(Res, Data) ->
+    %% An error of the read itself: the entry is removed here instead.
+    tube_fsm:log(Data, "checking the nock before leaving it the entry", maps:values(Res)),
+    remove(maps:remove(awaiting_nock, Data)).
+
+left_to_nock(Data) ->
+    done(tube_fsm:ask(removed, [{unwatch, unwatch_op(Data)}], maps:remove(awaiting_nock, Data#{watched => false}))).
 
 %% The entry goes only while it holds the ring this tip published: the
 %% nock may already have opened a new tube with the same Tid there.
 remove(Data = #{conn := undefined}) ->
-    {next_state, closing, Data};
-remove(Data) ->
+    {next_state, closing, maps:remove(awaiting_nock, Data)};
+remove(Data0) ->
+    Data = maps:remove(awaiting_nock, Data0),
     Unwatch = [{unwatch, unwatch_op(Data)} || maps:get(watched, Data, false)],
     case maps:find(refs, Data) of
         {ok, _} ->
@@ -438,6 +515,10 @@ remove(Data) ->
             done(tube_fsm:ask(removed, Unwatch, Data#{watched => false}))
     end.
 
+removed(nock_check, Res, Data = #{awaiting_nock := true}) ->
+    nock_checked(Res, Data);
+removed(nock_check, _Res, Data) ->
+    {keep_state, Data};
 removed(removing, Res = #{tx := {ok, Tx}}, Data) ->
     removed(removing_read, Res, Data#{tx => Tx});
 removed(removing, #{tx := {error, closed}}, Data) ->

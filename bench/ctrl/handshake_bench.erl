@@ -17,8 +17,8 @@ main([NStr]) ->
     Accepted = lists:nthtail(20, peer:call(Peer, erlang, apply, [fun() -> hs_acceptor ! {times, self()}, receive {ts, T} -> T end end, []])),
     {Opens, Starts} = lists:unzip(lists:nthtail(20, Runs)),
     Accepts = [A - S || {A, S} <- lists:zip(lists:sublist(Accepted, length(Starts)), lists:sublist(Starts, length(Accepted)))],
-    io:format("open p50 ~.1f us p90 ~.1f us; open start to accept return p50 ~.1f us p90 ~.1f us (n=~p)~n",
-              [pct(Opens, 50), pct(Opens, 90), pct(Accepts, 50), pct(Accepts, 90), N]),
+    io:format("open p50 ~.1f us p90 ~.1f us; open start to accept return p50 ~.1f us p90 ~.1f us (n=~p; open max ~.1f us)~n",
+              [pct(Opens, 50), pct(Opens, 90), pct(Accepts, 50), pct(Accepts, 90), N, pct(Opens, 100)]),
     peer:stop(Peer),
     halt(0).
 

@@ -45,8 +45,7 @@ trace_on(Tracer) ->
     [erlang:trace_pattern(MFA, MS, [local]) ||
         {MFA, MS} <- [{{tube_control, open, 3}, Ret},
                       {{tube_tubes_sup, start_tube, 2}, Ret},
-                      {{tube_registry, claim, 1}, Ret},
-                      {{tube_registry, taken, 1}, Ret},
+                      {{tube_registry, open, 4}, Ret},
                       {{tube_registry, ready, 2}, Ret},
                       {{tube_registry, route, 2}, Plain},
                       {{tube_registry, handle_info, 2}, Plain},
@@ -57,7 +56,7 @@ trace_on(Tracer) ->
                       {{tube_tip, init, 1}, Plain},
                       {{tube_nock, handle_event, 4}, Plain},
                       {{tube_tip, handle_event, 4}, Plain},
-                      {{tube_nif, ring_offer, 0}, Ret},
+                      {{tube_nif, ring_offer, 1}, Ret},
                       {{tube_nif, ring_connect_start, 3}, Ret},
                       {{tube_nif, ring_connect_finish, 2}, Ret},
                       {{tube_nif, ring_accept, 2}, Ret},
