@@ -31,7 +31,7 @@ extern void tube_rs_stop_select(intptr_t fd);
 extern int tube_rs_set_deliver(void *st, const char *buf, size_t len);
 extern int tube_rs_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
 extern int tube_rs_call_send_batch(void *st, const char *buf, size_t len, unsigned char *out, size_t n);
-extern int tube_rs_rx_grant(void *st, const char *buf, size_t len);
+extern int tube_rs_rx_look(void *st, const char *buf, size_t len, uint64_t *out);
 extern int tube_rs_rx_count(void *st, uint64_t *out);
 
 /* TUBE_STATS_N (u64 counters of a stats control), the port_control
@@ -135,15 +135,16 @@ ErlDrvTermData tube_drv_caller(ErlDrvPort port)
     return driver_caller(port);
 }
 
-/* A bounded tube has used half its window: {tube_rx_low, Port} to the
- * receive governor `to`. */
+/* A bounded tube has used half its window: {tube_rx_low, Port, Owner} to
+ * the receive governor `to`. */
 int tube_drv_rx_low(ErlDrvPort port, ErlDrvTermData to)
 {
     ErlDrvTermData port_term = driver_mk_port(port);
     ErlDrvTermData spec[] = {
         ERL_DRV_ATOM, driver_mk_atom("tube_rx_low"),
         ERL_DRV_PORT, port_term,
-        ERL_DRV_TUPLE, 2,
+        ERL_DRV_PID, driver_connected(port),
+        ERL_DRV_TUPLE, 3,
     };
     return erl_drv_send_term(port_term, to, spec, sizeof(spec) / sizeof(spec[0]));
 }
@@ -294,9 +295,9 @@ static ErlDrvSSizeT control_reply(const void *data, size_t n, char **rbuf, ErlDr
  * port_control(Tube, 7, Framed) -> <<Status:8, Sent:32/native>> sends a batch
  * of packets framed <<Len:16, Bytes/binary>> (see send_batch in src/tube.erl).
  * port_control(Tube, 8, []) -> <<Count:64/native>>, packets delivered so
- * far; port_control(Tube, 8, <<Count:64/native>>) -> [] grants a bounded
- * tube a new window, less what it delivered since Count (from the receive
- * governor; ignored by a tube in another mode).
+ * far; port_control(Tube, 8, <<Count:64/native, Queue:64/native>>) ->
+ * <<WaitUs:64/native>> is the receive governor's look at
+ * a bounded tube's owner (see rx_bound.rs); [] from a tube in another mode.
  * Unknown commands and reasons: badarg. */
 static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
                                  ErlDrvSizeT len, char **rbuf, ErlDrvSizeT rlen)
@@ -330,8 +331,15 @@ static ErlDrvSSizeT tube_control(ErlDrvData d, unsigned int command, char *buf,
             return -1;
         return control_reply(&count, sizeof(count), rbuf, rlen);
     }
-    if (command == TUBE_CTL_RX_GRANT)
-        return tube_rs_rx_grant((void *)d, buf, (size_t)len) == 0 ? 0 : -1;
+    if (command == TUBE_CTL_RX_GRANT) {
+        uint64_t answer;
+        int r = tube_rs_rx_look((void *)d, buf, (size_t)len, &answer);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            return 0;
+        return control_reply(&answer, sizeof(answer), rbuf, rlen);
+    }
     if (command != TUBE_CTL_STATS)
         return -1;
     if (tube_rs_stats((void *)d, stats, TUBE_STATS_N) != 0)

@@ -29,11 +29,10 @@
 -define(TUBE_SEND_BATCH_CLOSED, 1).
 -define(TUBE_CTL_RX_GRANT, 8).
 -define(TUBE_ACTIVE_BOUNDED, 3).
--define(TUBE_RX_WINDOW, 1024).
--define(TUBE_RX_HIGH_WATER, 8192).
--define(TUBE_RX_LOW_WATER, 4096).
--define(TUBE_RX_HIGH_BYTES, 8388608).
--define(TUBE_RX_POLL_MS, 1).
+-define(TUBE_RX_MAX_QUEUE, 2048).
+-define(TUBE_RX_QUEUE_BYTES, 2097152).
+-define(TUBE_RX_MAX_WAIT_US, 2000).
+-define(TUBE_RX_DEPTH_SCALE, 2).
 -define(TUBE_CALL_SEND_BATCH, 1).
 %% The counters of TUBE_CTL_STATS, in order.
 -define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes, rx_held, rx_held_us]).

@@ -23,7 +23,7 @@ mix test test/control_plane_chaos_test.exs 2>&1
 
 # The default receive mode's bound (test/receive_test.exs): a receiver that
 # reads nothing, flooded with 4096-byte packets for TUBE_RX_FLOOD_SECONDS
-# (default 60), keeps its mailbox at 8192 + 1024 packets at most and its
+# (default 60), keeps its mailbox within the depth of 4096-byte packets (512) and its
 # node's memory under that many packets' worth plus 32 MiB.
 export TUBE_RX_FLOOD_SECONDS="${TUBE_RX_FLOOD_SECONDS:-60}"
 mix test test/receive_test.exs 2>&1

@@ -248,14 +248,16 @@ info(Tube) ->
 %% @doc Sets how packets are delivered, as `{active, _}' does for sockets:
 %% `bounded' (the default of a lossy tube) delivers every packet as it
 %% arrives while the owner keeps up, and holds delivery while the owner's
-%% mailbox holds 8192 messages or more, until it holds fewer than 4096:
-%% meanwhile packets wait in the ring and, once it is full, the peer's
-%% sends drop there and are counted (the peer's `dropped'), and this end
-%% counts how often and how long delivery was held (`rx_held',
-%% `rx_held_us' in info/1). The owner re-arms nothing: a node process,
-%% `tube_rx_governor', looks at the mailbox once per 512 packets
-%% delivered, so that a tube never puts more than 8192 + 1024 packets in a
-%% mailbox (see the README). `true' delivers every packet as it arrives,
+%% mailbox is more than half the tube's depth (2 MiB of its recent average
+%% packet, at most 2048, and up to twice that where the governor's
+%% looks come late on a loaded machine): meanwhile packets wait
+%% in the ring and, once it is full, the peer's sends drop there and are
+%% counted (the peer's `dropped'), and this end counts how often and how
+%% long delivery was held (`rx_held', `rx_held_us' in info/1). The owner
+%% re-arms nothing: a node process, `tube_rx_governor', looks at the
+%% mailbox once per half window delivered, and at a held tube when its
+%% owner should have read half of it, so that a tube never puts more than
+%% its depth in a mailbox (see the README). `true' delivers every packet as it arrives,
 %% with no bound; `false' stops delivering; `once' delivers one packet; `N' adds N packets to what may be
 %% delivered. When a tube in `once' or `N' mode has delivered its last
 %% allowed packet, the owner gets `{tube_passive, Tube}'. While a tube

@@ -10,6 +10,7 @@
          ring_connect_start/3, ring_connect_start/4,
          ring_connect_finish/2, ring_handoff/1,
          ring_discard/1, ring_parked/0]).
+-export([rx_clock/2]).
 
 -on_load(init/0).
 
@@ -53,5 +54,9 @@ ring_connect_finish(_Connecting, _TimeoutMs) -> nif_error().
 ring_handoff(_Tube) -> nif_error().
 ring_discard(_Id) -> nif_error().
 ring_parked() -> nif_error().
+
+%% Sends `tube_rx_clock' to Pid in Us microseconds, replacing the deadline
+%% set before (the receive governor's clock, see native/tube_nif/src/rx_clock.rs).
+rx_clock(_Pid, _Us) -> nif_error().
 
 nif_error() -> erlang:nif_error({not_loaded, ?LIB}).

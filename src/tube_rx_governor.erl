@@ -1,30 +1,30 @@
 %% @private
 %% The receive governor: keeps the mailbox of every owner of a tube in the
-%% default, bounded mode from growing without bound.
+%% default, bounded mode shallow.
 %%
 %% The driver cannot see the owner's mailbox; this process can. A bounded
-%% tube delivers in windows of ?TUBE_RX_WINDOW packets. When half a window
-%% is gone the driver sends `{tube_rx_low, Port}' here (one message per half
-%% window, never per packet), and this process looks at the owner's
-%% `message_queue_len': below ?TUBE_RX_HIGH_WATER it grants the next window
-%% (port_control ?TUBE_CTL_RX_GRANT); otherwise it holds the tube, and the
-%% window runs out: the tube stops reading its ring, the ring fills and the
-%% peer's sends drop there, counted. A held tube is looked at again every
-%% ?TUBE_RX_POLL_MS milliseconds and granted once its owner's mailbox is
-%% below ?TUBE_RX_LOW_WATER (the gap between the two marks keeps a tube at
-%% the edge from flapping between held and granted). Both marks are also
-%% capped in bytes of the tube's average packet (?TUBE_RX_HIGH_BYTES for
-%% the high mark, half for the low one): a mailbox of tens of MB is slow to
-%% work through.
+%% tube delivers in windows; when half a window is gone the driver sends
+%% `{tube_rx_low, Port, Owner}' here (one message per window, never
+%% per packet), and this process reads the tube's delivered count, then the
+%% owner's `message_queue_len', and hands both back to the tube in a
+%% port_control (?TUBE_CTL_RX_GRANT, a look). The driver decides (see
+%% native/tube_nif/src/rx_bound.rs): a new window that fills the mailbox up
+%% to the tube's depth (about ?TUBE_RX_QUEUE_BYTES of packets, at most
+%% ?TUBE_RX_MAX_QUEUE, and up to ?TUBE_RX_DEPTH_SCALE times that where looks
+%% come late), or a hold, with the microseconds after
+%% which its owner, at the rate it was seen to drain its mailbox, should
+%% have brought it down to half the depth. This process looks at a held
+%% tube again after that long, on the native clock (tube_nif:rx_clock/2),
+%% whose grain is microseconds where Erlang timers' is a millisecond: a
+%% fast owner drains a shallow mailbox in less.
 %%
-%% The bound is the driver's: a window is only granted after a look, and
-%% it is a window less what the tube delivered after the count read just
-%% before the look, so however late this process runs, a bounded tube's
-%% packets in a mailbox never exceed ?TUBE_RX_HIGH_WATER + ?TUBE_RX_WINDOW
-%% (and, for large packets, about ?TUBE_RX_HIGH_BYTES of them plus a window).
-%% A late look only pauses delivery. Started (or restarted) with no state, it looks at
-%% every bounded tube on the node, so none stays held by a governor that
-%% has gone.
+%% The bound is the driver's: it stops by itself at the end of a window,
+%% and a window only ever fills the mailbox up to the depth counted from a
+%% look whose count was read before its mailbox length, so however late
+%% this process runs, a bounded tube's packets in a mailbox never exceed
+%% the depth. A late look only pauses delivery. Started (or restarted)
+%% with no state, it looks at every bounded tube on the node, so none
+%% stays held by a governor that has gone.
 -module(tube_rx_governor).
 -behaviour(gen_server).
 
@@ -35,9 +35,11 @@
 
 -define(DRIVER, "tube_nif").
 
-%% held: the tubes held, each with its owner; poll: whether a look at
-%% them is due.
--record(state, {held = #{} :: #{port() => pid()}, poll = false :: boolean()}).
+%% held: the tubes held, each with its owner and when its next look is due
+%% (monotonic microseconds); armed: the deadline the clock is set for, if
+%% any.
+-record(state, {held = #{} :: #{port() => {pid(), integer()}},
+                armed = none :: none | integer()}).
 
 start_link() ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
@@ -61,72 +63,80 @@ handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
 handle_cast({govern, Port}, State) ->
-    {noreply, look(Port, high, State)};
+    {noreply, arm(first_look(Port, State))};
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
-handle_info({tube_rx_low, Port}, State) ->
-    {noreply, look(Port, high, State)};
-handle_info(poll, #state{held = Held} = State) ->
-    State1 = maps:fold(fun(Port, _Owner, S) -> look(Port, low, S) end,
-                       State#state{poll = false}, Held),
-    {noreply, State1};
+handle_info({tube_rx_low, Port, Owner}, State) ->
+    {noreply, arm(look(Port, Owner, State))};
+handle_info(tube_rx_clock, State) ->
+    {noreply, arm(looks_due(State#state{armed = none}))};
 handle_info(rescan, State) ->
     Ports = [P || P <- erlang:ports(), is_tube_port(P)],
-    {noreply, lists:foldl(fun(P, S) -> look(P, high, S) end, State, Ports)};
+    {noreply, arm(lists:foldl(fun first_look/2, State, Ports))};
 handle_info(_Msg, State) ->
     {noreply, State}.
 
-%% Grants the tube a window if its owner's mailbox is below the mark
-%% (`high' or `low'), holds it otherwise; a closed tube, or one whose owner
-%% is gone, is forgotten.
-look(Port, Which, #state{held = Held} = State) ->
-    Count = delivered(Port),
-    Mark = mark(Port, Which),
-    case queue_len(Port) of
-        {_Owner, Len} when Len < Mark, is_integer(Count) ->
-            grant(Port, Count),
-            State#state{held = maps:remove(Port, Held)};
-        {Owner, _} ->
-            poll_later(State#state{held = Held#{Port => Owner}});
-        gone ->
-            State#state{held = maps:remove(Port, Held)}
-    end.
-
-%% A mark in packets for this tube: large packets fill a cache sooner, so
-%% a mark is also at most ?TUBE_RX_HIGH_BYTES (or half of it for the low
-%% mark) of the tube's average packet, and never less than half a window.
-mark(Port, high) -> mark(Port, ?TUBE_RX_HIGH_WATER, ?TUBE_RX_HIGH_BYTES);
-mark(Port, low) -> mark(Port, ?TUBE_RX_LOW_WATER, ?TUBE_RX_HIGH_BYTES div 2).
-
-mark(Port, Packets, Bytes) ->
-    case catch erlang:port_control(Port, ?TUBE_CTL_STATS, []) of
-        [_ | _] = Stats when length(Stats) >= 32 ->
-            <<_Sent:64/native, _SentBytes:64/native, Rx:64/native, RxBytes:64/native, _/binary>> =
-                list_to_binary(Stats),
-            case Rx of
-                0 -> Packets;
-                _ -> max(?TUBE_RX_WINDOW div 2, min(Packets, Bytes * Rx div max(RxBytes, 1)))
-            end;
-        _ ->
-            Packets
-    end.
-
-%% The tube's owner and the length of its mailbox, or `gone'.
-queue_len(Port) ->
+%% A tube that asked for nothing yet.
+first_look(Port, State) ->
     case erlang:port_info(Port, connected) of
-        {connected, Owner} ->
-            case erlang:process_info(Owner, message_queue_len) of
-                {message_queue_len, Len} -> {Owner, Len};
-                undefined -> gone
-            end;
-        undefined ->
-            gone
+        {connected, Owner} -> look(Port, Owner, State);
+        undefined -> forget(Port, State)
     end.
 
-%% Packets the tube has delivered, read before the look at the mailbox:
-%% the grant that follows subtracts what was delivered after it, which the
-%% look may not have seen.
+%% The held tubes whose look is due.
+looks_due(#state{held = Held} = State) ->
+    Now = now_us(),
+    maps:fold(fun(Port, {Owner, Due}, S) when Due =< Now -> look(Port, Owner, S);
+                 (_Port, _, S) -> S
+              end, State, Held).
+
+%% The owner's mailbox, handed to the tube with the count read just before
+%% it (the packets delivered after the count are counted as queued, and
+%% the fewer of those the closer the look): granted, held until a later
+%% look, or (closed, owner gone, another mode) forgotten.
+look(Port, Owner, State) ->
+    case {delivered(Port), erlang:process_info(Owner, message_queue_len)} of
+        {closed, _} ->
+            forget(Port, State);
+        {Count, {message_queue_len, Len}} ->
+            case catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, <<Count:64/native, Len:64/native>>) of
+                [_ | _] = Answer when length(Answer) =:= 8 ->
+                    <<Wait:64/native>> = list_to_binary(Answer),
+                    verdict(Port, Owner, Wait, State);
+                _ ->
+                    forget(Port, State)
+            end;
+        {_, undefined} ->
+            forget(Port, State)
+    end.
+
+verdict(Port, _Owner, 0, State) ->
+    forget(Port, State);
+verdict(Port, Owner, Wait, #state{held = Held} = State) ->
+    State#state{held = Held#{Port => {Owner, now_us() + Wait}}}.
+
+forget(Port, #state{held = Held} = State) ->
+    State#state{held = maps:remove(Port, Held)}.
+
+%% Sets the clock for the earliest look due, unless it is set for that or
+%% sooner already.
+arm(#state{held = Held} = State) when map_size(Held) =:= 0 ->
+    State;
+arm(#state{held = Held, armed = Armed} = State) ->
+    Next = maps:fold(fun(_, {_, Due}, Min) -> min(Due, Min) end, infinity, Held),
+    case Armed of
+        At when is_integer(At), At =< Next ->
+            State;
+        _ ->
+            ok = tube_nif:rx_clock(self(), max(0, Next - now_us())),
+            State#state{armed = Next}
+    end.
+
+now_us() ->
+    erlang:monotonic_time(microsecond).
+
+%% Packets the tube has delivered, or `closed'.
 delivered(Port) ->
     case catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, []) of
         [_ | _] = Bytes when length(Bytes) =:= 8 ->
@@ -135,17 +145,6 @@ delivered(Port) ->
         _ ->
             closed
     end.
-
-%% A tube in another mode ignores the grant; a closed one raises badarg.
-grant(Port, Count) ->
-    _ = (catch erlang:port_control(Port, ?TUBE_CTL_RX_GRANT, <<Count:64/native>>)),
-    ok.
-
-poll_later(#state{poll = true} = State) ->
-    State;
-poll_later(State) ->
-    erlang:send_after(?TUBE_RX_POLL_MS, self(), poll),
-    State#state{poll = true}.
 
 is_tube_port(Port) ->
     case erlang:port_info(Port, name) of

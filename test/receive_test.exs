@@ -8,14 +8,14 @@ defmodule TubeReceiveTest do
 
   alias TubeTest.{PeerNode, Remote}
 
-  # From include/tube_proto.hrl (native/tube_ring/src/proto.rs).
-  @window 1024
-  # The high mark: 8192 packets, and at most 8 MiB of the tube's average
-  # packet (RX_HIGH_WATER, RX_HIGH_BYTES); the floods here are of 4096 bytes.
-  @high_water min(8192, div(8 * 1024 * 1024, 4096))
+  # From include/tube_proto.hrl (native/tube_ring/src/proto.rs): a bounded
+  # tube's depth is at most 2048 packets (RX_MAX_QUEUE) and 2 MiB of its
+  # recent average packet (RX_QUEUE_BYTES).
+  @max_queue 2048
+  @queue_bytes 2 * 1024 * 1024
   # The most packets a bounded tube of 4096-byte packets can have in its
-  # owner's mailbox.
-  @max_queued @high_water + @window
+  # owner's mailbox (the floods here are of 4096 bytes).
+  @max_queued min(@max_queue, div(@queue_bytes, 4096))
   # What one queued 4096-byte packet may cost the node at most: the
   # binary, its reference in the message and the message's tuple, with room
   # for allocator overhead.
@@ -104,9 +104,9 @@ defmodule TubeReceiveTest do
     {t, owner, name} = open_from(&sleeper/1, peer, p, 60)
 
     # Flights of 20,000 packets of 4096 bytes (each one over the bound on
-    # its own) until the mailbox has reached the high-water mark and the
-    # tube is held (its window used up, no new one granted): how much of a
-    # flight the receiving node takes depends on the CPU it gets.
+    # its own) until the mailbox is over half the depth and the tube is
+    # held (its window used up, no new one granted): how much of a flight
+    # the receiving node takes depends on the CPU it gets.
     filling = flights_until_held(peer, name, t, owner, 0)
     assert queue_len(owner) <= @max_queued
 
@@ -154,7 +154,7 @@ defmodule TubeReceiveTest do
     assert queue_len(owner) <= @max_queued
 
     cond do
-      queue_len(owner) >= @high_water and held?(t) -> n
+      queue_len(owner) > div(@max_queued, 2) and held?(t) -> n
       n >= 500 -> flunk("not held after #{n} flights (#{queue_len(owner)} packets queued)")
       true -> flood(peer, name, 1, 20_000, 4096) && flights_until_held(peer, name, t, owner, n + 1)
     end
@@ -245,7 +245,7 @@ defmodule TubeReceiveTest do
     assert info.sent == flights * per_flight
     assert {:ok, %{received: received}} = :tube.info(t)
     assert received == flights * per_flight
-    assert flights * per_flight > 10 * @window
+    assert flights * per_flight > 10 * @max_queue
     refute_received {:pkt, _}
     send(owner, :stop)
     :ok = :tube.close(t)
@@ -256,6 +256,38 @@ defmodule TubeReceiveTest do
     receive do
       {^t, {:data, d}} -> send(to, {:pkt, d}) && relay(t, to)
       :stop -> :ok
+    end
+  end
+
+  test "the depth follows the packet size: a receiver that does not read holds 2048 packets of 64 bytes, 512 of 4096",
+       %{peer: peer, peer_domid: p} do
+    {t, owner, name} = open_from(&sleeper/1, peer, p, 64)
+
+    # 64-byte packets: the depth is the packet cap, RX_MAX_QUEUE (2 MiB of
+    # them would be 32,768). The first window is counted at the largest
+    # packet (512); the depth grows once the tube has seen the sizes, and
+    # the tube is held once the mailbox is over half of it.
+    small = min(@max_queue, div(@queue_bytes, 64))
+    q = fill_until(peer, name, t, owner, 64, div(small, 2), small)
+    assert q > @max_queued
+
+    # The same receiver, now sent 4096-byte packets: nothing more is
+    # granted while it reads nothing.
+    for _ <- 1..3, do: flood(peer, name, 1, 20_000, 4096)
+    assert queue_len(owner) == q
+    :ok = :tube.close(t)
+  end
+
+  # Floods `size`-byte packets until the mailbox holds more than `low`
+  # (never more than `high`) and the tube is held; returns its length.
+  defp fill_until(peer, name, t, owner, size, low, high, n \\ 0) do
+    q = queue_len(owner)
+    assert q <= high
+
+    cond do
+      q > low and held?(t) -> q
+      n >= 500 -> flunk("#{q} packets queued after #{n} flights")
+      true -> flood(peer, name, 1, 20_000, size) && fill_until(peer, name, t, owner, size, low, high, n + 1)
     end
   end
 

@@ -67,11 +67,10 @@ fn erlang_header() -> String {
         ("TUBE_SEND_BATCH_CLOSED", SEND_BATCH_CLOSED.into()),
         ("TUBE_CTL_RX_GRANT", CTL_RX_GRANT.into()),
         ("TUBE_ACTIVE_BOUNDED", ACTIVE_BOUNDED.into()),
-        ("TUBE_RX_WINDOW", RX_WINDOW),
-        ("TUBE_RX_HIGH_WATER", RX_HIGH_WATER),
-        ("TUBE_RX_LOW_WATER", RX_LOW_WATER),
-        ("TUBE_RX_HIGH_BYTES", RX_HIGH_BYTES),
-        ("TUBE_RX_POLL_MS", RX_POLL_MS),
+        ("TUBE_RX_MAX_QUEUE", RX_MAX_QUEUE),
+        ("TUBE_RX_QUEUE_BYTES", RX_QUEUE_BYTES),
+        ("TUBE_RX_MAX_WAIT_US", RX_MAX_WAIT_US),
+        ("TUBE_RX_DEPTH_SCALE", RX_DEPTH_SCALE),
         ("TUBE_CALL_SEND_BATCH", CALL_SEND_BATCH.into()),
     ];
     for (name, v) in defs {

@@ -1116,22 +1116,47 @@ pub extern "C" fn tube_rs_rx_count(st: *mut c_void, out: *mut u64) -> c_int {
     }
 }
 
-/// `port_control(Tube, 6, <<Count:64/native>>)` from the receive governor:
-/// a new window for a bounded tube, less what it delivered since `Count`
-/// (see rx_bound.rs). A tube in another mode ignores it.
+/// `port_control(Tube, 8, <<Count:64/native, Queue:64/native>>)` from the
+/// receive governor: a look at the owner's mailbox (see rx_bound.rs). Writes
+/// the answer, the microseconds before the next look (0: granted), to `out`
+/// and returns 0; 1 when the tube is not in the bounded mode (no answer);
+/// -1 for a malformed request.
 #[no_mangle]
-pub extern "C" fn tube_rs_rx_grant(st: *mut c_void, buf: *const c_char, len: usize) -> c_int {
-    set_from_control(st, buf, len, 8, |state, bytes| {
-        let mut n = [0u8; 8];
-        n.copy_from_slice(bytes);
-        let since = state.tube.stats().recv_pkts.saturating_sub(u64::from_ne_bytes(n));
-        if let Some(window) = state.bound.grant(state.port, since) {
-            state.credit = Some(window);
-            state.bound.delivered(state.port, state.credit);
-            if window > 0 {
-                state.deliver_granted();
+pub extern "C" fn tube_rs_rx_look(st: *mut c_void, buf: *const c_char, len: usize, out: *mut u64) -> c_int {
+    if out.is_null() {
+        return -1;
+    }
+    let mut answer = None;
+    let r = set_from_control(st, buf, len, 16, |state, bytes| {
+        let word = |i: usize| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_ne_bytes(n)
+        };
+        let stats = state.tube.stats();
+        let seen = (stats.recv_pkts, stats.recv_bytes);
+        if let Some(look) = state.bound.look(state.port, word(0), word(8), seen, state.credit) {
+            if let Some(window) = look.credit {
+                // Delivered from the port's own timeout, not inside the
+                // governor's call: the owner frees the packets' binaries, and
+                // a binary allocated on another scheduler's allocator instance
+                // costs it a hand-back on every free.
+                state.credit = Some(window);
+                state.resume_later();
             }
+            answer = Some(look.wait_us);
         }
         true
-    })
+    });
+    if r != 0 {
+        return r;
+    }
+    match answer {
+        Some(wait) => {
+            // SAFETY: the caller passes room for one u64.
+            unsafe { *out = wait };
+            0
+        }
+        None => 1,
+    }
 }

@@ -15,6 +15,7 @@ mod handoff;
 mod linger;
 mod ring_nif;
 mod rx_bound;
+mod rx_clock;
 mod xs_nif;
 
 use std::ffi::c_void;

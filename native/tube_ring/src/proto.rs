@@ -21,9 +21,11 @@ pub const CTL_DELIVER: u32 = 6;
 pub const CTL_SEND_BATCH: u32 = 7;
 /// `port_control` command from the node's receive governor (src/tube_rx_governor.erl) to a
 /// tube in the default, bounded mode: with no data, the packets delivered so far
-/// (`<<Count:64/native>>`); with `<<Count:64/native>>`, the owner was not behind when that
-/// count was read: deliver a window of `RX_WINDOW` packets less those delivered since. The
-/// driver sends the caller `{tube_rx_low, Port}` when half a window is gone.
+/// (`<<Count:64/native>>`); with `<<Count:64/native, Queue:64/native>>`, a look: the owner's
+/// mailbox held `Queue` messages after the tube had delivered `Count`. The answer is
+/// `<<WaitUs:64/native>>`: 0 when the tube was granted a new window (it sends the caller
+/// `{tube_rx_low, Port, Owner}` when half of it is gone), else the microseconds after which
+/// to look again. A tube in another mode answers nothing (`[]`).
 pub const CTL_RX_GRANT: u32 = 8;
 
 /// The counters of `CTL_STATS`, in order (the names `tube:info/1` gives them).
@@ -55,27 +57,24 @@ pub const ACTIVE_ADD: u8 = 2;
 /// request is 9 bytes); the answer is `<<Mode:8, N:64/native>>`.
 pub const ACTIVE_QUERY: u8 = 255;
 /// Active mode of `CTL_ACTIVE` (and of the answer to `ACTIVE_QUERY`): the default, every
-/// packet as it arrives while the owner keeps up, in windows of `RX_WINDOW` packets that the
-/// receive governor grants only while the owner's mailbox is below `RX_HIGH_WATER`.
+/// packet as it arrives while the owner keeps up, in windows the receive governor grants
+/// only while the owner's mailbox is shallow (see native/tube_nif/src/rx_bound.rs).
 pub const ACTIVE_BOUNDED: u8 = 3;
-/// Packets a bounded tube delivers per grant of the receive governor.
-pub const RX_WINDOW: u64 = 1024;
-/// Messages in the owner's mailbox at which the governor stops granting: delivery waits in
-/// the ring (and the peer's sends drop there) while the owner is this far behind.
-pub const RX_HIGH_WATER: u64 = 8192;
-/// Messages in the owner's mailbox below which a held tube is granted again. An owner that
-/// reads but is slower than its peer sends is held and granted in turn; the governor looks
-/// at it once per `RX_POLL_MS` (the timer's grain, 1-2 ms), so the low mark is what a fast
-/// owner (about 2-4 million packets a second) takes that long to read: it then never waits
-/// for a look with an empty mailbox.
-pub const RX_LOW_WATER: u64 = 4096;
-/// Bytes of a tube's average packet at which the marks are also capped: the high mark is at
-/// most this many bytes of packets and the low mark half of it (never less than half a
-/// window). Large packets fill a cache long before 8192 of them are queued: a receiver whose
-/// mailbox runs tens of MB deep spends twice the CPU per packet of one that keeps a few MB.
-pub const RX_HIGH_BYTES: u64 = 8 * 1024 * 1024;
-/// Milliseconds between two looks of the governor at the mailbox of an owner it holds.
-pub const RX_POLL_MS: u64 = 1;
+/// A bounded tube's depth, in packets, at most: a window is granted only up to the depth,
+/// counted from the governor's look, so the owner's mailbox never holds more of its packets
+/// (times `RX_DEPTH_SCALE` where looks come late).
+pub const RX_MAX_QUEUE: u64 = 2048;
+/// Bytes of the tube's recent average packet at which that depth is also capped (512
+/// packets of 4096 bytes): a mailbox that outgrows the caches costs the receiver up to twice
+/// the CPU per packet, and 2 MiB drains in a few hundred microseconds.
+pub const RX_QUEUE_BYTES: u64 = 2 * 1024 * 1024;
+/// How many times its base a tube's depth may grow (to 4096 packets, 4 MiB of a steady size)
+/// where the governor's looks come too late to keep a shallow mailbox from running dry.
+pub const RX_DEPTH_SCALE: u64 = 2;
+/// Longest wait, in microseconds, before the governor looks again at a tube it holds (the
+/// wait is what the owner's observed drain rate needs to bring the mailbox down to half
+/// the depth; this is the wait for an owner that is not reading at all).
+pub const RX_MAX_WAIT_US: u64 = 2000;
 
 /// Largest packet of a lossy tube: packets are `1..=MAX_PACKET` bytes.
 pub const MAX_PACKET: u64 = 4096;

@@ -10,6 +10,7 @@ defmodule Tube.Bench.RxModes do
   # largest.
 
   alias Tube.Bench.{Link, Measure, Suite}
+  alias Tube.Bench.Endpoint, as: E
 
   @modes [:default, {:active, true}, {:active, 500}, {:active, 64}, {:active, 2000}]
 
@@ -25,7 +26,8 @@ defmodule Tube.Bench.RxModes do
         for round <- 1..s.rx_rounds, size <- s.sizes, mode <- @modes do
           r = costed(link, c, size, s, mode)
           log.("round #{round} #{size} B #{label(mode)}: #{Suite.fmt(r.rx_pps / 1.0e6)} Mpps, drops #{Suite.fmt(r.drop_pct)}%, " <>
-                 "received #{r.received} of #{r.sent}, receiving node #{Suite.fmt(r.rx_cpu_ns_per_pkt)} CPU ns/packet")
+                 "received #{r.received} of #{r.sent}, receiving node #{Suite.fmt(r.rx_cpu_ns_per_pkt)} CPU ns/packet, " <>
+                 "held #{r.rx_held} times for #{Suite.fmt(r.rx_held_ms)} ms")
           {size, mode, r}
         end
       after
@@ -54,9 +56,25 @@ defmodule Tube.Bench.RxModes do
 
   defp costed(link, c, size, s, mode) do
     cpu0 = Measure.cpu_ns(c.peer_os_pid)
+    i0 = held(link)
     r = Measure.throughput([link], c.node, size, s.warmup_ms, s.window_ms, mode)
     cpu = Measure.cpu_ns(c.peer_os_pid) - cpu0
-    Map.put(r, :rx_cpu_ns_per_pkt, if(r.received > 0, do: cpu / r.received, else: nil))
+    {n1, us1} = held(link)
+    {n0, us0} = i0
+
+    r
+    |> Map.put(:rx_cpu_ns_per_pkt, if(r.received > 0, do: cpu / r.received, else: nil))
+    |> Map.put(:rx_held, n1 - n0)
+    |> Map.put(:rx_held_ms, (us1 - us0) / 1000)
+  end
+
+  # The receiving tube's holds so far (times, microseconds): how often and
+  # how long the default mode kept the tube from its ring.
+  defp held(link) do
+    case E.call(link.b, :info) do
+      {:ok, %{rx_held: n, rx_held_us: us}} -> {n, us}
+      _ -> {0, 0}
+    end
   end
 
   @doc "The table, with the default's share of the best credit mode per size."
