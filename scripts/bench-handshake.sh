@@ -28,8 +28,9 @@ for v in ref tree; do
 done
 for f in $(git ls-tree --name-only "$ref" src/); do git show "$ref:$f" > "$work/ref/src/$(basename "$f")"; done
 cp src/*.erl "$work/tree/src/"
-# The NIF stubs must match the one native library both use.
-cp src/tube_nif.erl "$work/ref/src/"
+# The modules bound to the native library's protocol (its NIF stubs, and
+# the receive governor's port controls) must match the one library both use.
+cp src/tube_nif.erl src/tube_rx_governor.erl "$work/ref/src/"
 for v in ref tree; do erlc -I include -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
 mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl bench/ctrl/handshake_ops.erl
 elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
