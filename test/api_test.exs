@@ -6,7 +6,9 @@ defmodule TubeApiTest do
 
   alias TubeTest.{PeerNode, Remote}
 
-  @ctl_active 3
+  # include/tube_proto.hrl: the active-mode control and its query.
+  @ctl_active TubeTest.Proto.value!(:TUBE_CTL_ACTIVE)
+  @active_query TubeTest.Proto.value!(:TUBE_ACTIVE_QUERY)
 
   setup do
     {peer, domid, _os_pid} = PeerNode.start()
@@ -39,7 +41,7 @@ defmodule TubeApiTest do
   end
 
   # The driver reports the delivery mode for an active control of <<255>>.
-  defp mode_now(t), do: :erlang.port_control(t, @ctl_active, <<255>>) |> :erlang.list_to_binary()
+  defp mode_now(t), do: :erlang.port_control(t, @ctl_active, <<@active_query>>) |> :erlang.list_to_binary()
 
   describe "send/2" do
     test "empty and oversize packets answer {:error, :emsgsize}; port_command only counts them",

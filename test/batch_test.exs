@@ -12,10 +12,10 @@ defmodule TubeTest.BatchTest do
 
   alias TubeTest.{PeerNode, Remote}
 
-  # TUBE_CTL_DELIVER, TUBE_CTL_SEND_BATCH and TUBE_CALL_SEND_BATCH of include/tube_proto.hrl.
-  @ctl_deliver 6
-  @ctl_send_batch 7
-  @call_send_batch 1
+  # include/tube_proto.hrl: the controls and the port_call of batch mode.
+  @ctl_deliver TubeTest.Proto.value!(:TUBE_CTL_DELIVER)
+  @ctl_send_batch TubeTest.Proto.value!(:TUBE_CTL_SEND_BATCH)
+  @call_send_batch TubeTest.Proto.value!(:TUBE_CALL_SEND_BATCH)
 
   setup do
     {peer, domid, os_pid} = PeerNode.start()
