@@ -1,17 +1,12 @@
 %% Handshake timing: N open/close cycles from this node to a peer node
 %% that keeps an accept() pending; prints p50/p90 of open/3 and of accept/1.
+%% start_pair/0 and cycle/2 are also handshake_trace's and handshake_ops'.
 -module(handshake_bench).
--export([main/1, acceptor/1]).
+-export([main/1, acceptor/1, start_pair/0, cycle/2]).
 
 main([NStr]) ->
     N = list_to_integer(NStr),
-    started(application:ensure_all_started(tube)),
-    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
-    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths, wait_boot => 30000}),
-    started(peer:call(Peer, application, ensure_all_started, [tube], 30000)),
-    D = peer:call(Peer, tube, domid, []),
-    Self = self(),
-    ok = peer:call(Peer, ?MODULE, acceptor, [Self]),
+    {Peer, D} = start_pair(),
     %% warm up
     Runs = [cycle(D, I rem 8) || I <- lists:seq(1, N + 20)],
     Accepted = lists:nthtail(20, peer:call(Peer, erlang, apply, [fun() -> hs_acceptor ! {times, self()}, receive {ts, T} -> T end end, []])),
@@ -21,6 +16,17 @@ main([NStr]) ->
               [pct(Opens, 50), pct(Opens, 90), pct(Accepts, 50), pct(Accepts, 90), N, pct(Opens, 100)]),
     peer:stop(Peer),
     halt(0).
+
+%% Starts tube here and in a peer node whose acceptor keeps an accept()
+%% pending; returns the peer and its domid.
+start_pair() ->
+    started(application:ensure_all_started(tube)),
+    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
+    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths, wait_boot => 30000}),
+    started(peer:call(Peer, application, ensure_all_started, [tube], 30000)),
+    D = peer:call(Peer, tube, domid, []),
+    ok = peer:call(Peer, ?MODULE, acceptor, [self()]),
+    {Peer, D}.
 
 started({ok, _}) -> ok;
 started(E) -> io:format("tube did not start: ~p~n", [E]), halt(1).

@@ -10,16 +10,11 @@
 
 main([NStr]) ->
     N = list_to_integer(NStr),
-    {ok, _} = application:ensure_all_started(tube),
-    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
-    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths, wait_boot => 30000}),
-    {ok, _} = peer:call(Peer, application, ensure_all_started, [tube], 30000),
-    D = peer:call(Peer, tube, domid, []),
-    ok = peer:call(Peer, handshake_bench, acceptor, [self()]),
-    [cycle(D, I rem 8) || I <- lists:seq(1, 20)],
+    {Peer, D} = handshake_bench:start_pair(),
+    [handshake_bench:cycle(D, I rem 8) || I <- lists:seq(1, 20)],
     T1 = count_on(),
     T2 = peer:call(Peer, ?MODULE, count_on, []),
-    [cycle(D, I rem 8) || I <- lists:seq(1, N)],
+    [handshake_bench:cycle(D, I rem 8) || I <- lists:seq(1, N)],
     timer:sleep(1500), % the last closing tubes' removals
     erlang:trace(all, false, [all]),
     peer:call(Peer, erlang, trace, [all, false, [all]]),
@@ -27,10 +22,6 @@ main([NStr]) ->
     report(N, acceptor, peer:call(Peer, ?MODULE, counts, [T2])),
     peer:stop(Peer),
     halt(0).
-
-cycle(D, Tid) ->
-    {ok, T} = tube:open(D, Tid, #{timeout => 10000}),
-    _ = tube:close(T).
 
 count_on() ->
     T = spawn(fun() -> loop(#{}) end),

@@ -11,17 +11,12 @@
 
 main([NStr]) ->
     N = list_to_integer(NStr),
-    {ok, _} = application:ensure_all_started(tube),
-    Paths = lists:append([["-pa", P] || P <- code:get_path()]),
-    {ok, Peer, _} = peer:start_link(#{connection => standard_io, args => Paths, wait_boot => 30000}),
-    {ok, _} = peer:call(Peer, application, ensure_all_started, [tube], 30000),
-    D = peer:call(Peer, tube, domid, []),
-    ok = peer:call(Peer, handshake_bench, acceptor, [self()]),
-    [cycle(D, I rem 8) || I <- lists:seq(1, 20)],
+    {Peer, D} = handshake_bench:start_pair(),
+    [handshake_bench:cycle(D, I rem 8) || I <- lists:seq(1, 20)],
     Me = self(),
     T1 = spawn(fun() -> collect([]) end), trace_on(T1),
     T2 = peer:call(Peer, erlang, apply, [fun() -> T = spawn(fun() -> handshake_trace:collect([]) end), handshake_trace:trace_on(T), T end, []]),
-    Starts = [cycle(D, I rem 8) || I <- lists:seq(1, N)],
+    Starts = [S0 || {_Open, S0} <- [handshake_bench:cycle(D, I rem 8) || I <- lists:seq(1, N)]],
     erlang:trace(all, false, [all]),
     peer:call(Peer, erlang, trace, [all, false, [all]]),
     Ev1 = events(T1, Me),
@@ -30,12 +25,6 @@ main([NStr]) ->
     report(Starts, All),
     peer:stop(Peer),
     halt(0).
-
-cycle(D, Tid) ->
-    S0 = erlang:system_time(microsecond),
-    {ok, T} = tube:open(D, Tid, #{timeout => 10000}),
-    _ = tube:close(T),
-    S0.
 
 events(T, _Me) -> T ! {give, self()}, receive {evs, E} -> E end.
 
