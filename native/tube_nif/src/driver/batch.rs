@@ -355,7 +355,7 @@ pub extern "C" fn tube_rs_call_send_batch(
     if ext_binaries(bytes, &mut pkts) {
         guarded(st, |state| {
             answer = match state.send_batch(&pkts) {
-                Some((SEND_BATCH_OK_CODE, sent)) => CallAnswer::Sent(sent as usize),
+                Some((tube_ring::proto::SEND_BATCH_OK, sent)) => CallAnswer::Sent(sent as usize),
                 Some(_) => CallAnswer::Closed,
                 None => CallAnswer::Framed,
             }
@@ -369,9 +369,6 @@ pub extern "C" fn tube_rs_call_send_batch(
     unsafe { std::ptr::copy_nonoverlapping(reply.as_ptr(), out, k) };
     k as c_int
 }
-
-/// `SEND_BATCH_OK`, as a pattern.
-const SEND_BATCH_OK_CODE: u8 = tube_ring::proto::SEND_BATCH_OK;
 
 /// The deliver mode of the open command: the word `deliver=batch` anywhere in it (a named
 /// word, so it does not depend on how many numbers come before it).
