@@ -5,19 +5,28 @@
 //!   can (batches of 32, never blocking, full = drop, `sched_yield` after a wholly dropped
 //!   batch), the parent counts what it receives in a fixed window, spinning when the ring is
 //!   empty and then sleeping on the fd like a real reader;
-//! * 64-byte ping-pong round trip, p50/p99, with the reader spinning or sleeping on the fd.
+//! * 64-byte ping-pong round trip, p50/p99, with the reader spinning or sleeping on the fd;
+//! * at the start of each run, the machine's own cache-line round trip between CPU 0 and 1
+//!   (`line.rs`), which no ring code touches: the reference that tells which state the
+//!   machine was in during that run.
 //!
 //! Every figure is the median of `--runs` runs (default 5). Prints a table and writes JSON to
 //! `bench/results/ring-<date>.json` (or `--out PATH`).
 //!
 //! `cargo run --release -p tube_ring --bin ring-bench [-- --runs N --window-ms MS --rtt-samples N
-//!  --jobs oneway,rtt --out PATH]`
+//!  --jobs line,oneway,rtt --out PATH]`
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tube_ring::{Offer, RingError, Tube};
+
+#[path = "line.rs"]
+mod line;
+
+/// Round trips of the reference cache-line ping-pong (`line.rs`).
+const LINE_ROUND_TRIPS: u64 = 2_000_000;
 
 const ROLE_ENV: &str = "RING_BENCH_ROLE";
 /// Whether the current job runs pinned (parent on CPU 0, peer on CPU 1).
@@ -39,6 +48,9 @@ struct Opts {
     one_way: bool,
     /// Run the round-trip jobs (`--jobs rtt`).
     rtt: bool,
+    /// Run the reference cache-line ping-pong between CPU 0 and 1 (`--jobs line`), before
+    /// each run's ring jobs, so each run says which state the machine was in.
+    line: bool,
     /// Leave both processes unpinned (`--no-pin`). By default jobs where both sides spin run
     /// with the parent on CPU 0 and the peer on CPU 1, so a busy box cannot stack both on one
     /// core; jobs where the reader sleeps always run unpinned, so a woken reader can take
@@ -86,13 +98,14 @@ pub fn main() {
         return;
     }
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let jobs = arg("--jobs").unwrap_or_else(|| "oneway,rtt".to_string());
+    let jobs = arg("--jobs").unwrap_or_else(|| "line,oneway,rtt".to_string());
     let opts = Opts {
         runs: arg("--runs").map_or(5, |v| v.parse().expect("--runs N")),
         window: Duration::from_millis(arg("--window-ms").map_or(1000, |v| v.parse().expect("--window-ms MS"))),
         rtt_samples: arg("--rtt-samples").map_or(50_000, |v| v.parse().expect("--rtt-samples N")),
         one_way: jobs.contains("oneway"),
         rtt: jobs.contains("rtt"),
+        line: jobs.contains("line"),
         no_pin: args.iter().any(|a| a == "--no-pin"),
     };
     let out = arg("--out").unwrap_or_else(|| {
@@ -130,6 +143,9 @@ fn run_all(opts: Opts, out: &str) {
     };
     for run in 0..opts.runs {
         eprintln!("run {}/{} ...", run + 1, opts.runs);
+        if opts.line {
+            record("line round trip CPU0-CPU1".to_string(), "ns", line::round_trip_ns(LINE_ROUND_TRIPS));
+        }
         for size in SIZES.into_iter().filter(|_| opts.one_way) {
             for transport in ["ring", "unix"] {
                 set_pinning(!opts.no_pin);
