@@ -7,11 +7,14 @@
 //!   empty and then sleeping on the fd like a real reader;
 //! * 64-byte ping-pong round trip, p50/p99, with the reader spinning or sleeping on the fd;
 //! * at the start of each run, the machine's own cache-line round trip between CPU 0 and 1
-//!   (`line.rs`), which no ring code touches: the reference that tells which state the
+//!   (`machine.rs`), which no ring code touches: the reference that tells which state the
 //!   machine was in during that run.
 //!
 //! Every figure is the median of `--runs` runs (default 5). Prints a table and writes JSON to
 //! `bench/results/ring-<date>.json` (or `--out PATH`).
+//!
+//! `ring-bench --machine` prints only the machine's references (CPU speeds, line round trip)
+//! as one line of JSON, for other benches to record beside their figures.
 //!
 //! `cargo run --release -p tube_ring --bin ring-bench [-- --runs N --window-ms MS --rtt-samples N
 //!  --jobs line,oneway,rtt --out PATH]`
@@ -22,10 +25,10 @@ use std::time::{Duration, Instant};
 
 use tube_ring::{Offer, RingError, Tube};
 
-#[path = "line.rs"]
-mod line;
+#[path = "machine.rs"]
+mod machine;
 
-/// Round trips of the reference cache-line ping-pong (`line.rs`).
+/// Round trips of the reference cache-line ping-pong (`machine.rs`).
 const LINE_ROUND_TRIPS: u64 = 2_000_000;
 
 const ROLE_ENV: &str = "RING_BENCH_ROLE";
@@ -92,6 +95,10 @@ pub fn main() {
         return;
     }
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--machine") {
+        machine::print_json();
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--self-loop") {
         let n = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
         self_loop(n);
@@ -144,7 +151,7 @@ fn run_all(opts: Opts, out: &str) {
     for run in 0..opts.runs {
         eprintln!("run {}/{} ...", run + 1, opts.runs);
         if opts.line {
-            record("line round trip CPU0-CPU1".to_string(), "ns", line::round_trip_ns(LINE_ROUND_TRIPS));
+            record("line round trip CPU0-CPU1".to_string(), "ns", machine::round_trip_ns(LINE_ROUND_TRIPS));
         }
         for size in SIZES.into_iter().filter(|_| opts.one_way) {
             for transport in ["ring", "unix"] {
