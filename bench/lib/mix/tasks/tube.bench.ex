@@ -14,11 +14,21 @@ defmodule Mix.Tasks.Tube.Bench do
   then 1, 10, 100 and 1000 tubes open at once: aggregate throughput, open
   handshake time, idle CPU, shared and BEAM memory per tube.
 
+  Throughput figures are the median of `--rounds` interleaved rounds
+  (default 5; 1 with `--quick`): each round runs every transport at every
+  size, then every scale level, so the rounds of one figure are spread over
+  the whole run rather than taken back to back. Each round also records the
+  machine's own references, measured with no tube code (`ring-bench
+  --machine`: each CPU's speed, its copy rate, the cache-line round trip
+  between the CPUs), and the report shows how much they moved: on a shared
+  virtual machine they move by 2x within seconds, and every transport's
+  figures with them.
+
   Prints the tables, writes `bench/results/tube-<date>.json` and
   `bench/results/tube-<date>.png` (with gnuplot), and copies both to
   `tube-latest.*`.
 
-      mix tube.bench            # about 3 minutes
+      mix tube.bench            # about 4 minutes
       mix tube.bench --quick    # about 1 minute
       mix tube.bench --out DIR  # results elsewhere
       mix tube.bench --only tube,dist --no-scale   # a subset, for profiling
@@ -114,6 +124,7 @@ defmodule Mix.Tasks.Tube.Bench do
     settings = if l = opts[:levels], do: %{settings | levels: ints(l)}, else: settings
     settings = if z = opts[:sizes], do: %{settings | sizes: ints(z)}, else: settings
     settings = if h = opts[:handshakes], do: %{settings | handshakes: h}, else: settings
+    settings = if r = opts[:rounds], do: %{settings | rounds: r}, else: settings
 
     case opts[:window] do
       nil -> settings

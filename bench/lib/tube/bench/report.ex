@@ -37,7 +37,7 @@ defmodule Tube.Bench.Report do
 
     Enum.join(
       [
-        "One-way throughput (receiver's count in a fixed window; drops = sent - received)",
+        "One-way throughput (receiver's count in a fixed window; drops = sent - received; the median of #{rounds(res)} interleaved rounds)",
         grid(["transport", "bytes", "Mpps rx", "MB/s rx", "Mpps tx", "drops", "vs dist"], rows),
         "",
         "64-byte ping-pong round trip (us)",
@@ -45,10 +45,28 @@ defmodule Tube.Bench.Report do
         "",
         "Tubes at scale (64-byte packets; per-node figures are bench / peer; BEAM KiB/tube is the slope from 1 tube)",
         grid(["tubes", "agg Mpps", "drops", "open p50 ms", "open p99 ms", "idle CPU %", "shared KiB/tube", "BEAM KiB/tube"], scale)
-      ] ++ failure(res.scale.failed),
+      ] ++ failure(res.scale.failed) ++ machine(res[:machine]),
       "\n"
     )
   end
+
+  # The host's state over the rounds (Tube.Bench.Machine): how much the
+  # machine itself moved while the figures above were taken.
+  defp machine(%{summary: %{} = m, rounds: rounds}) do
+    cell = fn %{median: med, min: lo, max: hi} -> "#{fmt(med)} [#{fmt(lo)}-#{fmt(hi)}]" end
+
+    [
+      "",
+      "The machine over the #{length(rounds)} rounds, no tube code (ring-bench --machine): median [min-max]",
+      grid(["CPU0 Mops", "CPU1 Mops", "copies CPU0 M/s", "copies CPU1 M/s", "line round trip ns"],
+        [[cell.(m.cpu0_mops), cell.(m.cpu1_mops), cell.(m.copy0_mops), cell.(m.copy1_mops), cell.(m.line_rtt_ns)]])
+    ]
+  end
+
+  defp machine(_), do: []
+
+  defp rounds(%{throughput: [t | _]}), do: t.sizes |> hd() |> Map.get(:runs, [nil]) |> length()
+  defp rounds(_), do: 0
 
   defp failure(nil), do: []
   defp failure(f), do: ["FAILED: opening tube #{f.tubes_open + 1}: #{f.error}"]

@@ -2,7 +2,7 @@ defmodule Tube.Bench.Suite do
   @moduledoc false
   # The whole bench run: transports side by side, then tubes at scale.
 
-  alias Tube.Bench.{Link, Measure}
+  alias Tube.Bench.{Link, Machine, Measure}
 
   @sizes [64, 1500, 4096]
 
@@ -11,41 +11,81 @@ defmodule Tube.Bench.Suite do
     common = %{transports: Link.transports(), scale: true, sizes: @sizes, handshakes: 20}
 
     Map.merge(common, if(quick?,
-      do: %{runs: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
-      else: %{runs: 3, warmup_ms: 300, window_ms: 2_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 3_000, scale_window_ms: 1_000}))
+      do: %{rounds: 1, warmup_ms: 200, window_ms: 500, pings: 3_000, levels: [1, 10, 100, 1000], idle_ms: 1_000, scale_window_ms: 500},
+      else: %{rounds: 5, warmup_ms: 300, window_ms: 1_000, pings: 20_000, levels: [1, 10, 100, 1000], idle_ms: 3_000, scale_window_ms: 1_000}))
   end
 
   @doc "Runs everything against `cluster`; `log` gets progress lines."
   def run(cluster, s, log) do
     log.("bench node OS pid #{cluster.os_pid}, peer #{cluster.peer_os_pid}")
 
+    t = if s.transports == [], do: %{transports: [], machine: []}, else: transports(cluster, s, log)
+    scale = if(s.scale, do: scale(cluster, s, log), else: %{baseline: %{}, levels: [], failed: nil, machine: []})
+
     %{
-      throughput: transports(cluster, s, log),
-      scale: if(s.scale, do: scale(cluster, s, log), else: %{baseline: %{}, levels: [], failed: nil})
+      throughput: t.transports,
+      scale: scale,
+      machine: %{rounds: t.machine ++ scale.machine, summary: Machine.summary(t.machine ++ scale.machine)}
     }
   end
 
   # ---- transports side by side ------------------------------------------------
 
+  # Every transport's link stays open for the whole part, and the rounds
+  # interleave them: round 1 runs every transport at every size, then round
+  # 2, and so on. The host this runs on changes speed within seconds (see
+  # Tube.Bench.Machine), so runs of one transport back to back would all
+  # land in one state of the host; interleaved, each figure's rounds are
+  # spread over the whole part. Each round starts with the machine's
+  # references.
   defp transports(c, s, log) do
-    Enum.map(s.transports, fn kind ->
-      {link, _} = Link.open(kind, c, 1_000_000)
-      sizes = Enum.map(s.sizes, fn size -> median_run(link, c, size, s, log) end)
-      p = Measure.ping(link, 64, div(s.pings, 10), s.pings)
-      log.("#{kind} ping-pong 64 B: p50 #{fmt(p.p50_us)} us, p99 #{fmt(p.p99_us)} us")
-      Link.close(link)
-      %{transport: kind, sizes: sizes, rtt: p}
+    links = s.transports |> Enum.with_index() |> Enum.map(fn {kind, i} -> {kind, elem(Link.open(kind, c, 1_000_000 + i), 0)} end)
+
+    try do
+      {runs, refs} = rounds(links, c, s, log)
+
+      Enum.map(links, fn {kind, link} ->
+        sizes = Enum.map(s.sizes, fn size -> median_run(kind, size, for({^kind, ^size, r} <- runs, do: r), log) end)
+        p = Measure.ping(link, 64, div(s.pings, 10), s.pings)
+        log.("#{kind} ping-pong 64 B: p50 #{fmt(p.p50_us)} us, p99 #{fmt(p.p99_us)} us")
+        %{transport: kind, sizes: sizes, rtt: p}
+      end)
+      |> then(&%{transports: &1, machine: refs})
+    after
+      Enum.each(links, fn {_, link} -> Link.close(link) end)
+    end
+  end
+
+  defp rounds(links, c, s, log) do
+    Enum.reduce(1..s.rounds, {[], []}, fn round, {runs, refs} ->
+      ref = Machine.reference()
+      log.("round #{round}/#{s.rounds}: machine #{machine_line(ref)}")
+
+      new =
+        for {kind, link} <- links, size <- s.sizes do
+          r = link |> costed_run(c, size, s) |> Map.put(:round, round)
+          {kind, size, r}
+        end
+
+      {runs ++ new, refs ++ [ref]}
     end)
   end
 
-  defp median_run(link, c, size, s, log) do
-    runs = for _ <- 1..s.runs, do: costed_run(link, c, size, s)
+  @doc "One line for the machine's references (or why there are none)."
+  def machine_line(nil), do: "no references (ring-bench not built)"
+
+  def machine_line(m) do
+    "CPU0/1 #{fmt(m.cpu0_mops)}/#{fmt(m.cpu1_mops)} Mops, copies #{fmt(m.copy0_mops)}/#{fmt(m.copy1_mops)} M/s, line #{fmt(m.line_rtt_ns)} ns"
+  end
+
+  # The run with the median rate stands for the size; every round's rate is kept.
+  defp median_run(kind, size, runs, log) do
     best = Enum.sort_by(runs, & &1.rx_pps) |> Enum.at(div(length(runs), 2))
-    log.("#{link.kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
+    log.("#{kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
            ", receiving node #{fmt(best.rx_cpu_ns_per_pkt)} CPU ns/packet" <>
            ", sending node #{fmt(best.tx_cpu_ns_per_pkt)} per packet sent" <>
            ", receiver's wake-ups per 1000 packets #{fmt(best.rx_wakeups_per_kpkt)}" <>
-           " (runs: #{Enum.map_join(runs, " ", &fmt(&1.rx_pps / 1.0e6))})")
+           " (rounds: #{Enum.map_join(runs, " ", &fmt(&1.rx_pps / 1.0e6))})")
     Map.put(best, :runs, Enum.map(runs, & &1.rx_pps))
   end
 
@@ -78,6 +118,10 @@ defmodule Tube.Bench.Suite do
 
   # ---- scale ------------------------------------------------------------------
 
+  # The tubes are opened level by level, each level's handshakes, memory and
+  # idle CPU taken as it is reached; the throughput of every level is then
+  # measured in interleaved rounds over the first n of the open tubes (the
+  # others idle), for the same reason as the transports' rounds.
   defp scale(c, s, log) do
     pids = [c.os_pid, c.peer_os_pid]
     # Open/close cycles give the one-tube handshake figures.
@@ -92,8 +136,14 @@ defmodule Tube.Bench.Suite do
         n, acc -> level(c, pids, s, base, n, acc, single, log)
       end)
 
-    Enum.each(acc.links, &Link.close/1)
-    %{baseline: Map.drop(base, [:mem]), levels: Enum.reverse(acc.levels), failed: acc.failed}
+    try do
+      levels = Enum.reverse(acc.levels)
+      {tputs, refs} = level_rounds(c, s, acc.links, levels, log)
+      levels = Enum.map(levels, fn l -> with_throughput(l, for({n, t} <- tputs, n == l.tubes, do: t), s, log) end)
+      %{baseline: Map.drop(base, [:mem]), levels: levels, failed: acc.failed, machine: refs}
+    after
+      Enum.each(acc.links, &Link.close/1)
+    end
   end
 
   defp level(c, pids, s, base, n, acc, single, log) do
@@ -106,7 +156,7 @@ defmodule Tube.Bench.Suite do
       %{acc | links: links, failed: %{tubes_open: length(links), error: inspect(failed, limit: 8)}}
     else
       times = if have == 0, do: single ++ times, else: times
-      r = measure_level(c, pids, s, base, links, times, acc, log)
+      r = level_state(c, pids, s, base, links, times, acc, log)
       %{acc | links: links, levels: [r | acc.levels], first: acc[:first] || {n, r.beam_total}}
     end
   end
@@ -124,11 +174,11 @@ defmodule Tube.Bench.Suite do
     end)
   end
 
-  defp measure_level(c, pids, s, base, links, times, acc, log) do
+  # What a level costs at rest: its handshakes, memory and idle CPU.
+  defp level_state(c, pids, s, base, links, times, acc, log) do
     n = length(links)
     Process.sleep(300)
     snap = snapshot(c, pids, s)
-    tput = Measure.throughput(links, c.node, 64, s.warmup_ms, s.scale_window_ms)
     sorted = Enum.sort(times)
 
     r = %{
@@ -143,8 +193,42 @@ defmodule Tube.Bench.Suite do
       beam_bytes_per_tube: beam_slope(acc.first, snap.mem.beam, n),
       beam_total: snap.mem.beam,
       memfd_mapped_per_tube: per_tube(snap.mem.mapped, base.mem.mapped, n),
-      shmem_resident_per_tube: per_tube(snap.mem.shmem, base.mem.shmem, n),
+      shmem_resident_per_tube: per_tube(snap.mem.shmem, base.mem.shmem, n)
+    }
+
+    log.("#{n} tubes: handshake p50 #{fmt(r.handshake_p50_ms)} ms p99 #{fmt(r.handshake_p99_ms)} ms, idle CPU " <>
+           "#{Enum.map_join(snap.idle_cpu, " / ", &fmt/1)} %, BEAM #{Enum.map_join(r.beam_bytes_per_tube, " / ", &fmt/1)} B/tube, " <>
+           "shared mapped #{Enum.map_join(r.memfd_mapped_per_tube, " / ", &fmt/1)} B/tube")
+
+    r
+  end
+
+  defp level_rounds(c, s, links, levels, log) do
+    Enum.reduce(1..s.rounds, {[], []}, fn round, {tputs, refs} ->
+      ref = Machine.reference()
+      log.("scale round #{round}/#{s.rounds}: machine #{machine_line(ref)}")
+
+      new =
+        for %{tubes: n} <- levels do
+          Process.sleep(100)
+          {n, Measure.throughput(Enum.take(links, n), c.node, 64, s.warmup_ms, s.scale_window_ms)}
+        end
+
+      {tputs ++ new, refs ++ [ref]}
+    end)
+  end
+
+  # The level's round with the median aggregate rate stands for it.
+  defp with_throughput(level, tputs, s, log) do
+    tput = Enum.sort_by(tputs, & &1.rx_pps) |> Enum.at(div(length(tputs), 2))
+
+    log.("#{level.tubes} tubes: aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received " <>
+           "#{fmt(tput.received / 1.0e6)} M in all, receivers' windows #{fmt(tput.window_s.min)}-#{fmt(tput.window_s.max)} s; " <>
+           "rounds: #{Enum.map_join(tputs, " ", &fmt(&1.rx_pps / 1.0e6))})")
+
+    Map.merge(level, %{
       agg_rx_pps: tput.rx_pps,
+      agg_rx_pps_runs: Enum.map(tputs, & &1.rx_pps),
       agg_rx_mbps: tput.rx_mbps,
       agg_drop_pct: tput.drop_pct,
       # Packets sent and received over the whole run (warm-up and the drain
@@ -155,14 +239,7 @@ defmodule Tube.Bench.Suite do
       window_ms: s.scale_window_ms,
       # The shortest and longest of the receivers' windows.
       rx_window_s: tput.window_s
-    }
-
-    log.("#{n} tubes: handshake p50 #{fmt(r.handshake_p50_ms)} ms p99 #{fmt(r.handshake_p99_ms)} ms, " <>
-           "aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received #{fmt(tput.received / 1.0e6)} M in all, receivers' windows #{fmt(tput.window_s.min)}-#{fmt(tput.window_s.max)} s), idle CPU " <>
-           "#{Enum.map_join(snap.idle_cpu, " / ", &fmt/1)} %, BEAM #{Enum.map_join(r.beam_bytes_per_tube, " / ", &fmt/1)} B/tube, " <>
-           "shared mapped #{Enum.map_join(r.memfd_mapped_per_tube, " / ", &fmt/1)} B/tube")
-
-    r
+    })
   end
 
   defp open_close(c, tid) do
