@@ -11,7 +11,7 @@
 -module(tube_fsm).
 
 -export([retry_removal/3, removal_done/1, changes_read/0]).
--export([new/3, ask/3, reply/3, job/2, row/3, row/2, deadline_timeout/1,
+-export([new/3, ask/3, reply/3, replied/2, job/2, row/3, row/2, deadline_timeout/1,
          left/1, error_of/2, log/3, discard/1, reply_to/2, peer_gone/2,
          check_domain/1, domain_checked/2, port_opts_timeout/0, transient/1, gave_up/3, moot/1]).
 
@@ -44,6 +44,15 @@ reply(Ref, Replies, Data = #{pending := P}) ->
         {{Purpose, Batch}, P1} -> {Purpose, tube_xs:results(Batch, Replies), Data#{pending := P1}};
         error -> stale
     end.
+
+%% What a tube's handler of a reply returned, with the reply taken off the
+%% requests in flight (Data, from reply/3) even where the handler keeps its
+%% data as it was: otherwise every answered request the handler ignores
+%% would stay in `pending' for the tube's life, one more for each change
+%% its peer makes to its entry.
+replied(keep_state_and_data, Data) -> {keep_state, Data};
+replied({keep_state_and_data, Actions}, Data) -> {keep_state, Data, Actions};
+replied(Result, _Data) -> Result.
 
 %% The tube is about to read its peer's state: the changes it was told of
 %% and has not handled yet are all covered by that read. A change made

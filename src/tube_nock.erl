@@ -62,7 +62,7 @@ handle_event(info, {tube_event, xs_down}, queued, Data) ->
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
         stale -> keep_state_and_data;
-        {Purpose, Res, Data1} -> replied(State, Purpose, Res, Data1)
+        {Purpose, Res, Data1} -> tube_fsm:replied(replied(State, Purpose, Res, Data1), Data1)
     end;
 handle_event(state_timeout, retry, publishing, Data) ->
     publish(Data);

@@ -61,7 +61,7 @@ handle_event(internal, {examine, How}, examining, Data = #{key := {tip, Peer, Ti
 handle_event(info, {tube_xs_reply, Ref, Replies}, State, Data) ->
     case tube_fsm:reply(Ref, Replies, Data) of
         stale -> keep_state_and_data;
-        {Purpose, Res, Data1} -> replied(State, Purpose, Res, Data1)
+        {Purpose, Res, Data1} -> tube_fsm:replied(replied(State, Purpose, Res, Data1), Data1)
     end;
 
 %% ---- backlog ------------------------------------------------------------------

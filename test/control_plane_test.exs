@@ -381,4 +381,24 @@ defmodule TubeControlPlaneTest do
     assert PeerNode.call(b, Remote, :wait_received, [name, 1]).packets == ["through"]
     :tube_xs.close(h)
   end
+
+  # Every reply a tube's process receives is taken off its requests, whatever
+  # it did with the reply: a process that kept them would grow with every
+  # change its peer makes to its entry, for as long as the tube lives.
+  test "a tube's processes keep no answered Xenstore request" do
+    w = world()
+    {a, _, _} = CtrlWorld.peer(w)
+    {b, db, _} = CtrlWorld.peer(w)
+    :ok = PeerNode.call(b, Remote, :serve, [:count])
+    for tid <- 1..10, do: assert({:ok, _} = PeerNode.call(a, Remote, :open, [db, tid, :collect, 10_000]))
+
+    pending = fn peer ->
+      for {_key, pid, _, _} <- PeerNode.call(peer, :tube_registry, :rows, []),
+          {_state, %{pending: p}} = PeerNode.call(peer, :sys, :get_state, [pid]),
+          do: map_size(p)
+    end
+
+    wait_until(fn -> Enum.all?(pending.(a) ++ pending.(b), &(&1 == 0)) end, 300)
+    assert length(pending.(a)) == 10 and length(pending.(b)) == 10
+  end
 end
