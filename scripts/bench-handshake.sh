@@ -4,7 +4,10 @@
 # RUNS times (default 3) with N open/close cycles (default 200) on a private
 # daemon, alternating. The native parts are the working tree's (build them
 # first: MIX_ENV=test mix compile). Then, once for each, the Xenstore round
-# trips and requests a handshake costs both nodes (bench/ctrl/handshake_ops).
+# trips and requests a handshake costs both nodes (bench/ctrl/handshake_ops),
+# and the CPU time both nodes and the daemon use per cycle
+# (bench/ctrl/handshake_cpu; near twice the wall time, this 2-core machine
+# is busy and a handshake waits for CPU more than for round trips).
 # With RT=1 (root) the nodes and their daemon run under SCHED_FIFO
 # (chrt -f 10), which on a machine busy with other work gives figures close
 # to those of an idle one.
@@ -32,7 +35,7 @@ cp src/*.erl "$work/tree/src/"
 # the receive governor's port controls) must match the one library both use.
 cp src/tube_nif.erl src/tube_rx_governor.erl "$work/ref/src/"
 for v in ref tree; do erlc -I include -o "$work/$v/tube/ebin" "$work/$v"/src/*.erl; done
-mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl bench/ctrl/handshake_ops.erl
+mkdir -p "$work/bench" && erlc -o "$work/bench" bench/ctrl/handshake_bench.erl bench/ctrl/handshake_ops.erl bench/ctrl/handshake_cpu.erl
 elixir_ebin=$(dirname "$(dirname "$(readlink -f "$(command -v elixir)")")")/lib
 results="$work/results"
 prio=(); [ -z "${RT:-}" ] || prio=(chrt -f 10)
@@ -62,5 +65,10 @@ for v in ref tree; do
   d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
   printf '%-4s Xenstore per handshake: %s\n' "$v" \
     "$(run "$d" "$v" handshake_ops | grep 'per handshake' | tr '\n' ';' | sed 's/;$//; s/;/; /')"
+  stop_daemon "$d/xs.sock"
+done
+for v in ref tree; do
+  d=$(mktemp -d "$work/run.XXXX"); chmod 700 "$d"
+  printf '%-4s %s\n' "$v" "$(run "$d" "$v" handshake_cpu | tail -1)"
   stop_daemon "$d/xs.sock"
 done
