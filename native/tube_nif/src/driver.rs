@@ -206,6 +206,9 @@ impl PortState {
             Err(e) => return self.close(CloseReason::of(&e)),
         };
         if self.keep_polling(delivered) {
+            if self.dist && delivered == 0 {
+                dist::yield_to_processes(self.port);
+            }
             return self.resume_later();
         }
         if !self.tube.prepare_sleep() {
