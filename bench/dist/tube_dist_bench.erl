@@ -5,7 +5,9 @@
 %% for inet_tcp_dist. Node A then measures, against node B:
 %%   - small messages per second (a 64-byte binary, and a small tuple), sent
 %%     one way to a counter that acknowledges the last one;
-%%   - gen_server:call round trips, p50 and p99;
+%%   - gen_server:call round trips, p50 and p99, and round trips of a plain
+%%     message answered by a process (two messages where a call takes four:
+%%     its monitor and the monitor's removal go as messages of their own);
 %%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries;
 %%   - CPU per small message on both nodes (statistics(runtime) of each VM).
 %% Results go to a JSON file and a table on standard output.
