@@ -5,11 +5,14 @@
 # writes JSON (default bench-dist.json).
 #
 #   bash scripts/bench-dist.sh [--out FILE] [--scale 0.2] [--dist-busy-poll US]
-#                              [--only small,call,4096,65536,1048576,16777216]
+#                              [--only small,call,ping,4096,65536,1048576,16777216]
+#                              [--node-args "+S 1:1 ..."]
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
-# calls, 256 MiB per throughput size); --dist-busy-poll sets the tube
-# nodes' application env dist_busy_poll (default: the library's, 50).
+# calls and 20k plain message round trips (ping), 256 MiB per throughput
+# size); --dist-busy-poll sets the tube nodes' application env
+# dist_busy_poll (default: the library's, 50); --node-args adds emulator
+# flags to the nodes of both carriers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -5,7 +5,9 @@
 %% for inet_tcp_dist. Node A then measures, against node B:
 %%   - small messages per second (a 64-byte binary, and a small tuple), sent
 %%     one way to a counter that acknowledges the last one;
-%%   - gen_server:call round trips, p50 and p99;
+%%   - gen_server:call round trips, p50 and p99, and round trips of a plain
+%%     message answered by a process (two messages where a call takes four:
+%%     its monitor and the monitor's removal go as messages of their own);
 %%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries;
 %%   - CPU per small message on both nodes (statistics(runtime) of each VM).
 %% Results go to a JSON file and a table on standard output.
@@ -18,14 +20,16 @@
 
 -export([main/1]).
 %% Run inside the nodes.
--export([counter/0, echo_init/0, small_rate/3, call_rtt/2, throughput/3, runtime/0]).
+-export([counter/0, echo_init/0, small_rate/3, call_rtt/2, ping_rtt/2, throughput/3, runtime/0]).
 
 -define(COOKIE, "tube_dist_bench").
 
 main(Args) ->
-    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => default, only => all}),
+    Opts = parse(Args, #{out => "bench-dist.json", scale => 1.0, busy_poll => default, only => all,
+                    node_args => []}),
     persistent_term:put({?MODULE, busy_poll}, maps:get(busy_poll, Opts)),
     persistent_term:put({?MODULE, only}, maps:get(only, Opts)),
+    persistent_term:put({?MODULE, node_args}, maps:get(node_args, Opts)),
     Scale = maps:get(scale, Opts),
     Results = [measure(C, Scale) || C <- [tube, tcp]],
     Json = json(Results),
@@ -37,6 +41,7 @@ main(Args) ->
 parse(["--out", F | R], O) -> parse(R, O#{out => F});
 parse(["--scale", S | R], O) -> parse(R, O#{scale => number(S)});
 parse(["--dist-busy-poll", Us | R], O) -> parse(R, O#{busy_poll => list_to_integer(Us)});
+parse(["--node-args", A | R], O) -> parse(R, O#{node_args => string:lexemes(A, " ")});
 parse(["--only", L | R], O) -> parse(R, O#{only => [load(W) || W <- string:lexemes(L, ",")]});
 parse([], O) -> O.
 
@@ -45,6 +50,7 @@ number(S) ->
 
 load("small") -> small;
 load("call") -> call;
+load("ping") -> ping;
 load(Size) -> list_to_integer(Size).
 
 %% True when the load is to be measured (all of them unless `--only').
@@ -82,11 +88,17 @@ measure(Carrier, Scale) ->
                        Rtt = call(A, ?MODULE, call_rtt, [NodeB, round(20000 * Scale)]),
                        #{call_p50_us => maps:get(p50, Rtt), call_p99_us => maps:get(p99, Rtt)}
                end,
+        Ping = case wanted(ping) of
+                   false -> #{};
+                   true ->
+                       PRtt = call(A, ?MODULE, ping_rtt, [NodeB, round(20000 * Scale)]),
+                       #{ping_p50_us => maps:get(p50, PRtt), ping_p99_us => maps:get(p99, PRtt)}
+               end,
         Thr = [{Size, with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end),
                 Size * Count / 1.0e6}
                || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(Size),
                   Count <- [max(8, round(Scale * (256 bsl 20) / Size))]],
-        maps:merge(maps:merge(Small, Call),
+        maps:merge(maps:merge(maps:merge(Small, Call), Ping),
                    #{carrier => Carrier, protocol => Proto,
                      throughput_mb_s => maps:from_list([{S, R} || {S, {R, _, _}, _} <- Thr]),
                      %% CPU milliseconds of each VM per 100 MB sent: what a
@@ -106,7 +118,8 @@ start_node(Name, Carrier) ->
                 tcp -> []
             end,
     {ok, Peer, Node} = peer:start(#{name => list_to_atom(Name), connection => standard_io,
-                                    args => Paths ++ Proto ++ ["-setcookie", ?COOKIE],
+                                    args => Paths ++ Proto ++ ["-setcookie", ?COOKIE]
+                                            ++ persistent_term:get({?MODULE, node_args}),
                                     wait_boot => 60000}),
     {Peer, Node}.
 
@@ -155,6 +168,7 @@ counter_wait(N, Ask) ->
 echo_init() ->
     Counter = spawn(fun counter/0),
     register(bench_counter, Counter),
+    register(bench_ponger, spawn(fun ponger/0)),
     {ok, _} = gen_server:start({local, bench_echo}, bench_echo_server(), [], []),
     ok.
 
@@ -177,12 +191,28 @@ send_n(_Dest, _Msg, 0) -> ok;
 send_n(Dest, Msg, N) -> Dest ! Msg, send_n(Dest, Msg, N - 1).
 
 %% N gen_server:call round trips; p50 and p99 in microseconds.
+%% Answers {ping, From} with pong: a round trip of two messages, where a
+%% gen_server:call to another node takes four (the monitor and its removal
+%% go as messages of their own).
+ponger() ->
+    receive {ping, From} -> From ! pong end,
+    ponger().
+
+ping_rtt(Node, N) ->
+    Dest = {bench_ponger, Node},
+    Ping = fun() -> Dest ! {ping, self()}, receive pong -> ok end end,
+    _ = [Ping() || _ <- lists:seq(1, 1000)],
+    rtt(Ping, N).
+
 call_rtt(Node, N) ->
     Dest = {bench_echo, Node},
     _ = [gen_server:call(Dest, ping) || _ <- lists:seq(1, 1000)],
+    rtt(fun() -> pong = gen_server:call(Dest, ping) end, N).
+
+rtt(Fun, N) ->
     Ts = [begin
               T0 = erlang:monotonic_time(),
-              pong = gen_server:call(Dest, ping),
+              Fun(),
               erlang:monotonic_time() - T0
           end || _ <- lists:seq(1, N)],
     S = list_to_tuple(lists:sort(Ts)),
@@ -217,6 +247,8 @@ table(Results) ->
     Row("small tuple, msgs/s", small_tuple_per_s),
     Row("gen_server:call p50, us", call_p50_us),
     Row("gen_server:call p99, us", call_p99_us),
+    Row("message round trip p50, us", ping_p50_us),
+    Row("message round trip p99, us", ping_p99_us),
     Row("CPU per 64 B msg, sender, us", cpu_us_per_msg_a),
     Row("CPU per 64 B msg, receiver, us", cpu_us_per_msg_b),
     [Row(io_lib:format("throughput ~s, MB/s", [size_label(S)]), {throughput_mb_s, S})
@@ -231,7 +263,7 @@ get(K, M) -> maps:get(K, M, none).
 
 %% How many times better tube is (for times and CPU: lower is better).
 ratio(Key, T, C) when is_number(T), is_number(C), T > 0, C > 0 ->
-    Lower = [call_p50_us, call_p99_us, cpu_us_per_msg_a, cpu_us_per_msg_b,
+    Lower = [call_p50_us, call_p99_us, ping_p50_us, ping_p99_us, cpu_us_per_msg_a, cpu_us_per_msg_b,
              cpu_ms_per_100mb_a, cpu_ms_per_100mb_b],
     R = case lists:member(element(1, key_of(Key)), Lower) of
             true -> C / T;

@@ -131,6 +131,8 @@ struct PortState {
     bound: RxBound,
     /// Distribution ports: sends that skip polling after unanswered windows.
     backoff: dist::PollBackoff,
+    /// Distribution ports: the processes' turn after a delivery.
+    turn: dist::ProcessTurn,
 }
 
 /// Why a tube is closed, as the atom sent to the owner in
@@ -206,6 +208,9 @@ impl PortState {
             Err(e) => return self.close(CloseReason::of(&e)),
         };
         if self.keep_polling(delivered) {
+            if self.dist {
+                self.turn.polled(self.port, delivered);
+            }
             return self.resume_later();
         }
         if !self.tube.prepare_sleep() {
@@ -806,6 +811,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             busy_time: Duration::ZERO,
             bound,
             backoff: dist::PollBackoff::new(),
+            turn: dist::ProcessTurn::new(),
         });
         // SAFETY: `port` is the port being started and `fd` is the open
         // event fd owned by the tube, which lives until stop_select.
