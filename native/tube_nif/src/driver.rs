@@ -124,6 +124,9 @@ struct PortState {
     /// The port is busy: the outbox is not empty, or the ring has not yet
     /// drained to `Tube::resume_room` free bytes since it was.
     busy: Option<Instant>,
+    /// A busy distribution port's window of polling for room: when it
+    /// closes, and the outbox's bytes when it opened (see `poll_for_room`).
+    room_poll: Option<(Instant, usize)>,
     /// Times the port went busy, and the time it spent busy before now.
     busy_count: u64,
     busy_time: Duration,
@@ -429,11 +432,32 @@ impl PortState {
     }
 
     fn resume(&mut self) {
+        self.room_poll = None;
         if let Some(since) = self.busy.take() {
             self.busy_time += since.elapsed();
             // SAFETY: `self.port` is the live port of this state.
             unsafe { tube_drv_set_busy(self.port, 0) };
         }
+    }
+
+    /// A busy distribution port looks for room again from a zero timeout,
+    /// for as long as it would poll for a reply (`busy_poll`) since the ring
+    /// last took some of its outbox, instead of sleeping until the reader
+    /// wakes it. A stream of large messages fills the ring with a few of
+    /// them, so it waits for room every few messages; each such wait through
+    /// the event fd costs two wake-ups (the reader woken for data, this port
+    /// for room), and when the host is slow to deliver them a 64 KiB stream
+    /// ran at a fifth of its rate. True while the window is open.
+    fn poll_for_room(&mut self, queued: usize) -> bool {
+        if !self.dist || self.busy_poll.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        let moved = self.room_poll.map_or(true, |(_, q)| queued < q);
+        if moved {
+            self.room_poll = Some((now + self.busy_poll, queued));
+        }
+        matches!(self.room_poll, Some((until, _)) if now < until)
     }
 
     /// A busy port writes what the ring takes, and either resumes (outbox
@@ -456,6 +480,9 @@ impl PortState {
             // filling at once (it frees a quarter ring at a time); with none,
             // the port waits for half the ring before it takes new ones.
             let need = if queued > 0 { OUTBOX_ROOM } else { self.tube.resume_room() };
+            if self.poll_for_room(queued) {
+                return self.resume_later();
+            }
             if self.tube.prepare_wait_room(need) || !self.tube.is_open() {
                 return;
             }
@@ -809,6 +836,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
             busy: None,
             busy_count: 0,
             busy_time: Duration::ZERO,
+            room_poll: None,
             bound,
             backoff: dist::PollBackoff::new(),
             turn: dist::ProcessTurn::new(),
