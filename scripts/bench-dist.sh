@@ -10,7 +10,7 @@
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
 # calls and 20k plain message round trips (ping), 256 MiB per throughput
-# size); --dist-busy-poll sets the tube nodes' application env
+# size and at least 64 messages, so 1 GiB at 16 MiB); --dist-busy-poll sets the tube nodes' application env
 # dist_busy_poll (default: the library's, 50); --node-args adds emulator
 # flags to the nodes of both carriers.
 set -euo pipefail

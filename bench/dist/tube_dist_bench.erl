@@ -94,10 +94,14 @@ measure(Carrier, Scale) ->
                        PRtt = call(A, ?MODULE, ping_rtt, [NodeB, round(20000 * Scale)]),
                        #{ping_p50_us => maps:get(p50, PRtt), ping_p99_us => maps:get(p99, PRtt)}
                end,
+        %% 256 MiB per size, and never fewer than 64 messages: 16 messages
+        %% of 16 MiB took a tenth of a second, in which the first touches
+        %% of each node's fresh buffers and one slow moment of the host
+        %% weighed more than the carrier.
         Thr = [{Size, with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end),
                 Size * Count / 1.0e6}
                || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(Size),
-                  Count <- [max(8, round(Scale * (256 bsl 20) / Size))]],
+                  Count <- [max(max(8, round(64 * Scale)), round(Scale * (256 bsl 20) / Size))]],
         maps:merge(maps:merge(maps:merge(Small, Call), Ping),
                    #{carrier => Carrier, protocol => Proto,
                      throughput_mb_s => maps:from_list([{S, R} || {S, {R, _, _}, _} <- Thr]),
