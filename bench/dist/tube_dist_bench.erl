@@ -82,18 +82,8 @@ measure(Carrier, Scale) ->
                           small_tuple_per_s => call(A, ?MODULE, small_rate, [NodeB, tuple, N]),
                           cpu_us_per_msg_a => CpuA * 1000 / N, cpu_us_per_msg_b => CpuB * 1000 / N}
                 end,
-        Call = case wanted(call) of
-                   false -> #{};
-                   true ->
-                       Rtt = call(A, ?MODULE, call_rtt, [NodeB, round(20000 * Scale)]),
-                       #{call_p50_us => maps:get(p50, Rtt), call_p99_us => maps:get(p99, Rtt)}
-               end,
-        Ping = case wanted(ping) of
-                   false -> #{};
-                   true ->
-                       PRtt = call(A, ?MODULE, ping_rtt, [NodeB, round(20000 * Scale)]),
-                       #{ping_p50_us => maps:get(p50, PRtt), ping_p99_us => maps:get(p99, PRtt)}
-               end,
+        Call = round_trips(call, call_rtt, {call_p50_us, call_p99_us}, A, NodeB, Scale),
+        Ping = round_trips(ping, ping_rtt, {ping_p50_us, ping_p99_us}, A, NodeB, Scale),
         %% 256 MiB per size, and never fewer than 64 messages: 16 messages
         %% of 16 MiB took a tenth of a second, in which the first touches
         %% of each node's fresh buffers and one slow moment of the host
@@ -194,7 +184,16 @@ small_rate(Node, Kind, N) ->
 send_n(_Dest, _Msg, 0) -> ok;
 send_n(Dest, Msg, N) -> Dest ! Msg, send_n(Dest, Msg, N - 1).
 
-%% N gen_server:call round trips; p50 and p99 in microseconds.
+%% The p50 and p99 of round-trip load Load, measured by Fun from node A
+%% against NodeB, under the keys given; nothing when it is not wanted.
+round_trips(Load, Fun, {P50, P99}, A, NodeB, Scale) ->
+    case wanted(Load) of
+        false -> #{};
+        true ->
+            Rtt = call(A, ?MODULE, Fun, [NodeB, round(20000 * Scale)]),
+            #{P50 => maps:get(p50, Rtt), P99 => maps:get(p99, Rtt)}
+    end.
+
 %% Answers {ping, From} with pong: a round trip of two messages, where a
 %% gen_server:call to another node takes four (the monitor and its removal
 %% go as messages of their own).
@@ -208,6 +207,7 @@ ping_rtt(Node, N) ->
     _ = [Ping() || _ <- lists:seq(1, 1000)],
     rtt(Ping, N).
 
+%% N gen_server:call round trips; p50 and p99 in microseconds.
 call_rtt(Node, N) ->
     Dest = {bench_echo, Node},
     _ = [gen_server:call(Dest, ping) || _ <- lists:seq(1, 1000)],

@@ -45,8 +45,8 @@ defmodule Tube.Bench.Machine do
       nil
     else
       for k <- @keys, into: %{} do
-        vs = Enum.sort(Enum.map(refs, &Map.fetch!(&1, String.to_atom(k))))
-        {String.to_atom(k), %{median: Enum.at(vs, div(length(vs), 2)), min: hd(vs), max: List.last(vs)}}
+        vs = Enum.map(refs, &Map.fetch!(&1, String.to_atom(k)))
+        {String.to_atom(k), %{median: Tube.Bench.Measure.middle_by(vs, & &1), min: Enum.min(vs), max: Enum.max(vs)}}
       end
     end
   end

@@ -70,6 +70,12 @@ defmodule Tube.Bench.Measure do
   def median(xs), do: pct(Enum.sort(xs), 50)
 
   @doc """
+  The element in the middle of `xs` ordered by `key` (the upper one of the
+  two middles for an even count): the run that stands for a set of runs.
+  """
+  def middle_by(xs, key), do: xs |> Enum.sort_by(key) |> Enum.at(div(length(xs), 2))
+
+  @doc """
   CPU time (ns) used so far by OS process `pid`: utime + stime of
   /proc/<pid>/stat, which keeps the time of threads that have exited.
   """

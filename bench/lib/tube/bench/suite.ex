@@ -22,11 +22,8 @@ defmodule Tube.Bench.Suite do
     t = if s.transports == [], do: %{transports: [], machine: []}, else: transports(cluster, s, log)
     scale = if(s.scale, do: scale(cluster, s, log), else: %{baseline: %{}, levels: [], failed: nil, machine: []})
 
-    %{
-      throughput: t.transports,
-      scale: scale,
-      machine: %{rounds: t.machine ++ scale.machine, summary: Machine.summary(t.machine ++ scale.machine)}
-    }
+    refs = t.machine ++ scale.machine
+    %{throughput: t.transports, scale: scale, machine: %{rounds: refs, summary: Machine.summary(refs)}}
   end
 
   # ---- transports side by side ------------------------------------------------
@@ -57,17 +54,20 @@ defmodule Tube.Bench.Suite do
   end
 
   defp rounds(links, c, s, log) do
-    Enum.reduce(1..s.rounds, {[], []}, fn round, {runs, refs} ->
+    in_rounds(s, "round", log, fn round ->
+      for {kind, link} <- links, size <- s.sizes do
+        {kind, size, link |> costed_run(c, size, s) |> Map.put(:round, round)}
+      end
+    end)
+  end
+
+  # `s.rounds` rounds of `measure.(round)` (a list of results each), each
+  # round after the machine's references: {all results, the references}.
+  defp in_rounds(s, label, log, measure) do
+    Enum.reduce(1..s.rounds, {[], []}, fn round, {results, refs} ->
       ref = Machine.reference()
-      log.("round #{round}/#{s.rounds}: machine #{machine_line(ref)}")
-
-      new =
-        for {kind, link} <- links, size <- s.sizes do
-          r = link |> costed_run(c, size, s) |> Map.put(:round, round)
-          {kind, size, r}
-        end
-
-      {runs ++ new, refs ++ [ref]}
+      log.("#{label} #{round}/#{s.rounds}: machine #{machine_line(ref)}")
+      {results ++ measure.(round), refs ++ [ref]}
     end)
   end
 
@@ -80,7 +80,7 @@ defmodule Tube.Bench.Suite do
 
   # The run with the median rate stands for the size; every round's rate is kept.
   defp median_run(kind, size, runs, log) do
-    best = Enum.sort_by(runs, & &1.rx_pps) |> Enum.at(div(length(runs), 2))
+    best = Measure.middle_by(runs, & &1.rx_pps)
     log.("#{kind} #{size} B: #{fmt(best.rx_pps / 1.0e6)} Mpps rx, #{fmt(best.rx_mbps)} MB/s, drops #{fmt(best.drop_pct)}%" <>
            ", receiving node #{fmt(best.rx_cpu_ns_per_pkt)} CPU ns/packet" <>
            ", sending node #{fmt(best.tx_cpu_ns_per_pkt)} per packet sent" <>
@@ -204,23 +204,17 @@ defmodule Tube.Bench.Suite do
   end
 
   defp level_rounds(c, s, links, levels, log) do
-    Enum.reduce(1..s.rounds, {[], []}, fn round, {tputs, refs} ->
-      ref = Machine.reference()
-      log.("scale round #{round}/#{s.rounds}: machine #{machine_line(ref)}")
-
-      new =
-        for %{tubes: n} <- levels do
-          Process.sleep(100)
-          {n, Measure.throughput(Enum.take(links, n), c.node, 64, s.warmup_ms, s.scale_window_ms)}
-        end
-
-      {tputs ++ new, refs ++ [ref]}
+    in_rounds(s, "scale round", log, fn _round ->
+      for %{tubes: n} <- levels do
+        Process.sleep(100)
+        {n, Measure.throughput(Enum.take(links, n), c.node, 64, s.warmup_ms, s.scale_window_ms)}
+      end
     end)
   end
 
   # The level's round with the median aggregate rate stands for it.
   defp with_throughput(level, tputs, s, log) do
-    tput = Enum.sort_by(tputs, & &1.rx_pps) |> Enum.at(div(length(tputs), 2))
+    tput = Measure.middle_by(tputs, & &1.rx_pps)
 
     log.("#{level.tubes} tubes: aggregate #{fmt(tput.rx_pps / 1.0e6)} Mpps (drops #{fmt(tput.drop_pct)}%, received " <>
            "#{fmt(tput.received / 1.0e6)} M in all, receivers' windows #{fmt(tput.window_s.min)}-#{fmt(tput.window_s.max)} s; " <>
