@@ -2,7 +2,7 @@
 %% that keeps an accept() pending; prints p50/p90 of open/3 and of accept/1.
 %% start_pair/0 and cycle/2 are also handshake_trace's and handshake_ops'.
 -module(handshake_bench).
--export([main/1, acceptor/1, start_pair/0, cycle/2]).
+-export([main/1, acceptor/1, start_pair/0, cycle/2, median/1]).
 
 main([NStr]) ->
     N = list_to_integer(NStr),
@@ -57,6 +57,9 @@ acc_loop(Ts) ->
                 acc_loop(Ts)
         end
     end.
+
+%% The lower middle of a list of numbers, as a float.
+median(L) -> lists:nth(max(1, (length(L) + 1) div 2), lists:sort(L)) * 1.0.
 
 pct(L, P) ->
     S = lists:sort(L),

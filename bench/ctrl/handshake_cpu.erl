@@ -23,16 +23,17 @@ main([NStr]) ->
     [O, A, Dm] = [(B - X) * 1000000 / Hz / N || {X, B} <- lists:zip(C0, C1)],
     io:format("per cycle: wall ~.1f us, open p50 ~.1f us; CPU opener ~.1f us, acceptor ~.1f us, "
               "daemon ~.1f us, sum ~.1f us~n",
-              [(T1 - T0) / N, median(Opens), O, A, Dm, O + A + Dm]),
+              [(T1 - T0) / N, handshake_bench:median(Opens), O, A, Dm, O + A + Dm]),
     peer:stop(Peer),
     halt(0).
 
-%% The daemon serving XENSTORED_PATH (started for this run by the script).
+%% The daemon serving XENSTORED_PATH, from the pid file the application
+%% starts it with (SOCKET.pid, as scripts/daemon.sh reads it too).
 daemon_pid() ->
     Sock = os:getenv("XENSTORED_PATH"),
-    case string:lexemes(os:cmd("pgrep -f -n 'tubestored.*" ++ Sock ++ "'"), "\n") of
-        [P | _] -> P;
-        [] -> io:format("no daemon found for ~s~n", [Sock]), halt(1)
+    case file:read_file(Sock ++ ".pid") of
+        {ok, Pid} -> string:trim(binary_to_list(Pid));
+        {error, Why} -> io:format("no daemon pid file for ~s: ~p~n", [Sock, Why]), halt(1)
     end.
 
 clock_ticks() ->
@@ -48,4 +49,3 @@ ticks(Pid) ->
     F = string:lexemes(binary_to_list(Rest), " "),
     list_to_integer(lists:nth(12, F)) + list_to_integer(lists:nth(13, F)).
 
-median(L) -> lists:nth(max(1, (length(L) + 1) div 2), lists:sort(L)) * 1.0.

@@ -84,7 +84,7 @@ report(Starts, All) ->
     %% Label each event by its order of kind within the handshake.
     Keyed = [number(H) || H <- Per],
     Keys = lists:usort([K || H <- Keyed, {K, _} <- H]),
-    Rows = [{median([T || H <- Keyed, {K1, T} <- H, K1 =:= K]), length([x || H <- Keyed, {K1, _} <- H, K1 =:= K]), K} || K <- Keys],
+    Rows = [{handshake_bench:median([T || H <- Keyed, {K1, T} <- H, K1 =:= K]), length([x || H <- Keyed, {K1, _} <- H, K1 =:= K]), K} || K <- Keys],
     [io:format("~8.1f us  (~3b)  ~p~n", [M, C, K]) || {M, C, K} <- lists:sort(Rows), C >= length(Starts) div 2],
     ok.
 
@@ -96,4 +96,3 @@ number(H) ->
                              end, #{}, H),
     L.
 
-median(L) -> lists:nth(max(1, (length(L) + 1) div 2), lists:sort(L)) * 1.0.
