@@ -2,7 +2,7 @@
 %% that keeps an accept() pending; prints p50/p90 of open/3 and of accept/1.
 %% start_pair/0 and cycle/2 are also handshake_trace's and handshake_ops'.
 -module(handshake_bench).
--export([main/1, acceptor/1, start_pair/0, cycle/2, median/1]).
+-export([main/1, acceptor/1, start_pair/0, started/1, cycle/2, median/1, pct/2]).
 
 main([NStr]) ->
     N = list_to_integer(NStr),
@@ -28,6 +28,7 @@ start_pair() ->
     ok = peer:call(Peer, ?MODULE, acceptor, [self()]),
     {Peer, D}.
 
+%% Halts with the reason when tube did not start.
 started({ok, _}) -> ok;
 started(E) -> io:format("tube did not start: ~p~n", [E]), halt(1).
 

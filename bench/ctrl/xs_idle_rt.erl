@@ -5,15 +5,13 @@
 %% the request made by one or two processes in between (a hop each way).
 %% Prints p50 and p90 of each. Run as handshake_trace is:
 %%   erl -noshell -pa <dir> -pa <tube ebin> -run xs_idle_rt main N
+%% (<dir> holds handshake_bench too).
 -module(xs_idle_rt).
 -export([main/1]).
 
 main([NStr]) ->
     N = list_to_integer(NStr),
-    case application:ensure_all_started(tube) of
-        {ok, _} -> ok;
-        E -> io:format("tube did not start: ~p~n", [E]), halt(1)
-    end,
+    handshake_bench:started(application:ensure_all_started(tube)),
     {ok, C} = tube_registry:conn(),
     Path = tube_paths:tip_dir(tube:domid()),
     _ = [rt(C, Path, wait) || _ <- lists:seq(1, 200)],
@@ -23,7 +21,7 @@ main([NStr]) ->
 
 run(C, Path, N, Mode, Pause) ->
     L = [begin pause(Pause), rt(C, Path, Mode) end || _ <- lists:seq(1, N)],
-    io:format("~-8w after ~2w ms idle: p50 ~6.1f us, p90 ~6.1f us~n", [Mode, Pause, pct(L, 50), pct(L, 90)]).
+    io:format("~-8w after ~2w ms idle: p50 ~6.1f us, p90 ~6.1f us~n", [Mode, Pause, handshake_bench:pct(L, 50), handshake_bench:pct(L, 90)]).
 
 pause(0) -> ok;
 pause(Ms) -> receive after Ms -> ok end.
@@ -68,7 +66,3 @@ requester(C, Path) ->
 
 relay(Next) ->
     spawn(fun() -> receive {go, From} -> Next ! {go, self()}, receive {done, R} -> From ! {done, R} end end end).
-
-pct(L, P) ->
-    S = lists:sort(L),
-    lists:nth(max(1, round(length(S) * P / 100)), S) * 1.0.
