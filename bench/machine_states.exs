@@ -7,7 +7,7 @@
 #
 # Prints one line per 2 s window: Mpps received and offered, drops, both
 # nodes' CPU ns per packet, and the references.
-alias Tube.Bench.{Cluster, Link, Machine, Measure, Suite}
+alias Tube.Bench.{Cluster, Link, Machine, Suite}
 
 windows = case System.argv() do
   [n] -> String.to_integer(n)
@@ -21,15 +21,11 @@ c = Cluster.start(true)
 try do
   for i <- 1..windows do
     ref = Machine.reference()
-    rx0 = Measure.cpu_ns(c.peer_os_pid)
-    tx0 = Measure.cpu_ns(c.os_pid)
-    r = Measure.throughput([link], c.node, 64, 300, 2000)
-    rx = Measure.cpu_ns(c.peer_os_pid) - rx0
-    tx = Measure.cpu_ns(c.os_pid) - tx0
+    r = Suite.costed_run(link, c, 64, %{warmup_ms: 300, window_ms: 2000})
 
     IO.puts("#{Time.truncate(Time.utc_now(), :second)} #{i}: #{Suite.fmt(r.rx_pps / 1.0e6)} Mpps rx, " <>
               "#{Suite.fmt(r.tx_pps / 1.0e6)} offered, drops #{Suite.fmt(r.drop_pct)}%, CPU ns/packet " <>
-              "receiver #{round(rx / max(r.received, 1))} sender #{round(tx / max(r.sent, 1))} | machine #{Suite.machine_line(ref)}")
+              "receiver #{Suite.fmt(r.rx_cpu_ns_per_pkt)} sender #{Suite.fmt(r.tx_cpu_ns_per_pkt)} | machine #{Suite.machine_line(ref)}")
   end
 after
   Link.close(link)

@@ -89,11 +89,14 @@ defmodule Tube.Bench.Suite do
     Map.put(best, :runs, Enum.map(runs, & &1.rx_pps))
   end
 
-  # One throughput run, with the CPU time the receiving node (the peer)
-  # spent per packet it received: a figure that CPU contention from other
-  # work on the machine moves far less than the packet rate.
-  # The sending node (this one) is costed per packet it tried to send.
-  defp costed_run(link, c, size, s) do
+  @doc """
+  One throughput run of `link` (`s.warmup_ms`, then `s.window_ms`), with
+  the CPU time the receiving node (the peer) spent per packet it received:
+  a figure that CPU contention from other work on the machine moves far
+  less than the packet rate. The sending node (this one) is costed per
+  packet it tried to send.
+  """
+  def costed_run(link, c, size, s) do
     w0 = wakeups(link)
     cpu0 = Measure.cpu_ns(c.peer_os_pid)
     tx0 = Measure.cpu_ns(c.os_pid)
