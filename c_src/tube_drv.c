@@ -77,6 +77,26 @@ int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
     return r;
 }
 
+/* Delivers bytes offs..offs+len of a filled binary, as
+ * tube_drv_deliver_binary does the whole of one. */
+int tube_drv_deliver_binary_at(ErlDrvPort port, ErlDrvBinary *bin, size_t offs, size_t len)
+{
+    int r = driver_output_binary(port, NULL, 0, bin, (ErlDrvSizeT)offs, (ErlDrvSizeT)len);
+    driver_free_binary(bin);
+    return r;
+}
+
+/* Resizes a binary only the driver holds, keeping its bytes; its (possibly
+ * moved) bytes are returned in *data. NULL when out of memory, and the old
+ * binary is then still valid. */
+ErlDrvBinary *tube_drv_realloc_binary(ErlDrvBinary *bin, size_t len, char **data)
+{
+    ErlDrvBinary *grown = driver_realloc_binary(bin, (ErlDrvSizeT)len);
+    if (grown != NULL)
+        *data = grown->orig_bytes;
+    return grown;
+}
+
 /* Drops the driver's reference to a binary that was never delivered. */
 void tube_drv_free_binary(ErlDrvBinary *bin)
 {

@@ -5,7 +5,7 @@
 -define(TUBE_CTL_ACTIVE, 3).
 -define(TUBE_CTL_BUSY_POLL, 4).
 -define(TUBE_CTL_DIST, 5).
--define(TUBE_STATS_N, 15).
+-define(TUBE_STATS_N, 17).
 -define(TUBE_ACTIVE_NO_LIMIT, 0).
 -define(TUBE_ACTIVE_SET, 1).
 -define(TUBE_ACTIVE_ADD, 2).
@@ -35,4 +35,4 @@
 -define(TUBE_RX_DEPTH_SCALE, 2).
 -define(TUBE_CALL_SEND_BATCH, 1).
 %% The counters of TUBE_CTL_STATS, in order.
--define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes, rx_held, rx_held_us]).
+-define(TUBE_STATS, [sent, sent_bytes, received, received_bytes, dropped, rejected, wakeups, peer_os_pid, busy_poll, polling, busy, busy_us, queued_bytes, rx_held, rx_held_us, frags_joined, frags_passed_on]).

@@ -22,7 +22,7 @@ changed_source() {
   older=$nif
   [ "$daemon" -ot "$nif" ] && older=$daemon
   find Cargo.toml Cargo.lock c_src \
-       native/tube_nif native/tube_ring native/tube_xs native/tubestored \
+       native/tube_nif native/tube_ring native/tube_xs native/tubestored native/tube_dist_frag \
        -path '*/target' -prune -o -path '*/fuzz' -prune -o \
        -type f \( -name '*.rs' -o -name '*.c' -o -name '*.h' -o -name 'Cargo.toml' -o -name 'Cargo.lock' \) \
        -newer "$older" -print 2>/dev/null | head -n 1

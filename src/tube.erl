@@ -230,7 +230,11 @@ peername(Tube) ->
 
 %% @doc What is known of an open tube: its role (`nock' if this side
 %% opened it, `tip' if it accepted), peer domain, Tid, state, ring
-%% counters, its `busy_poll' window and whether it is `polling' now.
+%% counters, its `busy_poll' window and whether it is `polling' now. A
+%% distribution tube also counts the large messages it handed over whole
+%% after receiving them as fragments (`frags_joined') and the fragments it
+%% passed on as they came because another message came between them
+%% (`frags_passed_on').
 -spec info(tube()) -> {ok, map()} | {error, closed}.
 info(Tube) when is_port(Tube) ->
     case tube_control:lookup(Tube) of
@@ -611,14 +615,16 @@ counters(Tube) ->
               Dropped:64/native, Rejected:64/native, Wakeups:64/native,
               PeerPid:64/native, BusyPoll:64/native, Polling:64/native,
               Busy:64/native, BusyUs:64/native, Queued:64/native,
-              RxHeld:64/native, RxHeldUs:64/native>> = list_to_binary(Bytes),
+              RxHeld:64/native, RxHeldUs:64/native,
+              FragsJoined:64/native, FragsPassedOn:64/native>> = list_to_binary(Bytes),
             {ok, #{sent => Sent, sent_bytes => SentB, received => Recv,
                    received_bytes => RecvB, dropped => Dropped,
                    rejected => Rejected, wakeups => Wakeups,
                    peer_os_pid => case PeerPid of 0 -> undefined; P -> P end,
                    busy_poll => BusyPoll, polling => Polling =:= 1,
                    busy => Busy, busy_us => BusyUs, queued_bytes => Queued,
-                   rx_held => RxHeld, rx_held_us => RxHeldUs}};
+                   rx_held => RxHeld, rx_held_us => RxHeldUs,
+                   frags_joined => FragsJoined, frags_passed_on => FragsPassedOn}};
         _ ->
             {error, closed}
     end.

@@ -25,6 +25,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tube_dist_frag::{Defrag, Landed, NoMemory};
 use tube_ring::{Assembly, MessageBuf, Pass, RingError, SendError, Tube, MAX_PACKET};
 
 use crate::handoff;
@@ -32,6 +33,7 @@ use crate::rx_bound::{self, RxBound};
 
 mod batch;
 mod dist;
+mod frag_store;
 
 /// Packets delivered per callback before yielding to the scheduler.
 const BATCH: usize = 256;
@@ -537,6 +539,8 @@ impl PortState {
             self.tube.queued_bytes() as u64,
             self.bound.counters()[0],
             self.bound.counters()[1],
+            self.inbox.frags.counts().joined,
+            self.inbox.frags.counts().passed_on,
         ]
     }
 }
@@ -565,27 +569,41 @@ enum Dest {
 }
 
 /// Where one message of a reliable tube is being put together: the port's
-/// scratch buffer (small ones, which `driver_output` copies), or a driver
-/// binary handed over without a copy.
+/// scratch buffer (small ones, which `driver_output` copies), a driver
+/// binary handed over without a copy (`cap` bytes, room for more than the
+/// message where it may be the first of a distribution message's
+/// fragments), or the buffer of the distribution message whose fragments
+/// are being joined (`Joined`, owned by the port's `Defrag`).
 enum MsgDest {
     Scratch(*mut u8),
-    Binary { bin: *mut c_void, data: *mut u8 },
+    Binary { bin: *mut c_void, data: *mut u8, cap: usize },
+    Joined(*mut u8),
 }
 
 impl MsgDest {
-    /// Memory for a message of `len` bytes; `None` when out of memory.
-    fn new(scratch: *mut u8, small: usize, len: usize) -> Option<MsgDest> {
+    /// Memory for a message of `len` bytes, in a binary of `cap >= len`
+    /// bytes unless it fits the scratch; `None` when out of memory.
+    fn new(scratch: *mut u8, small: usize, len: usize, cap: usize) -> Option<MsgDest> {
         if len <= small {
             return Some(MsgDest::Scratch(scratch));
         }
         let mut data: *mut c_char = std::ptr::null_mut();
         // SAFETY: plain allocation through the emulator; `data` receives the
         // binary's byte pointer.
-        let bin = unsafe { tube_drv_alloc_binary(len, &mut data) };
+        let bin = unsafe { tube_drv_alloc_binary(cap, &mut data) };
         if bin.is_null() || data.is_null() {
             return None;
         }
-        Some(MsgDest::Binary { bin, data: data as *mut u8 })
+        Some(MsgDest::Binary { bin, data: data as *mut u8, cap })
+    }
+
+    /// What a `Binary` holds, now the caller's to deliver or free.
+    fn into_binary(self) -> Option<(*mut c_void, *mut u8, usize)> {
+        let me = std::mem::ManuallyDrop::new(self);
+        match *me {
+            MsgDest::Binary { bin, data, cap } => Some((bin, data, cap)),
+            _ => None,
+        }
     }
 
     /// Hands the message to the port's owner (or the emulator's
@@ -603,6 +621,8 @@ impl MsgDest {
             MsgDest::Binary { bin, .. } => unsafe {
                 tube_drv_deliver_binary(port, bin, len);
             },
+            // Only the joiner delivers what lands in its buffer.
+            MsgDest::Joined(_) => {}
         }
     }
 }
@@ -610,11 +630,13 @@ impl MsgDest {
 // SAFETY: the scratch buffer is the port's boxed `dist::SCRATCH` bytes (asked
 // only for messages that fit) and a binary's bytes are on the emulator's
 // heap: neither moves when the `MsgDest` does, and each is used by one
-// message at a time.
+// message at a time. A `Joined` slot has the message's length of room (the
+// joiner made it) and the joiner neither moves nor reads it until the
+// message has landed.
 unsafe impl MessageBuf for MsgDest {
     fn as_mut_ptr(&mut self) -> *mut u8 {
         match *self {
-            MsgDest::Scratch(p) => p,
+            MsgDest::Scratch(p) | MsgDest::Joined(p) => p,
             MsgDest::Binary { data, .. } => data,
         }
     }
@@ -656,6 +678,8 @@ struct Inbox {
     batch: Option<batch::Batcher>,
     /// Bytes the current pass may still deliver (distribution ports).
     pass: dist::PassBytes,
+    /// Distribution ports: a large message's fragments, joined into one.
+    frags: Defrag<frag_store::Binaries>,
 }
 
 impl Inbox {
@@ -672,22 +696,67 @@ impl Inbox {
         let scratch = self.scratch.as_mut_ptr();
         let small = if dist { dist::SCRATCH } else { SMALL_PACKET };
         let mut total = 0;
-        while total < max && !self.pass.spent() {
+        let mut out_of_memory = false;
+        while total < max && !self.pass.spent() && !out_of_memory {
             let want = self.pass.read_size(max - total);
             let pass = &mut self.pass;
-            let got = tube.recv_messages(&mut self.asm, want, |len| MsgDest::new(scratch, small, len), |dest, len| {
-                pass.take(len);
-                if !(dist && len == 0) {
-                    dest.deliver(port, len);
+            // Both callbacks reach the joiner, never at the same time.
+            let frags = std::cell::RefCell::new(&mut self.frags);
+            let alloc = |len: usize| {
+                if !dist {
+                    return MsgDest::new(scratch, small, len, len);
                 }
+                let mut f = frags.borrow_mut();
+                match f.slot(len) {
+                    Some(p) => Some(MsgDest::Joined(p)),
+                    None => MsgDest::new(scratch, small, len, f.capacity_for(len)),
+                }
+            };
+            let got = tube.recv_messages(&mut self.asm, want, alloc, |dest, len| {
+                pass.take(len);
+                if !dist {
+                    return dest.deliver(port, len);
+                }
+                // A tick is counted, not delivered, and holds nothing up.
+                if len == 0 || out_of_memory {
+                    return;
+                }
+                out_of_memory = deliver_dist(&mut frags.borrow_mut(), port, dest, len).is_err();
             })?;
             total += got;
             if got < want {
                 break;
             }
         }
+        if out_of_memory {
+            return Err(RingError::Corrupt("no memory to pass distribution fragments on"));
+        }
         Ok(total)
     }
+}
+
+/// One message of a distribution port, through the fragment joiner
+/// (`tube_dist_frag`): held as part of a large message, or delivered, after
+/// whatever the joiner held before it.
+fn deliver_dist(frags: &mut Defrag<frag_store::Binaries>, port: DrvPort, dest: MsgDest, len: usize) -> Result<(), NoMemory> {
+    let (bin, data, cap) = match dest {
+        MsgDest::Joined(_) => match frags.landed(len)? {
+            Landed::Held | Landed::Done => return Ok(()),
+            Landed::Other(bin, data, len) => (bin, data, len),
+        },
+        MsgDest::Scratch(_) => {
+            frags.interrupt()?;
+            dest.deliver(port, len);
+            return Ok(());
+        }
+        MsgDest::Binary { .. } => dest.into_binary().expect("a binary"),
+    };
+    if let Some(bin) = frags.arrive(bin, data, cap, len)? {
+        // SAFETY: `port` is live; `bin` holds the message's `len` bytes and is
+        // ours to hand over.
+        unsafe { tube_drv_deliver_binary(port, bin, len) };
+    }
+    Ok(())
 }
 
 /// Delivers up to `max` packets to the port's owner as `{Port, {data, Binary}}`.
@@ -832,6 +901,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
                 scratch: Box::new([0; dist::SCRATCH]),
                 batch: batch::from_command(command).filter(|_| !reliable),
                 pass: dist::PassBytes::new(),
+                frags: Defrag::new(frag_store::Binaries { port }),
             },
             busy: None,
             busy_count: 0,

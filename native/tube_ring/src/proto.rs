@@ -29,7 +29,7 @@ pub const CTL_SEND_BATCH: u32 = 7;
 pub const CTL_RX_GRANT: u32 = 8;
 
 /// The counters of `CTL_STATS`, in order (the names `tube:info/1` gives them).
-pub const STATS: [&str; 15] = [
+pub const STATS: [&str; 17] = [
     "sent",
     "sent_bytes",
     "received",
@@ -45,6 +45,8 @@ pub const STATS: [&str; 15] = [
     "queued_bytes",
     "rx_held",
     "rx_held_us",
+    "frags_joined",
+    "frags_passed_on",
 ];
 
 /// Active modes of `CTL_ACTIVE`: no limit, set the credit to N, add N to it.

@@ -1,0 +1,336 @@
+use super::*;
+use proptest::prelude::*;
+
+/// Buffers in plain memory; delivered messages are recorded in order.
+#[derive(Default)]
+struct VecStore {
+    bufs: Vec<Option<Vec<u8>>>,
+    delivered: Vec<Vec<u8>>,
+    /// Allocations left before memory "runs out" (`None`: never).
+    allocs_left: Option<usize>,
+}
+
+impl Store for &mut VecStore {
+    type Buf = usize;
+
+    fn alloc(&mut self, cap: usize) -> Option<(usize, *mut u8)> {
+        if let Some(n) = self.allocs_left.as_mut() {
+            if *n == 0 {
+                return None;
+            }
+            *n -= 1;
+        }
+        let mut v = vec![0u8; cap];
+        let p = v.as_mut_ptr();
+        self.bufs.push(Some(v));
+        Some((self.bufs.len() - 1, p))
+    }
+
+    fn resize(&mut self, buf: usize, cap: usize) -> Result<(usize, *mut u8), usize> {
+        let v = self.bufs[buf].as_mut().expect("live buffer");
+        v.resize(cap, 0);
+        Ok((buf, v.as_mut_ptr()))
+    }
+
+    fn deliver(&mut self, buf: usize, off: usize, len: usize) {
+        let v = self.bufs[buf].take().expect("live buffer");
+        self.delivered.push(v[off..off + len].to_vec());
+    }
+
+    fn free(&mut self, buf: usize) {
+        self.bufs[buf].take().expect("live buffer");
+    }
+}
+
+impl VecStore {
+    fn live(&self) -> usize {
+        self.bufs.iter().filter(|b| b.is_some()).count()
+    }
+}
+
+/// Feeds messages through a joiner the way the port driver does: into the slot it offers,
+/// else into a buffer of their own.
+fn feed(d: &mut Defrag<&mut VecStore>, msg: &[u8]) -> Result<(), NoMemory> {
+    if let Some(p) = d.slot(msg.len()) {
+        // SAFETY: the slot has room for the message.
+        unsafe { ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
+        return match d.landed(msg.len())? {
+            Landed::Held | Landed::Done => Ok(()),
+            Landed::Other(buf, data, len) => deliver_own(d, buf, data, len, len),
+        };
+    }
+    let cap = d.capacity_for(msg.len());
+    let (buf, data) = d.store.alloc(cap).ok_or(NoMemory)?;
+    // SAFETY: a fresh buffer of `cap >= len` bytes.
+    unsafe { ptr::copy_nonoverlapping(msg.as_ptr(), data, msg.len()) };
+    deliver_own(d, buf, data, cap, msg.len())
+}
+
+fn deliver_own(d: &mut Defrag<&mut VecStore>, buf: usize, data: *mut u8, cap: usize, len: usize) -> Result<(), NoMemory> {
+    if let Some(buf) = d.arrive(buf, data, cap, len)? {
+        d.store.deliver(buf, 0, len);
+    }
+    Ok(())
+}
+
+fn first(seq: u64, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![VERSION_MAGIC, DIST_FRAG_HEADER];
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn cont(seq: u64, id: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = continuation_header(&seq.to_be_bytes(), id).to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
+fn whole(body: &[u8]) -> Vec<u8> {
+    let mut v = vec![VERSION_MAGIC, DIST_HEADER];
+    v.extend_from_slice(body);
+    v
+}
+
+/// A message of `parts` cut into fragments as the emulator does: the fragments, and the
+/// message as one piece.
+fn fragmented(seq: u64, parts: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let n = parts.len() as u64;
+    let mut frags = vec![first(seq, n, &parts[0])];
+    for (i, p) in parts.iter().enumerate().skip(1) {
+        frags.push(cont(seq, n - i as u64, p));
+    }
+    (frags, whole(&parts.concat()))
+}
+
+fn bytes(len: usize, tag: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag)).collect()
+}
+
+#[test]
+fn consecutive_fragments_become_one_whole_message() {
+    let mut store = VecStore::default();
+    let parts = vec![bytes(70_000, 1), bytes(65_536, 2), bytes(100, 3)];
+    let (frags, expected) = fragmented(7, &parts);
+    {
+        let mut d = Defrag::new(&mut store);
+        for f in &frags {
+            feed(&mut d, f).unwrap();
+        }
+        assert_eq!(d.counts(), Counts { joined: 1, passed_on: 0 });
+    }
+    assert_eq!(store.delivered, vec![expected]);
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn a_message_between_fragments_sends_them_on_as_they_came() {
+    let mut store = VecStore::default();
+    let (frags, _) = fragmented(9, &[bytes(70_000, 1), bytes(70_000, 2), bytes(70_000, 3)]);
+    let small = whole(&bytes(40, 9));
+    let input = vec![frags[0].clone(), frags[1].clone(), small, frags[2].clone()];
+    {
+        let mut d = Defrag::new(&mut store);
+        for m in &input {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts(), Counts { joined: 0, passed_on: 2 });
+    }
+    assert_eq!(store.delivered, input);
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn interleaved_messages_keep_their_order_and_back_off() {
+    let mut store = VecStore::default();
+    let (a, _) = fragmented(1, &[bytes(70_000, 1), bytes(70_000, 2)]);
+    let (b, _) = fragmented(2, &[bytes(70_000, 3), bytes(70_000, 4)]);
+    let input = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone()];
+    let (c, c_whole) = fragmented(3, &[bytes(70_000, 5), bytes(10, 6)]);
+    {
+        let mut d = Defrag::new(&mut store);
+        for m in &input {
+            feed(&mut d, m).unwrap();
+        }
+        // The interruption makes the next first fragment pass unheld (b's was: backoff 1),
+        // so c, after the backoff, is put together again.
+        for m in &c {
+            feed(&mut d, m).unwrap();
+        }
+    }
+    let mut expected = input.clone();
+    expected.push(c_whole);
+    assert_eq!(store.delivered, expected);
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn a_wrong_fragment_id_or_sequence_is_not_joined() {
+    for bad in [cont(5, 3, &bytes(500, 1)), cont(6, 2, &bytes(500, 1)), cont(5, 2, &[]).to_vec()] {
+        let mut store = VecStore::default();
+        let f0 = first(5, 3, &bytes(70_000, 0));
+        {
+            let mut d = Defrag::new(&mut store);
+            feed(&mut d, &f0).unwrap();
+            feed(&mut d, &bad).unwrap();
+        }
+        assert_eq!(store.delivered, vec![f0, bad]);
+        assert_eq!(store.live(), 0);
+    }
+}
+
+#[test]
+fn ticks_and_short_messages_never_land_in_the_open_buffer() {
+    let mut store = VecStore::default();
+    let mut d = Defrag::new(&mut store);
+    feed(&mut d, &first(5, 2, &bytes(70_000, 0))).unwrap();
+    assert!(d.slot(0).is_none());
+    assert!(d.slot(FRAG_HEADER).is_none());
+    assert!(d.slot(FRAG_HEADER + 1).is_some());
+}
+
+#[test]
+fn a_single_fragment_message_or_a_plain_one_passes_through() {
+    let mut store = VecStore::default();
+    let one = first(4, 1, &bytes(70_000, 0));
+    let big = whole(&bytes(80_000, 1));
+    {
+        let mut d = Defrag::new(&mut store);
+        feed(&mut d, &one).unwrap();
+        feed(&mut d, &big).unwrap();
+    }
+    assert_eq!(store.delivered, vec![one, big]);
+    // Room set aside for a second fragment went back before delivery.
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn a_huge_announced_count_sets_aside_a_bounded_buffer() {
+    let mut store = VecStore::default();
+    let mut d = Defrag::new(&mut store);
+    feed(&mut d, &first(5, u64::MAX, &bytes(70_000, 0))).unwrap();
+    assert!(d.is_open());
+    drop(d);
+    assert!(store.bufs.iter().flatten().all(|b| b.len() <= MAX_UPFRONT));
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn held_fragments_are_freed_when_the_port_closes() {
+    let mut store = VecStore::default();
+    {
+        let mut d = Defrag::new(&mut store);
+        let (frags, _) = fragmented(3, &[bytes(70_000, 1), bytes(70_000, 2), bytes(9, 3)]);
+        feed(&mut d, &frags[0]).unwrap();
+        feed(&mut d, &frags[1]).unwrap();
+    }
+    assert!(store.delivered.is_empty());
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn no_memory_to_send_held_fragments_on_is_an_error_and_leaks_nothing() {
+    let mut store = VecStore::default();
+    {
+        let mut d = Defrag::new(&mut store);
+        let (frags, _) = fragmented(3, &[bytes(70_000, 1), bytes(70_000, 2), bytes(9, 3)]);
+        feed(&mut d, &frags[0]).unwrap();
+        feed(&mut d, &frags[1]).unwrap();
+        d.store.allocs_left = Some(0);
+        assert_eq!(feed(&mut d, &whole(&bytes(100, 1))), Err(NoMemory));
+    }
+    assert_eq!(store.live(), 0);
+}
+
+/// What the emulator makes of a stream: each message as one piece (`131, 68, ...`), in the
+/// order they complete, with the start of a fragmented message as an event of its own
+/// unless its fragments came one after another (then joining them changes nothing).
+fn events(stream: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut open: std::collections::HashMap<[u8; 8], (Vec<u8>, usize)> = Default::default();
+    for m in stream {
+        match (m[0], m[1]) {
+            (VERSION_MAGIC, DIST_FRAG_HEADER) => {
+                let seq: [u8; 8] = m[2..10].try_into().unwrap();
+                let id = u64::from_be_bytes(m[10..18].try_into().unwrap());
+                let body = whole(&m[FRAG_HEADER..]);
+                if id == 1 {
+                    out.push(body);
+                } else {
+                    out.push([b"start:".as_slice(), &seq].concat());
+                    open.insert(seq, (body, out.len() - 1));
+                }
+            }
+            (VERSION_MAGIC, DIST_FRAG_CONT) => {
+                let seq: [u8; 8] = m[2..10].try_into().unwrap();
+                let id = u64::from_be_bytes(m[10..18].try_into().unwrap());
+                open.get_mut(&seq).unwrap().0.extend_from_slice(&m[FRAG_HEADER..]);
+                if id == 1 {
+                    let (body, at) = open.remove(&seq).unwrap();
+                    if at == out.len() - 1 {
+                        out.pop();
+                    }
+                    out.push(body);
+                }
+            }
+            _ => out.push(m.clone()),
+        }
+    }
+    out
+}
+
+/// Streams of whole messages and fragmented ones, some interleaved, as several sending
+/// processes make them.
+fn stream() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let message = prop_oneof![
+        (1usize..200).prop_map(|n| vec![whole(&bytes(n, n as u8))]),
+        (1usize..4, 1usize..3000, any::<u8>()).prop_map(|(k, n, t)| {
+            let parts: Vec<Vec<u8>> = (0..=k).map(|i| bytes(n + i * 7 + FRAGMENT_MIN / 32, t + i as u8)).collect();
+            vec![parts.concat()] // marker: cut below
+        }),
+    ];
+    (proptest::collection::vec(message, 1..12), proptest::collection::vec(any::<u8>(), 64)).prop_map(|(msgs, picks)| {
+        // Each fragmented message gets its own sequence id and is cut into pieces; the
+        // pieces of the messages are then merged, each message's in its own order.
+        let mut queues: Vec<std::collections::VecDeque<Vec<u8>>> = Vec::new();
+        for (seq, m) in msgs.into_iter().enumerate() {
+            let m = &m[0];
+            if m[0] == VERSION_MAGIC && m[1] == DIST_HEADER {
+                queues.push([m.clone()].into());
+            } else {
+                let parts: Vec<Vec<u8>> = m.chunks(FRAGMENT_MIN / 16).map(|c| c.to_vec()).collect();
+                let (frags, _) = fragmented(seq as u64 + 100, &parts);
+                queues.push(frags.into());
+            }
+        }
+        let mut out = Vec::new();
+        let mut k = 0;
+        while queues.iter().any(|q| !q.is_empty()) {
+            let live: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+            // Mostly the oldest message goes on (fragments one after another), sometimes
+            // another one cuts in.
+            let pick = picks[k % picks.len()];
+            k += 1;
+            let i = if pick < 200 { live[0] } else { live[pick as usize % live.len()] };
+            out.push(queues[i].pop_front().unwrap());
+        }
+        out
+    })
+}
+
+proptest! {
+    #[test]
+    fn joining_never_changes_what_the_emulator_sees(input in stream()) {
+        let mut store = VecStore::default();
+        {
+            let mut d = Defrag::new(&mut store);
+            for m in &input {
+                feed(&mut d, m).unwrap();
+            }
+            prop_assert!(!d.is_open());
+        }
+        prop_assert_eq!(events(&store.delivered), events(&input));
+        prop_assert_eq!(store.live(), 0);
+    }
+}
