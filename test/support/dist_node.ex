@@ -308,6 +308,88 @@ defmodule DistTest.Node do
   @doc "Counters of this node's tubes (distribution ones included)."
   def tubes, do: for(%{port: p} <- :tube.tubes(), {:ok, i} = :tube.info(p), do: i)
 
+  # ---- large messages from many processes ----------------------------------------
+
+  @doc """
+  Registers :dist_collect, which checks what burst/4 sends: each sender's
+  messages in order, every payload and atom as made, and answers {:report,
+  from} with {:collected, counts, errors, last} (last: the byte size and the
+  referenced byte size of the last large payload).
+  """
+  def start_collector do
+    pid = spawn(fn -> collect_loop(%{}, [], nil) end)
+    Process.register(pid, :dist_collect)
+    :ok
+  end
+
+  defp collect_loop(seen, errors, last) do
+    receive do
+      {:big, i, seq, atom, payload} ->
+        ok = seq == Map.get(seen, i, 0) and payload == burst_payload(i, seq) and atom == burst_atom(i, seq)
+        last = {byte_size(payload), :binary.referenced_byte_size(payload)}
+        collect_loop(Map.put(seen, i, seq + 1), errs(ok, {:big, i, seq}, errors), last)
+
+      {:small, i, seq, atom} ->
+        ok = seq + 1 == Map.get(seen, i, 0) and atom == burst_atom(i, seq)
+        collect_loop(seen, errs(ok, {:small, i, seq}, errors), last)
+
+      {:report, from} ->
+        send(from, {:collected, seen, Enum.reverse(errors), last})
+        collect_loop(%{}, [], nil)
+    end
+  end
+
+  defp errs(true, _, errors), do: errors
+  defp errs(false, what, errors), do: [what | errors]
+
+  @doc """
+  `senders` processes at once each send `n` large messages to `node`'s
+  :dist_collect (70 KB to 2 MiB, each with an atom made for it, which the
+  first fragment's header carries as a new atom cache entry) and after each
+  a small message with the same atom. `gap`: each sender waits for an
+  answer from the collector's node after each message, so that messages
+  come one at a time. Returns the collector's report.
+  """
+  def burst(node, senders, n, gap) do
+    me = self()
+
+    pids =
+      for i <- 1..senders do
+        spawn_link(fn ->
+          for seq <- 0..(n - 1) do
+            send({:dist_collect, node}, {:big, i, seq, burst_atom(i, seq), burst_payload(i, seq)})
+            send({:dist_collect, node}, {:small, i, seq, burst_atom(i, seq)})
+            if gap, do: :pong = :net_adm.ping(node)
+          end
+
+          send(me, {:sent, self()})
+        end)
+      end
+
+    for p <- pids, do: receive(do: ({:sent, ^p} -> :ok))
+    send({:dist_collect, node}, {:report, self()})
+
+    receive do
+      {:collected, seen, errors, last} -> {seen, errors, last}
+    after
+      600_000 -> :timeout
+    end
+  end
+
+  defp burst_atom(i, seq), do: String.to_atom("dist_burst_#{i}_#{seq}")
+
+  defp burst_payload(i, seq) do
+    size = 70_000 + rem(i * 7919 + seq * 104_729, 2 <<< 20)
+    :binary.copy(<<i, seq::32>>, div(size, 5))
+  end
+
+  @doc "The fragment counters of this node's distribution tube to `node`."
+  def frag_counts(node) do
+    {:ok, ctrl} = Keyword.fetch(:erlang.system_info(:dist_ctrl), node)
+    {:ok, info} = :tube.info(ctrl)
+    Map.take(info, [:frags_joined, :frags_passed_on])
+  end
+
   # ---- mnesia -----------------------------------------------------------------
 
   # mnesia is not a dependency of tube: named at run time, where the nodes
