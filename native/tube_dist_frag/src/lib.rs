@@ -38,7 +38,7 @@ const DIST_FRAG_CONT: u8 = 70;
 /// Bytes of a fragment header before what it carries: magic, tag, sequence id, fragment id.
 pub const FRAG_HEADER: usize = 18;
 
-/// Messages longer than this may be first fragments (the emulator cuts a message into
+/// Messages of this length or more may be first fragments (the emulator cuts a message into
 /// pieces of 64 KiB and adds a header to each): they get room for a second fragment,
 /// which the last piece of a message just over 64 KiB then needs no copy to join.
 pub const FRAGMENT_MIN: usize = 1 << 16;
@@ -167,7 +167,7 @@ impl<S: Store> Defrag<S> {
 
     /// The capacity to give a message of `len` bytes received into a buffer of its own.
     pub fn capacity_for(&self, len: usize) -> usize {
-        if len > FRAGMENT_MIN && self.open.is_none() && self.backoff.holding() {
+        if len >= FRAGMENT_MIN && self.open.is_none() && self.backoff.holding() {
             len.saturating_mul(2)
         } else {
             len
