@@ -44,8 +44,9 @@ pub const FRAG_HEADER: usize = 18;
 pub const FRAGMENT_MIN: usize = 1 << 16;
 
 /// The most a first fragment makes the port set aside at once for its message (its
-/// fragment count times its size); a larger message grows its buffer as it comes.
-const MAX_UPFRONT: usize = 64 << 20;
+/// fragment count times its size): only pages written are ever mapped, so this bounds an
+/// absurd count, not an honest message; a larger message grows its buffer as it comes.
+const MAX_UPFRONT: usize = 1 << 30;
 
 /// Messages not held at most, after interruptions one after another.
 const MAX_SKIP: u32 = 64;
