@@ -9,10 +9,11 @@
 #                              [--node-args "+S 1:1 ..."]
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
-# calls and 20k plain message round trips (ping), 256 MiB per throughput
-# size and at least 64 messages, so 1 GiB at 16 MiB); --dist-busy-poll sets the tube nodes' application env
-# dist_busy_poll (default: the library's, 50); --node-args adds emulator
-# flags to the nodes of both carriers.
+# calls and 20k plain message round trips (ping), and rounds of 256 MiB
+# and at least 16 messages per throughput size: two to warm up, then five
+# whose median is the figure); --dist-busy-poll sets the tube nodes'
+# application env dist_busy_poll (default: the library's, 50); --node-args
+# adds emulator flags to the nodes of both carriers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

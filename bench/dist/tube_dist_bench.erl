@@ -2,13 +2,15 @@
 %%
 %% For each carrier two BEAM OS processes are started (OTP's peer, driven
 %% over standard I/O): `-proto_dist inet_tcp tube' for tube_dist, nothing
-%% for inet_tcp_dist. Node A then measures, against node B:
+%% for inet_tcp_dist. Both pairs stay up, and the carriers take turns, round
+%% by round, at each load. Node A measures, against node B:
 %%   - small messages per second (a 64-byte binary, and a small tuple), sent
 %%     one way to a counter that acknowledges the last one;
 %%   - gen_server:call round trips, p50 and p99, and round trips of a plain
 %%     message answered by a process (two messages where a call takes four:
 %%     its monitor and the monitor's removal go as messages of their own);
-%%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries;
+%%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries, after two
+%%     warm-up rounds, with the first round's figure beside it;
 %%   - CPU per small message on both nodes (statistics(runtime) of each VM).
 %% Results go to a JSON file and a table on standard output.
 %%
@@ -31,7 +33,8 @@ main(Args) ->
     persistent_term:put({?MODULE, only}, maps:get(only, Opts)),
     persistent_term:put({?MODULE, node_args}, maps:get(node_args, Opts)),
     Scale = maps:get(scale, Opts),
-    Results = [measure(C, Scale) || C <- [tube, tcp]],
+    Pairs = [start_pair(C) || C <- [tube, tcp]],
+    Results = try measure(Pairs, Scale) after [stop_pair(P) || P <- Pairs] end,
     Json = json(Results),
     ok = file:write_file(maps:get(out, Opts), Json),
     table(Results),
@@ -60,50 +63,125 @@ wanted(Load) ->
         Loads -> lists:member(Load, Loads)
     end.
 
-%% ---- one carrier -----------------------------------------------------------
+%% ---- both carriers, in turn -------------------------------------------------
 
-measure(Carrier, Scale) ->
+%% Rounds of each load per carrier. The host this runs on changes speed by
+%% up to 2x within seconds, so the carriers take turns, round by round, and
+%% each figure is the median of its rounds (percentiles: of all samples).
+-define(ROUNDS, 5).
+%% Throughput rounds run first on fresh nodes and not counted: the first
+%% rounds run slower on both carriers while the allocators map their
+%% carriers and the caches fill. The first round's figure is kept beside.
+-define(WARM_ROUNDS, 2).
+
+%% A pair of nodes A and B connected over Carrier, B with the echo server,
+%% counter and ponger.
+start_pair(Carrier) ->
     Id = integer_to_list(erlang:unique_integer([positive])),
     A = start_node("bench_a_" ++ Id, Carrier),
     B = start_node("bench_b_" ++ Id, Carrier),
-    try
-        {_, NodeB} = B,
-        pong = call(A, net_adm, ping, [NodeB]),
-        Proto = proto(call(A, net_kernel, node_info, [NodeB])),
-        io:format("~p: connected over ~p~n", [Carrier, Proto]),
-        _ = call(B, ?MODULE, echo_init, []),
-        N = round(300000 * Scale),
-        Small = case wanted(small) of
-                    false -> #{};
-                    true ->
-                        {Rate64, CpuA, CpuB} = with_cpu(A, B, fun() ->
-                            call(A, ?MODULE, small_rate, [NodeB, binary, N]) end),
-                        #{small_64b_per_s => Rate64,
-                          small_tuple_per_s => call(A, ?MODULE, small_rate, [NodeB, tuple, N]),
-                          cpu_us_per_msg_a => CpuA * 1000 / N, cpu_us_per_msg_b => CpuB * 1000 / N}
-                end,
-        Call = round_trips(call, call_rtt, {call_p50_us, call_p99_us}, A, NodeB, Scale),
-        Ping = round_trips(ping, ping_rtt, {ping_p50_us, ping_p99_us}, A, NodeB, Scale),
-        %% 256 MiB per size, and never fewer than 64 messages: 16 messages
-        %% of 16 MiB took a tenth of a second, in which the first touches
-        %% of each node's fresh buffers and one slow moment of the host
-        %% weighed more than the carrier.
-        Thr = [{Size, with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end),
-                Size * Count / 1.0e6}
-               || Size <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(Size),
-                  Count <- [max(max(8, round(64 * Scale)), round(Scale * (256 bsl 20) / Size))]],
-        maps:merge(maps:merge(maps:merge(Small, Call), Ping),
-                   #{carrier => Carrier, protocol => Proto,
-                     throughput_mb_s => maps:from_list([{S, R} || {S, {R, _, _}, _} <- Thr]),
-                     %% CPU milliseconds of each VM per 100 MB sent: what a
-                     %% size costs, which a loaded machine changes less than
-                     %% the rate.
-                     cpu_ms_per_100mb_a => maps:from_list([{S, Ca * 100 / Mb} || {S, {_, Ca, _}, Mb} <- Thr]),
-                     cpu_ms_per_100mb_b => maps:from_list([{S, Cb * 100 / Mb} || {S, {_, _, Cb}, Mb} <- Thr])})
-    after
-        stop_node(A),
-        stop_node(B)
+    {_, NodeB} = B,
+    pong = call(A, net_adm, ping, [NodeB]),
+    Proto = proto(call(A, net_kernel, node_info, [NodeB])),
+    io:format("~p: connected over ~p~n", [Carrier, Proto]),
+    _ = call(B, ?MODULE, echo_init, []),
+    #{carrier => Carrier, protocol => Proto, a => A, b => B, node_b => NodeB}.
+
+stop_pair(#{a := A, b := B}) ->
+    stop_node(A),
+    stop_node(B).
+
+%% One map of figures per pair, in the order of Pairs.
+measure(Pairs, Scale) ->
+    Loads = [small_loads(Pairs, Scale),
+             round_trips(call, call_rtt, {call_p50_us, call_p99_us}, Pairs, Scale),
+             round_trips(ping, ping_rtt, {ping_p50_us, ping_p99_us}, Pairs, Scale),
+             throughputs(Pairs, Scale)],
+    [lists:foldl(fun(L, Acc) -> maps:merge(Acc, lists:nth(I, L)) end,
+                 maps:with([carrier, protocol], P), Loads)
+     || {I, P} <- lists:enumerate(Pairs)].
+
+%% Runs Fun(Pair) for every pair in turn, Rounds times; for each pair, the
+%% list of its results.
+in_turn(Pairs, Rounds, Fun) ->
+    ByRound = [[Fun(P) || P <- Pairs] || _ <- lists:seq(1, Rounds)],
+    [[lists:nth(I, R) || R <- ByRound] || I <- lists:seq(1, length(Pairs))].
+
+%% Nothing measured, for every pair.
+none(Pairs) -> [#{} || _ <- Pairs].
+
+small_loads(Pairs, Scale) ->
+    case wanted(small) of
+        false ->
+            none(Pairs);
+        true ->
+            N = max(1000, round(300000 * Scale / ?ROUNDS)),
+            Bin = in_turn(Pairs, ?ROUNDS, fun(#{a := A, b := B, node_b := NodeB}) ->
+                                                  with_cpu(A, B, fun() -> call(A, ?MODULE, small_rate, [NodeB, binary, N]) end)
+                                          end),
+            Tuple = in_turn(Pairs, ?ROUNDS, fun(#{a := A, node_b := NodeB}) ->
+                                                    call(A, ?MODULE, small_rate, [NodeB, tuple, N])
+                                            end),
+            [#{small_64b_per_s => median([R || {R, _, _} <- Rs]),
+               small_tuple_per_s => median(Ts),
+               cpu_us_per_msg_a => lists:sum([Ca || {_, Ca, _} <- Rs]) * 1000 / (N * ?ROUNDS),
+               cpu_us_per_msg_b => lists:sum([Cb || {_, _, Cb} <- Rs]) * 1000 / (N * ?ROUNDS)}
+             || {Rs, Ts} <- lists:zip(Bin, Tuple)]
     end.
+
+%% The p50 and p99 of round-trip load Load, measured by Fun from node A
+%% against node B, over the samples of all rounds, under the keys given.
+round_trips(Load, Fun, {P50, P99}, Pairs, Scale) ->
+    case wanted(Load) of
+        false ->
+            none(Pairs);
+        true ->
+            N = max(100, round(20000 * Scale / ?ROUNDS)),
+            Samples = in_turn(Pairs, ?ROUNDS, fun(#{a := A, node_b := NodeB}) ->
+                                                      maps:get(samples, call(A, ?MODULE, Fun, [NodeB, N]))
+                                              end),
+            [begin
+                 S = list_to_tuple(lists:sort(lists:append(Rs))),
+                 #{P50 => percentile(S, 0.5), P99 => percentile(S, 0.99)}
+             end || Rs <- Samples]
+    end.
+
+%% Binaries of each size one way: rounds of 256 MiB (and at least 16
+%% messages) times Scale, ?WARM_ROUNDS then ?ROUNDS measured.
+throughputs(Pairs, Scale) ->
+    Sizes = [S || S <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(S)],
+    BySize = [{Size, throughput_rounds(Pairs, Size, Scale)} || Size <- Sizes],
+    [#{throughput_mb_s => maps:from_list([{S, maps:get(median, lists:nth(I, T))} || {S, T} <- BySize]),
+       throughput_range_mb_s => maps:from_list([{S, maps:get(range, lists:nth(I, T))} || {S, T} <- BySize]),
+       throughput_first_mb_s => maps:from_list([{S, maps:get(first, lists:nth(I, T))} || {S, T} <- BySize]),
+       %% CPU milliseconds of each VM per 100 MB sent: what a size costs,
+       %% which a loaded machine changes less than the rate.
+       cpu_ms_per_100mb_a => maps:from_list([{S, maps:get(cpu_a, lists:nth(I, T))} || {S, T} <- BySize]),
+       cpu_ms_per_100mb_b => maps:from_list([{S, maps:get(cpu_b, lists:nth(I, T))} || {S, T} <- BySize])}
+     || I <- lists:seq(1, length(Pairs))].
+
+throughput_rounds(Pairs, Size, Scale) ->
+    Count = max(max(4, round(16 * Scale)), round(Scale * (256 bsl 20) / Size)),
+    Runs = in_turn(Pairs, ?WARM_ROUNDS + ?ROUNDS,
+                   fun(#{a := A, b := B, node_b := NodeB}) ->
+                           with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end)
+                   end),
+    Mb = ?ROUNDS * Size * Count / 1.0e6,
+    [begin
+         [{First, _, _} | _] = Rounds,
+         Measured = lists:nthtail(?WARM_ROUNDS, Rounds),
+         Rates = [R || {R, _, _} <- Measured],
+         #{median => median(Rates), range => [lists:min(Rates), lists:max(Rates)], first => First,
+           cpu_a => lists:sum([Ca || {_, Ca, _} <- Measured]) * 100 / Mb,
+           cpu_b => lists:sum([Cb || {_, _, Cb} <- Measured]) * 100 / Mb}
+     end || Rounds <- Runs].
+
+median(L) ->
+    S = lists:sort(L),
+    lists:nth((length(S) + 1) div 2, S).
+
+percentile(Sorted, Q) ->
+    element(max(1, round(Q * tuple_size(Sorted))), Sorted).
 
 start_node(Name, Carrier) ->
     Paths = lists:append([["-pa", P] || P <- code:get_path()]),
@@ -184,16 +262,6 @@ small_rate(Node, Kind, N) ->
 send_n(_Dest, _Msg, 0) -> ok;
 send_n(Dest, Msg, N) -> Dest ! Msg, send_n(Dest, Msg, N - 1).
 
-%% The p50 and p99 of round-trip load Load, measured by Fun from node A
-%% against NodeB, under the keys given; nothing when it is not wanted.
-round_trips(Load, Fun, {P50, P99}, A, NodeB, Scale) ->
-    case wanted(Load) of
-        false -> #{};
-        true ->
-            Rtt = call(A, ?MODULE, Fun, [NodeB, round(20000 * Scale)]),
-            #{P50 => maps:get(p50, Rtt), P99 => maps:get(p99, Rtt)}
-    end.
-
 %% Answers {ping, From} with pong: a round trip of two messages, where a
 %% gen_server:call to another node takes four (the monitor and its removal
 %% go as messages of their own).
@@ -219,13 +287,16 @@ rtt(Fun, N) ->
               Fun(),
               erlang:monotonic_time() - T0
           end || _ <- lists:seq(1, N)],
-    S = list_to_tuple(lists:sort(Ts)),
-    P = fun(Q) -> us(element(max(1, round(Q * N)), S)) end,
-    #{p50 => P(0.5), p99 => P(0.99)}.
+    Us = [us(T) || T <- Ts],
+    S = list_to_tuple(lists:sort(Us)),
+    #{p50 => percentile(S, 0.5), p99 => percentile(S, 0.99), samples => Us}.
 
 %% N binaries of Size bytes one way; MB/s (10^6 bytes).
 throughput(Node, Size, N) ->
-    Bin = binary:copy(<<3>>, Size),
+    %% Made from 4 KiB blocks: copying one byte Size times would take more
+    %% CPU than sending it, and with_cpu counts it.
+    Bin = <<(binary:copy(binary:copy(<<3>>, 4096), Size div 4096))/binary,
+            (binary:copy(<<3>>, Size rem 4096))/binary>>,
     Dest = {bench_counter, Node},
     T0 = erlang:monotonic_time(),
     send_n(Dest, Bin, N),
@@ -256,6 +327,8 @@ table(Results) ->
     Row("CPU per 64 B msg, sender, us", cpu_us_per_msg_a),
     Row("CPU per 64 B msg, receiver, us", cpu_us_per_msg_b),
     [Row(io_lib:format("throughput ~s, MB/s", [size_label(S)]), {throughput_mb_s, S})
+     || S <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
+    [Row(io_lib:format("  first round ~s, MB/s", [size_label(S)]), {throughput_first_mb_s, S})
      || S <- [4096, 65536, 1 bsl 20, 16 bsl 20]],
     [Row(io_lib:format("CPU ~s ~s, ms per 100 MB", [Who, size_label(S)]), {Key, S})
      || {Who, Key} <- [{"sender", cpu_ms_per_100mb_a}, {"receiver", cpu_ms_per_100mb_b}],
@@ -297,6 +370,7 @@ json_key(K) when is_atom(K) -> ["\"", atom_to_list(K), "\""];
 json_key(K) when is_integer(K) -> ["\"", integer_to_list(K), "\""].
 
 json_val(V) when is_map(V) -> json_map(V);
+json_val(V) when is_list(V) -> ["[", lists:join(", ", [json_val(X) || X <- V]), "]"];
 json_val(V) when is_atom(V) -> ["\"", atom_to_list(V), "\""];
 json_val(V) when is_integer(V) -> integer_to_list(V);
 json_val(V) when is_float(V) -> float_to_list(V, [{decimals, 3}]).
