@@ -11,7 +11,8 @@
 %%     its monitor and the monitor's removal go as messages of their own);
 %%   - throughput for 4 KiB, 64 KiB, 1 MiB and 16 MiB binaries, after two
 %%     warm-up rounds, with the first round's figure beside it;
-%%   - CPU per small message on both nodes (statistics(runtime) of each VM).
+%%   - CPU per message and per 100 MB on both nodes (user and system time of
+%%     each VM, from /proc/self/stat).
 %% Results go to a JSON file and a table on standard output.
 %%
 %% `--only small,call,65536' measures those loads alone (a quick look at one
@@ -116,17 +117,19 @@ small_loads(Pairs, Scale) ->
             none(Pairs);
         true ->
             N = max(1000, round(300000 * Scale / ?ROUNDS)),
-            Bin = in_turn(Pairs, ?ROUNDS, fun(#{a := A, b := B, node_b := NodeB}) ->
-                                                  with_cpu(A, B, fun() -> call(A, ?MODULE, small_rate, [NodeB, binary, N]) end)
-                                          end),
+            {Bin, Cpu} = with_cpu(Pairs, fun() ->
+                                  in_turn(Pairs, ?ROUNDS, fun(#{a := A, node_b := NodeB}) ->
+                                                                  call(A, ?MODULE, small_rate, [NodeB, binary, N])
+                                                          end)
+                          end),
             Tuple = in_turn(Pairs, ?ROUNDS, fun(#{a := A, node_b := NodeB}) ->
                                                     call(A, ?MODULE, small_rate, [NodeB, tuple, N])
                                             end),
-            [#{small_64b_per_s => median([R || {R, _, _} <- Rs]),
+            [#{small_64b_per_s => median(Rs),
                small_tuple_per_s => median(Ts),
-               cpu_us_per_msg_a => lists:sum([Ca || {_, Ca, _} <- Rs]) * 1000 / (N * ?ROUNDS),
-               cpu_us_per_msg_b => lists:sum([Cb || {_, _, Cb} <- Rs]) * 1000 / (N * ?ROUNDS)}
-             || {Rs, Ts} <- lists:zip(Bin, Tuple)]
+               cpu_us_per_msg_a => Ca * 1000 / (N * ?ROUNDS),
+               cpu_us_per_msg_b => Cb * 1000 / (N * ?ROUNDS)}
+             || {Rs, Ts, {Ca, Cb}} <- lists:zip3(Bin, Tuple, Cpu)]
     end.
 
 %% The p50 and p99 of round-trip load Load, measured by Fun from node A
@@ -162,19 +165,13 @@ throughputs(Pairs, Scale) ->
 
 throughput_rounds(Pairs, Size, Scale) ->
     Count = max(max(4, round(16 * Scale)), round(Scale * (256 bsl 20) / Size)),
-    Runs = in_turn(Pairs, ?WARM_ROUNDS + ?ROUNDS,
-                   fun(#{a := A, b := B, node_b := NodeB}) ->
-                           with_cpu(A, B, fun() -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end)
-                   end),
+    Round = fun(#{a := A, node_b := NodeB}) -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end,
+    Warm = in_turn(Pairs, ?WARM_ROUNDS, Round),
+    {Runs, Cpu} = with_cpu(Pairs, fun() -> in_turn(Pairs, ?ROUNDS, Round) end),
     Mb = ?ROUNDS * Size * Count / 1.0e6,
-    [begin
-         [{First, _, _} | _] = Rounds,
-         Measured = lists:nthtail(?WARM_ROUNDS, Rounds),
-         Rates = [R || {R, _, _} <- Measured],
-         #{median => median(Rates), range => [lists:min(Rates), lists:max(Rates)], first => First,
-           cpu_a => lists:sum([Ca || {_, Ca, _} <- Measured]) * 100 / Mb,
-           cpu_b => lists:sum([Cb || {_, _, Cb} <- Measured]) * 100 / Mb}
-     end || Rounds <- Runs].
+    [#{median => median(Rates), range => [lists:min(Rates), lists:max(Rates)], first => First,
+       cpu_a => Ca * 100 / Mb, cpu_b => Cb * 100 / Mb}
+     || {[First | _], Rates, {Ca, Cb}} <- lists:zip3(Warm, Runs, Cpu)].
 
 median(L) ->
     S = lists:sort(L),
@@ -209,18 +206,29 @@ call({Peer, _}, M, F, A) -> peer:call(Peer, M, F, A, 600000).
 proto({ok, Info}) ->
     element(4, proplists:get_value(address, Info)).
 
-with_cpu(A, B, Fun) ->
-    {A0, B0} = {call(A, ?MODULE, runtime, []), call(B, ?MODULE, runtime, [])},
+%% Runs Fun(); with the CPU milliseconds each pair's nodes A and B used
+%% meanwhile. The pairs take turns inside Fun, and a pair waiting for its
+%% turn idles: a window around all the rounds reads the coarse counters
+%% (10 ms) over a longer time than one round would.
+with_cpu(Pairs, Fun) ->
+    Cpu = fun() -> [{call(A, ?MODULE, runtime, []), call(B, ?MODULE, runtime, [])} || #{a := A, b := B} <- Pairs] end,
+    Before = Cpu(),
     R = Fun(),
-    {A1, B1} = {call(A, ?MODULE, runtime, []), call(B, ?MODULE, runtime, [])},
-    {R, A1 - A0, B1 - B0}.
+    After = Cpu(),
+    {R, [{A1 - A0, B1 - B0} || {{A0, B0}, {A1, B1}} <- lists:zip(Before, After)]}.
 
 %% ---- inside the nodes ------------------------------------------------------
 
-%% CPU time of the whole VM (all threads), in milliseconds.
+%% CPU time of the whole VM (all threads, user and system), in
+%% milliseconds. statistics(runtime) counts user time only, which leaves
+%% out all that the kernel does for TCP: its copies and its loopback.
 runtime() ->
-    {T, _} = statistics(runtime),
-    T.
+    {ok, Stat} = file:read_file("/proc/self/stat"),
+    %% The fields after the command's closing parenthesis, from the 3rd.
+    [_, After] = string:split(Stat, ")", trailing),
+    Fields = string:lexemes(After, " "),
+    Ticks = binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)),
+    Ticks * 10.
 
 %% Counts messages; {count, From, N} answers once N have arrived.
 counter() ->
