@@ -9,9 +9,9 @@
 #                              [--node-args "+S 1:1 ..."]
 #
 # --scale multiplies the message counts (1.0: 300k small messages, 20k
-# calls and 20k plain message round trips (ping), and rounds of 256 MiB
-# and at least 16 messages per throughput size: two to warm up, then five
-# whose median is the figure); --dist-busy-poll sets the tube nodes'
+# calls and 20k plain message round trips (ping), and rounds of 300 ms
+# per throughput size: two to warm up, then five whose median is the
+# figure); --dist-busy-poll sets the tube nodes'
 # application env dist_busy_poll (default: the library's, 50); --node-args
 # adds emulator flags to the nodes of both carriers.
 set -euo pipefail

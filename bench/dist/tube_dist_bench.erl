@@ -23,7 +23,8 @@
 
 -export([main/1]).
 %% Run inside the nodes.
--export([counter/0, echo_init/0, small_rate/3, call_rtt/2, ping_rtt/2, throughput/3, runtime/0]).
+-export([counter/0, echo_init/0, small_rate/3, call_rtt/2, ping_rtt/2, throughput/3, throughput_for/3,
+         runtime/0]).
 
 -define(COOKIE, "tube_dist_bench").
 
@@ -74,6 +75,8 @@ wanted(Load) ->
 %% rounds run slower on both carriers while the allocators map their
 %% carriers and the caches fill. The first round's figure is kept beside.
 -define(WARM_ROUNDS, 2).
+%% The length of a throughput round.
+-define(ROUND_MS, 300).
 
 %% A pair of nodes A and B connected over Carrier, B with the echo server,
 %% counter and ponger.
@@ -149,8 +152,12 @@ round_trips(Load, Fun, {P50, P99}, Pairs, Scale) ->
              end || Rs <- Samples]
     end.
 
-%% Binaries of each size one way: rounds of 256 MiB (and at least 16
-%% messages) times Scale, ?WARM_ROUNDS then ?ROUNDS measured.
+%% Binaries of each size one way: rounds of ?ROUND_MS times Scale,
+%% ?WARM_ROUNDS then ?ROUNDS measured. A round is a time, not a number of
+%% bytes: a tube node that was idle takes a while (the emulator waking its
+%% second scheduler) to reach its steady rate (64 KiB: about 3 GB/s in
+%% rounds of 256 MiB, about 80 ms, against 5 GB/s in rounds of 1 GiB), and
+%% a round of bytes would be four times longer for TCP than for a tube.
 throughputs(Pairs, Scale) ->
     Sizes = [S || S <- [4096, 65536, 1 bsl 20, 16 bsl 20], wanted(S)],
     BySize = [{Size, throughput_rounds(Pairs, Size, Scale)} || Size <- Sizes],
@@ -164,14 +171,16 @@ throughputs(Pairs, Scale) ->
      || I <- lists:seq(1, length(Pairs))].
 
 throughput_rounds(Pairs, Size, Scale) ->
-    Count = max(max(4, round(16 * Scale)), round(Scale * (256 bsl 20) / Size)),
-    Round = fun(#{a := A, node_b := NodeB}) -> call(A, ?MODULE, throughput, [NodeB, Size, Count]) end,
+    Ms = max(20, round(?ROUND_MS * Scale)),
+    Round = fun(#{a := A, node_b := NodeB}) -> call(A, ?MODULE, throughput_for, [NodeB, Size, Ms]) end,
     Warm = in_turn(Pairs, ?WARM_ROUNDS, Round),
     {Runs, Cpu} = with_cpu(Pairs, fun() -> in_turn(Pairs, ?ROUNDS, Round) end),
-    Mb = ?ROUNDS * Size * Count / 1.0e6,
-    [#{median => median(Rates), range => [lists:min(Rates), lists:max(Rates)], first => First,
-       cpu_a => Ca * 100 / Mb, cpu_b => Cb * 100 / Mb}
-     || {[First | _], Rates, {Ca, Cb}} <- lists:zip3(Warm, Runs, Cpu)].
+    [begin
+         Rates = [R || {R, _} <- Rounds],
+         Mb = lists:sum([B || {_, B} <- Rounds]) / 1.0e6,
+         #{median => median(Rates), range => [lists:min(Rates), lists:max(Rates)], first => First,
+           cpu_a => Ca * 100 / Mb, cpu_b => Cb * 100 / Mb}
+     end || {[{First, _} | _], Rounds, {Ca, Cb}} <- lists:zip3(Warm, Runs, Cpu)].
 
 median(L) ->
     S = lists:sort(L),
@@ -301,16 +310,40 @@ rtt(Fun, N) ->
 
 %% N binaries of Size bytes one way; MB/s (10^6 bytes).
 throughput(Node, Size, N) ->
-    %% Made from 4 KiB blocks: copying one byte Size times would take more
-    %% CPU than sending it, and with_cpu counts it.
-    Bin = <<(binary:copy(binary:copy(<<3>>, 4096), Size div 4096))/binary,
-            (binary:copy(<<3>>, Size rem 4096))/binary>>,
+    Bin = bytes(Size),
     Dest = {bench_counter, Node},
     T0 = erlang:monotonic_time(),
     send_n(Dest, Bin, N),
     Dest ! {count, self(), N},
     receive {counted, _} -> ok end,
     Size * N / 1.0e6 / seconds(T0).
+
+%% Binaries of Size bytes one way for about Ms milliseconds, then until the
+%% counter has them all: {MB/s (10^6 bytes), bytes}.
+throughput_for(Node, Size, Ms) ->
+    Bin = bytes(Size),
+    Dest = {bench_counter, Node},
+    %% The clock is read once per batch of about 1 MiB.
+    Batch = max(1, (1 bsl 20) div Size),
+    T0 = erlang:monotonic_time(),
+    Until = T0 + erlang:convert_time_unit(Ms, millisecond, native),
+    N = send_until(Dest, Bin, Batch, Until, 0),
+    Dest ! {count, self(), N},
+    receive {counted, _} -> ok end,
+    {Size * N / 1.0e6 / seconds(T0), Size * N}.
+
+send_until(Dest, Bin, Batch, Until, N) ->
+    send_n(Dest, Bin, Batch),
+    case erlang:monotonic_time() >= Until of
+        true -> N + Batch;
+        false -> send_until(Dest, Bin, Batch, Until, N + Batch)
+    end.
+
+%% Size bytes, made from 4 KiB blocks: copying one byte Size times would
+%% take more CPU than sending them, and the bench counts the CPU.
+bytes(Size) ->
+    <<(binary:copy(binary:copy(<<3>>, 4096), Size div 4096))/binary,
+      (binary:copy(<<3>>, Size rem 4096))/binary>>.
 
 seconds(T0) ->
     erlang:convert_time_unit(erlang:monotonic_time() - T0, native, nanosecond) / 1.0e9.
