@@ -107,6 +107,26 @@ defmodule DistTest do
     IO.puts("\n  nodedown #{ms} ms after kill -9")
   end
 
+  test "kill -9 of a peer halfway through a large message: nodedown, and the fragments held are freed",
+       %{net: net} do
+    a = node!(net, :n1)
+    :ok = run(net, :n2, :start_sink)
+    :ok = run(net, :n2, :watch, [a])
+    before = run(net, :n2, :binary_memory)
+    # 64 MiB messages without a pause: a kill lands inside one.
+    :ok = run(net, :n1, :stream_to_sink, [node!(net, :n2), 64 <<< 20])
+    assert run(net, :n2, :await_joined, [a, 2])
+    t0 = run(net, :n2, :clock)
+    :ok = TubeNet.kill(net, :n1)
+    assert %{:nodedown => ms} = run(net, :n2, :watched, [t0])
+    assert :ok = TubeNet.expect(net, [{:killed, :n1}, {:nodedown, :n2, :n1}], 10_000)
+    # Up to 64 MiB of a message was held when the port closed (which may
+    # come a little after nodedown).
+    assert run(net, :n2, :await_no_tubes) == []
+    assert run(net, :n2, :binary_memory) < before + (8 <<< 20)
+    IO.puts("\n  nodedown #{ms} ms after kill -9 inside a 64 MiB message")
+  end
+
   @tag net: [nodes: 2, net_ticktime: 4]
   test "an idle connection is kept up by ticks, which move the receive counter", %{net: net} do
     :ok = run(net, :n1, :watch, [node!(net, :n2)])

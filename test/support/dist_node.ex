@@ -383,6 +383,59 @@ defmodule DistTest.Node do
     :binary.copy(<<i, seq::32>>, div(size, 5))
   end
 
+  @doc "Registers :dist_sink, which drops whatever it receives."
+  def start_sink do
+    pid = spawn(fn -> sink_loop() end)
+    Process.register(pid, :dist_sink)
+    :ok
+  end
+
+  defp sink_loop do
+    receive do
+      _ -> sink_loop()
+    end
+  end
+
+  @doc "Starts a process that sends binaries of `size` bytes to `node`'s :dist_sink without end."
+  def stream_to_sink(node, size) do
+    bin = :binary.copy(:binary.copy(<<5>>, 4096), div(size, 4096))
+    spawn(fn -> stream_loop({:dist_sink, node}, bin) end)
+    :ok
+  end
+
+  defp stream_loop(dest, bin) do
+    send(dest, bin)
+    stream_loop(dest, bin)
+  end
+
+  @doc "Binary memory of this node in bytes, after a garbage collection of every process."
+  def binary_memory do
+    for p <- Process.list(), do: :erlang.garbage_collect(p)
+    :erlang.memory(:binary)
+  end
+
+  @doc "Waits until this node's distribution tube to `node` has joined `n` messages; true if it did."
+  def await_joined(node, n, tries \\ 600) do
+    cond do
+      frag_counts(node).frags_joined >= n -> true
+      tries == 0 -> false
+      true ->
+        Process.sleep(10)
+        await_joined(node, n, tries - 1)
+    end
+  end
+
+  @doc "Waits (10 s at most) until this node has no tube left; the tubes left."
+  def await_no_tubes(tries \\ 1000) do
+    case {:tube.tubes(), tries} do
+      {[], _} -> []
+      {left, 0} -> left
+      _ ->
+        Process.sleep(10)
+        await_no_tubes(tries - 1)
+    end
+  end
+
   @doc "The fragment counters of this node's distribution tube to `node`."
   def frag_counts(node) do
     {:ok, ctrl} = Keyword.fetch(:erlang.system_info(:dist_ctrl), node)
