@@ -570,13 +570,14 @@ enum Dest {
 
 /// Where one message of a reliable tube is being put together: the port's
 /// scratch buffer (small ones, which `driver_output` copies), a driver
-/// binary handed over without a copy (`cap` bytes, room for more than the
-/// message where it may be the first of a distribution message's
-/// fragments), or the buffer of the distribution message whose fragments
-/// are being joined (`Joined`, owned by the port's `Defrag`).
+/// binary handed over without a copy (with room for more than the message
+/// where it may be the first of a distribution message's fragments, see
+/// `deliver_dist`), or the buffer of the distribution message whose
+/// fragments are being joined (`Joined`, owned by the port's `Defrag`).
+/// Kept to three words: it travels in the value each ring read returns.
 enum MsgDest {
     Scratch(*mut u8),
-    Binary { bin: *mut c_void, data: *mut u8, cap: usize },
+    Binary { bin: *mut c_void, data: *mut u8 },
     Joined(*mut u8),
 }
 
@@ -594,14 +595,14 @@ impl MsgDest {
         if bin.is_null() || data.is_null() {
             return None;
         }
-        Some(MsgDest::Binary { bin, data: data as *mut u8, cap })
+        Some(MsgDest::Binary { bin, data: data as *mut u8 })
     }
 
     /// What a `Binary` holds, now the caller's to deliver or free.
-    fn into_binary(self) -> Option<(*mut c_void, *mut u8, usize)> {
+    fn into_binary(self) -> Option<(*mut c_void, *mut u8)> {
         let me = std::mem::ManuallyDrop::new(self);
         match *me {
-            MsgDest::Binary { bin, data, cap } => Some((bin, data, cap)),
+            MsgDest::Binary { bin, data } => Some((bin, data)),
             _ => None,
         }
     }
@@ -749,7 +750,12 @@ fn deliver_dist(frags: &mut Defrag<frag_store::Binaries>, port: DrvPort, dest: M
             dest.deliver(port, len);
             return Ok(());
         }
-        MsgDest::Binary { .. } => dest.into_binary().expect("a binary"),
+        // Its capacity is what the joiner asked for it: nothing has changed
+        // the joiner between that ask and now.
+        MsgDest::Binary { .. } => {
+            let (bin, data) = dest.into_binary().expect("a binary");
+            (bin, data, frags.capacity_for(len))
+        }
     };
     if let Some(bin) = frags.arrive(bin, data, cap, len)? {
         // SAFETY: `port` is live; `bin` holds the message's `len` bytes and is
