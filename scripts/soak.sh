@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Soak: the fault tests with larger counts than the suite's (100 kill -9
-# rounds, a full minute of 1000 tubes at full speed). Counts can be set
+# rounds, a full minute of 1000 tubes at full speed, about 12 GB of large
+# distribution messages from six processes at once). Counts can be set
 # from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,3 +28,10 @@ mix test test/control_plane_chaos_test.exs 2>&1
 # node's memory under that many packets' worth plus 32 MiB.
 export TUBE_RX_FLOOD_SECONDS="${TUBE_RX_FLOOD_SECONDS:-60}"
 mix test test/receive_test.exs 2>&1
+
+# Large distribution messages from six processes at once between two nodes
+# over a tube (test/dist_test.exs): TUBE_DIST_BURST messages of 70 KB to
+# 2 MiB per process (default 2000, about 12 GB), each checked for order,
+# contents and the new atom it carries.
+export TUBE_DIST_BURST="${TUBE_DIST_BURST:-2000}"
+mix test test/dist_test.exs --only test:"test large messages from many processes at once keep their order, contents and atoms" 2>&1

@@ -70,13 +70,17 @@ defmodule DistTest do
     assert referenced > size + 32
   end
 
+  # Messages per sender; scripts/soak.sh sends more (TUBE_DIST_BURST).
+  @burst String.to_integer(System.get_env("TUBE_DIST_BURST") || "25")
+
   test "large messages from many processes at once keep their order, contents and atoms", %{
     net: net
   } do
     :ok = run(net, :n2, :start_collector)
     senders = 6
-    assert {seen, [], _} = run(net, :n1, :burst, [node!(net, :n2), senders, 25, false], 600_000)
-    assert seen == Map.new(1..senders, &{&1, 25})
+    assert {seen, [], _} = run(net, :n1, :burst, [node!(net, :n2), senders, @burst, false], 3_600_000)
+    assert seen == Map.new(1..senders, &{&1, @burst})
+    IO.puts("\n  #{senders * @burst} large messages: #{inspect(run(net, :n2, :frag_counts, [node!(net, :n1)]))}")
   end
 
   test "a million messages arrive in order", %{net: net} do

@@ -372,7 +372,7 @@ defmodule DistTest.Node do
     receive do
       {:collected, seen, errors, last} -> {seen, errors, last}
     after
-      600_000 -> :timeout
+      3_600_000 -> :timeout
     end
   end
 
