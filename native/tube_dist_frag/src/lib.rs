@@ -38,10 +38,13 @@ const DIST_FRAG_CONT: u8 = 70;
 /// Bytes of a fragment header before what it carries: magic, tag, sequence id, fragment id.
 pub const FRAG_HEADER: usize = 18;
 
-/// Messages of this length or more may be first fragments (the emulator cuts a message into
-/// pieces of 64 KiB and adds a header to each): they get room for a second fragment,
-/// which the last piece of a message just over 64 KiB then needs no copy to join.
-pub const FRAGMENT_MIN: usize = 1 << 16;
+/// The fewest fragments a message must have to be joined. A message of two (a binary of
+/// 64 KiB is one: 64 KiB, then a few bytes) costs more to join than the emulator's own copy
+/// of it: growing a binary of 64 KiB for the second fragment, or setting room aside for it
+/// beforehand, made the receiving node's CPU per 100 MB 54 ms against 28 without joining
+/// (`bash scripts/bench-dist.sh --only small,65536`, five alternating runs), the allocator
+/// then mapping fresh memory for much of it.
+const MIN_FRAGMENTS: u64 = 3;
 
 /// The most a first fragment makes the port set aside at once for its message (its
 /// fragment count times its size): only pages written are ever mapped, so this bounds an
@@ -118,11 +121,6 @@ impl Backoff {
         false
     }
 
-    /// True if the next first fragment will be held.
-    fn holding(&self) -> bool {
-        self.left == 0
-    }
-
     fn interrupted(&mut self) {
         self.skip = (self.skip * 2).clamp(1, MAX_SKIP);
         self.left = self.skip;
@@ -164,15 +162,6 @@ impl<S: Store> Defrag<S> {
     /// True while fragments are held.
     pub fn is_open(&self) -> bool {
         self.open.is_some()
-    }
-
-    /// The capacity to give a message of `len` bytes received into a buffer of its own.
-    pub fn capacity_for(&self, len: usize) -> usize {
-        if len >= FRAGMENT_MIN && self.open.is_none() && self.backoff.holding() {
-            len.saturating_mul(2)
-        } else {
-            len
-        }
     }
 
     /// Where the next message, of `len` bytes, is to be copied while fragments are held:
@@ -245,11 +234,11 @@ impl<S: Store> Defrag<S> {
         Ok(Landed::Other(buf, data, len))
     }
 
-    /// A message in a buffer of its own (`cap` bytes at `data`, the first `len` of them
-    /// the message) arrived. A first fragment is held as the start of its message
+    /// A message in a buffer of its own (`len` bytes at `data`) arrived. The first fragment
+    /// of a message of [`MIN_FRAGMENTS`] or more is held as the start of its message
     /// (`Ok(None)`); any other message is given back to be delivered (`Ok(Some)`) once the
     /// held fragments have gone on.
-    pub fn arrive(&mut self, buf: S::Buf, data: *mut u8, cap: usize, len: usize) -> Result<Option<S::Buf>, NoMemory> {
+    pub fn arrive(&mut self, buf: S::Buf, data: *mut u8, len: usize) -> Result<Option<S::Buf>, NoMemory> {
         if let Err(e) = self.interrupt() {
             self.store.free(buf);
             return Err(e);
@@ -257,13 +246,13 @@ impl<S: Store> Defrag<S> {
         // SAFETY: the caller's buffer holds `len` bytes of the message at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data, len) };
         let held = match first_fragment(bytes) {
-            Some((seq, first_id)) if self.backoff.may_hold() => self.hold(buf, data, cap, len, seq, first_id),
+            Some((seq, first_id)) if first_id >= MIN_FRAGMENTS && self.backoff.may_hold() => {
+                self.hold(buf, len, seq, first_id)
+            }
             _ => Err(buf),
         };
         match held {
             Ok(()) => Ok(None),
-            // Room asked for a second fragment that is not coming goes back.
-            Err(buf) if cap > len => Ok(Some(self.store.resize(buf, len).map_or_else(|b| b, |(b, _)| b))),
             Err(buf) => Ok(Some(buf)),
         }
     }
@@ -278,17 +267,12 @@ impl<S: Store> Defrag<S> {
         self.pass_on()
     }
 
-    /// Makes the buffer of a first fragment the buffer of its message; gives it back when
-    /// it cannot grow to the size the fragment announces.
-    fn hold(&mut self, buf: S::Buf, data: *mut u8, cap: usize, len: usize, seq: [u8; 8], first_id: u64) -> Result<(), S::Buf> {
+    /// Makes the buffer of a first fragment the buffer of its message, grown to the size
+    /// the fragment announces; gives it back when it cannot grow.
+    fn hold(&mut self, buf: S::Buf, len: usize, seq: [u8; 8], first_id: u64) -> Result<(), S::Buf> {
         let announced = usize::try_from(first_id).unwrap_or(usize::MAX).saturating_mul(len);
-        let want = announced.min(MAX_UPFRONT).max(len);
-        let (buf, data, cap) = if cap < want {
-            let (buf, data) = self.store.resize(buf, want)?;
-            (buf, data, want)
-        } else {
-            (buf, data, cap)
-        };
+        let cap = announced.min(MAX_UPFRONT).max(len);
+        let (buf, data) = self.store.resize(buf, cap)?;
         self.ends.clear();
         self.ends.push(len);
         self.open = Some(Open { buf, data, cap, filled: len, seq, first_id, saved: [0; FRAG_HEADER] });

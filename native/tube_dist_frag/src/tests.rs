@@ -56,18 +56,17 @@ fn feed(d: &mut Defrag<&mut VecStore>, msg: &[u8]) -> Result<(), NoMemory> {
         unsafe { ptr::copy_nonoverlapping(msg.as_ptr(), p, msg.len()) };
         return match d.landed(msg.len())? {
             Landed::Held | Landed::Done => Ok(()),
-            Landed::Other(buf, data, len) => deliver_own(d, buf, data, len, len),
+            Landed::Other(buf, data, len) => deliver_own(d, buf, data, len),
         };
     }
-    let cap = d.capacity_for(msg.len());
-    let (buf, data) = d.store.alloc(cap).ok_or(NoMemory)?;
-    // SAFETY: a fresh buffer of `cap >= len` bytes.
+    let (buf, data) = d.store.alloc(msg.len()).ok_or(NoMemory)?;
+    // SAFETY: a fresh buffer of the message's length.
     unsafe { ptr::copy_nonoverlapping(msg.as_ptr(), data, msg.len()) };
-    deliver_own(d, buf, data, cap, msg.len())
+    deliver_own(d, buf, data, msg.len())
 }
 
-fn deliver_own(d: &mut Defrag<&mut VecStore>, buf: usize, data: *mut u8, cap: usize, len: usize) -> Result<(), NoMemory> {
-    if let Some(buf) = d.arrive(buf, data, cap, len)? {
+fn deliver_own(d: &mut Defrag<&mut VecStore>, buf: usize, data: *mut u8, len: usize) -> Result<(), NoMemory> {
+    if let Some(buf) = d.arrive(buf, data, len)? {
         d.store.deliver(buf, 0, len);
     }
     Ok(())
@@ -144,10 +143,10 @@ fn a_message_between_fragments_sends_them_on_as_they_came() {
 #[test]
 fn interleaved_messages_keep_their_order_and_back_off() {
     let mut store = VecStore::default();
-    let (a, _) = fragmented(1, &[bytes(70_000, 1), bytes(70_000, 2)]);
-    let (b, _) = fragmented(2, &[bytes(70_000, 3), bytes(70_000, 4)]);
-    let input = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone()];
-    let (c, c_whole) = fragmented(3, &[bytes(70_000, 5), bytes(10, 6)]);
+    let (a, _) = fragmented(1, &[bytes(70_000, 1), bytes(70_000, 2), bytes(7, 3)]);
+    let (b, _) = fragmented(2, &[bytes(70_000, 3), bytes(70_000, 4), bytes(9, 5)]);
+    let input = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone(), a[2].clone(), b[2].clone()];
+    let (c, c_whole) = fragmented(3, &[bytes(70_000, 5), bytes(70_000, 6), bytes(10, 7)]);
     {
         let mut d = Defrag::new(&mut store);
         for m in &input {
@@ -184,24 +183,27 @@ fn a_wrong_fragment_id_or_sequence_is_not_joined() {
 fn ticks_and_short_messages_never_land_in_the_open_buffer() {
     let mut store = VecStore::default();
     let mut d = Defrag::new(&mut store);
-    feed(&mut d, &first(5, 2, &bytes(70_000, 0))).unwrap();
+    feed(&mut d, &first(5, 3, &bytes(70_000, 0))).unwrap();
     assert!(d.slot(0).is_none());
     assert!(d.slot(FRAG_HEADER).is_none());
     assert!(d.slot(FRAG_HEADER + 1).is_some());
 }
 
 #[test]
-fn a_single_fragment_message_or_a_plain_one_passes_through() {
+fn messages_of_one_or_two_fragments_and_plain_ones_pass_through() {
     let mut store = VecStore::default();
     let one = first(4, 1, &bytes(70_000, 0));
+    let (two, _) = fragmented(5, &[bytes(65_518, 1), bytes(52, 2)]);
     let big = whole(&bytes(80_000, 1));
+    let input = vec![one, two[0].clone(), two[1].clone(), big];
     {
         let mut d = Defrag::new(&mut store);
-        feed(&mut d, &one).unwrap();
-        feed(&mut d, &big).unwrap();
+        for m in &input {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts(), Counts::default());
     }
-    assert_eq!(store.delivered, vec![one, big]);
-    // Room set aside for a second fragment went back before delivery.
+    assert_eq!(store.delivered, input);
     assert_eq!(store.live(), 0);
 }
 
@@ -288,7 +290,7 @@ fn stream() -> impl Strategy<Value = Vec<Vec<u8>>> {
     let message = prop_oneof![
         (1usize..200).prop_map(|n| vec![whole(&bytes(n, n as u8))]),
         (1usize..4, 1usize..3000, any::<u8>()).prop_map(|(k, n, t)| {
-            let parts: Vec<Vec<u8>> = (0..=k).map(|i| bytes(n + i * 7 + FRAGMENT_MIN / 32, t + i as u8)).collect();
+            let parts: Vec<Vec<u8>> = (0..=k).map(|i| bytes(n + i * 7 + 2048, t + i as u8)).collect();
             vec![parts.concat()] // marker: cut below
         }),
     ];
@@ -301,7 +303,7 @@ fn stream() -> impl Strategy<Value = Vec<Vec<u8>>> {
             if m[0] == VERSION_MAGIC && m[1] == DIST_HEADER {
                 queues.push([m.clone()].into());
             } else {
-                let parts: Vec<Vec<u8>> = m.chunks(FRAGMENT_MIN / 16).map(|c| c.to_vec()).collect();
+                let parts: Vec<Vec<u8>> = m.chunks(4096).map(|c| c.to_vec()).collect();
                 let (frags, _) = fragmented(seq as u64 + 100, &parts);
                 queues.push(frags.into());
             }

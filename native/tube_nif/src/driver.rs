@@ -570,11 +570,9 @@ enum Dest {
 
 /// Where one message of a reliable tube is being put together: the port's
 /// scratch buffer (small ones, which `driver_output` copies), a driver
-/// binary handed over without a copy (with room for more than the message
-/// where it may be the first of a distribution message's fragments, see
-/// `deliver_dist`), or the buffer of the distribution message whose
-/// fragments are being joined (`Joined`, owned by the port's `Defrag`).
-/// Kept to three words: it travels in the value each ring read returns.
+/// binary handed over without a copy, or the buffer of the distribution
+/// message whose fragments are being joined (`Joined`, owned by the port's
+/// `Defrag`).
 enum MsgDest {
     Scratch(*mut u8),
     Binary { bin: *mut c_void, data: *mut u8 },
@@ -582,16 +580,15 @@ enum MsgDest {
 }
 
 impl MsgDest {
-    /// Memory for a message of `len` bytes, in a binary of `cap >= len`
-    /// bytes unless it fits the scratch; `None` when out of memory.
-    fn new(scratch: *mut u8, small: usize, len: usize, cap: usize) -> Option<MsgDest> {
+    /// Memory for a message of `len` bytes; `None` when out of memory.
+    fn new(scratch: *mut u8, small: usize, len: usize) -> Option<MsgDest> {
         if len <= small {
             return Some(MsgDest::Scratch(scratch));
         }
         let mut data: *mut c_char = std::ptr::null_mut();
         // SAFETY: plain allocation through the emulator; `data` receives the
         // binary's byte pointer.
-        let bin = unsafe { tube_drv_alloc_binary(cap, &mut data) };
+        let bin = unsafe { tube_drv_alloc_binary(len, &mut data) };
         if bin.is_null() || data.is_null() {
             return None;
         }
@@ -705,12 +702,11 @@ impl Inbox {
             let frags = std::cell::RefCell::new(&mut self.frags);
             let alloc = |len: usize| {
                 if !dist {
-                    return MsgDest::new(scratch, small, len, len);
+                    return MsgDest::new(scratch, small, len);
                 }
-                let mut f = frags.borrow_mut();
-                match f.slot(len) {
+                match frags.borrow_mut().slot(len) {
                     Some(p) => Some(MsgDest::Joined(p)),
-                    None => MsgDest::new(scratch, small, len, f.capacity_for(len)),
+                    None => MsgDest::new(scratch, small, len),
                 }
             };
             let got = tube.recv_messages(&mut self.asm, want, alloc, |dest, len| {
@@ -740,24 +736,19 @@ impl Inbox {
 /// (`tube_dist_frag`): held as part of a large message, or delivered, after
 /// whatever the joiner held before it.
 fn deliver_dist(frags: &mut Defrag<frag_store::Binaries>, port: DrvPort, dest: MsgDest, len: usize) -> Result<(), NoMemory> {
-    let (bin, data, cap) = match dest {
+    let (bin, data) = match dest {
         MsgDest::Joined(_) => match frags.landed(len)? {
             Landed::Held | Landed::Done => return Ok(()),
-            Landed::Other(bin, data, len) => (bin, data, len),
+            Landed::Other(bin, data, _) => (bin, data),
         },
         MsgDest::Scratch(_) => {
             frags.interrupt()?;
             dest.deliver(port, len);
             return Ok(());
         }
-        // Its capacity is what the joiner asked for it: nothing has changed
-        // the joiner between that ask and now.
-        MsgDest::Binary { .. } => {
-            let (bin, data) = dest.into_binary().expect("a binary");
-            (bin, data, frags.capacity_for(len))
-        }
+        MsgDest::Binary { .. } => dest.into_binary().expect("a binary"),
     };
-    if let Some(bin) = frags.arrive(bin, data, cap, len)? {
+    if let Some(bin) = frags.arrive(bin, data, len)? {
         // SAFETY: `port` is live; `bin` holds the message's `len` bytes and is
         // ours to hand over.
         unsafe { tube_drv_deliver_binary(port, bin, len) };
