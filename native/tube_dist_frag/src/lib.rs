@@ -40,10 +40,10 @@ pub const FRAG_HEADER: usize = 18;
 
 /// The fewest fragments a message must have to be joined. A message of two (a binary of
 /// 64 KiB is one: 64 KiB, then a few bytes) costs more to join than the emulator's own copy
-/// of it: growing a binary of 64 KiB for the second fragment, or setting room aside for it
-/// beforehand, made the receiving node's CPU per 100 MB 54 ms against 28 without joining
-/// (`bash scripts/bench-dist.sh --only small,65536`, five alternating runs), the allocator
-/// then mapping fresh memory for much of it.
+/// of it: with room set aside for the second fragment, the receiving node used 44 ms of CPU
+/// per 100 MB against 27 without joining (`bash scripts/bench-dist.sh --only
+/// small,65536`, six alternating runs); growing the first fragment's binary instead was no
+/// better than setting room aside in runs without the small messages.
 const MIN_FRAGMENTS: u64 = 3;
 
 /// The most a first fragment makes the port set aside at once for its message (its
