@@ -78,8 +78,8 @@ wanted(Load) ->
 %% The length of a throughput round.
 -define(ROUND_MS, 300).
 
-%% A pair of nodes A and B connected over Carrier, B with the echo server,
-%% counter and ponger.
+%% A pair of nodes A and B connected over Carrier, B with the echo server
+%% and the ponger.
 start_pair(Carrier) ->
     Id = integer_to_list(erlang:unique_integer([positive])),
     A = start_node("bench_a_" ++ Id, Carrier),
@@ -239,24 +239,30 @@ runtime() ->
     Ticks = binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)),
     Ticks * 10.
 
-%% Counts messages; {count, From, N} answers once N have arrived.
+%% Counts messages; {count, From, N} answers once N have arrived, then
+%% ends. Every measurement starts a counter of its own on the receiving
+%% node (new_counter/1): a counter that fell behind a flood of small
+%% messages keeps a heap of megabytes, and every later collection (which
+%% large binaries set off often) would walk it, a cost of the bench and not
+%% of the carrier, and larger for the carrier that delivered faster.
 counter() ->
     counter(0).
 counter(N) ->
     receive
-        {count, From, Want} when N >= Want -> From ! {counted, N}, counter(0);
+        {count, From, Want} when N >= Want -> From ! {counted, N};
         {count, _, _} = Ask -> counter_wait(N, Ask);
         _ -> counter(N + 1)
     end.
 counter_wait(N, {count, From, Want}) when N >= Want ->
-    From ! {counted, N}, counter(0);
+    From ! {counted, N};
 counter_wait(N, Ask) ->
     receive _ -> counter_wait(N + 1, Ask) end.
 
-%% A registered echo gen_server for the call round trips, and a counter.
+new_counter(Node) ->
+    erpc:call(Node, erlang, spawn, [?MODULE, counter, []]).
+
+%% A registered echo gen_server for the call round trips, and the ponger.
 echo_init() ->
-    Counter = spawn(fun counter/0),
-    register(bench_counter, Counter),
     register(bench_ponger, spawn(fun ponger/0)),
     {ok, _} = gen_server:start({local, bench_echo}, bench_echo_server(), [], []),
     ok.
@@ -269,7 +275,7 @@ small_rate(Node, Kind, N) ->
               binary -> binary:copy(<<7>>, 64);
               tuple -> {small, 42, self()}
           end,
-    Dest = {bench_counter, Node},
+    Dest = new_counter(Node),
     T0 = erlang:monotonic_time(),
     send_n(Dest, Msg, N),
     Dest ! {count, self(), N},
@@ -311,7 +317,7 @@ rtt(Fun, N) ->
 %% N binaries of Size bytes one way; MB/s (10^6 bytes).
 throughput(Node, Size, N) ->
     Bin = bytes(Size),
-    Dest = {bench_counter, Node},
+    Dest = new_counter(Node),
     T0 = erlang:monotonic_time(),
     send_n(Dest, Bin, N),
     Dest ! {count, self(), N},
@@ -322,7 +328,7 @@ throughput(Node, Size, N) ->
 %% counter has them all: {MB/s (10^6 bytes), bytes}.
 throughput_for(Node, Size, Ms) ->
     Bin = bytes(Size),
-    Dest = {bench_counter, Node},
+    Dest = new_counter(Node),
     %% The clock is read once per batch of about 1 MiB.
     Batch = max(1, (1 bsl 20) div Size),
     T0 = erlang:monotonic_time(),
