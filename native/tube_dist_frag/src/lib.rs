@@ -24,6 +24,7 @@
 //! processes sending large messages at once), so after such an interruption the next
 //! messages are not held at all ([`Backoff`]).
 
+use std::collections::HashMap;
 use std::ptr;
 
 /// The version byte that starts every distribution header.
@@ -40,16 +41,23 @@ pub const FRAG_HEADER: usize = 18;
 
 /// The fewest fragments a message must have to be joined. A message of two (a binary of
 /// 64 KiB is one: 64 KiB, then a few bytes) costs more to join than the emulator's own copy
-/// of it: with room set aside for the second fragment, the receiving node used 44 ms of CPU
-/// per 100 MB against 27 without joining (`bash scripts/bench-dist.sh --only
-/// small,65536`, six alternating runs); growing the first fragment's binary instead was no
-/// better than setting room aside in runs without the small messages.
+/// of it. Run after the other loads of `bash scripts/bench-dist.sh`, the receiving node
+/// used 44 ms of CPU per 100 MB with the buffer grown for the second fragment, against 27
+/// without joining (six alternating runs), and 29.9 against 22.7 with room for it set aside
+/// when the first arrived and given back at the end (six runs). Run alone, setting room
+/// aside was the cheaper (19.6 against 22.6): the binary allocator's state after other
+/// loads decides, which no carrier can count on.
 const MIN_FRAGMENTS: u64 = 3;
 
 /// The most a first fragment makes the port set aside at once for its message (its
 /// fragment count times its size): only pages written are ever mapped, so this bounds an
 /// absurd count, not an honest message; a larger message grows its buffer as it comes.
 const MAX_UPFRONT: usize = 1 << 30;
+
+/// Fragmented messages the emulator may have open before joining stops for good
+/// ([`EmulatorView`]): an emulator never has more than its senders, so only a peer writing
+/// first fragments it never finishes gets here.
+const MAX_OPEN_IN_EMULATOR: usize = 1024;
 
 /// Messages not held at most, after interruptions one after another.
 const MAX_SKIP: u32 = 64;
@@ -140,6 +148,49 @@ pub struct Counts {
     pub passed_on: u64,
 }
 
+/// The fragmented messages the emulator has open because their fragments went to it as they
+/// came (its sequence ids, with the fragment id each expects next), followed the way the
+/// emulator follows them. A first fragment whose sequence id is open there is not held: the
+/// emulator would not take it for the start of a new message, so it must see it as it
+/// came. An emulator never sends one; a peer writing anything may.
+#[derive(Default)]
+struct EmulatorView {
+    open: HashMap<[u8; 8], u64>,
+    /// More were open than [`MAX_OPEN_IN_EMULATOR`]: nothing is held any more.
+    lost_track: bool,
+}
+
+impl EmulatorView {
+    /// A message went to the emulator as it came.
+    fn saw(&mut self, bytes: &[u8]) {
+        let Some((tag, seq, id)) = fragment_ids(bytes) else { return };
+        match tag {
+            DIST_FRAG_HEADER if id >= 2 && !self.open.contains_key(&seq) => self.opened(seq, id - 1),
+            DIST_FRAG_CONT if self.open.get(&seq) == Some(&id) => {
+                if id == 1 {
+                    self.open.remove(&seq);
+                } else {
+                    self.open.insert(seq, id - 1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Message `seq` is open, its fragment `next` expected.
+    fn opened(&mut self, seq: [u8; 8], next: u64) {
+        if self.open.len() >= MAX_OPEN_IN_EMULATOR {
+            self.lost_track = true;
+        } else {
+            self.open.insert(seq, next);
+        }
+    }
+
+    fn may_hold(&self, seq: &[u8; 8]) -> bool {
+        !self.lost_track && !self.open.contains_key(seq)
+    }
+}
+
 /// The fragment joiner of one distribution port's receive side (see the crate's comment).
 pub struct Defrag<S: Store> {
     store: S,
@@ -148,11 +199,19 @@ pub struct Defrag<S: Store> {
     ends: Vec<usize>,
     backoff: Backoff,
     counts: Counts,
+    emulator: EmulatorView,
 }
 
 impl<S: Store> Defrag<S> {
     pub fn new(store: S) -> Defrag<S> {
-        Defrag { store, open: None, ends: Vec::new(), backoff: Backoff::default(), counts: Counts::default() }
+        Defrag {
+            store,
+            open: None,
+            ends: Vec::new(),
+            backoff: Backoff::default(),
+            counts: Counts::default(),
+            emulator: EmulatorView::default(),
+        }
     }
 
     pub fn counts(&self) -> Counts {
@@ -246,19 +305,32 @@ impl<S: Store> Defrag<S> {
         // SAFETY: the caller's buffer holds `len` bytes of the message at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data, len) };
         let held = match first_fragment(bytes) {
-            Some((seq, first_id)) if first_id >= MIN_FRAGMENTS && self.backoff.may_hold() => {
+            Some((seq, first_id))
+                if first_id >= MIN_FRAGMENTS && self.emulator.may_hold(&seq) && self.backoff.may_hold() =>
+            {
                 self.hold(buf, len, seq, first_id)
             }
             _ => Err(buf),
         };
+        if held.is_err() {
+            self.emulator.saw(bytes);
+        }
         match held {
             Ok(()) => Ok(None),
             Err(buf) => Ok(Some(buf)),
         }
     }
 
-    /// A message is about to be delivered some other way (a copy from a scratch buffer):
-    /// the held fragments go on first.
+    /// A message the port delivers itself (`bytes`, copied from a scratch buffer) is about
+    /// to go: the held fragments go on first.
+    pub fn pass(&mut self, bytes: &[u8]) -> Result<(), NoMemory> {
+        self.interrupt()?;
+        self.emulator.saw(bytes);
+        Ok(())
+    }
+
+    /// Whatever is held goes on as it came (a peer left a message half-sent, or something
+    /// else comes first).
     pub fn interrupt(&mut self) -> Result<(), NoMemory> {
         if self.open.is_none() {
             return Ok(());
@@ -329,6 +401,8 @@ impl<S: Store> Defrag<S> {
             start = end;
         }
         self.store.free(o.buf);
+        // The emulator now has the message open, as far as its fragments went.
+        self.emulator.opened(o.seq, o.first_id - self.ends.len() as u64);
         result
     }
 
@@ -356,12 +430,24 @@ impl<S: Store> Drop for Defrag<S> {
 
 /// The sequence id and fragment id of a first fragment of two or more.
 fn first_fragment(bytes: &[u8]) -> Option<([u8; 8], u64)> {
-    if bytes.len() <= FRAG_HEADER || bytes[0] != VERSION_MAGIC || bytes[1] != DIST_FRAG_HEADER {
+    match fragment_ids(bytes) {
+        Some((DIST_FRAG_HEADER, seq, id)) if id >= 2 => Some((seq, id)),
+        _ => None,
+    }
+}
+
+/// The tag, sequence id and fragment id of a fragment (first or later) that carries bytes.
+fn fragment_ids(bytes: &[u8]) -> Option<(u8, [u8; 8], u64)> {
+    if bytes.len() <= FRAG_HEADER || bytes[0] != VERSION_MAGIC {
+        return None;
+    }
+    let tag = bytes[1];
+    if tag != DIST_FRAG_HEADER && tag != DIST_FRAG_CONT {
         return None;
     }
     let seq: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
     let id = u64::from_be_bytes(bytes[10..18].try_into().expect("8 bytes"));
-    (id >= 2).then_some((seq, id))
+    Some((tag, seq, id))
 }
 
 /// True if `header` is that of fragment `id` of message `seq`.

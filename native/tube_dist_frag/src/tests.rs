@@ -48,8 +48,12 @@ impl VecStore {
     }
 }
 
+/// Messages up to this long go through the port's scratch buffer (`Defrag::pass`) when no
+/// slot is offered.
+const SCRATCH: usize = 64;
+
 /// Feeds messages through a joiner the way the port driver does: into the slot it offers,
-/// else into a buffer of their own.
+/// else short ones from a scratch buffer, else into a buffer of their own.
 fn feed(d: &mut Defrag<&mut VecStore>, msg: &[u8]) -> Result<(), NoMemory> {
     if let Some(p) = d.slot(msg.len()) {
         // SAFETY: the slot has room for the message.
@@ -58,6 +62,11 @@ fn feed(d: &mut Defrag<&mut VecStore>, msg: &[u8]) -> Result<(), NoMemory> {
             Landed::Held | Landed::Done => Ok(()),
             Landed::Other(buf, data, len) => deliver_own(d, buf, data, len),
         };
+    }
+    if msg.len() <= SCRATCH {
+        d.pass(msg)?;
+        d.store.delivered.push(msg.to_vec());
+        return Ok(());
     }
     let (buf, data) = d.store.alloc(msg.len()).ok_or(NoMemory)?;
     // SAFETY: a fresh buffer of the message's length.
@@ -187,6 +196,80 @@ fn ticks_and_short_messages_never_land_in_the_open_buffer() {
     assert!(d.slot(0).is_none());
     assert!(d.slot(FRAG_HEADER).is_none());
     assert!(d.slot(FRAG_HEADER + 1).is_some());
+}
+
+/// An emulator never starts a message under a sequence id it has open; a peer may. Such a
+/// first fragment must reach the emulator as it came, not as the start of a joined message.
+#[test]
+fn a_first_fragment_under_a_sequence_id_open_in_the_emulator_is_not_held() {
+    let mut store = VecStore::default();
+    let input = vec![
+        first(0, 3, &bytes(70_000, 0)),
+        // Interrupts; passes unheld itself (backoff).
+        first(1, 3, &bytes(70_000, 1)),
+        // Under an id the emulator has open: as it came, and the fragments after it go on
+        // with message 1.
+        first(1, 3, &bytes(70_000, 2)),
+        cont(1, 2, &bytes(70_000, 3)),
+        cont(1, 1, &bytes(70_000, 4)),
+    ];
+    {
+        let mut d = Defrag::new(&mut store);
+        for m in &input {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts().joined, 0);
+    }
+    assert_eq!(events(&store.delivered), events(&input));
+    assert_eq!(store.live(), 0);
+}
+
+/// Held fragments sent on leave their message open in the emulator, like any.
+#[test]
+fn fragments_sent_on_leave_their_sequence_id_open_in_the_emulator() {
+    let mut store = VecStore::default();
+    let input = vec![
+        first(1, 4, &bytes(70_000, 0)),
+        cont(1, 3, &bytes(70_000, 1)),
+        // Interrupts; passes unheld itself (backoff).
+        first(2, 3, &bytes(70_000, 2)),
+        // Under an id the emulator has open: as it came, and the fragments after it end
+        // message 1.
+        first(1, 3, &bytes(70_000, 3)),
+        cont(1, 2, &bytes(70_000, 4)),
+        cont(1, 1, &bytes(70_000, 5)),
+    ];
+    {
+        let mut d = Defrag::new(&mut store);
+        for m in &input {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts().joined, 0);
+    }
+    assert_eq!(events(&store.delivered), events(&input));
+    assert_eq!(store.live(), 0);
+}
+
+#[test]
+fn past_so_many_messages_left_open_nothing_is_joined() {
+    let mut store = VecStore::default();
+    {
+        let mut d = Defrag::new(&mut store);
+        let (ok, _) = fragmented(u64::MAX, &[bytes(70_000, 1), bytes(70_000, 2), bytes(9, 3)]);
+        for seq in 0..MAX_OPEN_IN_EMULATOR as u64 {
+            feed(&mut d, &first(seq, 3, &bytes(1, 0))).unwrap();
+        }
+        for m in &ok {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts().joined, 1);
+        feed(&mut d, &first(1 << 40, 3, &bytes(1, 0))).unwrap();
+        for m in &ok {
+            feed(&mut d, m).unwrap();
+        }
+        assert_eq!(d.counts().joined, 1);
+    }
+    assert_eq!(store.live(), 0);
 }
 
 #[test]

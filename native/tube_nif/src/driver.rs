@@ -741,8 +741,10 @@ fn deliver_dist(frags: &mut Defrag<frag_store::Binaries>, port: DrvPort, dest: M
             Landed::Held | Landed::Done => return Ok(()),
             Landed::Other(bin, data, _) => (bin, data),
         },
-        MsgDest::Scratch(_) => {
-            frags.interrupt()?;
+        MsgDest::Scratch(p) => {
+            // SAFETY: the scratch buffer holds the message's `len` bytes, untouched until
+            // the next message.
+            frags.pass(unsafe { std::slice::from_raw_parts(p, len) })?;
             dest.deliver(port, len);
             return Ok(());
         }
