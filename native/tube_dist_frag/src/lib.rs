@@ -13,7 +13,15 @@
 //! So the receiving port copies the fragments of a message from the ring straight into one
 //! buffer, one after the other, and hands the emulator the whole message under the header
 //! a message sent in one piece has (`131, 68`, then the same atom cache header): each byte
-//! is copied once on the receiving side, where it was copied twice.
+//! of a message joined whole is copied once on the receiving side, where it was copied
+//! twice (fragments sent on after an interruption are copied again).
+//!
+//! Only what an emulator sends is joined. A sequence id of 0 is not a fragment to the
+//! emulator, and a first fragment under a sequence id the emulator has open is an error to
+//! it ([`EmulatorView`]): such messages go on as they came, and so does every message of
+//! over [`MAX_HELD`] bytes. A peer can make a joined message pass the emulator's checks
+//! where its fragments would not (an atom cache header cut at the first fragment's end is
+//! read whole): nothing it could not send as one message.
 //!
 //! Nothing may overtake a fragment. The atom cache header of a message's first fragment
 //! sets entries that later messages use, so the emulator must see the messages in the
@@ -49,15 +57,23 @@ pub const FRAG_HEADER: usize = 18;
 /// loads decides, which no carrier can count on.
 const MIN_FRAGMENTS: u64 = 3;
 
-/// The most a first fragment makes the port set aside at once for its message (its
-/// fragment count times its size): only pages written are ever mapped, so this bounds an
-/// absurd count, not an honest message; a larger message grows its buffer as it comes.
-const MAX_UPFRONT: usize = 1 << 30;
+/// The largest message joined, as its first fragment announces it (fragment count times
+/// the first fragment's length). Sending held fragments on copies them all again in one
+/// callback, and the emulator does as much for a message that came in fragments, so this
+/// bounds the pause both make; a larger message passes through as it comes.
+pub const MAX_HELD: usize = 128 << 20;
 
-/// Fragmented messages the emulator may have open before joining stops for good
-/// ([`EmulatorView`]): an emulator never has more than its senders, so only a peer writing
-/// first fragments it never finishes gets here.
-const MAX_OPEN_IN_EMULATOR: usize = 1024;
+/// Fragments a first fragment's buffer has room for until a second one joins it: a peer
+/// that announces a large message and then sends only ticks holds this much, not the whole
+/// announced size. The buffer then grows to the announced size at once (one copy of this
+/// much, against one of the whole message if it grew step by step).
+const FIRST_ROOM_FRAGMENTS: usize = 16;
+
+/// Fragmented messages the emulator may have open at once before joining stops for good
+/// ([`EmulatorView`]): an emulator has one per process whose large message is under way,
+/// so only a node with that many such processes at once, or a peer that never finishes
+/// the messages it starts, gets here.
+const MAX_OPEN_IN_EMULATOR: usize = 1 << 16;
 
 /// Messages not held at most, after interruptions one after another.
 const MAX_SKIP: u32 = 64;
@@ -106,6 +122,10 @@ struct Open<B> {
     seq: [u8; 8],
     /// The first fragment's id: how many fragments the message has.
     first_id: u64,
+    /// The first fragment's length, header included.
+    first_len: usize,
+    /// The message's size as the first fragment announces it (see [`announced`]).
+    announced: usize,
     /// The bytes the header of a fragment landing in a slot lies over, until it is checked.
     saved: [u8; FRAG_HEADER],
 }
@@ -232,10 +252,15 @@ impl<S: Store> Defrag<S> {
         if len <= FRAG_HEADER {
             return None;
         }
+        // A fragment is never longer than a first fragment plus a header: anything longer
+        // goes elsewhere, so an unrelated large message never grows the held buffer.
+        if len > self.open.as_ref()?.first_len + FRAG_HEADER {
+            return None;
+        }
         let mut o = self.open.take()?;
         let need = o.filled - FRAG_HEADER + len;
         if need > o.cap {
-            let cap = need.max(o.cap.saturating_mul(2));
+            let cap = if need <= o.announced { o.announced } else { need.max(o.cap.saturating_mul(2)) };
             match self.store.resize(o.buf, cap) {
                 Ok((buf, data)) => {
                     (o.buf, o.data, o.cap) = (buf, data, cap);
@@ -304,20 +329,23 @@ impl<S: Store> Defrag<S> {
         }
         // SAFETY: the caller's buffer holds `len` bytes of the message at `data`.
         let bytes = unsafe { std::slice::from_raw_parts(data, len) };
-        let held = match first_fragment(bytes) {
-            Some((seq, first_id))
-                if first_id >= MIN_FRAGMENTS && self.emulator.may_hold(&seq) && self.backoff.may_hold() =>
-            {
-                self.hold(buf, len, seq, first_id)
-            }
-            _ => Err(buf),
-        };
-        if held.is_err() {
+        let to_hold = first_fragment(bytes).filter(|&(seq, first_id)| {
+            first_id >= MIN_FRAGMENTS
+                && announced(first_id, len) <= MAX_HELD
+                && self.emulator.may_hold(&seq)
+                && self.backoff.may_hold()
+        });
+        let Some((seq, first_id)) = to_hold else {
             self.emulator.saw(bytes);
-        }
-        match held {
+            return Ok(Some(buf));
+        };
+        match self.hold(buf, len, seq, first_id) {
             Ok(()) => Ok(None),
-            Err(buf) => Ok(Some(buf)),
+            Err(buf) => {
+                // SAFETY: a buffer that could not grow is as it was: `len` bytes at `data`.
+                self.emulator.saw(unsafe { std::slice::from_raw_parts(data, len) });
+                Ok(Some(buf))
+            }
         }
     }
 
@@ -342,12 +370,22 @@ impl<S: Store> Defrag<S> {
     /// Makes the buffer of a first fragment the buffer of its message, grown to the size
     /// the fragment announces; gives it back when it cannot grow.
     fn hold(&mut self, buf: S::Buf, len: usize, seq: [u8; 8], first_id: u64) -> Result<(), S::Buf> {
-        let announced = usize::try_from(first_id).unwrap_or(usize::MAX).saturating_mul(len);
-        let cap = announced.min(MAX_UPFRONT).max(len);
+        let announced = announced(first_id, len);
+        let cap = announced.min(len.saturating_mul(FIRST_ROOM_FRAGMENTS)).max(len);
         let (buf, data) = self.store.resize(buf, cap)?;
         self.ends.clear();
         self.ends.push(len);
-        self.open = Some(Open { buf, data, cap, filled: len, seq, first_id, saved: [0; FRAG_HEADER] });
+        self.open = Some(Open {
+            buf,
+            data,
+            cap,
+            filled: len,
+            seq,
+            first_id,
+            first_len: len,
+            announced,
+            saved: [0; FRAG_HEADER],
+        });
         Ok(())
     }
 
@@ -381,6 +419,7 @@ impl<S: Store> Defrag<S> {
         let Some(o) = self.open.take() else { return Ok(()) };
         let mut start = 0;
         let mut result = Ok(());
+        let mut sent = 0;
         for (i, &end) in self.ends.iter().enumerate() {
             // The first fragment still has its header; the later ones get theirs back.
             let header = (i > 0).then(|| continuation_header(&o.seq, o.first_id - i as u64));
@@ -398,11 +437,14 @@ impl<S: Store> Defrag<S> {
             }
             self.store.deliver(buf, 0, len);
             self.counts.passed_on += 1;
+            sent += 1;
             start = end;
         }
         self.store.free(o.buf);
         // The emulator now has the message open, as far as its fragments went.
-        self.emulator.opened(o.seq, o.first_id - self.ends.len() as u64);
+        if sent > 0 {
+            self.emulator.opened(o.seq, o.first_id - sent);
+        }
         result
     }
 
@@ -436,18 +478,32 @@ fn first_fragment(bytes: &[u8]) -> Option<([u8; 8], u64)> {
     }
 }
 
-/// The tag, sequence id and fragment id of a fragment (first or later) that carries bytes.
+/// The tag, sequence id and fragment id of a fragment as the emulator takes one: a first
+/// fragment (at least one byte after its header) or a later one (possibly empty), under a
+/// sequence id other than 0 (the emulator takes a first fragment under 0 for a message
+/// sent whole).
 fn fragment_ids(bytes: &[u8]) -> Option<(u8, [u8; 8], u64)> {
-    if bytes.len() <= FRAG_HEADER || bytes[0] != VERSION_MAGIC {
+    if bytes.len() < FRAG_HEADER || bytes[0] != VERSION_MAGIC {
         return None;
     }
     let tag = bytes[1];
-    if tag != DIST_FRAG_HEADER && tag != DIST_FRAG_CONT {
+    let shortest = match tag {
+        DIST_FRAG_HEADER => FRAG_HEADER + 1,
+        DIST_FRAG_CONT => FRAG_HEADER,
+        _ => return None,
+    };
+    let seq: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
+    if bytes.len() < shortest || seq == [0; 8] {
         return None;
     }
-    let seq: [u8; 8] = bytes[2..10].try_into().expect("8 bytes");
     let id = u64::from_be_bytes(bytes[10..18].try_into().expect("8 bytes"));
     Some((tag, seq, id))
+}
+
+/// A message's size as its first fragment (`len` bytes, fragment id `first_id`) announces
+/// it: no fragment is longer than the first.
+fn announced(first_id: u64, len: usize) -> usize {
+    usize::try_from(first_id).unwrap_or(usize::MAX).saturating_mul(len)
 }
 
 /// True if `header` is that of fragment `id` of message `seq`.

@@ -361,6 +361,8 @@ impl PortState {
     fn deliver_granted(&mut self) {
         if self.close_requested.is_none() && self.tube.is_open() {
             let budget = self.budget();
+            // A failure is left to the timeout that follows, which meets it
+            // again (the tube, or the inbox, remembers it) and closes.
             if let Ok(got) = self.receive(budget) {
                 let ran_out = self.take_credit(got);
                 self.bound.delivered(self.port, self.credit);
@@ -678,6 +680,10 @@ struct Inbox {
     pass: dist::PassBytes,
     /// Distribution ports: a large message's fragments, joined into one.
     frags: Defrag<frag_store::Binaries>,
+    /// Memory ran out while the joiner sent held fragments on: some are lost,
+    /// so the channel must end; every later receive says so until the port
+    /// closes, and takes nothing more from the ring.
+    out_of_memory: bool,
 }
 
 impl Inbox {
@@ -694,8 +700,8 @@ impl Inbox {
         let scratch = self.scratch.as_mut_ptr();
         let small = if dist { dist::SCRATCH } else { SMALL_PACKET };
         let mut total = 0;
-        let mut out_of_memory = false;
-        while total < max && !self.pass.spent() && !out_of_memory {
+        let out_of_memory = std::cell::Cell::new(self.out_of_memory);
+        while total < max && !self.pass.spent() && !out_of_memory.get() {
             let want = self.pass.read_size(max - total);
             let pass = &mut self.pass;
             // Both callbacks reach the joiner, never at the same time.
@@ -703,6 +709,10 @@ impl Inbox {
             let alloc = |len: usize| {
                 if !dist {
                     return MsgDest::new(scratch, small, len);
+                }
+                // After a loss nothing more is taken: it stays in the ring.
+                if out_of_memory.get() {
+                    return None;
                 }
                 match frags.borrow_mut().slot(len) {
                     Some(p) => Some(MsgDest::Joined(p)),
@@ -715,17 +725,20 @@ impl Inbox {
                     return dest.deliver(port, len);
                 }
                 // A tick is counted, not delivered, and holds nothing up.
-                if len == 0 || out_of_memory {
+                if len == 0 || out_of_memory.get() {
                     return;
                 }
-                out_of_memory = deliver_dist(&mut frags.borrow_mut(), port, dest, len).is_err();
+                if deliver_dist(&mut frags.borrow_mut(), port, dest, len).is_err() {
+                    out_of_memory.set(true);
+                }
             })?;
             total += got;
             if got < want {
                 break;
             }
         }
-        if out_of_memory {
+        if out_of_memory.get() {
+            self.out_of_memory = true;
             return Err(RingError::Corrupt("no memory to pass distribution fragments on"));
         }
         Ok(total)
@@ -901,6 +914,7 @@ pub extern "C" fn tube_rs_start(port: DrvPort, command: *const c_char) -> *mut c
                 batch: batch::from_command(command).filter(|_| !reliable),
                 pass: dist::PassBytes::new(),
                 frags: Defrag::new(frag_store::Binaries { port }),
+                out_of_memory: false,
             },
             busy: None,
             busy_count: 0,

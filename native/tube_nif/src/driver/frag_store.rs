@@ -25,7 +25,8 @@ impl Store for Binaries {
         let mut data: *mut c_char = std::ptr::null_mut();
         // SAFETY: plain allocation through the emulator; `data` receives the binary's bytes.
         let bin = unsafe { tube_drv_alloc_binary(cap, &mut data) };
-        (!bin.is_null() && !data.is_null()).then_some((bin, data as *mut u8))
+        // A binary's bytes are never null once it exists.
+        (!bin.is_null()).then_some((bin, data as *mut u8))
     }
 
     fn resize(&mut self, buf: *mut c_void, cap: usize) -> Result<(*mut c_void, *mut u8), *mut c_void> {
@@ -33,7 +34,9 @@ impl Store for Binaries {
         // SAFETY: `buf` is a binary only this port holds (never yet delivered); on failure
         // the emulator leaves it as it was.
         let bin = unsafe { tube_drv_realloc_binary(buf, cap, &mut data) };
-        if bin.is_null() || data.is_null() {
+        // Null only when the emulator failed and left `buf` as it was; any other value
+        // replaces `buf`, which may be gone.
+        if bin.is_null() {
             return Err(buf);
         }
         Ok((bin, data as *mut u8))
