@@ -60,14 +60,14 @@ const MIN_FRAGMENTS: u64 = 3;
 /// The largest message joined, as its first fragment announces it (fragment count times
 /// the first fragment's length). Sending held fragments on copies them all again in one
 /// callback, and the emulator does as much for a message that came in fragments, so this
-/// bounds the pause both make; a larger message passes through as it comes.
+/// bounds the pause both make; a larger message passes through as it comes. It also bounds
+/// the room a first fragment sets aside: all its message's size at once, which a peer
+/// may announce and never send. Setting aside room for a few fragments and growing it
+/// when they were used cost the receiving node of 16 MiB messages 72 ms of CPU per
+/// 100 MB against 16, most of it page faults: the allocator reuses a freed buffer of the
+/// size asked, but not one that grew (`bash scripts/bench-dist.sh --only 16777216`,
+/// three alternating runs).
 pub const MAX_HELD: usize = 128 << 20;
-
-/// Fragments a first fragment's buffer has room for until a second one joins it: a peer
-/// that announces a large message and then sends only ticks holds this much, not the whole
-/// announced size. The buffer then grows to the announced size at once (one copy of this
-/// much, against one of the whole message if it grew step by step).
-const FIRST_ROOM_FRAGMENTS: usize = 16;
 
 /// Fragmented messages the emulator may have open at once before joining stops for good
 /// ([`EmulatorView`]): an emulator has one per process whose large message is under way,
@@ -371,7 +371,7 @@ impl<S: Store> Defrag<S> {
     /// the fragment announces; gives it back when it cannot grow.
     fn hold(&mut self, buf: S::Buf, len: usize, seq: [u8; 8], first_id: u64) -> Result<(), S::Buf> {
         let announced = announced(first_id, len);
-        let cap = announced.min(len.saturating_mul(FIRST_ROOM_FRAGMENTS)).max(len);
+        let cap = announced.max(len);
         let (buf, data) = self.store.resize(buf, cap)?;
         self.ends.clear();
         self.ends.push(len);
