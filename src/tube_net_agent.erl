@@ -178,7 +178,9 @@ handle_info({nodeup, Node, _}, St) ->
 handle_info({nodedown, Node, _}, St) ->
     report({nodedown, St#st.me, label_of(Node, St)}, St),
     {noreply, St};
-handle_info({'DOWN', Ref, port, _Port, _}, St) ->
+%% Any type: OTP 25 tags the DOWN of a port that died with a reason other
+%% than an atom as `process'; the ref is a port monitor's either way.
+handle_info({'DOWN', Ref, _, _Port, _}, St) ->
     case maps:take(Ref, St#st.tubes) of
         {{Port, Peer, Tid}, Tubes} ->
             ets:delete(?SHAPE, {tube, Port}),

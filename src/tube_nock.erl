@@ -106,7 +106,10 @@ handle_event(state_timeout, linger, failing, Data = #{error := Error}) ->
 
 %% ---- open ------------------------------------------------------------------------
 
-handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
+%% Any type: OTP 25 tags the DOWN of a port that died with a reason other
+%% than an atom (a refused distribution handshake: {is_allowed, not_allowed},
+%% function_clause) as `process'.
+handle_event(info, {'DOWN', Mon, _, _, _}, open, Data = #{port_mon := Mon}) ->
     closing(Data);
 handle_event(info, {tube_event, peer_changed}, open, Data = #{key := Key, domid := D}) ->
     tube_fsm:changes_read(),

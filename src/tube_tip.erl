@@ -114,7 +114,10 @@ handle_event(info, {'DOWN', Mon, process, _, _}, handed, Data = #{caller := Mon}
 
 %% ---- open --------------------------------------------------------------------
 
-handle_event(info, {'DOWN', Mon, port, _, _}, open, Data = #{port_mon := Mon}) ->
+%% Any type: OTP 25 tags the DOWN of a port that died with a reason other
+%% than an atom (a refused distribution handshake: {is_allowed, not_allowed},
+%% function_clause) as `process'.
+handle_event(info, {'DOWN', Mon, _, _, _}, open, Data = #{port_mon := Mon}) ->
     closing(Data);
 handle_event(info, {tube_event, domains_changed}, open, Data) ->
     {keep_state, tube_fsm:check_domain(Data)};
