@@ -42,6 +42,7 @@
 -define(DEFAULT_BUSY_POLL, 50).
 %% Longest wait for a peer domain's published name when a connection starts.
 -define(NAME_READ_MS, 2000).
+-define(MAX_HANDSHAKE_MESSAGE, 16#FFFF).
 
 %% ---- boot ------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ recv(Port, _Length, Timeout) ->
             receive
                 {Port, {data, Bin}} ->
                     receive {tube_passive, Port} -> ok after 0 -> ok end,
-                    {ok, binary_to_list(Bin)};
+                    handshake_message(Bin);
                 {tube_closed, Port, _Reason} ->
                     {error, closed}
             after Timeout ->
@@ -325,6 +326,14 @@ recv(Port, _Length, Timeout) ->
         {error, closed} ->
             {error, closed}
     end.
+
+%% A handshake message is at most what {packet, 2} carries over TCP: a
+%% reliable tube takes messages of up to 256 MiB, and the handshake turns
+%% each into a list (16 bytes a byte).
+handshake_message(Bin) when byte_size(Bin) > ?MAX_HANDSHAKE_MESSAGE ->
+    {error, {handshake_message_too_long, byte_size(Bin)}};
+handshake_message(Bin) ->
+    {ok, binary_to_list(Bin)}.
 
 %% @private Before erlang:setnode/3: the port becomes a distribution
 %% controller (empty messages are ticks, and a dying tube takes the
