@@ -2,7 +2,8 @@
 # Where the time of a distribution load goes, on both nodes: starts two
 # nodes (tube_dist, or inet_tcp_dist with --tcp), runs one load for a while
 # and records both OS processes with `perf record -g`, then prints the top
-# symbols per node.
+# symbols per node. The rate of each round of the load, and how busy each
+# scheduler of the receiving node was in it, come first.
 #
 #   bash scripts/perf-dist.sh [--tcp] LOAD [SECONDS]
 #
