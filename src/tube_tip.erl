@@ -76,7 +76,7 @@ handle_event(info, {tube_event, {offer, From, Deadline, Tids}}, _State, _Data) -
     tube_registry:requeue(From, Deadline, Tids),
     keep_state_and_data;
 handle_event(info, {tube_event, peer_changed}, State, Data)
-  when State =:= backlog; State =:= mapped; State =:= connecting; State =:= open ->
+  when State =:= backlog; State =:= mapped; State =:= open ->
     tube_fsm:changes_read(),
     {keep_state, tube_fsm:ask(peer_state, [{state, {read, 0, [nock(Data), "/state"]}},
                                            {own, {read, 0, [tip(Data), "/state"]}}], Data)};
@@ -393,12 +393,6 @@ peer_state(State, {error, enoent}, _Res, Data) when State =:= backlog; State =:=
 peer_state(State, S, _Res, Data) when State =:= backlog orelse State =:= mapped,
                                       S =:= {ok, <<"5">>} orelse S =:= {ok, <<"6">>} ->
     closing(Data#{own_removal => true});
-%% A nock that failed before it could map the ring (out of file descriptors,
-%% say) says so only here, not on the event channel the ring job waits on:
-%% the accept() caller goes on to the next tube now, not after the job's
-%% timeout, and the job's late answer is dropped.
-peer_state(connecting, S, _Res, Data) when S =:= {error, enoent}; S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
-    lost({error, peer_closed}, Data);
 peer_state(open, S, _Res, Data) when S =:= {ok, <<"5">>}; S =:= {ok, <<"6">>} ->
     tube_fsm:peer_gone(peer_closed, Data),
     keep_state_and_data;
