@@ -23,4 +23,6 @@ ExUnit.after_suite(fn _ ->
   stop_daemon.()
 end)
 
-ExUnit.start(timeout: 120_000)
+# A test tagged :known_failure shows a defect that is not fixed yet; run
+# them with `mix test --only known_failure`.
+ExUnit.start(timeout: 120_000, exclude: [:known_failure])
