@@ -127,7 +127,8 @@ defmodule DistTest do
     # Up to 64 MiB of a message was held when the port closed (which may
     # come a little after nodedown).
     assert run(net, :n2, :await_no_tubes) == []
-    assert run(net, :n2, :binary_memory) < before + (8 <<< 20)
+    limit = before + (8 <<< 20)
+    assert run(net, :n2, :await_binary_memory_below, [limit]) < limit
     IO.puts("\n  nodedown #{ms} ms after kill -9 inside a 64 MiB message")
   end
 

@@ -436,6 +436,20 @@ defmodule DistTest.Node do
     end
   end
 
+  @doc """
+  Waits (10 s at most) until this node's binary memory, after a collection
+  of every process, is under `limit` bytes; the last figure. A closed
+  tube's row goes before its port has stopped and let go of what it held.
+  """
+  def await_binary_memory_below(limit, tries \\ 1000) do
+    case binary_memory() do
+      m when m < limit or tries == 0 -> m
+      _ ->
+        Process.sleep(10)
+        await_binary_memory_below(limit, tries - 1)
+    end
+  end
+
   @doc "The fragment counters of this node's distribution tube to `node`."
   def frag_counts(node) do
     {:ok, ctrl} = Keyword.fetch(:erlang.system_info(:dist_ctrl), node)
