@@ -39,6 +39,18 @@ defmodule DistHostileTest do
     assert run(net, :n2, :await_ports_of, [[]]) == []
   end
 
+  # n2 takes another cookie than n1's, and each pings the other in vain:
+  # a handshake refused on each side. n1's cookie, to set back.
+  defp refuse_by_cookie(net) do
+    [a, b] = TubeNet.nodes(net)
+    disconnect(net)
+    cookie = TubeNet.call(net, :n1, :erlang, :get_cookie, [])
+    true = TubeNet.call(net, :n2, :erlang, :set_cookie, [:"not_#{cookie}"])
+    assert ping(net, :n1, b) == :pang
+    assert ping(net, :n2, a) == :pang
+    cookie
+  end
+
   # The messages this process got on tube `t` until it closed: {data, reason}.
   defp until_closed(t, data \\ []) do
     receive do
@@ -69,12 +81,7 @@ defmodule DistHostileTest do
   test "a wrong cookie: pang both ways, neither node lists the other, no tube port stays open, and the right cookie then connects over a tube",
        %{net: net} do
     [a, b] = TubeNet.nodes(net)
-    disconnect(net)
-    cookie = TubeNet.call(net, :n1, :erlang, :get_cookie, [])
-    true = TubeNet.call(net, :n2, :erlang, :set_cookie, [:"not_#{cookie}"])
-
-    assert ping(net, :n1, b) == :pang
-    assert ping(net, :n2, a) == :pang
+    cookie = refuse_by_cookie(net)
     refute b in TubeNet.call(net, :n1, :erlang, :nodes, [[:visible, :hidden]])
     refute a in TubeNet.call(net, :n2, :erlang, :nodes, [[:visible, :hidden]])
     assert run(net, :n1, :await_disconnected, [[b]]) == []
@@ -98,17 +105,12 @@ defmodule DistHostileTest do
   # connecting node told `not_allowed` by the node it reached. Each of
   # these ends the handshake process with a reason that is not an atom; the
   # port's monitor then gets a DOWN tagged `process` instead of `port` on
-  # this emulator (erts before the fix of erlang/otp#8546), which the
-  # tube's process does not take for its port's end: the tube stays listed
-  # as connected, with its port gone.
+  # this emulator (erts before the fix of erlang/otp#8546), which the tube's
+  # process must still take for its port's end.
   @tag net: [nodes: 2, args: @setup_args]
   test "a refused handshake leaves no tube in the control plane of either side", %{net: net} do
     [a, b] = TubeNet.nodes(net)
-    disconnect(net)
-    cookie = TubeNet.call(net, :n1, :erlang, :get_cookie, [])
-    true = TubeNet.call(net, :n2, :erlang, :set_cookie, [:"not_#{cookie}"])
-    assert ping(net, :n1, b) == :pang
-    assert ping(net, :n2, a) == :pang
+    cookie = refuse_by_cookie(net)
     true = TubeNet.call(net, :n2, :erlang, :set_cookie, [cookie])
 
     d1 = TubeNet.domid(net, :n1)

@@ -62,6 +62,17 @@ defmodule DistLimitsTest do
 
   defp connected(n), do: run(n, :erlang, :nodes, [[:visible, :hidden]])
 
+  # Three pings from `from` to `to`, each pang and connecting neither. Each
+  # attempt gives back what it took: the next finds the nodes as the first
+  # did.
+  defp pang_thrice(from, to) do
+    for _ <- 1..3 do
+      assert ping(from, to) == :pang
+      refute to.node in connected(from)
+      refute from.node in connected(to)
+    end
+  end
+
   defp fd_count(n), do: length(run(n, L, :fds, []))
 
   # Takes every descriptor a can get; how many files it holds.
@@ -107,13 +118,7 @@ defmodule DistLimitsTest do
     c_fds = fd_count(c)
     held = exhaust(a)
 
-    # Each attempt gives back what it took: the next finds the node as the
-    # first did.
-    for _ <- 1..3 do
-      assert ping(a, c) == :pang
-      refute c.node in connected(a)
-      refute a.node in connected(c)
-    end
+    pang_thrice(a, c)
 
     assert leftovers(w, a, [b]) == @nothing
     assert leftovers(w, c, []) == @nothing
@@ -136,11 +141,7 @@ defmodule DistLimitsTest do
     c_fds = fd_count(c)
     held = exhaust(a)
 
-    for _ <- 1..3 do
-      assert ping(c, a) == :pang
-      refute a.node in connected(c)
-      refute c.node in connected(a)
-    end
+    pang_thrice(c, a)
 
     assert leftovers(w, c, []) == @nothing
     assert run(c, L, :await_fd_count, [c_fds]) == []

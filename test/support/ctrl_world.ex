@@ -32,20 +32,20 @@ defmodule TubeTest.CtrlWorld do
   """
   def peer(w, env \\ [], ulimit_n \\ nil) do
     paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
-    base = %{connection: :standard_io, args: paths, wait_boot: 30_000}
-
-    opts =
-      case ulimit_n do
-        nil ->
-          base
-
-        n ->
-          erl = System.find_executable("erl") |> String.to_charlist()
-          script = ~c"ulimit -n #{n} && exec \"$0\" \"$@\""
-          Map.put(base, :exec, {~c"/bin/sh", [~c"-c", script, erl]})
-      end
-
+    opts = with_ulimit_n(%{connection: :standard_io, args: paths, wait_boot: 30_000}, ulimit_n)
     PeerNode.start_tube(opts, [xenstore_path: String.to_charlist(w.socket)] ++ env)
+  end
+
+  @doc """
+  `:peer` start options that run the node under `ulimit -n n` (through a
+  shell that then execs erl); unchanged for `nil`.
+  """
+  def with_ulimit_n(opts, nil), do: opts
+
+  def with_ulimit_n(opts, n) do
+    erl = System.find_executable("erl") |> String.to_charlist()
+    script = ~c"ulimit -n #{n} && exec \"$0\" \"$@\""
+    Map.put(opts, :exec, {~c"/bin/sh", [~c"-c", script, erl]})
   end
 
   def set_env(peer, k, v), do: :ok = PeerNode.call(peer, :application, :set_env, [:tube, k, v])

@@ -14,7 +14,7 @@ defmodule DistTest.Limits do
   @doc """
   Starts a node named after `role` on world `w`'s daemon. Options: `cookie`
   (an atom, required), `args` (more emulator arguments, strings),
-  `ulimit_n` (run under `ulimit -n`, as TubeTest.CtrlWorld.peer/3 does).
+  `ulimit_n` (run under `ulimit -n`, TubeTest.CtrlWorld.with_ulimit_n/2).
   The node starts the tube application and runs its distribution over
   tubes. Returns %{peer, node, os_pid, domid}.
   """
@@ -37,18 +37,7 @@ defmodule DistTest.Limits do
       wait_boot: 60_000
     }
 
-    peer_opts =
-      case opts[:ulimit_n] do
-        nil ->
-          base
-
-        n ->
-          erl = System.find_executable("erl") |> String.to_charlist()
-          script = ~c"ulimit -n #{n} && exec \"$0\" \"$@\""
-          Map.put(base, :exec, {~c"/bin/sh", [~c"-c", script, erl]})
-      end
-
-    {:ok, peer, node} = :peer.start(peer_opts)
+    {:ok, peer, node} = :peer.start(TubeTest.CtrlWorld.with_ulimit_n(base, opts[:ulimit_n]))
     {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [:tube], 30_000)
     os_pid = :peer.call(peer, :os, :getpid, []) |> List.to_integer()
     domid = :peer.call(peer, :tube, :domid, [])

@@ -91,6 +91,16 @@ fn feed(d: &mut Defrag<&mut VecStore>, msg: &[u8]) -> Result<(), NoMemory> {
     deliver_own(d, buf, data, msg.len())
 }
 
+/// Feeds `input` through a fresh joiner, dropped at the end as a closing port drops it;
+/// its counts.
+fn feed_all(store: &mut VecStore, input: &[Vec<u8>]) -> Counts {
+    let mut d = Defrag::new(store);
+    for m in input {
+        feed(&mut d, m).unwrap();
+    }
+    d.counts()
+}
+
 fn deliver_own(d: &mut Defrag<&mut VecStore>, buf: usize, data: *mut u8, len: usize) -> Result<(), NoMemory> {
     if let Some(buf) = d.arrive(buf, data, len)? {
         d.store.deliver(buf, 0, len);
@@ -138,13 +148,7 @@ fn consecutive_fragments_become_one_whole_message() {
     let mut store = VecStore::default();
     let parts = vec![bytes(70_000, 1), bytes(65_536, 2), bytes(100, 3)];
     let (frags, expected) = fragmented(7, &parts);
-    {
-        let mut d = Defrag::new(&mut store);
-        for f in &frags {
-            feed(&mut d, f).unwrap();
-        }
-        assert_eq!(d.counts(), Counts { joined: 1, passed_on: 0 });
-    }
+    assert_eq!(feed_all(&mut store, &frags), Counts { joined: 1, passed_on: 0 });
     assert_eq!(store.delivered, vec![expected]);
     assert_eq!(store.live(), 0);
 }
@@ -155,13 +159,7 @@ fn a_message_between_fragments_sends_them_on_as_they_came() {
     let (frags, _) = fragmented(9, &[bytes(70_000, 1), bytes(70_000, 2), bytes(70_000, 3)]);
     let small = whole(&bytes(40, 9));
     let input = vec![frags[0].clone(), frags[1].clone(), small, frags[2].clone()];
-    {
-        let mut d = Defrag::new(&mut store);
-        for m in &input {
-            feed(&mut d, m).unwrap();
-        }
-        assert_eq!(d.counts(), Counts { joined: 0, passed_on: 2 });
-    }
+    assert_eq!(feed_all(&mut store, &input), Counts { joined: 0, passed_on: 2 });
     assert_eq!(store.delivered, input);
     assert_eq!(store.live(), 0);
 }
@@ -230,13 +228,7 @@ fn a_first_fragment_under_a_sequence_id_open_in_the_emulator_is_not_held() {
         cont(1, 2, &bytes(70_000, 3)),
         cont(1, 1, &bytes(70_000, 4)),
     ];
-    {
-        let mut d = Defrag::new(&mut store);
-        for m in &input {
-            feed(&mut d, m).unwrap();
-        }
-        assert_eq!(d.counts().joined, 0);
-    }
+    assert_eq!(feed_all(&mut store, &input).joined, 0);
     assert_eq!(events(&store.delivered), events(&input));
     assert_eq!(store.live(), 0);
 }
@@ -256,13 +248,7 @@ fn fragments_sent_on_leave_their_sequence_id_open_in_the_emulator() {
         cont(1, 2, &bytes(70_000, 4)),
         cont(1, 1, &bytes(70_000, 5)),
     ];
-    {
-        let mut d = Defrag::new(&mut store);
-        for m in &input {
-            feed(&mut d, m).unwrap();
-        }
-        assert_eq!(d.counts().joined, 0);
-    }
+    assert_eq!(feed_all(&mut store, &input).joined, 0);
     assert_eq!(events(&store.delivered), events(&input));
     assert_eq!(store.live(), 0);
 }
@@ -296,13 +282,7 @@ fn messages_of_one_or_two_fragments_and_plain_ones_pass_through() {
     let (two, _) = fragmented(5, &[bytes(65_518, 1), bytes(52, 2)]);
     let big = whole(&bytes(80_000, 1));
     let input = vec![one, two[0].clone(), two[1].clone(), big];
-    {
-        let mut d = Defrag::new(&mut store);
-        for m in &input {
-            feed(&mut d, m).unwrap();
-        }
-        assert_eq!(d.counts(), Counts::default());
-    }
+    assert_eq!(feed_all(&mut store, &input), Counts::default());
     assert_eq!(store.delivered, input);
     assert_eq!(store.live(), 0);
 }
@@ -355,13 +335,7 @@ fn no_message_longer_than_a_fragment_lands_in_the_open_buffer() {
 fn fragments_under_sequence_id_0_pass_through() {
     let mut store = VecStore::default();
     let (frags, _) = fragmented(0, &[bytes(70_000, 1), bytes(70_000, 2), bytes(9, 3)]);
-    {
-        let mut d = Defrag::new(&mut store);
-        for f in &frags {
-            feed(&mut d, f).unwrap();
-        }
-        assert_eq!(d.counts(), Counts::default());
-    }
+    assert_eq!(feed_all(&mut store, &frags), Counts::default());
     assert_eq!(store.delivered, frags);
     assert_eq!(store.live(), 0);
 }
@@ -390,13 +364,7 @@ fn an_empty_last_fragment_closes_its_message_in_the_emulator() {
 fn a_buffer_that_cannot_grow_leaves_its_fragment_to_pass_through() {
     let mut store = VecStore { resize_fails: true, ..VecStore::default() };
     let (frags, _) = fragmented(3, &[bytes(70_000, 1), bytes(70_000, 2), bytes(9, 3)]);
-    {
-        let mut d = Defrag::new(&mut store);
-        for f in &frags {
-            feed(&mut d, f).unwrap();
-        }
-        assert_eq!(d.counts(), Counts::default());
-    }
+    assert_eq!(feed_all(&mut store, &frags), Counts::default());
     assert_eq!(store.delivered, frags);
     assert_eq!(store.live(), 0);
 }
