@@ -68,22 +68,20 @@ ErlDrvBinary *tube_drv_alloc_binary(size_t len, char **data)
     return bin;
 }
 
-/* Delivers a filled binary as {Port, {data, Binary}} without copying it,
- * then drops the driver's reference (the message keeps its own). */
-int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
-{
-    int r = driver_output_binary(port, NULL, 0, bin, 0, (ErlDrvSizeT)len);
-    driver_free_binary(bin);
-    return r;
-}
-
-/* Delivers bytes offs..offs+len of a filled binary, as
- * tube_drv_deliver_binary does the whole of one. */
+/* Delivers bytes offs..offs+len of a filled binary as {Port, {data,
+ * Binary}} without copying them, then drops the driver's reference (the
+ * message keeps its own). */
 int tube_drv_deliver_binary_at(ErlDrvPort port, ErlDrvBinary *bin, size_t offs, size_t len)
 {
     int r = driver_output_binary(port, NULL, 0, bin, (ErlDrvSizeT)offs, (ErlDrvSizeT)len);
     driver_free_binary(bin);
     return r;
+}
+
+/* The first len bytes of a filled binary, as tube_drv_deliver_binary_at. */
+int tube_drv_deliver_binary(ErlDrvPort port, ErlDrvBinary *bin, size_t len)
+{
+    return tube_drv_deliver_binary_at(port, bin, 0, len);
 }
 
 /* Resizes a binary only the driver holds, keeping its bytes; its (possibly
