@@ -124,8 +124,6 @@ struct Open<B> {
     first_id: u64,
     /// The first fragment's length, header included.
     first_len: usize,
-    /// The message's size as the first fragment announces it (see [`announced`]).
-    announced: usize,
     /// The bytes the header of a fragment landing in a slot lies over, until it is checked.
     saved: [u8; FRAG_HEADER],
 }
@@ -260,7 +258,9 @@ impl<S: Store> Defrag<S> {
         let mut o = self.open.take()?;
         let need = o.filled - FRAG_HEADER + len;
         if need > o.cap {
-            let cap = if need <= o.announced { o.announced } else { need.max(o.cap.saturating_mul(2)) };
+            // The buffer already has the announced size: only a message longer than
+            // announced gets here.
+            let cap = need.max(o.cap.saturating_mul(2));
             match self.store.resize(o.buf, cap) {
                 Ok((buf, data)) => {
                     (o.buf, o.data, o.cap) = (buf, data, cap);
@@ -370,8 +370,7 @@ impl<S: Store> Defrag<S> {
     /// Makes the buffer of a first fragment the buffer of its message, grown to the size
     /// the fragment announces; gives it back when it cannot grow.
     fn hold(&mut self, buf: S::Buf, len: usize, seq: [u8; 8], first_id: u64) -> Result<(), S::Buf> {
-        let announced = announced(first_id, len);
-        let cap = announced.max(len);
+        let cap = announced(first_id, len).max(len);
         let (buf, data) = self.store.resize(buf, cap)?;
         self.ends.clear();
         self.ends.push(len);
@@ -383,7 +382,6 @@ impl<S: Store> Defrag<S> {
             seq,
             first_id,
             first_len: len,
-            announced,
             saved: [0; FRAG_HEADER],
         });
         Ok(())
